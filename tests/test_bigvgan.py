@@ -1,0 +1,151 @@
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from selva.models.bigvgan import BIGVGAN_PRESETS, BigVGAN, BigVGANConfig, kaiser_sinc_filter
+
+MANIFEST_16K = 'ext_weights/best_netG.pt (under key "generator")'
+PARAM_G, PARAM_V = ".parametrizations.weight.original0", ".parametrizations.weight.original1"
+
+# The Hub repo nvidia/bigvgan_v2_44khz_128band_512x's config.json (model keys plus a
+# sample of its training keys, which from_dict must ignore).
+HUB_44K_CONFIG = {
+    "resblock": "1",
+    "num_gpus": 0,
+    "batch_size": 4,
+    "learning_rate": 0.0001,
+    "upsample_rates": [8, 4, 2, 2, 2, 2],
+    "upsample_kernel_sizes": [16, 8, 4, 4, 4, 4],
+    "upsample_initial_channel": 1536,
+    "resblock_kernel_sizes": [3, 7, 11],
+    "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5], [1, 3, 5]],
+    "use_tanh_at_final": False,
+    "use_bias_at_final": False,
+    "activation": "snakebeta",
+    "snake_logscale": True,
+    "use_cqtd_instead_of_mrd": True,
+    "cqtd_dilations": [1, 2, 4],
+    "mpd_reshapes": [2, 3, 5, 7, 11],
+    "num_mels": 128,
+    "n_fft": 2048,
+    "hop_size": 512,
+    "sampling_rate": 44100,
+    "fmax": None,
+    "dist_config": {"dist_backend": "nccl", "dist_url": "tcp://localhost:54321", "world_size": 1},
+}
+
+
+def load_fixture(fixtures_dir, name: str) -> dict:
+    return torch.load(fixtures_dir / f"{name}.pt", weights_only=True)
+
+
+def build_and_load(config: BigVGANConfig, checkpoint: dict) -> BigVGAN:
+    with torch.device("meta"):
+        net = BigVGAN(config)
+    net.load_state_dict(checkpoint, strict=True, assign=True)
+    return net.eval()
+
+
+def meta_tensors(module: torch.nn.Module) -> list[str]:
+    return [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+
+
+def to_legacy_weight_norm(state_dict: dict) -> dict:
+    """parametrizations.weight.original0/1 -> weight_g/weight_v (torch.nn.utils.weight_norm)."""
+    return {k.replace(PARAM_G, ".weight_g").replace(PARAM_V, ".weight_v"): v for k, v in state_dict.items()}
+
+
+def vocode(net: BigVGAN, mel: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return net(mel)
+
+
+@pytest.mark.parametrize("name", ["bigvgan_16k", "bigvgan_v2_44k"])
+def test_parity(fixtures_dir, name):
+    fx = load_fixture(fixtures_dir, name)
+    config = BigVGANConfig.from_dict(fx["config"])
+    # both real files wrap the state dict as {"generator": state_dict}
+    assert "'generator'" in fx["checkpoint_layout"]
+    net = build_and_load(config, {"generator": fx["state_dict"]})
+    assert meta_tensors(net) == []
+    mel = fx["inputs"]["mel"].float()
+    wav = vocode(net, mel)
+    assert wav.shape == (mel.shape[0], 1, mel.shape[-1] * config.hop_length)
+    tol = fx["tolerance"]["wav"]
+    torch.testing.assert_close(wav, fx["outputs"]["wav"], atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("name", ["bigvgan_16k", "bigvgan_v2_44k"])
+def test_weight_norm_spellings_and_wrapper(fixtures_dir, name):
+    fx = load_fixture(fixtures_dir, name)
+    config = BigVGANConfig.from_dict(fx["config"])
+    mel = fx["inputs"]["mel"].float()
+    reference = vocode(build_and_load(config, {"generator": fx["state_dict"]}), mel)
+    legacy = to_legacy_weight_norm(fx["state_dict"])
+    assert any(k.endswith(".weight_g") for k in legacy)
+    for checkpoint in (legacy, {"generator": legacy}, fx["state_dict"]):
+        torch.testing.assert_close(vocode(build_and_load(config, checkpoint), mel), reference)
+    # an already-folded state dict (our own) loads back unchanged
+    folded = build_and_load(config, fx["state_dict"]).state_dict()
+    torch.testing.assert_close(vocode(build_and_load(config, folded), mel), reference)
+
+
+def test_config_from_dict_ignores_training_keys(fixtures_dir):
+    fx = load_fixture(fixtures_dir, "bigvgan_16k")
+    config = BigVGANConfig.from_dict(fx["config"])
+    assert config == dataclasses.replace(BIGVGAN_PRESETS["16k"], upsample_initial_channel=128)
+    hub = BigVGANConfig.from_dict(HUB_44K_CONFIG)
+    assert (hub.num_mels, hub.hop_length) == (128, 512)
+    assert not hub.use_tanh_at_final and not hub.use_bias_at_final
+    assert hub.resblock_dilation_sizes == ((1, 3, 5),) * 3
+
+
+def manifest_after_mapping(manifest: dict) -> dict:
+    """The documented load-time mapping: weight-norm pairs become one folded `weight`."""
+    out = {}
+    for k, v in manifest.items():
+        if k.endswith(PARAM_V):
+            out[k[: -len(PARAM_V)] + ".weight"] = v["shape"]
+        elif not k.endswith(PARAM_G):
+            out[k] = v["shape"]
+    return out
+
+
+@pytest.mark.parametrize("spelling", ["parametrizations", "weight_g/weight_v"])
+def test_real_size_16k_matches_manifest(fixtures_dir, spelling):
+    manifest = json.loads((fixtures_dir / "manifests.json").read_text())["files"][MANIFEST_16K]
+    with torch.device("meta"):
+        net = BigVGAN(BIGVGAN_PRESETS["16k"])
+    ours = {k: list(t.shape) for k, t in net.state_dict().items()}
+    assert ours == manifest_after_mapping(manifest)
+    checkpoint = {k: torch.empty(v["shape"], device="meta") for k, v in manifest.items()}
+    if spelling != "parametrizations":
+        checkpoint = to_legacy_weight_norm(checkpoint)
+    net.load_state_dict({"generator": checkpoint}, strict=True, assign=True)
+
+
+def test_real_size_44k_layout():
+    with torch.device("meta"):
+        net = BigVGAN(BigVGANConfig.from_dict(HUB_44K_CONFIG))
+    keys = net.state_dict()
+    assert "conv_post.bias" not in keys
+    assert keys["conv_pre.weight"].shape == (1536, 128, 7)
+    assert keys["ups.0.0.weight"].shape == (1536, 768, 16)
+
+
+def test_default_filters_are_unit_gain_lowpass():
+    taps = kaiser_sinc_filter(0.25, 0.3, 12).flatten()
+    torch.testing.assert_close(taps.sum(), torch.tensor(1.0))
+    torch.testing.assert_close(taps, taps.flip(0))  # symmetric: linear phase
+    assert taps.argmax() in (5, 6)
+
+
+@pytest.mark.parametrize("name", ["bigvgan_16k", "bigvgan_v2_44k"])
+def test_bfloat16_forward(fixtures_dir, name):
+    fx = load_fixture(fixtures_dir, name)
+    net = build_and_load(BigVGANConfig.from_dict(fx["config"]), fx["state_dict"]).to(torch.bfloat16)
+    wav = vocode(net, fx["inputs"]["mel"].to(torch.bfloat16))
+    assert wav.dtype == torch.bfloat16
+    assert torch.isfinite(wav).all()
