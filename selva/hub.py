@@ -1,0 +1,405 @@
+"""Which files a variant needs, and where they are on this machine.
+
+Look-up order for every file:
+
+1. `weights_dir` (or `$SELVA_WEIGHTS_DIR`): a folder in the reference layout
+   (`weights/`, `ext_weights/`; files of other repos under a folder named
+   after the repo, e.g. `flan-t5-base/config.json`). Complete folders are
+   used without touching the network.
+2. The Hugging Face cache, through `hf_hub_download`: resumable downloads,
+   its progress bars, `HF_TOKEN`, `HF_HUB_OFFLINE` and pinned revisions work
+   as everywhere else in the ecosystem.
+
+Files with a known MD5 are hashed once after download; the result is
+remembered (keyed by the blob's path, size and mtime) so a start never
+re-hashes gigabytes. A corrupt file is fetched again; offline, or for a
+local folder, the error says which file and what to do. All problems are
+collected first so one error lists every missing file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from huggingface_hub import HfApi, constants, hf_hub_download
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    GatedRepoError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.utils import tqdm as hub_tqdm
+
+from selva.errors import WeightsError
+from selva.variants import REPOS, Variant, WeightFile, get_variant, human_size
+
+__all__ = [
+    "REPOS",
+    "WeightFile",
+    "download",
+    "fetch_files",
+    "is_offline",
+    "local_path",
+    "required_files",
+    "resolve",
+    "verify_md5",
+]
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_DIR_ENV = "SELVA_WEIGHTS_DIR"
+STATE_DIR_ENV = "SELVA_STATE_DIR"  # where the MD5 memo lives (default: $HF_HOME/selva)
+_CHUNK = 8 * 1024 * 1024
+
+
+def required_files(variant: str | Variant) -> list[WeightFile]:
+    """Every file `variant` needs for inference (no CLIP image tower, no plain Synchformer)."""
+    return [f for _, f in get_variant(variant).all_files()]
+
+
+def is_offline() -> bool:
+    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE), as huggingface_hub read it or as set since."""
+    env = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return bool(constants.HF_HUB_OFFLINE) or env.strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def local_path(weights_dir: str | Path, f: WeightFile, path: str | None = None) -> Path:
+    """Where `f` lives in a local weights folder.
+
+    SelVA's own files keep their repo paths (the reference layout: weights/, ext_weights/);
+    other repos' files go under a folder named after the repo, e.g. flan-t5-base/config.json.
+    """
+    path = path or f.path
+    if f.repo == REPOS["selva"]:
+        return Path(weights_dir) / path
+    return Path(weights_dir) / f.repo.split("/")[-1] / path
+
+
+def resolve(
+    variant: str | Variant,
+    *,
+    weights_dir: str | Path | None = None,
+    revision: str | None = None,
+    offline: bool | None = None,
+    verify: bool = True,
+) -> dict[str, Path]:
+    """Local paths of everything `variant` needs, downloading what is missing unless offline.
+
+    Returns paths by role: "generator", "text_synch", "vae", "vocoder" (and
+    "vocoder_config" for BigVGAN v2) are files; "t5" and "clip" are folders
+    holding that encoder's files. `revision` pins the SelVA repo (a branch,
+    tag or commit); other repos use the revisions in the registry.
+    Raises `WeightsError` listing every file that is missing or corrupt.
+    """
+    v = get_variant(variant)
+    weights_dir = _weights_dir(weights_dir)
+    offline = is_offline() if offline is None else offline
+    finder = _Finder(weights_dir=weights_dir, revision=revision, offline=offline, verify=verify)
+    found: dict[str, Path] = {}
+    for role, f in v.network_files().items():
+        path = finder.locate(f)
+        if path is not None:
+            found[role] = path
+    for role, files in (("t5", v.t5.files), ("clip", v.clip.files)):
+        folder = finder.locate_group(files)
+        if folder is not None:
+            found[role] = folder
+    if finder.problems:
+        raise WeightsError(finder.report(v.name))
+    return found
+
+
+def download(
+    variant: str | Variant, *, revision: str | None = None, weights_dir: str | Path | None = None
+) -> dict[str, Path]:
+    """Fetch and verify every file of `variant` ahead of time (the `selva download` command)."""
+    v = get_variant(variant)
+    log.info("%s: %s to check or download", v.name, human_size(v.download_bytes()))
+    return resolve(v, weights_dir=weights_dir, revision=revision)
+
+
+def fetch_files(
+    files: Sequence[WeightFile], *, revision: str | None = None, offline: bool | None = None
+) -> Path:
+    """The folder (one snapshot of one repo) holding `files`, downloaded as needed.
+
+    For a text encoder loaded on its own; `revision` overrides the files' own.
+    """
+    offline = is_offline() if offline is None else offline
+    finder = _Finder(weights_dir=None, revision=None, offline=offline, verify=True)
+    files = tuple(replace(f, revision=revision or f.revision) for f in files)
+    folder = finder.locate_group(files)
+    if finder.problems or folder is None:
+        raise WeightsError(finder.report(files[0].repo))
+    return folder
+
+
+# -- look-up ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Problem:
+    file: WeightFile
+    kind: str  # "missing" | "corrupt" | "error"
+    detail: str
+    destination: Path | None = None
+
+
+class _Finder:
+    """Locates files one by one and keeps every problem for a single report."""
+
+    def __init__(self, *, weights_dir: Path | None, revision: str | None, offline: bool, verify: bool):
+        self.weights_dir = weights_dir
+        self.revision = revision
+        self.offline = offline
+        self.verify = verify
+        self.problems: list[_Problem] = []
+        self._listings: dict[tuple[str, str | None], set[str]] = {}
+
+    def revision_of(self, f: WeightFile) -> str | None:
+        return self.revision if self.revision and f.repo == REPOS["selva"] else f.revision
+
+    def locate(self, f: WeightFile) -> Path | None:
+        local = self._local(f)
+        if local is not None:
+            if self._md5_ok(local, f):
+                return local
+            self.problems.append(
+                _Problem(
+                    f,
+                    "corrupt",
+                    f"{local} does not match its MD5 {f.md5}: replace it with a fresh copy "
+                    f"(https://huggingface.co/{f.repo}/resolve/main/{f.path})",
+                )
+            )
+            return None
+        return self._from_hub(f)
+
+    def locate_group(self, files: tuple[WeightFile, ...]) -> Path | None:
+        """Files that must share one folder (a transformers or open_clip snapshot)."""
+        if self.weights_dir is not None:
+            local = [local_path(self.weights_dir, f) for f in files]
+            if all(p.is_file() for p in local):
+                return local[0].parent
+        paths = [self._from_hub(f) for f in files]
+        if any(p is None for p in paths):
+            return None
+        folders = {p.parent for p in paths}
+        if len(folders) != 1:  # cannot happen within one snapshot; guard against odd caches
+            raise WeightsError(f"files of {files[0].repo} are spread over {sorted(map(str, folders))}")
+        return folders.pop()
+
+    def _local(self, f: WeightFile) -> Path | None:
+        if self.weights_dir is None:
+            return None
+        for p in f.paths:
+            candidate = local_path(self.weights_dir, f, p)
+            if candidate.is_file():
+                return candidate
+        return None
+
+    def _from_hub(self, f: WeightFile) -> Path | None:
+        revision = self.revision_of(f)
+        try:
+            path = self._download(f, revision)
+        except _NotFound as exc:
+            self.problems.append(_Problem(f, "missing", str(exc), self._destination(f)))
+            return None
+        except (RepositoryNotFoundError, GatedRepoError) as exc:
+            detail = f"cannot access {f.repo} ({type(exc).__name__}): if it is gated or private, set HF_TOKEN"
+            self.problems.append(_Problem(f, "error", detail))
+            return None
+        except RevisionNotFoundError:
+            self.problems.append(_Problem(f, "error", f"{f.repo} has no revision {revision!r}"))
+            return None
+        except OSError as exc:  # HTTP errors, full disks, permissions
+            self.problems.append(_Problem(f, "error", f"download failed: {exc}", self._destination(f)))
+            return None
+        if self._md5_ok(path, f):
+            return path
+        if self.offline:
+            self.problems.append(
+                _Problem(
+                    f,
+                    "corrupt",
+                    f"{path} is corrupt or incomplete (MD5 is not {f.md5}) and downloads are off "
+                    "(HF_HUB_OFFLINE=1): go online to fetch it again, or delete it and place a good copy",
+                    self._destination(f),
+                )
+            )
+            return None
+        log.warning("%s/%s is corrupt or incomplete: downloading it again", f.repo, f.path)
+        repo_path = self._repo_path_of(path, f)
+        try:
+            path = Path(hf_hub_download(f.repo, repo_path, revision=revision, force_download=True))
+        except OSError as exc:
+            detail = f"{path} is corrupt or incomplete and downloading it again failed: {exc}"
+            self.problems.append(_Problem(f, "corrupt", detail, self._destination(f)))
+            return None
+        if self._md5_ok(path, f):
+            return path
+        self.problems.append(
+            _Problem(f, "corrupt", f"{path} still does not match MD5 {f.md5} after downloading it again")
+        )
+        return None
+
+    def _download(self, f: WeightFile, revision: str | None) -> Path:
+        """Download (or find in the cache when offline) `f` under its name or an alternative spelling."""
+        if self.offline:
+            for p in f.paths:
+                try:
+                    return Path(hf_hub_download(f.repo, p, revision=revision, local_files_only=True))
+                except LocalEntryNotFoundError:
+                    continue
+            raise _NotFound("not in the Hugging Face cache and downloads are off (HF_HUB_OFFLINE=1)")
+        try:
+            return Path(hf_hub_download(f.repo, f.path, revision=revision))
+        except LocalEntryNotFoundError as exc:  # no connection and not cached
+            raise _NotFound(f"not in the cache and the Hub cannot be reached ({exc})") from None
+        except EntryNotFoundError:
+            if not f.alt_paths:
+                raise _NotFound(f"{f.repo} has no file {f.path}") from None
+        # Not under its documented name: list the repo once for the other spellings.
+        listing = self._listing(f.repo, revision)
+        for p in f.alt_paths:
+            if p in listing:
+                log.info("%s: using %s (the documented name %s is absent)", f.repo, p, f.path)
+                return Path(hf_hub_download(f.repo, p, revision=revision))
+        raise _NotFound(f"{f.repo} has none of {', '.join(f.paths)}")
+
+    def _listing(self, repo: str, revision: str | None) -> set[str]:
+        key = (repo, revision)
+        if key not in self._listings:
+            self._listings[key] = set(HfApi().list_repo_files(repo, revision=revision))
+        return self._listings[key]
+
+    @staticmethod
+    def _repo_path_of(path: Path, f: WeightFile) -> str:
+        """Which spelling of `f` the cached `path` is (snapshots mirror the repo's paths)."""
+        return next((p for p in f.paths if path.as_posix().endswith("/" + p)), f.path)
+
+    def _md5_ok(self, path: Path, f: WeightFile) -> bool:
+        return not self.verify or f.md5 is None or verify_md5(path, f.md5)
+
+    def _destination(self, f: WeightFile) -> Path:
+        return local_path(self.weights_dir or Path("<weights_dir>"), f)
+
+    def report(self, name: str) -> str:
+        missing = [p for p in self.problems if p.kind == "missing"]
+        others = [p for p in self.problems if p.kind != "missing"]
+        lines: list[str] = []
+        if missing:
+            why = "downloads are off (HF_HUB_OFFLINE=1)" if self.offline else "they could not be downloaded"
+            lines.append(f"{name}: {len(missing)} file(s) missing and {why}:")
+            for p in missing:
+                lines.append(f"  - {p.file.repo}: {p.file.path} ({human_size(p.file.size)})")
+                lines.append(f"      put it at {p.destination}")
+                if not self.offline:
+                    lines.append(f"      ({p.detail})")
+            total = human_size(sum(p.file.size for p in missing))
+            where = f"folders shown under {self.weights_dir}" if self.weights_dir else "places shown"
+            lines.append(
+                f"Missing in total: {total}. Either go online (unset HF_HUB_OFFLINE) and run "
+                f"`selva download --variant {name}` to fill the Hugging Face cache "
+                f"({constants.HF_HUB_CACHE}), "
+                f"or copy the files to the {where} and pass --weights-dir DIR "
+                f"(or set {WEIGHTS_DIR_ENV}=DIR)."
+            )
+        if others:
+            lines.append(f"{name}: {len(others)} file(s) unusable:")
+            for p in others:
+                lines.append(f"  - {p.file.repo}: {p.file.path} ({human_size(p.file.size)}): {p.detail}")
+        return "\n".join(lines)
+
+
+class _NotFound(Exception):
+    pass
+
+
+def _weights_dir(weights_dir: str | Path | None) -> Path | None:
+    if weights_dir is None:
+        env = os.environ.get(WEIGHTS_DIR_ENV, "").strip()
+        if not env:
+            return None
+        weights_dir, source = env, f"{WEIGHTS_DIR_ENV}={env}"
+    else:
+        source = f"weights_dir {weights_dir}"
+    path = Path(weights_dir).expanduser()
+    if not path.is_dir():
+        raise WeightsError(f"{source} is not a folder; point it at a folder with weights/ and ext_weights/")
+    return path
+
+
+# -- MD5, once per file ----------------------------------------------------------------------------
+
+
+def _state_file() -> Path:
+    base = os.environ.get(STATE_DIR_ENV) or os.path.join(constants.HF_HOME, "selva")
+    return Path(base) / "verified_md5.json"
+
+
+_memo: dict[str, tuple[int, int, str]] = {}
+
+
+def _stamp(path: Path) -> tuple[str, int, int]:
+    real = path.resolve()  # the blob behind a snapshot symlink: one entry per content
+    st = real.stat()
+    return str(real), st.st_size, st.st_mtime_ns
+
+
+def _load_state() -> dict:
+    try:
+        return json.loads(_state_file().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _remember(key: str, size: int, mtime_ns: int, md5: str) -> None:
+    _memo[key] = (size, mtime_ns, md5)
+    state_file = _state_file()
+    state = _load_state()
+    state[key] = {"size": size, "mtime_ns": mtime_ns, "md5": md5}
+    # Write-then-rename: concurrent starts never read half a file (the worst case is a lost entry).
+    tmp = state_file.with_name(f"{state_file.name}.{os.getpid()}.tmp")
+    try:
+        state_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(state, indent=0, sort_keys=True))
+        os.replace(tmp, state_file)
+    except OSError as exc:  # a read-only home only costs a re-hash next start
+        log.debug("cannot record the MD5 check in %s: %s", state_file, exc)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def verify_md5(path: str | Path, md5: str) -> bool:
+    """Whether `path` has MD5 `md5`; hashed once, then remembered while size and mtime stay the same."""
+    key, size, mtime_ns = _stamp(Path(path))
+    if _memo.get(key) == (size, mtime_ns, md5):
+        return True
+    known = _load_state().get(key)
+    if known == {"size": size, "mtime_ns": mtime_ns, "md5": md5}:
+        _memo[key] = (size, mtime_ns, md5)
+        return True
+    digest = hashlib.md5(usedforsecurity=False)
+    with (
+        open(key, "rb") as fh,
+        hub_tqdm(
+            total=size, unit="B", unit_scale=True, desc=f"Verifying {Path(path).name}", disable=size < 2**27
+        ) as bar,
+    ):
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+            bar.update(len(chunk))
+    if digest.hexdigest() != md5:
+        log.warning("%s: MD5 %s, expected %s", path, digest.hexdigest(), md5)
+        return False
+    _remember(key, size, mtime_ns, md5)
+    return True

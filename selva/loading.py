@@ -1,0 +1,163 @@
+"""Build a network on `meta` and load a checkpoint into it, without a second copy in memory.
+
+The recipe (as in gpt-fast): build the module on the `meta` device (no
+memory, no random init), `torch.load(mmap=True, weights_only=True)` the file
+(nothing is read yet), `load_state_dict(strict=True, assign=True)` so the
+module's tensors become the checkpoint's own, then cast each tensor to the
+target device and dtype. A checkpoint's tensors that the module's load hook
+drops (a VAE's encoder, an optimiser state) are never paged in.
+
+Casting after loading, not before, keeps the modules' load hooks (weight-norm
+folding and similar) working on the file's float32 values.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import zipfile
+from collections.abc import Mapping
+from itertools import chain
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import torch
+from torch import nn
+
+from selva.errors import WeightsError
+
+if TYPE_CHECKING:  # the registry imports every model module; loading.py stays light without it
+    from selva.models.bigvgan import BigVGANConfig
+    from selva.variants import Variant
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def load_checkpoint(path: str | Path, *, mmap: bool = True) -> dict[str, Any]:
+    """A checkpoint's state dict, memory-mapped where the format allows; only tensors are unpickled."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except RuntimeError as exc:
+        if mmap and "mmap" in str(exc):
+            # Files from torch < 1.6 (no zip container) cannot be mapped: read them whole.
+            log.info("%s is in the legacy torch format: loading without mmap", path.name)
+            return load_checkpoint(path, mmap=False)
+        raise WeightsError(f"{path} is not a readable checkpoint (corrupt or truncated?): {exc}") from exc
+    except pickle.UnpicklingError as exc:
+        raise WeightsError(f"{path} holds more than tensors, refusing to unpickle it: {exc}") from exc
+    except (EOFError, zipfile.BadZipFile, ValueError) as exc:
+        raise WeightsError(f"{path} is not a readable checkpoint (corrupt or truncated?): {exc}") from exc
+
+
+def build_from_checkpoint(
+    cls: type[M] | Any,
+    config: Any,
+    checkpoint: str | Path | Mapping[str, Any],
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> M:
+    """`cls(config)` on `meta`, loaded strictly from `checkpoint` (a path or a state dict).
+
+    Returns the module on `device` in `dtype` (floating tensors only), in eval
+    mode, with gradients off. A state dict passed in is used as is: the
+    module shares its tensors where no cast was needed.
+    """
+    with torch.device("meta"):
+        model = cls(config)
+    if isinstance(checkpoint, Mapping):
+        state, source = checkpoint, f"the {type(model).__name__} state dict"
+    else:
+        state, source = load_checkpoint(checkpoint), str(checkpoint)
+    return load_into(model, state, device=device, dtype=dtype, source=source)
+
+
+def load_into(
+    model: M,
+    state: Mapping[str, Any],
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    source: str = "the checkpoint",
+) -> M:
+    """Load `state` into `model` (built on `meta`) with `assign=True`, then move and cast it."""
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as exc:
+        # A strict mismatch means the file is not this network's checkpoint (or not this size).
+        raise WeightsError(
+            f"{source} does not fit {type(model).__name__}: {_first_lines(str(exc))}. "
+            "Is it the right file for this variant?"
+        ) from exc
+    del state
+    ensure_materialized(model)  # before moving: `to()` cannot move meta tensors and says less
+    # One tensor at a time: the old (mapped) tensor is dropped as soon as its copy exists.
+    model.to(device=device, dtype=dtype)
+    return model.eval().requires_grad_(False)
+
+
+def ensure_materialized(model: nn.Module) -> None:
+    """Raise if any parameter or buffer is still on `meta` (neither loaded nor computed)."""
+    left = [n for n, t in chain(model.named_parameters(), model.named_buffers()) if t.is_meta]
+    if left:
+        shown = ", ".join(left[:8]) + (f" and {len(left) - 8} more" if len(left) > 8 else "")
+        raise RuntimeError(f"{type(model).__name__}: still on the meta device after loading: {shown}")
+
+
+def _first_lines(text: str, n: int = 6, width: int = 600) -> str:
+    text = " ".join(line.strip() for line in text.strip().splitlines()[:n])
+    return text if len(text) <= width else text[:width] + "..."
+
+
+NETWORK_ROLES = ("generator", "text_synch", "vae", "vocoder")
+
+
+def vocoder_config_of(variant: Variant, paths: Mapping[str, Path]) -> BigVGANConfig:
+    """The variant's BigVGAN config: from the registry, or (v2) from the config.json beside its weights."""
+    import json
+
+    from selva.models.bigvgan import BigVGANConfig
+
+    if variant.vocoder_config is not None:
+        return variant.vocoder_config
+    try:
+        return BigVGANConfig.from_dict(json.loads(Path(paths["vocoder_config"]).read_text()))
+    except (KeyError, OSError, ValueError) as exc:
+        raise WeightsError(f"cannot read the vocoder config of {variant.name}: {exc}") from exc
+
+
+def build_network(
+    variant: Variant,
+    role: str,
+    paths: Mapping[str, Path],
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> nn.Module:
+    """One of the four SelVA networks of `variant` ("generator", "text_synch", "vae", "vocoder"),
+    from the files `selva.hub.resolve` returned."""
+    # Imported here: the model modules are heavy and loading.py is also used on its own.
+    from selva.models.bigvgan import BigVGAN
+    from selva.models.generator import Generator
+    from selva.models.text_synch import TextSynch
+    from selva.models.vae import VAEDecoder
+
+    networks = {
+        "generator": (Generator, variant.generator_config),
+        "text_synch": (TextSynch, variant.text_synch_config),
+        "vae": (VAEDecoder, variant.vae_config),
+        "vocoder": (BigVGAN, None),
+    }
+    if role not in networks:
+        raise ValueError(f"unknown network {role!r}; one of {', '.join(NETWORK_ROLES)}")
+    cls, config = networks[role]
+    if role == "vocoder":
+        config = vocoder_config_of(variant, paths)
+    return build_from_checkpoint(cls, config, paths[role], device=device, dtype=dtype)

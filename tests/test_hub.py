@@ -1,0 +1,279 @@
+"""Variant registry and weight look-up: the tiny Hub offline, missing/corrupt files, local folders."""
+
+import hashlib
+import json
+import re
+import shutil
+
+import pytest
+import torch
+from tiny_hub import TINY_16K, TINY_44K, build_tiny_hub
+
+import selva.hub
+from selva.errors import InputError, WeightsError
+from selva.hub import REPOS, local_path, required_files, resolve, verify_md5
+from selva.models.bigvgan import BigVGAN
+from selva.models.generator import Generator
+from selva.models.text_synch import TextSynch
+from selva.models.vae import VAEDecoder
+from selva.variants import VARIANTS, get_variant, human_size
+
+SELVA = REPOS["selva"]
+GEN_16K = "weights/generator_small_16k_sup_5.pth"
+
+
+# -- the registry -----------------------------------------------------------------------------
+
+
+def test_unknown_variant_lists_known_names():
+    with pytest.raises(InputError) as err:
+        get_variant("huge_96k")
+    for name in ("small_16k", "small_44k", "medium_44k", "large_44k"):
+        assert name in str(err.value)
+
+
+def test_real_variants_name_the_reference_files():
+    small = get_variant("small_16k")
+    assert (small.sample_rate, small.hop_length, small.vocoder) == (16_000, 256, "bigvgan_v1")
+    assert small.generator_file.md5 == "1cb0f0deec52de37f67b1fd9965337d0"
+    paths = {(f.repo, f.path) for f in required_files("small_16k")}
+    assert {
+        (SELVA, GEN_16K),
+        (SELVA, "weights/video_enc_sup_5.pth"),
+        (SELVA, "ext_weights/v1-16.pth"),
+        (SELVA, "ext_weights/best_netG.pt"),
+        (REPOS["t5"], "model.safetensors"),
+        (REPOS["clip"], "open_clip_pytorch_model.bin"),
+    } <= paths
+    # inference never needs the plain Synchformer
+    assert not any("synchformer" in p for _, p in paths)
+    for name in ("small_44k", "medium_44k", "large_44k"):
+        v = get_variant(name)
+        assert (v.sample_rate, v.hop_length, v.vocoder) == (44_100, 512, "bigvgan_v2")
+        assert v.vocoder_config is None and v.vocoder_config_file.repo == REPOS["bigvgan_v2"]
+        assert v.vae_file.path == "ext_weights/v1-44.pth"
+        assert v.generator_file.alt_paths == (f"weights/generator_{name.split('_')[0]}_44khz_sup_5.pth",)
+        assert v.text_synch_file == small.text_synch_file  # one video encoder for all
+    assert get_variant("large_44k").generator_file.md5 == "ab3db08b124d3aaa53eb7a1f52f1fb3f"
+    assert human_size(small.generator_file.size) == "629 MB"
+
+
+@pytest.mark.parametrize("name", ["small_16k", "small_44k", "medium_44k", "large_44k"])
+def test_registry_configs_fit_the_real_checkpoints(name, fixtures_dir):
+    """Each variant's network configs, built at real size on `meta`, load its files' manifests strictly."""
+    manifests = json.loads((fixtures_dir / "manifests.json").read_text())["files"]
+    v = get_variant(name)
+    nets = [
+        (Generator, v.generator_config, v.generator_file.path),
+        (TextSynch, v.text_synch_config, v.text_synch_file.path),
+        (VAEDecoder, v.vae_config, v.vae_file.path),
+    ]
+    if v.vocoder_config is not None:  # the 44.1 kHz vocoder's config comes from its repo
+        nets.append((BigVGAN, v.vocoder_config, f'{v.vocoder_file.path} (under key "generator")'))
+    for cls, config, path in nets:
+        with torch.device("meta"):
+            net = cls(config)
+            state = {
+                k: torch.empty(t["shape"], dtype=getattr(torch, t["dtype"]))
+                for k, t in manifests[path].items()
+            }
+        net.load_state_dict(state, strict=True, assign=True)  # raises on any key or shape mismatch
+
+
+# -- the tiny Hub, offline ----------------------------------------------------------------------
+
+
+def test_tiny_hub_resolves_offline(tiny_hub):
+    paths = resolve(TINY_16K)
+    snapshot = tiny_hub.snapshot(SELVA)
+    assert paths["generator"] == snapshot / GEN_16K
+    assert paths["vocoder"] == snapshot / "ext_weights/best_netG.pt"
+    assert (paths["t5"] / "config.json").is_file() and (paths["t5"] / "tokenizer.json").is_file()
+    assert (paths["clip"] / "open_clip_config.json").is_file()
+    assert "vocoder_config" not in paths
+    paths44 = resolve(TINY_44K)
+    assert paths44["vocoder_config"].name == "config.json"
+    assert paths44["vae"].name == "v1-44.pth"
+
+
+def test_revision_pin(tiny_hub):
+    commit = tiny_hub.commit(SELVA)
+    assert resolve(TINY_16K, revision=commit)["generator"].parent.parent.name == commit
+    with pytest.raises(WeightsError) as err:
+        resolve(TINY_16K, revision="v9")
+    assert GEN_16K in str(err.value)
+    assert "flan-t5" not in str(err.value)  # the pin applies to the SelVA repo only
+
+
+def _entries(message: str) -> list[str]:
+    return re.findall(r"^  - (\S+): (\S+) \(([^)]+)\)$", message, flags=re.M)
+
+
+def test_offline_missing_files_are_all_listed(fresh_tiny_hub, tmp_path):
+    hub = fresh_tiny_hub
+    gone = [(SELVA, GEN_16K), (SELVA, "ext_weights/best_netG.pt"), (REPOS["t5"], "model.safetensors")]
+    for repo, path in gone:
+        hub.remove(repo, path)
+    with pytest.raises(WeightsError) as err:
+        resolve(TINY_16K)
+    message = str(err.value)
+    v = VARIANTS[TINY_16K]
+    sizes = {(f.repo, f.path): human_size(f.size) for f in required_files(v)}
+    assert sorted(_entries(message)) == sorted((r, p, sizes[r, p]) for r, p in gone)
+    assert "3 file(s) missing" in message and "HF_HUB_OFFLINE" in message
+    assert f"put it at <weights_dir>/{GEN_16K}" in message
+    assert "put it at <weights_dir>/flan-t5-base/model.safetensors" in message
+    # with a local folder the destinations are inside it
+    with pytest.raises(WeightsError) as err:
+        resolve(TINY_16K, weights_dir=tmp_path)
+    assert f"put it at {tmp_path / GEN_16K}" in str(err.value)
+
+
+def test_offline_without_any_cache_lists_every_file(tmp_path, fixtures_dir, monkeypatch):
+    hub = build_tiny_hub(tmp_path, fixtures_dir, repos=())
+    hub.activate(monkeypatch, offline=True)
+    with pytest.raises(WeightsError) as err:
+        resolve(TINY_44K)
+    listed = {(r, p) for r, p, _ in _entries(str(err.value))}
+    assert listed == {(f.repo, f.path) for f in required_files(TINY_44K)}
+
+
+def test_corrupt_file_offline_is_reported(fresh_tiny_hub):
+    fresh_tiny_hub.corrupt(SELVA, GEN_16K)
+    with pytest.raises(WeightsError) as err:
+        resolve(TINY_16K)
+    message = str(err.value)
+    assert GEN_16K in message and "corrupt" in message and "HF_HUB_OFFLINE" in message
+    assert "best_netG" not in message
+
+
+@pytest.mark.parametrize("truncate", [False, True], ids=["flipped", "partial"])
+def test_corrupt_file_is_fetched_again_online(fresh_tiny_hub, monkeypatch, truncate):
+    hub = fresh_tiny_hub
+    hub.serve(monkeypatch)
+    blob = hub.corrupt(SELVA, GEN_16K, truncate=truncate)
+    paths = resolve(TINY_16K)
+    assert hub.calls == [(SELVA, GEN_16K, True)]  # only the broken file, with force_download
+    assert hashlib.md5(paths["generator"].read_bytes()).hexdigest() == VARIANTS[TINY_16K].generator_file.md5
+    assert blob.read_bytes() == hub.files[SELVA][GEN_16K]
+
+
+def test_download_into_an_empty_cache(tmp_path, fixtures_dir, monkeypatch):
+    hub = build_tiny_hub(tmp_path, fixtures_dir, repos=())
+    hub.serve(monkeypatch)
+    paths = selva.hub.download(TINY_44K)
+    fetched = {(repo, path) for repo, path, _ in hub.calls}
+    assert fetched == {(f.repo, f.path) for f in required_files(TINY_44K)}
+    assert paths["vocoder"].read_bytes() == hub.files[REPOS["bigvgan_v2"]]["bigvgan_generator.pt"]
+    hub.calls.clear()
+    resolve(TINY_44K)  # everything cached and verified: nothing is fetched again
+    assert hub.calls == []
+
+
+def _rename_44k_generator(files):
+    content = files[SELVA].pop("weights/generator_small_44k_sup_5.pth")
+    files[SELVA]["weights/generator_small_44khz_sup_5.pth"] = content
+
+
+def test_other_spelling_of_44k_generator_online(tmp_path, fixtures_dir, monkeypatch):
+    hub = build_tiny_hub(tmp_path, fixtures_dir, repos=(), edit=_rename_44k_generator)
+    hub.serve(monkeypatch)
+    paths = resolve(TINY_44K)
+    assert paths["generator"].name == "generator_small_44khz_sup_5.pth"
+    assert [c for c in hub.calls if c[1] == "<list>"] == [(SELVA, "<list>", False)]  # listed once
+
+
+def test_other_spelling_of_44k_generator_offline(tmp_path, fixtures_dir, monkeypatch):
+    hub = build_tiny_hub(tmp_path, fixtures_dir, edit=_rename_44k_generator)
+    hub.activate(monkeypatch, offline=True)
+    assert resolve(TINY_44K)["generator"].name == "generator_small_44khz_sup_5.pth"
+
+
+# -- local folders ------------------------------------------------------------------------------
+
+
+def _no_hub(*args, **kwargs):
+    raise AssertionError("the Hub (or its cache) was consulted")
+
+
+@pytest.mark.parametrize("offline", [True, False], ids=["offline", "online"])
+def test_local_weights_dir_needs_no_network_and_no_cache(tmp_path, fixtures_dir, monkeypatch, offline):
+    hub = build_tiny_hub(tmp_path / "hub", fixtures_dir, repos=())  # an empty HF cache
+    hub.activate(monkeypatch, offline=offline)
+    monkeypatch.setattr(selva.hub, "HfApi", _no_hub)
+    monkeypatch.setattr(selva.hub, "hf_hub_download", _no_hub)
+    folder = hub.write_weights_dir(tmp_path / "weights_dir", TINY_16K)
+    paths = resolve(TINY_16K, weights_dir=folder)
+    assert paths["generator"] == folder / GEN_16K
+    assert paths["vocoder"] == folder / "ext_weights/best_netG.pt"
+    assert paths["t5"] == folder / "flan-t5-base"
+    assert paths["clip"] == folder / "DFN5B-CLIP-ViT-H-14-384"
+    monkeypatch.setenv("SELVA_WEIGHTS_DIR", str(folder))  # the same through the environment
+    assert resolve(TINY_16K) == paths
+
+
+def test_reference_layout_folder_with_text_encoders_from_the_cache(tiny_hub, tmp_path):
+    folder = tiny_hub.write_weights_dir(tmp_path, TINY_16K, text_encoders=False)
+    paths = resolve(TINY_16K, weights_dir=folder)
+    assert paths["text_synch"] == folder / "weights/video_enc_sup_5.pth"
+    assert paths["t5"] == tiny_hub.snapshot(REPOS["t5"])
+
+
+def test_corrupt_local_file_is_reported(tiny_hub, tmp_path):
+    folder = tiny_hub.write_weights_dir(tmp_path, TINY_16K)
+    vae = folder / "ext_weights/v1-16.pth"
+    vae.write_bytes(vae.read_bytes()[:1000])
+    with pytest.raises(WeightsError) as err:
+        resolve(TINY_16K, weights_dir=folder)
+    assert str(vae) in str(err.value) and "replace it" in str(err.value)
+
+
+def test_weights_dir_must_be_a_folder(tiny_hub, tmp_path, monkeypatch):
+    with pytest.raises(WeightsError, match="not a folder"):
+        resolve(TINY_16K, weights_dir=tmp_path / "nowhere")
+    monkeypatch.setenv("SELVA_WEIGHTS_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(WeightsError, match="SELVA_WEIGHTS_DIR"):
+        resolve(TINY_16K)
+
+
+def test_local_path_layout(tmp_path):
+    v = get_variant("small_44k")
+    assert local_path(tmp_path, v.vae_file) == tmp_path / "ext_weights/v1-44.pth"
+    vocoder = tmp_path / "bigvgan_v2_44khz_128band_512x/bigvgan_generator.pt"
+    assert local_path(tmp_path, v.vocoder_file) == vocoder
+
+
+# -- MD5 once -----------------------------------------------------------------------------------
+
+
+def test_md5_is_remembered_until_the_file_changes(fresh_tiny_hub, monkeypatch):
+    hub = fresh_tiny_hub
+    path = hub.path(SELVA, GEN_16K)
+    md5 = VARIANTS[TINY_16K].generator_file.md5
+    assert verify_md5(path, md5)
+    state = json.loads((hub.root / "selva-state" / "verified_md5.json").read_text())
+    assert state[str(path.resolve())]["md5"] == md5
+
+    # A new process (no in-memory memo) trusts the record instead of hashing again.
+    monkeypatch.setattr(selva.hub, "_memo", {})
+    hashed = []
+    real_md5 = hashlib.md5
+    monkeypatch.setattr(selva.hub.hashlib, "md5", lambda **kw: hashed.append(1) or real_md5(**kw))
+    assert verify_md5(path, md5) and hashed == []
+    hub.corrupt(SELVA, GEN_16K)  # new mtime: hashed again, and found wrong
+    assert not verify_md5(path, md5) and hashed == [1]
+
+
+def test_state_dir_unwritable_only_costs_a_rehash(fresh_tiny_hub, monkeypatch, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("SELVA_STATE_DIR", str(blocker / "sub"))  # cannot be created
+    monkeypatch.setattr(selva.hub, "_memo", {})
+    assert verify_md5(fresh_tiny_hub.path(SELVA, GEN_16K), VARIANTS[TINY_16K].generator_file.md5)
+
+
+def test_fetch_files_offline_missing(fresh_tiny_hub):
+    shutil.rmtree(fresh_tiny_hub.snapshot(REPOS["clip"]))
+    with pytest.raises(WeightsError, match="open_clip_config.json") as err:
+        selva.hub.fetch_files(get_variant("small_16k").clip.files)
+    assert "open_clip_pytorch_model.bin (3.95 GB)" in str(err.value)
