@@ -1,0 +1,415 @@
+"""Video in, audio out: probe a video, decode its frames small, write audio, mux an mp4 (PyAV).
+
+Times are seconds from the video stream's first frame (containers such as
+MPEG-TS start their clocks elsewhere), and exact rationals inside: a frame's
+time is its integer pts times the stream's time base, a target time is k / fps.
+A frame counts as reaching a time when it is within half a time-base tick of
+it, because containers round timestamps (WebM to milliseconds: 1/30 s is 33).
+
+Rotation is PyAV's convention: the counter-clockwise degrees (0, 90, 180, 270)
+the stored picture turns for display, from the stream's display matrix. A phone
+held upright records landscape pictures with rotation 270.
+
+Every failure is a `MediaError` whose message names the problem and the fix,
+and no function leaves a partial file: output goes to a hidden temporary file
+in the destination folder and is renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import av
+import numpy as np
+import torch
+
+from selva.errors import MediaError
+
+if TYPE_CHECKING:
+    from selva.mux import mux
+
+log = logging.getLogger(__name__)
+
+MAX_SIDE = 8192  # 8K DCI; larger pictures are almost surely a broken header, and too slow anyway
+_EPS = 1e-6  # same margin as selva.sequence, so frame counts agree with the sequence lengths
+_HASH_CHUNK = 1 << 20
+_IMAGE_FORMATS = {"image2", "apng", "webp_pipe"}  # plus every "*_pipe" demuxer (png_pipe, jpeg_pipe...)
+_AUDIO_FORMATS = {".flac": ("flac", "flac"), ".wav": ("wav", "pcm_s16le")}
+_FFMPEG_ERRORS = (av.FFmpegError, OSError, ValueError, UnicodeDecodeError)
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What `probe` learns about a video without decoding more than its first frame."""
+
+    path: Path
+    duration: float  # seconds of the video stream, from its first frame to the end of its last
+    fps: float  # mean frame rate
+    width: int  # stored picture size, before rotation
+    height: int
+    rotation: int  # counter-clockwise display rotation: 0, 90, 180 or 270
+    has_audio: bool
+    video_codec: str
+    size_bytes: int
+    container: str  # FFmpeg demuxer name, e.g. "mov,mp4,m4a,3gp,3g2,mj2"
+    frames: int | None  # frame count when the container records it
+    audio_codec: str | None = None
+    audio_sample_rate: int | None = None
+
+    @property
+    def display_size(self) -> tuple[int, int]:
+        """(width, height) as shown to a viewer, after rotation."""
+        turned = self.rotation in (90, 270)
+        return (self.height, self.width) if turned else (self.width, self.height)
+
+
+# -- probing ------------------------------------------------------------------------------------
+
+
+def probe(path: str | Path) -> VideoInfo:
+    """Check that `path` is a readable video and describe it.
+
+    Cheap checks run before any decoding: the file exists and is not empty,
+    FFmpeg recognises the container, there is a video stream that is not a
+    still image, the picture size is sane. Then the first frame is decoded
+    (proving the stream decodes and giving the display matrix), and for files
+    with an index the last frame's bytes must lie inside the file (catching
+    interrupted downloads whose header promises more than is there).
+    """
+    path = Path(path)
+    size = _check_file(path)
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        tb = stream.time_base
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if width <= 0 or height <= 0:
+            raise MediaError(f"{path.name} reports no picture size; the file is damaged, re-export it")
+        if max(width, height) > MAX_SIDE:
+            raise MediaError(
+                f"{path.name} is {width}x{height}, larger than 8K ({MAX_SIDE} px a side); "
+                "downscale it (e.g. to 1920 px wide) and try again"
+            )
+        entries = stream.index_entries
+        if len(entries) and entries[len(entries) - 1].pos + entries[len(entries) - 1].size > size:
+            raise MediaError(
+                f"{path.name} is truncated: its index points past the end of the file's {size} bytes; "
+                "download or copy it again"
+            )
+        frames = stream.frames or None
+        if frames == 1:
+            raise MediaError(f"{path.name} holds a single picture; SelVA needs a video (at least 0.64 s)")
+        rotation = _first_frame_rotation(container, stream, path)
+        # Matroska/WebM and raw streams keep no stream duration: read the tail of the stream
+        duration = Fraction(stream.duration) * tb if stream.duration else _demuxed_duration(container, stream)
+        if duration <= 0:
+            raise MediaError(f"{path.name} has a video stream with no frames; re-export it")
+        # frames / duration where counted (true mean for VFR); FFmpeg's guess otherwise, as MPEG-TS
+        # H.264 reports the field rate (50) as its average rate
+        fps = Fraction(frames) / duration if frames else (stream.guessed_rate or stream.average_rate or 25)
+        audio = container.streams.audio[0] if container.streams.audio else None
+        return VideoInfo(
+            path=path,
+            duration=float(duration),
+            fps=float(fps),
+            width=width,
+            height=height,
+            rotation=rotation,
+            has_audio=audio is not None,
+            video_codec=stream.codec_context.name,
+            size_bytes=size,
+            container=container.format.name,
+            frames=frames,
+            audio_codec=audio.codec_context.name if audio is not None else None,
+            audio_sample_rate=audio.codec_context.sample_rate if audio is not None else None,
+        )
+
+
+def _check_file(path: Path) -> int:
+    if not path.exists():
+        raise MediaError(f"there is no file at {path}; check the path and that the file was uploaded")
+    if not path.is_file():
+        raise MediaError(f"{path} is a folder or a device, not a file; pick a video file")
+    if not os.access(path, os.R_OK):
+        raise MediaError(f"{path.name} cannot be read (permission denied); check the file's permissions")
+    size = path.stat().st_size
+    if size == 0:
+        raise MediaError(f"{path.name} is empty (0 bytes); the upload or copy failed, try it again")
+    return size
+
+
+def _open(path: Path) -> av.container.InputContainer:
+    try:
+        return av.open(str(path), metadata_errors="ignore")
+    except _FFMPEG_ERRORS as e:
+        raise MediaError(
+            f"{path.name} is not a media file FFmpeg can read, or it is damaged or truncated ({e}); "
+            "if it plays elsewhere, convert it to MP4 (H.264)"
+        ) from e
+
+
+def _video_stream(container: av.container.InputContainer, path: Path) -> av.VideoStream:
+    # cover art in music files is a one-picture "video" stream marked attached_pic: not a video
+    streams = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+    if not streams:
+        if container.streams.audio:
+            codec = container.streams.audio[0].codec_context.name
+            raise MediaError(
+                f"{path.name} contains only audio ({codec}); SelVA needs a video to follow: "
+                "pick the video file itself"
+            )
+        raise MediaError(f"{path.name} has no video stream; pick a video file (MP4, MOV, WebM, MKV)")
+    stream = streams[0]
+    fmt = container.format.name
+    if fmt.endswith("_pipe") or fmt in _IMAGE_FORMATS:
+        raise MediaError(f"{path.name} is a still image ({fmt}); SelVA needs a video (at least 0.64 s)")
+    if stream.codec_context is None:
+        raise MediaError(
+            f"{path.name} uses a video codec this FFmpeg build cannot decode; convert it to MP4 (H.264)"
+        )
+    return stream
+
+
+def _demuxed_duration(container: av.container.InputContainer, stream: av.VideoStream) -> Fraction:
+    """End of the last packet minus the first frame's time, reading as little as possible."""
+    t0 = stream.start_time or 0
+    end = t0
+    if container.duration:  # jump close to the end (the last keyframe before it), then demux the rest
+        _seek(container, stream, Fraction(container.duration, av.time_base))
+    nominal = round(1 / ((stream.guessed_rate or 25) * stream.time_base))  # for packets without a duration
+    for packet in container.demux(stream):
+        if packet.pts is not None:
+            end = max(end, packet.pts + (packet.duration or nominal))
+    return Fraction(end - t0) * stream.time_base
+
+
+def _first_frame_rotation(container: av.container.InputContainer, stream: av.VideoStream, path: Path) -> int:
+    # FFmpeg 7+ copies the stream's display matrix onto every decoded frame; PyAV 18 reads it
+    # from frames (VideoFrame.rotation), not from streams, so decode one.
+    try:
+        for frame in container.decode(stream):
+            return int(frame.rotation) % 360
+    except av.FFmpegError as e:
+        raise MediaError(f"{path.name}'s video stream cannot be decoded ({e}); re-export it as MP4") from e
+    raise MediaError(f"{path.name}'s video stream yields no pictures; the file is damaged, re-export it")
+
+
+# -- decoding -----------------------------------------------------------------------------------
+
+
+def read_frames(
+    path: str | Path,
+    *,
+    start: float = 0.0,
+    duration: float,
+    fps: float = 25,
+    size: int = 224,
+) -> torch.Tensor:
+    """Frames of [start, start + duration] at `fps`, squashed to size x size, as uint8 (T, 3, size, size).
+
+    T = floor(fps * duration) (with the 1e-6 margin of selva.sequence, so 8.00 s at 25 fps is 200).
+    Output frame k is the first decoded frame whose time is >= start + k / fps, so frames repeat
+    when the source is slower, and variable frame rates are followed. Past the last frame, the
+    last frame stays on screen until the stream's end; a span beyond that raises a MediaError
+    giving the video's length. Pictures are scaled (bicubic) and rotated upright as they are
+    decoded, so no full-size picture is kept.
+    """
+    if not (duration > 0 and fps > 0 and start >= 0 and 1 <= size <= MAX_SIDE):
+        raise MediaError(
+            f"cannot read frames with start={start}, duration={duration}, fps={fps}, size={size}: "
+            "start must be >= 0, duration and fps > 0, size between 1 and 8192"
+        )
+    path = Path(path)
+    info = probe(path)
+    count = math.floor(fps * duration + _EPS)
+    if count == 0:
+        raise MediaError(f"a {duration} s span is shorter than one frame at {fps} fps; ask for a longer span")
+    start_q, fps_q = _exact(start), _exact(fps)
+    targets = [start_q + Fraction(k) / fps_q for k in range(count)]
+    if targets[-1] >= _exact(info.duration):
+        raise MediaError(
+            f"{path.name} is {info.duration:.2f} s long, so it has no picture at {float(targets[-1]):.2f} s "
+            f"for the span {start:.2f}-{start + duration:.2f} s; choose a shorter span or an earlier start"
+        )
+
+    out = torch.empty((count, 3, size, size), dtype=torch.uint8)
+    k, last, last_end = 0, None, Fraction(0)
+    with _open(path) as container:
+        stream = container.streams.video[_video_stream(container, path).index]
+        stream.thread_type = "AUTO"  # frame threads: decoding dominates this function
+        for time, frame in _frames_from(container, stream, start_q, path):
+            last = frame
+            last_end = time + (Fraction(frame.duration or 0) * stream.time_base or 1 / _exact(info.fps))
+            if _reaches(time, targets[k], stream):
+                picture = _small(frame, size, info.rotation)
+                while k < count and _reaches(time, targets[k], stream):
+                    out[k] = picture
+                    k += 1
+                if k == count:
+                    return out
+    # the stream ended: its last picture stays on screen until that frame's end
+    if last is not None and targets[k] < last_end:
+        picture = _small(last, size, info.rotation)
+        while k < count and targets[k] < last_end:
+            out[k] = picture
+            k += 1
+    if k < count:
+        raise MediaError(
+            f"{path.name} stops at {float(last_end):.2f} s although it says it lasts {info.duration:.2f} s "
+            "(a truncated or damaged file?); re-export it or choose an earlier span"
+        )
+    return out
+
+
+def _small(frame: av.VideoFrame, size: int, rotation: int) -> torch.Tensor:
+    """(3, size, size) uint8, squashed (bicubic) inside swscale and turned upright."""
+    small = frame.reformat(width=size, height=size, format="rgb24", interpolation="BICUBIC")
+    picture = torch.from_numpy(small.to_ndarray()).permute(2, 0, 1)
+    return torch.rot90(picture, k=rotation // 90, dims=(1, 2)) if rotation else picture  # counter-clockwise
+
+
+def _exact(x: float | Fraction) -> Fraction:
+    """A float as the short fraction it was written as (0.1 -> 1/10, not 3602879701896397/2**55)."""
+    return Fraction(x).limit_denominator(1_000_000)
+
+
+def _reaches(time: Fraction, target: Fraction, stream: av.VideoStream) -> bool:
+    return time + stream.time_base / 2 >= target
+
+
+def _seek(container: av.container.InputContainer, stream: av.VideoStream, start: Fraction | None) -> None:
+    """Seek to the keyframe at or before `start` (from the first frame), or to the very beginning."""
+    try:
+        if start is None:
+            container.seek(0, backward=True)  # in AV_TIME_BASE: before any stream's first packet
+        else:
+            container.seek((stream.start_time or 0) + math.floor(start / stream.time_base), stream=stream)
+    except av.FFmpegError:  # unseekable (no index): reading simply goes on from the start
+        log.debug("cannot seek in %s; reading from where it is", container.name)
+
+
+def _frames_from(
+    container: av.container.InputContainer, stream: av.VideoStream, start: Fraction, path: Path
+) -> Iterator[tuple[Fraction, av.VideoFrame]]:
+    """Decoded frames from the keyframe at or before `start`, with their times from the first frame."""
+    t0 = stream.start_time or 0
+    for attempt in range(2):
+        # always seek, even to 0: the container may have been read before (mux plans, then copies)
+        _seek(container, stream, start if attempt == 0 else None)
+        first, previous = True, None
+        try:
+            for frame in container.decode(stream):
+                if frame.pts is None:  # rare (raw streams): step on by one nominal frame
+                    time = (previous or Fraction(0)) + 1 / (stream.guessed_rate or 25)
+                else:
+                    time = Fraction(frame.pts - t0) * stream.time_base
+                if first and attempt == 0 and not _reaches(start, time, stream):
+                    break  # the seek overshot (inexact index): start again from the beginning
+                first, previous = False, time
+                yield time, frame
+            else:
+                return
+        except av.FFmpegError as e:
+            raise MediaError(
+                f"{path.name} cannot be decoded past {float(previous or 0):.2f} s ({e}); re-export it"
+            ) from e
+
+
+# -- audio --------------------------------------------------------------------------------------
+
+
+def _waveform(audio: torch.Tensor | np.ndarray) -> np.ndarray:
+    """(N,) or (C, N) audio as float32 (C, N) in [-1, 1], C in {1, 2}."""
+    if isinstance(audio, torch.Tensor):
+        audio = audio.detach().to("cpu", torch.float32).numpy()
+    wave = np.asarray(audio, dtype=np.float32)
+    if wave.ndim == 1:
+        wave = wave[None]
+    if wave.ndim != 2 or wave.shape[0] not in (1, 2) or wave.shape[1] == 0:
+        raise MediaError(f"audio must be shaped (N,) or (C, N) with 1 or 2 channels, got {tuple(wave.shape)}")
+    if not np.isfinite(wave).all():
+        raise MediaError("audio contains NaN or infinite samples; the generation failed, run it again")
+    return np.ascontiguousarray(np.clip(wave, -1.0, 1.0))
+
+
+def _layout(channels: int) -> str:
+    return "mono" if channels == 1 else "stereo"
+
+
+def write_audio(path: str | Path, audio: torch.Tensor | np.ndarray, sample_rate: int) -> Path:
+    """Write (N,) or (C, N) float audio in [-1, 1] as 16-bit FLAC or WAV, picked by the suffix."""
+    path = Path(path)
+    if path.suffix.lower() not in _AUDIO_FORMATS:
+        raise MediaError(f"cannot write audio as {path.name}: use a .flac or .wav file name")
+    if int(sample_rate) != sample_rate or sample_rate <= 0:
+        raise MediaError(f"sample_rate must be a positive whole number of Hz, got {sample_rate}")
+    fmt, codec = _AUDIO_FORMATS[path.suffix.lower()]
+    wave = _waveform(audio)
+    pcm = np.round(wave.T * 32767).astype(np.int16).reshape(1, -1)  # packed s16: samples interleaved
+
+    def write(tmp: Path) -> None:
+        with av.open(str(tmp), "w", format=fmt) as container:
+            stream = container.add_stream(codec, rate=int(sample_rate), layout=_layout(wave.shape[0]))
+            frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout=_layout(wave.shape[0]))
+            frame.sample_rate, frame.pts = int(sample_rate), 0
+            container.mux(stream.encode(frame))
+            container.mux(stream.encode())
+
+    return _atomic(path, write)
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
+    """Run write(tmp) on a hidden file beside `path`, then rename it into place; never leave the tmp."""
+    if not path.parent.is_dir():
+        raise MediaError(f"cannot write {path}: the folder {path.parent} does not exist; create it first")
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.part"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except _FFMPEG_ERRORS as e:
+        raise MediaError(
+            f"could not write {path.name} ({e}); check the folder is writable and has space"
+        ) from e
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def content_hash(path: str | Path) -> str:
+    """A fast key for caching: blake2b-128 of the size, the first MiB and the last MiB, in hex.
+
+    Reads at most 2 MiB, so it is instant for any video. It ignores the file's name and
+    modification time (a copy hashes the same) but also any edit confined to the middle of a
+    file larger than 2 MiB that keeps its size, which re-encoding or trimming never does.
+    """
+    path = Path(path)
+    size = _check_file(path)
+    digest = hashlib.blake2b(digest_size=16, person=b"selva-media-v1")
+    digest.update(size.to_bytes(8, "little"))
+    with path.open("rb") as f:
+        digest.update(f.read(_HASH_CHUNK))
+        if size > _HASH_CHUNK:
+            f.seek(max(_HASH_CHUNK, size - _HASH_CHUNK))
+            digest.update(f.read(_HASH_CHUNK))
+    return digest.hexdigest()
+
+
+def __getattr__(name: str) -> object:
+    # mux lives in selva/mux.py (it builds on the helpers above); resolved lazily so that
+    # importing either module first works
+    if name == "mux":
+        from selva.mux import mux
+
+        return mux
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["MAX_SIDE", "VideoInfo", "content_hash", "mux", "probe", "read_frames", "write_audio"]
