@@ -1,0 +1,500 @@
+"""SelvaPipeline: a video and two prompts in, selectively generated audio out.
+
+A call is a numbered recipe that reads like the paper:
+
+1. check the inputs;
+2. probe the video and settle the span (every sequence length follows from it);
+3. encode the prompts: T5 for TextSynch, the CLIP text tower for the generator;
+4. encode the video with TextSynch, conditioned on the prompt (sync features);
+5. draw the starting noise from the seed;
+6. integrate the flow from noise to data with classifier-free guidance;
+7. decode latents to a mel spectrogram and vocode it to a waveform.
+
+Features from steps 3 and 4 are cached, so a re-roll (another seed, step
+count, CFG strength or negative prompt) skips decoding and TextSynch.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from selva import device as devices
+from selva import media, sampling
+from selva.cache import LRUCache
+from selva.errors import InputError, SelvaError
+from selva.sequence import SYNC_FPS, SYNC_SIZE, SequenceLengths
+
+log = logging.getLogger(__name__)
+
+TRAINED_DURATION = 8.0  # SelVA was trained on 8 s clips
+DEFAULT_MAX_DURATION = 30.0
+MAX_STEPS = 200
+MAX_SAMPLES = 8
+MAX_PROMPT_CHARS = 2000
+
+ProgressFn = Callable[..., object]
+
+
+class GenerationCancelled(SelvaError):
+    """`SelvaPipeline.interrupt()` stopped a generation between two steps."""
+
+
+@dataclass
+class SelvaOutput:
+    """What one call produced."""
+
+    audio: torch.Tensor  # (num_samples, N) float32 on the CPU, in [-1, 1]
+    sample_rate: int
+    seed: int  # candidate k was drawn from seed + k
+    duration: float
+    start: float
+    video: Path
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def save_audio(self, path: str | Path, index: int = 0) -> Path:
+        """Write candidate `index` as FLAC or WAV (chosen by the suffix)."""
+        return media.write_audio(path, self.audio[index], self.sample_rate)
+
+    def save_video(
+        self, path: str | Path, index: int = 0, *, original_audio_gain: float | None = None
+    ) -> Path:
+        """Write the source span with candidate `index` as its soundtrack (mp4, video stream copied)."""
+        return media.mux(
+            self.video,
+            self.audio[index],
+            self.sample_rate,
+            path,
+            start=self.start,
+            duration=self.duration,
+            original_audio_gain=original_audio_gain,
+        )
+
+
+@dataclass
+class PromptFeatures:
+    t5: torch.Tensor  # (1, L, D_t5) T5 encoder states, for TextSynch
+    t5_mask: torch.Tensor  # (1, L) bool
+    clip: torch.Tensor  # (1, 77, D_clip) CLIP text states, for the generator
+
+
+class SelvaPipeline:
+    """The SelVA networks and text encoders, ready to turn videos into sound.
+
+    The constructor only receives components; `from_pretrained` builds them
+    from the Hub (or a local folder), so tests can hand in tiny ones.
+    """
+
+    def __init__(
+        self,
+        *,
+        variant,
+        text_synch: nn.Module,
+        generator: nn.Module,
+        vae: nn.Module,
+        vocoder: nn.Module,
+        t5,
+        clip,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        offload: bool = False,
+        max_duration: float = DEFAULT_MAX_DURATION,
+        cache_size: int = 16,
+    ):
+        self.variant = variant
+        self.text_synch = text_synch
+        self.generator = generator
+        self.vae = vae
+        self.vocoder = vocoder
+        self.t5 = t5
+        self.clip = clip
+        self.device = torch.device(device)
+        self.dtype = dtype
+        # With little accelerator memory the text encoders and the vocoder
+        # wait on the CPU and visit the accelerator only while they run.
+        self.offload = offload
+        self.max_duration = max_duration
+        self.prompt_cache: LRUCache[PromptFeatures] = LRUCache(cache_size)
+        self.sync_cache: LRUCache[torch.Tensor] = LRUCache(cache_size)
+        self._interrupt = threading.Event()
+        self._progress_bar_config: dict = {}
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        variant: str = "small_16k",
+        *,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        offload: str = "auto",
+        weights_dir: str | Path | None = None,
+        revision: str | None = None,
+        max_duration: float = DEFAULT_MAX_DURATION,
+    ) -> SelvaPipeline:
+        """Locate (download if needed), verify and load every component of `variant`.
+
+        `device` and `dtype` default to the fastest safe choice for this machine
+        (see `selva.device`); `weights_dir` (or SELVA_WEIGHTS_DIR) is a local
+        folder in the reference layout, used with no network at all.
+        """
+        from selva import hub
+        from selva.loading import build_network
+        from selva.text import ClipTextEncoder, T5TextEncoder
+        from selva.variants import get_variant
+
+        spec = get_variant(variant)
+        run_on = devices.choose_device(device)
+        run_in = devices.choose_dtype(run_on, dtype)
+        paths = hub.resolve(spec, weights_dir=weights_dir, revision=revision)
+        offload_on = devices.choose_offload(offload, run_on, resident_bytes=spec.resident_bytes(run_in))
+        # Offloaded parts wait on the CPU and visit the accelerator only while they run.
+        guest_device = torch.device("cpu") if offload_on else run_on
+
+        def network(role: str, on: torch.device) -> nn.Module:
+            return build_network(spec, role, paths, device=on, dtype=run_in)
+
+        return cls(
+            variant=spec,
+            text_synch=network("text_synch", run_on),
+            generator=network("generator", run_on),
+            vae=network("vae", run_on),
+            vocoder=network("vocoder", guest_device),
+            t5=T5TextEncoder.from_pretrained(
+                spec.t5.repo, device=guest_device, dtype=run_in, local_dir=paths["t5"], spec=spec.t5
+            ),
+            clip=ClipTextEncoder.from_pretrained(
+                spec.clip.repo, device=guest_device, dtype=run_in, local_dir=paths["clip"], spec=spec.clip
+            ),
+            device=run_on,
+            dtype=run_in,
+            offload=offload_on,
+            max_duration=max_duration,
+        )
+
+    @property
+    def sample_rate(self) -> int:
+        return self.variant.sample_rate
+
+    # -- hooks ---------------------------------------------------------------------------------
+
+    def set_progress_bar_config(self, **kwargs) -> None:
+        """Options for the tqdm bar over the flow steps (e.g. `disable=True`)."""
+        self._progress_bar_config = kwargs
+
+    def interrupt(self) -> None:
+        """Ask a running call to stop after its current step (it raises `GenerationCancelled`)."""
+        self._interrupt.set()
+
+    def clear_caches(self) -> None:
+        self.prompt_cache.clear()
+        self.sync_cache.clear()
+
+    # -- the call ------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        video: str | Path,
+        prompt: str,
+        negative_prompt: str = "",
+        *,
+        steps: int = 25,
+        cfg_strength: float = 4.5,
+        seed: int | None = None,
+        duration: float | None = None,
+        start: float = 0.0,
+        num_samples: int = 1,
+        progress: ProgressFn | None = None,
+    ) -> SelvaOutput:
+        """Generate `num_samples` soundtracks for `video` that follow `prompt`.
+
+        `progress`, if given, is called as `progress(fraction, desc=...)` at each
+        stage and flow step (a `gradio.Progress` fits).
+        """
+        self._interrupt.clear()
+        report = progress or (lambda *args, **kwargs: None)
+        timings: dict[str, float] = {}
+        t_total = time.perf_counter()
+
+        # 1. Check the inputs.
+        self.check_inputs(prompt, negative_prompt, steps, cfg_strength, seed, duration, start, num_samples)
+        video = Path(video)
+        seed = random.randrange(2**31) if seed is None else seed
+
+        # 2. Probe the video and settle the span.
+        report(0.0, desc="Reading video")
+        with self._timed(timings, "probe"):
+            info = media.probe(video)
+        duration = self.resolve_duration(info.duration, start, duration)
+        lengths = SequenceLengths.from_duration(
+            duration, sample_rate=self.variant.sample_rate, hop_length=self.variant.hop_length
+        )
+
+        # 3. Encode the prompts.
+        report(0.05, desc="Encoding prompts")
+        with self._timed(timings, "text"):
+            positive = self.encode_prompt(prompt)
+            negative_clip = self.encode_prompt(negative_prompt).clip if negative_prompt.strip() else None
+
+        # 4. Sync features: decode the span and run TextSynch, unless cached.
+        key = (media.content_hash(video), prompt, round(start, 4), round(duration, 4), self.variant.name)
+
+        def compute_sync() -> torch.Tensor:
+            report(0.1, desc="Decoding video")
+            with self._timed(timings, "decode"):
+                frames = media.read_frames(
+                    video, start=start, duration=duration, fps=SYNC_FPS, size=SYNC_SIZE
+                )[: lengths.sync_frames]
+            report(0.15, desc="TextSynch: following the prompted motion")
+            with self._timed(timings, "text_synch"):
+                return self.encode_video(frames.unsqueeze(0), positive.t5, positive.t5_mask)
+
+        sync_f = self.sync_cache.get_or_compute(key, compute_sync)
+
+        # 5. Starting noise, drawn on the CPU so a seed means the same noise on every device.
+        x0 = self.prepare_latents(num_samples, lengths.latent_len, seed)
+
+        # 6. Flow from noise to data, both guidance branches in one batch.
+        cond, uncond = self.prepare_conditions(
+            sync_f, positive.clip, negative_clip, num_samples=num_samples, lengths=lengths
+        )
+
+        def on_step(i: int) -> None:
+            report(0.2 + 0.7 * i / steps, desc=f"Generating: step {i}/{steps}")
+
+        with self._timed(timings, "flow"):
+            latent = self.denoise(x0, cond, uncond, steps=steps, cfg_strength=cfg_strength, on_step=on_step)
+        timings["flow_per_step"] = timings["flow"] / steps
+
+        # 7. Latents -> mel -> waveform.
+        report(0.9, desc="Decoding audio")
+        mel = self.decode_latents(latent, timings)
+        with self._timed(timings, "vocoder"):
+            audio = self.vocode(mel)
+        audio = audio[:, : round(duration * self.variant.sample_rate)].float().cpu().clamp(-1, 1)
+
+        timings["total"] = time.perf_counter() - t_total
+        report(1.0, desc="Done")
+        return SelvaOutput(
+            audio=audio,
+            sample_rate=self.variant.sample_rate,
+            seed=seed,
+            duration=duration,
+            start=start,
+            video=video,
+            timings=timings,
+        )
+
+    # -- steps ---------------------------------------------------------------------------------
+
+    def check_inputs(
+        self,
+        prompt: str,
+        negative_prompt: str,
+        steps: int,
+        cfg_strength: float,
+        seed: int | None,
+        duration: float | None,
+        start: float,
+        num_samples: int,
+    ) -> None:
+        """Reject bad arguments before any heavy work, naming the argument and its range."""
+        for name, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+            if not isinstance(text, str):
+                raise InputError(f"{name} must be a string, got {type(text).__name__}")
+            if len(text) > MAX_PROMPT_CHARS:
+                raise InputError(f"{name} is {len(text)} characters long; keep it under {MAX_PROMPT_CHARS}")
+        if not _is_int(steps) or not 1 <= steps <= MAX_STEPS:
+            raise InputError(f"steps must be a whole number from 1 to {MAX_STEPS}, got {steps!r}")
+        if not 0.0 <= float(cfg_strength) <= 20.0:
+            raise InputError(f"cfg_strength must be between 0 and 20 (4.5 is typical), got {cfg_strength}")
+        if seed is not None and (not _is_int(seed) or not 0 <= seed < 2**63 - MAX_SAMPLES):
+            raise InputError(
+                f"seed must be a whole number from 0 to 2**63 - 1 (or None for random), got {seed}"
+            )
+        if (
+            isinstance(num_samples, bool)
+            or not isinstance(num_samples, int)
+            or not 1 <= num_samples <= MAX_SAMPLES
+        ):
+            raise InputError(f"num_samples must be from 1 to {MAX_SAMPLES}, got {num_samples!r}")
+        if start < 0:
+            raise InputError(f"start must be 0 s or later, got {start}")
+        if duration is not None and duration <= 0:
+            raise InputError(f"duration must be positive (or None for automatic), got {duration}")
+        if duration is not None and duration > self.max_duration:
+            raise InputError(
+                f"duration {duration:.2f} s is over the limit of {self.max_duration:.0f} s; "
+                f"pick a shorter span (SelVA is trained on {TRAINED_DURATION:.0f} s clips)"
+            )
+
+    def resolve_duration(self, video_duration: float, start: float, duration: float | None) -> float:
+        """The span to sonify: as asked, or min(what is left after `start`, 8 s)."""
+        left = video_duration - start
+        if left <= 0:
+            raise InputError(
+                f"start {start:.2f} s is at or past the end of the {video_duration:.2f} s video; "
+                "pick a start inside the video"
+            )
+        if duration is None:
+            duration = min(left, TRAINED_DURATION, self.max_duration)
+        elif duration > left + 1.0 / SYNC_FPS:
+            raise InputError(
+                f"duration {duration:.2f} s from start {start:.2f} s runs past the end of the "
+                f"{video_duration:.2f} s video; use at most {left:.2f} s or leave it automatic"
+            )
+        duration = min(duration, left)
+        min_duration = 16 / SYNC_FPS
+        if duration * SYNC_FPS + 1e-6 < 16:
+            raise InputError(
+                f"the span is {duration:.2f} s but SelVA needs at least {min_duration:.2f} s of video "
+                f"(16 frames at {SYNC_FPS} fps); use a longer clip or an earlier start"
+            )
+        return duration
+
+    def encode_prompt(self, prompt: str) -> PromptFeatures:
+        """T5 and CLIP text features of one prompt, cached."""
+
+        def compute() -> PromptFeatures:
+            with devices.resident(self.t5, self.device, offload=self.offload):
+                t5, t5_mask = self.t5([prompt])
+            with devices.resident(self.clip, self.device, offload=self.offload):
+                clip = self.clip([prompt])
+            return PromptFeatures(
+                t5=t5.to(self.device, self.dtype),
+                t5_mask=t5_mask.to(self.device),
+                clip=clip.to(self.device, self.dtype),
+            )
+
+        return self.prompt_cache.get_or_compute(prompt, compute)
+
+    def encode_video(self, frames: torch.Tensor, t5: torch.Tensor, t5_mask: torch.Tensor) -> torch.Tensor:
+        """uint8 or [-1, 1] frames (B, T, 3, 224, 224) -> sync features (B, S * 8, D)."""
+        if frames.dtype == torch.uint8:
+            # Squashed 224 px frames, scaled to [-1, 1] as Synchformer was trained.
+            frames = frames.to(self.device, torch.float32).div_(127.5).sub_(1.0)
+        frames = frames.to(self.device, self.dtype)
+        t5 = t5.to(self.device, self.dtype)
+        return self.text_synch(frames, t5, t5_mask.to(self.device))
+
+    def prepare_latents(self, num_samples: int, latent_len: int, seed: int) -> torch.Tensor:
+        """Noise (num_samples, L, C); candidate k is drawn from seed + k.
+
+        One CPU generator per candidate: the same seed gives the same noise on
+        every device, and any candidate of a batch can be reproduced alone.
+        """
+        latent_dim = self.generator.config.latent_dim
+        noise = [
+            torch.randn((1, latent_len, latent_dim), generator=torch.Generator().manual_seed(seed + k))
+            for k in range(num_samples)
+        ]
+        return torch.cat(noise).to(self.device)
+
+    def prepare_conditions(
+        self,
+        sync_f: torch.Tensor,
+        clip_text_f: torch.Tensor,
+        negative_clip_text_f: torch.Tensor | None,
+        *,
+        num_samples: int,
+        lengths: SequenceLengths,
+    ):
+        """Conditional and unconditional generator conditions for `num_samples` candidates.
+
+        SelVA's generator gets no CLIP image features: the conditional branch
+        uses the learned empty CLIP sequence, the prompt's CLIP text and the
+        sync features; the unconditional one the learned empty sequences and
+        the negative prompt's CLIP text (the negative prompt never reaches TextSynch).
+        """
+        gen = self.generator
+        empty_clip = gen.empty_clip_feat.expand(num_samples, lengths.clip_len, -1)
+        cond = gen.preprocess_conditions(
+            empty_clip.to(self.dtype),
+            sync_f.expand(num_samples, -1, -1).to(self.dtype),
+            clip_text_f.expand(num_samples, -1, -1).to(self.dtype),
+            latent_len=lengths.latent_len,
+        )
+        negative = None
+        if negative_clip_text_f is not None:
+            negative = negative_clip_text_f.expand(num_samples, -1, -1).to(self.dtype)
+        uncond = gen.empty_conditions(
+            num_samples,
+            latent_len=lengths.latent_len,
+            clip_len=lengths.clip_len,
+            sync_len=lengths.sync_len,
+            negative_text_f=negative,
+        )
+        return cond, uncond
+
+    def denoise(
+        self,
+        x0: torch.Tensor,
+        cond,
+        uncond,
+        *,
+        steps: int,
+        cfg_strength: float,
+        on_step: Callable[[int], None] | None = None,
+    ) -> torch.Tensor:
+        """Euler flow matching from t=0 (noise) to t=1 (normalised latents).
+
+        The state is kept in float32 while the network runs in the pipeline's
+        dtype: rounding the state to bf16 at every step would add up.
+        """
+        # At cfg 1 the unconditional branch has no weight: skip it.
+        guided = cfg_strength != 1.0
+        conditions = cond.cat(uncond) if guided else cond
+        timesteps = sampling.timesteps(steps)
+        x = x0.float()
+        bar = tqdm(range(steps), desc="Flow steps", leave=False, **self._progress_bar_config)
+        for i in bar:
+            if self._interrupt.is_set():
+                raise GenerationCancelled("generation was cancelled")
+            t, t_next = timesteps[i], timesteps[i + 1]
+            x_in = torch.cat([x, x]) if guided else x
+            t_in = torch.full((x_in.shape[0],), float(t), device=self.device, dtype=self.dtype)
+            v = self.generator(x_in.to(self.dtype), t_in, conditions).float()
+            if guided:
+                v_cond, v_uncond = v.chunk(2)
+                v = cfg_strength * v_cond + (1.0 - cfg_strength) * v_uncond
+            x = sampling.euler_step(x, v, t, t_next)
+            if on_step is not None:
+                on_step(i + 1)
+        return self.generator.unnormalize(x)
+
+    def decode_latents(self, latent: torch.Tensor, timings: dict[str, float] | None = None) -> torch.Tensor:
+        """Unnormalised latents (B, L, C) -> mel (B, n_mels, 2L)."""
+        with self._timed(timings if timings is not None else {}, "vae"):
+            return self.vae(latent.transpose(1, 2).to(self.dtype))
+
+    def vocode(self, mel: torch.Tensor) -> torch.Tensor:
+        """mel (B, n_mels, T) -> waveform (B, N)."""
+        with devices.resident(self.vocoder, self.device, offload=self.offload):
+            vocoder_dtype = next(self.vocoder.parameters()).dtype
+            return self.vocoder(mel.to(vocoder_dtype)).squeeze(1)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    @contextmanager
+    def _timed(self, timings: dict[str, float], name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

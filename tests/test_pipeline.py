@@ -1,0 +1,300 @@
+"""SelvaPipeline: parity with the reference end to end, then the product behaviour on the tiny Hub."""
+
+from pathlib import Path
+
+import av
+import pytest
+import torch
+from media_factory import make_audio_only, make_image, make_video, truncate
+
+from selva.errors import InputError, MediaError, WeightsError
+from selva.loading import build_from_checkpoint
+from selva.models.bigvgan import BigVGAN, BigVGANConfig
+from selva.models.generator import Generator, GeneratorConfig
+from selva.models.text_synch import TextSynch, TextSynchConfig
+from selva.models.vae import VAEConfig, VAEDecoder
+from selva.pipeline import SelvaPipeline
+from selva.sequence import SequenceLengths
+
+# -- parity with the reference: parity/pipeline_16k.pt -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def parity(fixtures_dir):
+    return torch.load(fixtures_dir / "pipeline_16k.pt", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def parity_pipe(parity, tiny_hub):
+    """The four tiny reference networks, loaded through the production loader, without text encoders."""
+    from selva.variants import get_variant
+
+    configs, states = parity["configs"], parity["state_dicts"]
+    networks = {
+        "text_synch": (TextSynch, TextSynchConfig.from_dict(configs["textsynch"]), states["textsynch"]),
+        "generator": (Generator, GeneratorConfig.from_dict(configs["generator"]), states["generator"]),
+        "vae": (VAEDecoder, VAEConfig.from_dict(configs["vae"]), states["vae"]),
+        "vocoder": (BigVGAN, BigVGANConfig.from_dict(configs["bigvgan"]), states["bigvgan"]),
+    }
+    built = {
+        name: build_from_checkpoint(cls, config, dict(state))
+        for name, (cls, config, state) in networks.items()
+    }
+    return SelvaPipeline(variant=get_variant("tiny_16k"), t5=None, clip=None, **built)
+
+
+def test_pipeline_reproduces_the_reference_end_to_end(parity, parity_pipe):
+    inputs, expected, tol = parity["inputs"], parity["outputs"], parity["tolerance"]
+
+    def check(name, ours):
+        torch.testing.assert_close(ours, expected[name], atol=tol[name], rtol=tol[name])
+
+    lengths = SequenceLengths.from_duration(2.0, sample_rate=16000, hop_length=256)
+    sync_f = parity_pipe.encode_video(inputs["sync_video"].float(), inputs["t5_f"], inputs["t5_mask"])
+    check("sync_f", sync_f)
+
+    x0 = parity_pipe.prepare_latents(1, lengths.latent_len, seed=inputs["seed"])
+    torch.testing.assert_close(x0, inputs["x0"], atol=0, rtol=0)  # the seed means the same noise
+
+    cond, uncond = parity_pipe.prepare_conditions(
+        sync_f, inputs["clip_text_f"], inputs["negative_clip_text_f"], num_samples=1, lengths=lengths
+    )
+    latent = parity_pipe.denoise(
+        x0, cond, uncond, steps=inputs["num_steps"], cfg_strength=inputs["cfg_strength"]
+    )
+    check("latent", latent)
+    mel = parity_pipe.decode_latents(latent)
+    check("mel", mel)
+    check("audio", parity_pipe.vocode(mel).unsqueeze(1))
+
+
+# -- the product, on the tiny Hub ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_hub):
+    pipe = SelvaPipeline.from_pretrained("tiny_16k", device="cpu", dtype="fp32")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def clip3s(tmp_path_factory):
+    return make_video(tmp_path_factory.mktemp("media") / "clip.mp4", seconds=3.0, audio=True)
+
+
+class CallCounter:
+    """Counts forward calls of a module through a forward hook (the real module still runs)."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.calls = 0
+        self.outputs: list[torch.Tensor] = []
+        self._handle = module.register_forward_hook(self._hook)
+
+    def _hook(self, module, args, output):
+        self.calls += 1
+        self.outputs.append(output)
+
+    def remove(self):
+        self._handle.remove()
+
+
+@pytest.fixture
+def text_synch_calls(pipe):
+    pipe.clear_caches()
+    counter = CallCounter(pipe.text_synch)
+    yield counter
+    counter.remove()
+
+
+def test_generates_audio_for_the_whole_clip(pipe, clip3s, tmp_path):
+    out = pipe(clip3s, "dog barking", "wind noise", steps=3, seed=7)
+    assert out.sample_rate == 16000
+    assert out.seed == 7 and out.start == 0.0
+    assert out.duration == pytest.approx(3.0)
+    assert out.audio.shape == (1, 48000)
+    assert out.audio.dtype == torch.float32 and torch.isfinite(out.audio).all()
+    assert out.audio.abs().max() <= 1.0
+    for stage in ("probe", "text", "decode", "text_synch", "flow", "vae", "vocoder", "total"):
+        assert out.timings[stage] >= 0.0
+
+    flac, wav = out.save_audio(tmp_path / "a.flac"), out.save_audio(tmp_path / "a.wav")
+    for path in (flac, wav):
+        with av.open(str(path)) as f:
+            stream = f.streams.audio[0]
+            assert stream.rate == 16000
+            assert float(f.duration / av.time_base) == pytest.approx(3.0, abs=0.01)
+
+    mp4 = out.save_video(tmp_path / "a.mp4")
+    with av.open(str(mp4)) as f:
+        assert [s.type for s in f.streams] == ["video", "audio"]
+        assert f.streams.audio[0].codec_context.name == "aac"
+        assert float(f.duration / av.time_base) == pytest.approx(3.0, abs=1 / 25 + 0.03)
+
+
+def test_an_exact_eight_second_clip_keeps_every_frame(pipe, tmp_path, text_synch_calls):
+    clip = make_video(tmp_path / "eight.mp4", seconds=8.0, fps=25)  # 200 frames
+    out = pipe(clip, "a car engine", steps=1, seed=0)
+    assert out.duration == pytest.approx(8.0)
+    assert out.audio.shape == (1, 128000)  # 250 latents * 2 * 256 hops
+    (sync_f,) = text_synch_calls.outputs
+    assert sync_f.shape[:2] == (1, 192)  # 24 segments of 8 tokens
+
+
+def test_a_reroll_skips_decoding_and_text_synch(pipe, clip3s, text_synch_calls):
+    first = pipe(clip3s, "dog barking", steps=2, seed=1)
+    assert text_synch_calls.calls == 1 and "decode" in first.timings
+
+    # Another seed, step count, CFG strength and negative prompt: same video and prompt.
+    again = pipe(clip3s, "dog barking", "wind noise", steps=3, cfg_strength=2.0, seed=2)
+    assert text_synch_calls.calls == 1
+    assert "decode" not in again.timings and "text_synch" not in again.timings
+
+    # The prompt conditions the video encoder, so a new prompt must run it again.
+    pipe(clip3s, "rain", steps=1, seed=1)
+    assert text_synch_calls.calls == 2
+    # So must another span of the same video.
+    pipe(clip3s, "dog barking", steps=1, seed=1, start=0.5, duration=2.0)
+    assert text_synch_calls.calls == 3
+
+
+def test_the_same_seed_gives_the_same_audio(pipe, clip3s):
+    a = pipe(clip3s, "dog barking", steps=2, seed=123)
+    b = pipe(clip3s, "dog barking", steps=2, seed=123)
+    c = pipe(clip3s, "dog barking", steps=2, seed=124)
+    torch.testing.assert_close(a.audio, b.audio, atol=0, rtol=0)
+    assert not torch.equal(a.audio, c.audio)
+
+
+def test_a_random_seed_is_reported_and_reproduces(pipe, clip3s):
+    a = pipe(clip3s, "dog barking", steps=2)
+    b = pipe(clip3s, "dog barking", steps=2, seed=a.seed)
+    torch.testing.assert_close(a.audio, b.audio, atol=0, rtol=0)
+
+
+def test_candidates_come_from_one_batch_and_differ(pipe, clip3s):
+    out = pipe(clip3s, "dog barking", steps=2, seed=5, num_samples=3)
+    assert out.audio.shape == (3, 48000)
+    assert not torch.equal(out.audio[0], out.audio[1])
+    # Candidate k of a batch is the single result for seed + k.
+    single = pipe(clip3s, "dog barking", steps=2, seed=6)
+    # (batched matmuls round differently; the tiny random vocoder amplifies that a little)
+    torch.testing.assert_close(out.audio[1:2], single.audio, atol=5e-3, rtol=0)
+
+
+def test_a_span_of_the_video(pipe, clip3s):
+    out = pipe(clip3s, "dog barking", steps=1, seed=1, start=1.0)
+    assert out.start == 1.0 and out.duration == pytest.approx(2.0)
+    assert out.audio.shape == (1, 32000)
+
+
+def test_negative_prompt_changes_only_the_unconditional_branch(pipe, clip3s):
+    plain = pipe(clip3s, "dog barking", steps=2, seed=9)
+    steered = pipe(clip3s, "dog barking", "wind noise", steps=2, seed=9)
+    assert not torch.equal(plain.audio, steered.audio)
+    # With cfg 1 the unconditional branch has no weight, so the negative prompt cannot matter.
+    a = pipe(clip3s, "dog barking", steps=2, seed=9, cfg_strength=1.0)
+    b = pipe(clip3s, "dog barking", "wind noise", steps=2, seed=9, cfg_strength=1.0)
+    torch.testing.assert_close(a.audio, b.audio, atol=0, rtol=0)
+
+
+def test_other_containers_and_orientations(pipe, tmp_path):
+    webm = make_video(tmp_path / "clip.webm", seconds=1.0, codec="vp9")
+    rotated = make_video(tmp_path / "portrait.mp4", seconds=1.0, size=(48, 64), rotation=270)
+    vfr = make_video(tmp_path / "vfr.mp4", seconds=1.0, vfr=True)
+    for clip in (webm, rotated, vfr):
+        out = pipe(clip, "dog barking", steps=1, seed=1)
+        assert out.audio.shape[0] == 1 and out.duration > 0.6
+
+
+def test_interrupt_stops_between_steps(pipe, clip3s):
+    from selva.pipeline import GenerationCancelled
+
+    def progress(fraction, desc=""):
+        if desc.startswith("Generating"):
+            pipe.interrupt()
+
+    with pytest.raises(GenerationCancelled):
+        pipe(clip3s, "dog barking", steps=5, seed=1, progress=progress)
+    # The next call runs normally.
+    assert pipe(clip3s, "dog barking", steps=1, seed=1).audio.shape == (1, 48000)
+
+
+def test_progress_reports_stages_and_steps(pipe, clip3s):
+    seen = []
+    pipe.clear_caches()
+    pipe(clip3s, "dog barking", steps=3, seed=1, progress=lambda f, desc="": seen.append((f, desc)))
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    descs = [d for _, d in seen]
+    assert "TextSynch: following the prompted motion" in descs
+    assert [d for d in descs if d.startswith("Generating")] == [f"Generating: step {i}/3" for i in (1, 2, 3)]
+
+
+# -- bad input: clear errors before any heavy work ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"steps": 0}, "steps must be a whole number from 1 to"),
+        ({"steps": 2.5}, "steps must be a whole number"),
+        ({"cfg_strength": -1}, "cfg_strength must be between 0 and 20"),
+        ({"seed": -3}, "seed must be a whole number"),
+        ({"num_samples": 0}, "num_samples must be from 1 to"),
+        ({"start": -1.0}, "start must be 0 s or later"),
+        ({"duration": 0}, "duration must be positive"),
+        ({"duration": 31}, "over the limit of 30 s"),
+        ({"start": 3.5}, "at or past the end of the 3.00 s video"),
+        ({"duration": 5.0}, "runs past the end of the 3.00 s video; use at most 3.00 s"),
+        ({"start": 2.7}, "needs at least 0.64 s of video"),
+    ],
+)
+def test_bad_arguments_are_named(pipe, clip3s, kwargs, message):
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace("*", r"\*")):
+        pipe(clip3s, "dog barking", **kwargs)
+
+
+def test_prompt_must_be_text(pipe, clip3s):
+    with pytest.raises(InputError, match="prompt must be a string"):
+        pipe(clip3s, None)
+
+
+def test_bad_files_are_named(pipe, tmp_path):
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    short = make_video(tmp_path / "short.mp4", seconds=0.4)
+    cases = {
+        empty: "empty",
+        tmp_path / "missing.mp4": "no file at",
+        make_audio_only(tmp_path / "voice.m4a"): "contains only audio",
+        make_image(tmp_path / "still.png"): "still image",
+        truncate(make_video(tmp_path / "ok.mp4", seconds=2.0), tmp_path / "cut.mp4", 0.3): "damaged or truncated",
+    }
+    for path, pattern in cases.items():
+        with pytest.raises(MediaError, match=f"(?i){pattern}"):
+            pipe(path, "dog barking", steps=1)
+    with pytest.raises(InputError, match="needs at least 0.64 s"):
+        pipe(short, "dog barking", steps=1)
+
+
+def test_unknown_variant_lists_the_known_ones(tiny_hub):
+    with pytest.raises(InputError, match="small_16k"):
+        SelvaPipeline.from_pretrained("small_61k")
+
+
+def test_missing_weights_offline_say_what_to_fetch(fresh_tiny_hub):
+    fresh_tiny_hub.remove("jnwnlee/SelVA", "weights/generator_small_16k_sup_5.pth")
+    with pytest.raises(WeightsError, match="generator_small_16k_sup_5.pth"):
+        SelvaPipeline.from_pretrained("tiny_16k", device="cpu")
+
+
+def test_saving_to_a_bad_place_leaves_nothing(pipe, clip3s, tmp_path):
+    out = pipe(clip3s, "dog barking", steps=1, seed=1)
+    target = tmp_path / "no_such_dir" / "a.mp4"
+    with pytest.raises(MediaError):
+        out.save_video(target)
+    assert not target.exists()
+    with pytest.raises(MediaError):
+        out.save_audio(tmp_path / "a.ogg")
+    assert list(Path(tmp_path).iterdir()) == []
