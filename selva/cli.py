@@ -1,0 +1,470 @@
+"""The `selva` command line: sonify one clip, a list of clips, or fetch the weights.
+
+    selva generate VIDEO [VIDEO...] --prompt TEXT [options]
+    selva batch LIST.csv | FOLDER [--prompt TEXT] [options]
+    selva download [--variant NAME ...]
+
+Exit codes, for scripts:
+    0    every clip was written (or its outputs already existed)
+    1    one or more clips failed; the others were written (rerun to retry them)
+    2    usage error or bad input: options, missing files, malformed CSV, unknown variant
+    3    weights missing, corrupt or not downloadable
+    130  interrupted; finished clips are kept (a batch rerun resumes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib
+import logging
+import math
+import re
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from selva.errors import InputError, MediaError, SelvaError, WeightsError
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_WEIGHTS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_CODES = """exit codes:
+  0    every clip was written (or its outputs already existed)
+  1    one or more clips failed; the others were written (rerun to retry them)
+  2    usage error or bad input: options, missing files, malformed CSV, unknown variant
+  3    weights missing, corrupt or not downloadable
+  130  interrupted; finished clips are kept (a batch rerun resumes)
+"""
+DEFAULT_VARIANT = "small_16k"  # = selva.variants.DEFAULT_VARIANT, not imported: it pulls in torch
+VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg"}
+CSV_COLUMNS = {"video", "prompt", "negative", "seed", "start", "duration"}
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # names selva.device.parse_dtype reads
+OFFLOADS = ("auto", "on", "off", "keep_in_vram", "offload_to_cpu")  # and parse_offload
+
+
+# -- values: one converter per option, shared by the flags and the CSV columns ------------------
+
+
+def _ranged(cast: type, lo: float, hi: float | str | None = None, *, above: bool = False):
+    """An argparse type for a finite number from `lo` (or `above` it) to `hi`.
+
+    A string `hi` names a `selva.pipeline` limit, imported on use so that `--help`
+    and usage errors do not wait for torch to import.
+    """
+
+    def convert(text: str):
+        try:
+            value = float(text)
+            if not math.isfinite(value) or (cast is int and not value.is_integer()):
+                raise ValueError
+            # int(text) keeps big seeds exact; int(value) takes the "7.0" that spreadsheets write.
+            value = cast(text) if cast is float or text.strip().lstrip("+-").isdigit() else cast(value)
+        except ValueError:
+            kind = "a whole number" if cast is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+        upper = getattr(importlib.import_module("selva.pipeline"), hi) if isinstance(hi, str) else hi
+        if value < lo or (above and value == lo) or (upper is not None and value > upper):
+            lo_s, hi_s = _show(lo), _show(upper)
+            if above:
+                span = f"above {lo_s}" + (f" and at most {hi_s}" if upper else "")
+            else:
+                span = f"from {lo_s} to {hi_s}" if upper else f"{lo_s} or more"
+            raise argparse.ArgumentTypeError(f"must be {span}, got {text}")
+        return value
+
+    return convert
+
+
+def _show(x: float | None) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+steps_arg = _ranged(int, 1, "MAX_STEPS")
+samples_arg = _ranged(int, 1, "MAX_SAMPLES")
+cfg_arg = _ranged(float, 0.0, 20.0)  # the range SelvaPipeline.check_inputs accepts
+seed_arg = _ranged(int, 0, 2**63 - 1)
+start_arg = _ranged(float, 0.0)
+duration_arg = _ranged(float, 0.0, "DEFAULT_MAX_DURATION", above=True)
+gain_arg = _ranged(float, 0.0)
+
+
+# -- the parser ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from selva import __version__
+
+    shared = dict(epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    about = "SelVA: generate the sound of the source a prompt names, for one video or many."
+    parser = argparse.ArgumentParser(prog="selva", description=about, **shared)
+    parser.add_argument("--version", action="version", version=f"selva {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    about = "Write OUT/<stem>.flac and OUT/<stem>.mp4 per video (OUT/<stem>_<k>.* with --samples)."
+    p = sub.add_parser("generate", help="sonify videos with one prompt", description=about, **shared)
+    p.add_argument("videos", nargs="+", type=Path, metavar="VIDEO")
+    p.add_argument("--prompt", required=True, metavar="TEXT", help="the sound to make, e.g. 'dog barking'")
+    _generation_options(p)
+
+    about = (
+        "LIST.csv has the columns video and prompt, and optionally negative, seed, start and\n"
+        "duration; video paths are relative to the CSV's folder. Empty cells take the matching\n"
+        "option. A FOLDER is sonified with --prompt. Clips whose outputs exist are skipped."
+    )
+    p = sub.add_parser("batch", help="sonify a CSV list or a folder (resumable)", description=about, **shared)
+    p.add_argument("source", type=Path, metavar="LIST.csv|FOLDER")
+    p.add_argument("--prompt", metavar="TEXT", help="prompt for a folder, or for CSV rows without one")
+    p.add_argument("--overwrite", action="store_true", help="redo clips whose outputs already exist")
+    _generation_options(p)
+
+    about = "Download and verify every file a variant needs (for Docker images and Spaces builds)."
+    p = sub.add_parser("download", help="fetch and verify the weights", description=about, **shared)
+    p.add_argument(
+        "--variant", action="append", metavar="NAME", help=f"repeatable; default: {DEFAULT_VARIANT}"
+    )
+    p.add_argument("--all", action="store_true", help="every variant")
+    _common_options(p)
+    return parser
+
+
+def _generation_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("generation")
+    g.add_argument("--negative", metavar="TEXT", help="sound to steer away from, e.g. 'wind noise'")
+    g.add_argument("--out", type=Path, default=Path("outputs"), metavar="DIR", help="default: %(default)s")
+    g.add_argument("--steps", type=steps_arg, default=25, metavar="N", help="flow steps (default: 25)")
+    g.add_argument("--cfg", type=cfg_arg, default=4.5, metavar="X", help="guidance (default: %(default)s)")
+    g.add_argument("--seed", type=seed_arg, metavar="N", help="default: random (logged)")
+    g.add_argument("--samples", type=samples_arg, default=1, metavar="N", help="candidates per clip")
+    g.add_argument("--duration", type=duration_arg, metavar="SEC", help="default: the rest, up to 8 s")
+    g.add_argument("--start", type=start_arg, default=0.0, metavar="SEC", help="default: 0")
+    g.add_argument(
+        "--keep-original-audio", type=gain_arg, metavar="GAIN", help="mix in the video's own audio at GAIN"
+    )
+    g.add_argument("--format", choices=["flac", "wav"], default="flac", help="default: flac")
+    g = p.add_argument_group("models")
+    g.add_argument("--variant", default=DEFAULT_VARIANT, metavar="NAME", help="default: %(default)s")
+    g.add_argument("--device", metavar="DEV", help="cuda, cuda:1, mps or cpu (default: the best one)")
+    g.add_argument("--precision", choices=PRECISIONS, default="auto", help="default: auto")
+    g.add_argument("--offload", choices=OFFLOADS, default="auto", help="text encoders wait on the CPU")
+    _common_options(p)
+
+
+def _common_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("weights and logs")
+    g.add_argument("--weights-dir", type=Path, metavar="DIR", help="local weights folder (default: HF cache)")
+    g.add_argument("--revision", metavar="REV", help="Hub revision of the weights (default: pinned)")
+    g.add_argument("-q", "--quiet", action="store_true", help="only print errors")
+    g.add_argument("-v", "--verbose", action="count", default=0, help="debug logs and tracebacks")
+
+
+# -- work items -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Item:
+    video: Path
+    prompt: str
+    where: str  # how messages name it: the path, or "LIST.csv line 4"
+    negative: str = ""
+    seed: int | None = None
+    start: float = 0.0
+    duration: float | None = None
+    name: str = ""  # output stem, unique in the run
+
+
+def items_for(videos: list[Path], args: argparse.Namespace) -> list[Item]:
+    """One clip per video, every setting from the options."""
+    missing = [str(v) for v in videos if not v.is_file()]
+    if missing:
+        raise InputError(f"no such video: {', '.join(missing)}")
+    return [Item(v, args.prompt, str(v), **_defaults(args)) for v in videos]
+
+
+def items_from_folder(folder: Path, args: argparse.Namespace) -> list[Item]:
+    if not args.prompt:
+        raise InputError(f"{folder} is a folder: give the prompt with --prompt (or pass a CSV)")
+    videos = sorted(p for p in folder.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
+    if not videos:
+        raise InputError(f"no videos ({', '.join(sorted(VIDEO_SUFFIXES))}) in {folder}")
+    return items_for(videos, args)
+
+
+def items_from_csv(path: Path, args: argparse.Namespace) -> list[Item]:
+    """Every row checked before any model loads: a typo should not cost a model load."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: Excel writes a BOM
+            reader = csv.DictReader(f)
+            columns = {(c or "").strip() for c in reader.fieldnames or []}
+            rows = [(_clean(path, row, reader.line_num), reader.line_num) for row in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"cannot read {path}: {exc}") from None
+    if not {"video", "prompt"} <= columns:
+        have = ", ".join(sorted(columns)) or "none"
+        raise InputError(f"{path} needs the columns video and prompt; it has: {have}")
+    if columns - CSV_COLUMNS:
+        unknown, allowed = ", ".join(sorted(columns - CSV_COLUMNS)), ", ".join(sorted(CSV_COLUMNS))
+        raise InputError(f"{path}: unknown column(s) {unknown}; allowed: {allowed}")
+    items = []
+    for row, line in rows:
+        where = f"{path} line {line}"
+        if not row.get("video"):
+            raise InputError(f"{where}: the video cell is empty")
+        fields = _defaults(args)
+        for column, convert in (("seed", seed_arg), ("start", start_arg), ("duration", duration_arg)):
+            if row.get(column):
+                try:
+                    fields[column] = convert(row[column])
+                except argparse.ArgumentTypeError as exc:
+                    raise InputError(f"{where}: {column} {exc}") from None
+        fields["negative"] = row.get("negative") or fields["negative"]
+        prompt = row["prompt"] or args.prompt
+        if not prompt:
+            raise InputError(f"{where}: the prompt cell is empty (or give a default with --prompt)")
+        video = Path(row["video"]).expanduser()
+        items.append(Item(path.parent / video, prompt, f"{where} ({video.name})", **fields))
+    if not items:
+        raise InputError(f"{path} has no rows")
+    return items
+
+
+def _clean(path: Path, row: dict, line: int) -> dict[str, str]:
+    if None in row:  # DictReader's key for cells past the header's: an unquoted comma, most likely
+        raise InputError(f"{path} line {line} has more cells than columns; quote texts with commas")
+    return {k.strip(): (v or "").strip() for k, v in row.items()}
+
+
+def _defaults(args: argparse.Namespace) -> dict:
+    return dict(negative=args.negative or "", seed=args.seed, start=args.start, duration=args.duration)
+
+
+def assign_names(items: list[Item]) -> None:
+    """Output stems: the video's, plus a prompt slug when one video (or stem) has several rows.
+
+    Names depend only on the list, so a rerun finds the same files and resumes.
+    """
+    stems = Counter(item.video.stem for item in items)
+    for item in items:
+        stem = item.video.stem
+        item.name = stem if stems[stem] == 1 else f"{stem}-{_slug(item.prompt)}"
+    names = Counter(item.name for item in items)
+    for i, item in enumerate(items, 1):
+        if names[item.name] > 1:  # same video and prompt twice (other seeds, spans): number them
+            item.name = f"{item.name}-{i}"
+    if len({item.name for item in items}) < len(items):
+        raise InputError("two clips would write the same output names; rename one of the videos")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40].strip("-") or "prompt"
+
+
+def output_paths(item: Item, args: argparse.Namespace) -> list[tuple[Path, Path]]:
+    """(audio, video) per candidate; the `_k` suffix appears only with --samples > 1."""
+    stems = [item.name] if args.samples == 1 else [f"{item.name}_{k}" for k in range(1, args.samples + 1)]
+    return [(args.out / f"{s}.{args.format}", args.out / f"{s}.mp4") for s in stems]
+
+
+# -- running ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Summary:
+    done: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    def table(self) -> str:
+        per_clip = f"{self.seconds / self.done:.1f}" if self.done else "-"
+        rows = {"done": self.done, "skipped": self.skipped, "failed": len(self.failed), "s/clip": per_clip}
+        lines = ["", "summary"] + [f"  {name:<8}{value:>8}" for name, value in rows.items()]
+        if self.failed:
+            lines += ["failed clips:"] + [f"  {where}: {error}" for where, error in self.failed]
+        return "\n".join(lines)
+
+
+def run_items(items: list[Item], args: argparse.Namespace, *, skip_existing: bool) -> int:
+    assign_names(items)
+    for item in items:
+        for path in (p for pair in output_paths(item, args) for p in pair):
+            if path.resolve() == item.video.resolve():
+                raise InputError(f"{path} would overwrite its input video; choose another --out")
+    summary = Summary()
+    pending = items
+    if skip_existing:
+        pending = [i for i in items if not all(p.is_file() for pair in output_paths(i, args) for p in pair)]
+        summary.skipped = len(items) - len(pending)
+        if summary.skipped:
+            log.info("skipping %d clip(s) whose outputs exist in %s", summary.skipped, args.out)
+    if pending:  # a finished batch reruns without loading any model
+        from selva.variants import get_variant
+
+        get_variant(args.variant)  # a misspelt variant fails before any folder is made
+        try:
+            args.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"cannot create the output folder {args.out}: {exc}") from None
+        pipe = load_pipeline(args)
+        try:
+            run_loop(pipe, pending, args, summary)
+        except KeyboardInterrupt:
+            _print_summary(summary, args)  # what finished is kept; say so before exiting
+            raise
+    _print_summary(summary, args)
+    return EXIT_FAILED if summary.failed else EXIT_OK
+
+
+def run_loop(pipe, items: list[Item], args: argparse.Namespace, summary: Summary) -> None:
+    # disable=None: no bars when stderr is no terminal (CI logs), where each clip's line suffices.
+    bar = tqdm(
+        items, desc="clips", unit="clip", disable=args.quiet or None, file=sys.stderr, dynamic_ncols=True
+    )
+    for item in bar:
+        start = time.perf_counter()
+        try:
+            generate_one(pipe, item, args)
+        except Exception as exc:  # report the clip and go on; Ctrl-C still stops the batch
+            message = str(exc) if isinstance(exc, SelvaError) else f"{type(exc).__name__}: {exc}"
+            log.error("%s: %s", item.where, message, exc_info=args.verbose > 0)
+            summary.failed.append((item.where, message))
+        else:
+            summary.done += 1
+            summary.seconds += time.perf_counter() - start
+        bar.set_postfix(done=summary.done, failed=len(summary.failed), refresh=False)
+
+
+def _print_summary(summary: Summary, args: argparse.Namespace) -> None:
+    if not args.quiet:
+        print(summary.table(), flush=True)
+
+
+def load_pipeline(args: argparse.Namespace):
+    from selva.pipeline import SelvaPipeline
+
+    started = time.perf_counter()
+    log.info("loading %s models", args.variant)
+    pipe = SelvaPipeline.from_pretrained(
+        args.variant,
+        device=args.device,
+        dtype=args.precision,
+        offload=args.offload,
+        weights_dir=args.weights_dir,
+        revision=args.revision,
+    )
+    pipe.set_progress_bar_config(disable=args.quiet or None, file=sys.stderr, dynamic_ncols=True)
+    log.info("models ready in %.1f s", time.perf_counter() - started)
+    return pipe
+
+
+def generate_one(pipe, item: Item, args: argparse.Namespace) -> None:
+    if not item.video.is_file():
+        raise MediaError(f"no such video: {item.video}")
+    out = pipe(
+        item.video,
+        item.prompt,
+        item.negative,
+        steps=args.steps,
+        cfg_strength=args.cfg,
+        seed=item.seed,
+        duration=item.duration,
+        start=item.start,
+        num_samples=args.samples,
+    )
+    written = []
+    for k, (audio_path, video_path) in enumerate(output_paths(item, args)):
+        # Audio first, mp4 last: an item counts as done once its last file exists.
+        written.append(out.save_audio(audio_path, k))
+        written.append(out.save_video(video_path, k, original_audio_gain=args.keep_original_audio))
+    span = f"{out.start:.2f}-{out.start + out.duration:.2f} s"
+    log.info("%s -> %s (seed %d, %s)", item.where, ", ".join(str(p) for p in written), out.seed, span)
+
+
+# -- commands -------------------------------------------------------------------------------------
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    return run_items(items_for(args.videos, args), args, skip_existing=False)
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    source: Path = args.source
+    if source.is_dir():
+        items = items_from_folder(source, args)
+    elif source.is_file():
+        items = items_from_csv(source, args)
+    else:
+        raise InputError(f"no such CSV file or folder: {source}")
+    return run_items(items, args, skip_existing=not args.overwrite)
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from selva import hub
+    from selva.variants import VARIANTS, get_variant, human_size
+
+    names = list(VARIANTS) if args.all else args.variant or [DEFAULT_VARIANT]
+    for name in dict.fromkeys(names):  # stops at the first failure: a half-filled image should not build
+        started, size = time.perf_counter(), human_size(get_variant(name).download_bytes())
+        log.info("%s: checking %s of weights, downloading what is missing", name, size)
+        paths = hub.download(name, revision=args.revision, weights_dir=args.weights_dir)
+        log.info("%s: verified in %.1f s", name, time.perf_counter() - started)
+        if not args.quiet:
+            print("\n".join(f"{name}\t{role}\t{path}" for role, path in paths.items()), flush=True)
+    return EXIT_OK
+
+
+COMMANDS = {"generate": cmd_generate, "batch": cmd_batch, "download": cmd_download}
+
+
+# -- entry point ------------------------------------------------------------------------------------
+
+
+class _TqdmHandler(logging.Handler):
+    """Log lines go above the progress bars instead of through them; only INFO lines go bare."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+            if record.levelno != logging.INFO:
+                text = f"{record.levelname.lower()}: {text}"
+            tqdm.write(text, file=sys.stderr)
+        except Exception:
+            self.handleError(record)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line and return its exit code (the console script exits with it)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse exits on --help and usage errors; callers get the code
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+
+    # Logging belongs to the process: set up here, never at import, and undone on return so that
+    # in-process callers (tests, notebooks) keep theirs. One handler on the root logger shows every
+    # library's warnings once (and stops open_clip's root `logging.info` from installing a second
+    # handler); the CLI's own lines show at INFO, the rest of the package only with -v.
+    root, package = logging.getLogger(), logging.getLogger("selva")
+    saved = [(logger, logger.level) for logger in (root, package, log)]
+    handler = _TqdmHandler()
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    package.setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    log.setLevel(logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("selva: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except SelvaError as exc:
+        log.debug("traceback:", exc_info=True)
+        print(f"selva: error: {exc}", file=sys.stderr)
+        return EXIT_WEIGHTS if isinstance(exc, WeightsError) else EXIT_USAGE
+    finally:
+        root.removeHandler(handler)
+        for logger, level in saved:
+            logger.setLevel(level)

@@ -1,0 +1,407 @@
+"""The `selva` command line: parsing, CSV lists, naming, exit codes, and (on the tiny Hub) every command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from selva import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+NO_SUCH_VARIANT = "no_such_variant"  # loading it would fail: proves a command loaded no model
+
+
+def run(capsys, *argv: str | Path) -> tuple[int, str, str]:
+    code = cli.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def write_csv(path: Path, text: str) -> Path:
+    path.write_text(text.lstrip(), encoding="utf-8")
+    return path
+
+
+# -- help and parse errors ------------------------------------------------------------------------
+
+
+def test_help_documents_the_exit_codes(capsys):
+    code, out, _ = run(capsys, "--help")
+    assert code == 0
+    assert "exit codes:" in out and "130" in out
+    for command in ("generate", "batch", "download"):
+        code, out, _ = run(capsys, command, "--help")
+        assert code == 0 and "exit codes:" in out
+    # The module docstring documents the same codes as the epilog.
+    doc_lines = {line.strip() for line in cli.__doc__.splitlines()}
+    for line in cli.EXIT_CODES.splitlines()[1:]:
+        assert line.strip() in doc_lines
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["generate", "clip.mp4"],  # no --prompt
+        ["generate", "--prompt", "dog barking"],  # no video
+        ["generate", "clip.mp4", "--prompt", "x", "--steps", "0"],
+        ["generate", "clip.mp4", "--prompt", "x", "--steps", "100000"],
+        ["generate", "clip.mp4", "--prompt", "x", "--samples", "99"],
+        ["generate", "clip.mp4", "--prompt", "x", "--cfg", "nan"],
+        ["generate", "clip.mp4", "--prompt", "x", "--seed", "-1"],
+        ["generate", "clip.mp4", "--prompt", "x", "--duration", "0"],
+        ["generate", "clip.mp4", "--prompt", "x", "--start", "inf"],
+        ["generate", "clip.mp4", "--prompt", "x", "--format", "mp3"],
+        ["generate", "clip.mp4", "--prompt", "x", "--precision", "fp8"],
+        ["batch"],
+        ["nonsense"],
+    ],
+)
+def test_usage_errors_exit_2(capsys, argv):
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert "Traceback" not in err
+
+
+def test_range_errors_name_the_range(capsys):
+    code, _, err = run(capsys, "generate", "clip.mp4", "--prompt", "x", "--steps", "100000")
+    assert code == 2 and "--steps" in err and "from 1 to 200" in err
+
+
+def test_defaults_and_limits_agree_with_the_package():
+    # The CLI keeps its own copies so that `--help` does not import torch; they must not drift.
+    from selva.pipeline import MAX_STEPS
+    from selva.variants import DEFAULT_VARIANT
+
+    assert cli.DEFAULT_VARIANT == DEFAULT_VARIANT
+    assert cli.steps_arg(str(MAX_STEPS)) == MAX_STEPS
+    assert cli.seed_arg("7.0") == 7  # spreadsheets write whole numbers so
+    assert cli.seed_arg(str(2**63 - 1)) == 2**63 - 1  # exact, not through a float
+
+
+def test_missing_video_is_one_line(capsys, tmp_path):
+    code, out, err = run(capsys, "generate", tmp_path / "missing.mp4", "--prompt", "x", "--variant", "tiny")
+    assert code == 2
+    assert err.strip().splitlines() == [f"selva: error: no such video: {tmp_path / 'missing.mp4'}"]
+    assert out == ""
+
+
+def test_unknown_variant_exits_2_before_making_folders(capsys, tmp_path):
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"")
+    code, _, err = run(
+        capsys, "generate", video, "--prompt", "x", "--variant", "nope", "--out", tmp_path / "out"
+    )
+    assert code == 2 and "unknown variant 'nope'" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_must_not_overwrite_the_input(capsys, tmp_path):
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"")
+    code, _, err = run(capsys, "generate", video, "--prompt", "x", "--out", tmp_path)
+    assert code == 2 and "overwrite its input" in err
+
+
+# -- CSV lists and folders ------------------------------------------------------------------------
+
+
+def test_missing_list_exits_2(capsys, tmp_path):
+    code, _, err = run(capsys, "batch", tmp_path / "missing.csv")
+    assert code == 2 and "no such CSV file or folder" in err
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("video,negative\na.mp4,wind\n", "needs the columns video and prompt"),
+        ("video,prompt,sed\na.mp4,dog,1\n", "unknown column(s) sed"),
+        ("video,prompt,seed\na.mp4,dog,1\nb.mp4,cat,one\n", "line 3: seed expected a whole number"),
+        ("video,prompt,start\na.mp4,dog,-2\n", "line 2: start must be 0 or more"),
+        ("video,prompt,duration\na.mp4,dog,1e9\n", "line 2: duration must be above 0 and at most 30"),
+        ("video,prompt\na.mp4,\n", "line 2: the prompt cell is empty"),
+        ("video,prompt\n,dog\n", "line 2: the video cell is empty"),
+        ("video,prompt\n", "has no rows"),
+        ("video,prompt\na.mp4,dog, barking\n", "line 2 has more cells than columns"),
+        ("", "needs the columns video and prompt"),
+    ],
+)
+def test_malformed_lists_exit_2_before_loading(capsys, tmp_path, text, message):
+    listing = write_csv(tmp_path / "list.csv", text)
+    code, out, err = run(capsys, "batch", listing, "--variant", NO_SUCH_VARIANT)
+    assert code == 2, err
+    assert message in err
+    assert len(err.strip().splitlines()) == 1 and out == ""
+
+
+def test_list_rows_resolve_against_the_csv_folder(tmp_path):
+    (tmp_path / "lists").mkdir()
+    listing = write_csv(
+        tmp_path / "lists" / "list.csv",
+        '\ufeffvideo , prompt,negative,seed,start,duration\nclips/a.mp4,"dog, barking",wind,7,1.5,2\n'
+        f"{tmp_path / 'b.mov'},cat,,,,\nc.mp4,,,,,\n",
+    )
+    args = cli.build_parser().parse_args(["batch", str(listing), "--prompt", "rain", "--seed", "3"])
+    first, second, third = cli.items_from_csv(listing, args)
+    assert first.video == tmp_path / "lists" / "clips" / "a.mp4"
+    assert (first.prompt, first.negative, first.seed, first.start, first.duration) == (
+        "dog, barking",
+        "wind",
+        7,
+        1.5,
+        2.0,
+    )
+    assert second.video == tmp_path / "b.mov"
+    assert (second.prompt, second.seed, second.start, second.duration) == ("cat", 3, 0.0, None)
+    assert third.prompt == "rain"  # an empty cell takes the option
+    assert "line 4" in third.where
+
+
+def test_folder_needs_a_prompt_and_videos(capsys, tmp_path):
+    code, _, err = run(capsys, "batch", tmp_path)
+    assert code == 2 and "--prompt" in err
+    code, _, err = run(capsys, "batch", tmp_path, "--prompt", "dog")
+    assert code == 2 and "no videos" in err
+
+
+def test_folder_lists_its_videos_in_order(tmp_path):
+    for name in ("b.MOV", "a.mp4", "notes.txt", "c.webm"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "sub.mp4").mkdir()
+    args = cli.build_parser().parse_args(["batch", str(tmp_path), "--prompt", "rain", "--negative", "wind"])
+    items = cli.items_from_folder(tmp_path, args)
+    assert [i.video.name for i in items] == ["a.mp4", "b.MOV", "c.webm"]
+    assert {(i.prompt, i.negative, i.seed, i.start, i.duration) for i in items} == {
+        ("rain", "wind", None, 0.0, None)
+    }
+
+
+def test_output_names_are_unique_and_stable():
+    items = [
+        cli.Item(Path("a/dog.mp4"), "dog barking", "1"),
+        cli.Item(Path("a/dog.mp4"), "man speaking!", "2"),
+        cli.Item(Path("b/cat.mp4"), "meow", "3"),
+        cli.Item(Path("a/dog.mp4"), "dog barking", "4", seed=2),
+    ]
+    cli.assign_names(items)
+    assert [i.name for i in items] == ["dog-dog-barking-1", "dog-man-speaking", "cat", "dog-dog-barking-4"]
+
+
+def test_output_paths_number_candidates(tmp_path):
+    item = cli.Item(Path("dog.mp4"), "x", "x", name="dog")
+    args = cli.build_parser().parse_args(["generate", "dog.mp4", "--prompt", "x", "--out", str(tmp_path)])
+    assert cli.output_paths(item, args) == [(tmp_path / "dog.flac", tmp_path / "dog.mp4")]
+    args = cli.build_parser().parse_args(
+        ["generate", "dog.mp4", "--prompt", "x", "--out", str(tmp_path), "--samples", "2", "--format", "wav"]
+    )
+    assert cli.output_paths(item, args) == [
+        (tmp_path / "dog_1.wav", tmp_path / "dog_1.mp4"),
+        (tmp_path / "dog_2.wav", tmp_path / "dog_2.mp4"),
+    ]
+
+
+def test_finished_batch_skips_everything_without_loading_models(capsys, tmp_path):
+    listing = write_csv(tmp_path / "list.csv", "video,prompt\na.mp4,dog\nb.mp4,cat\n")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    for name in ("a.flac", "a.mp4", "b.flac", "b.mp4"):
+        (out_dir / name).write_bytes(b"done")
+    code, out, _ = run(capsys, "batch", listing, "--out", out_dir, "--variant", NO_SUCH_VARIANT)
+    assert code == 0
+    assert summary_counts(out) == {"done": "0", "skipped": "2", "failed": "0", "s/clip": "-"}
+
+
+def test_summary_table_lists_failures():
+    summary = cli.Summary(done=2, skipped=1, seconds=5.0, failed=[("list.csv line 3 (x.mp4)", "cannot read")])
+    table = summary.table()
+    assert summary_counts(table) == {"done": "2", "skipped": "1", "failed": "1", "s/clip": "2.5"}
+    assert "list.csv line 3 (x.mp4): cannot read" in table
+
+
+def summary_counts(out: str) -> dict[str, str]:
+    lines = out[out.index("summary") :].splitlines()[1:5]
+    return dict(line.split() for line in lines)
+
+
+# -- the module entry point -------------------------------------------------------------------------
+
+
+def test_python_m_selva_returns_the_exit_code(tmp_path):
+    command = [sys.executable, "-m", "selva", "batch", str(tmp_path / "missing.csv")]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"selva: error: no such CSV file or folder: {tmp_path / 'missing.csv'}"
+
+
+# -- end to end on the tiny Hub -----------------------------------------------------------------------
+
+TINY = "tiny_16k"
+FAST = ["--variant", TINY, "--steps", "2", "--device", "cpu", "--precision", "fp32"]
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> Path:
+    """Two tiny clips (one with its own soundtrack) and a file that only pretends to be a video."""
+    from media_factory import make_video
+
+    folder = tmp_path_factory.mktemp("clips")
+    make_video(folder / "dog.mp4", seconds=1.0, audio=True)
+    make_video(folder / "cat.mp4", seconds=1.0)
+    (folder / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not really a video" * 32)
+    return folder
+
+
+def audio_info(path: Path) -> tuple[int, float]:
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        samples = sum(frame.samples for frame in container.decode(stream))
+        return stream.rate, samples / stream.rate
+
+
+def stream_kinds(path: Path) -> list[str]:
+    import av
+
+    with av.open(str(path)) as container:
+        return sorted(s.type for s in container.streams)
+
+
+def test_generate_writes_audio_and_video(tiny_hub, clips, tmp_path, capsys):
+    videos = [clips / "dog.mp4", clips / "cat.mp4"]  # several videos, one model load
+    prompts = ["--prompt", "dog barking", "--negative", "wind noise"]
+    code, out, err = run(capsys, "generate", *videos, *prompts, "--seed", "3", "--out", tmp_path, *FAST)
+    assert code == 0, err
+    rate, seconds = audio_info(tmp_path / "dog.flac")
+    assert rate == 16_000 and seconds == pytest.approx(1.0, abs=0.05)
+    assert stream_kinds(tmp_path / "dog.mp4") == ["audio", "video"]
+    counts = summary_counts(out)
+    assert (counts["done"], counts["skipped"], counts["failed"]) == ("2", "0", "0")
+    assert err.count("seed 3") == 2 and err.count("loading tiny_16k") == 1
+    # nothing else, and no temporary leftovers
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cat.flac", "cat.mp4", "dog.flac", "dog.mp4"]
+
+
+def test_generate_candidates_as_wav_keeping_the_original_audio(tiny_hub, clips, tmp_path, capsys):
+    options = ["--samples", "2", "--format", "wav", "--keep-original-audio", "0.5", "--duration", "0.8", "-q"]
+    code, _, err = run(
+        capsys, "generate", clips / "dog.mp4", "--prompt", "dog", *options, "--out", tmp_path, *FAST
+    )
+    assert code == 0, err
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["dog_1.mp4", "dog_1.wav", "dog_2.mp4", "dog_2.wav"]
+    assert audio_info(tmp_path / "dog_1.wav")[1] == pytest.approx(0.8, abs=0.05)
+    assert (tmp_path / "dog_1.wav").read_bytes() != (tmp_path / "dog_2.wav").read_bytes()
+
+
+def test_batch_resumes_where_it_stopped(tiny_hub, clips, tmp_path, capsys):
+    listing = write_csv(
+        clips / "resume.csv", "video,prompt,seed\ndog.mp4,dog barking,1\ncat.mp4,cat meow,2\n"
+    )
+    out_dir = tmp_path / "out"
+    code, out, err = run(capsys, "batch", listing, "--out", out_dir, *FAST)
+    assert code == 0, err
+    assert summary_counts(out)["done"] == "2"
+    outputs = sorted(out_dir.iterdir())
+    assert [p.name for p in outputs] == ["cat.flac", "cat.mp4", "dog.flac", "dog.mp4"]
+    stamps = {p.name: p.stat().st_mtime_ns for p in outputs}
+
+    # Everything done: nothing is redone.
+    code, out, _ = run(capsys, "batch", listing, "--out", out_dir, *FAST)
+    assert code == 0
+    assert summary_counts(out) == {"done": "0", "skipped": "2", "failed": "0", "s/clip": "-"}
+    assert {p.name: p.stat().st_mtime_ns for p in out_dir.iterdir()} == stamps
+
+    # A clip whose outputs are incomplete (stopped between its files) is redone, alone.
+    (out_dir / "cat.mp4").unlink()
+    code, out, _ = run(capsys, "batch", listing, "--out", out_dir, *FAST)
+    assert code == 0
+    assert summary_counts(out)["done"] == "1" and summary_counts(out)["skipped"] == "1"
+    assert (out_dir / "cat.mp4").is_file()
+    assert (out_dir / "dog.flac").stat().st_mtime_ns == stamps["dog.flac"]
+
+
+def test_batch_reports_a_broken_video_and_goes_on(tiny_hub, clips, tmp_path, capsys):
+    listing = write_csv(clips / "broken.csv", "video,prompt\nbroken.mp4,dog barking\ndog.mp4,dog barking\n")
+    code, out, err = run(capsys, "batch", listing, "--out", tmp_path, *FAST)
+    assert code == 1
+    counts = summary_counts(out)
+    assert (counts["done"], counts["skipped"], counts["failed"]) == ("1", "0", "1")
+    assert f"{listing} line 2 (broken.mp4)" in out  # named in the summary's failure list
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dog.flac", "dog.mp4"]
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "broken.mp4" in errors[0]
+    assert "Traceback" not in err
+
+    # A rerun retries only the failed clip.
+    code, out, _ = run(capsys, "batch", listing, "--out", tmp_path, *FAST)
+    assert code == 1
+    assert summary_counts(out)["skipped"] == "1" and summary_counts(out)["failed"] == "1"
+
+
+def test_download_verifies_the_tiny_hub_offline(tiny_hub, capsys):
+    code, out, err = run(capsys, "download", "--variant", TINY)
+    assert code == 0, err
+    roles = {line.split("\t")[1] for line in out.splitlines()}
+    assert {"generator", "text_synch", "vae", "vocoder", "t5", "clip"} <= roles
+
+
+def test_download_unknown_variant_exits_2(tiny_hub, capsys):
+    code, _, err = run(capsys, "download", "--variant", NO_SUCH_VARIANT)
+    assert code == 2 and "unknown variant" in err
+
+
+def test_missing_weights_exit_3(fresh_tiny_hub, clips, tmp_path, capsys):
+    from tiny_hub import REPOS
+
+    fresh_tiny_hub.remove(REPOS["selva"], "weights/generator_small_16k_sup_5.pth")
+    code, _, err = run(capsys, "download", "--variant", TINY)
+    assert code == 3 and "generator_small_16k_sup_5.pth" in err and "Traceback" not in err
+    out_dir = tmp_path / "out"
+    code, _, err = run(capsys, "generate", clips / "dog.mp4", "--prompt", "dog", "--out", out_dir, *FAST)
+    assert code == 3 and "generator_small_16k_sup_5.pth" in err
+    assert not any(out_dir.iterdir())
+
+
+CHILD = """
+import sys
+import pytest
+from tiny_hub import build_tiny_hub
+build_tiny_hub(sys.argv[1], sys.argv[2]).activate(pytest.MonkeyPatch())
+from selva.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def test_ctrl_c_exits_130_keeping_finished_clips(fixtures_dir, clips, tmp_path):
+    """A real SIGINT to a real process: the summary still prints and no half-written file is left."""
+    import os
+    import signal
+    import threading
+
+    listing = write_csv(clips / "many.csv", "video,prompt,seed\n" + "dog.mp4,dog barking,1\n" * 40)
+    out_dir = tmp_path / "out"
+    argv = ["batch", str(listing), "--out", str(out_dir), *FAST[:2], "--steps", "100", "--device", "cpu"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])}
+    command = [sys.executable, "-c", CHILD, str(tmp_path / "hub"), str(fixtures_dir), *argv]
+    child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(300, child.kill)
+    watchdog.start()
+    try:
+        for line in child.stderr:
+            if " -> " in line:  # the first clip is written: interrupt the second
+                child.send_signal(signal.SIGINT)
+                break
+        out, err = child.communicate()
+    finally:
+        watchdog.cancel()
+    assert child.returncode == 130, err
+    assert "selva: interrupted" in err
+    done = int(summary_counts(out)["done"])
+    assert 1 <= done < 40
+    files = sorted(p.name for p in out_dir.iterdir())
+    assert all(name.endswith((".flac", ".mp4")) for name in files), files  # no temporary leftovers
+    assert sum(name.endswith(".mp4") for name in files) == done
