@@ -269,7 +269,9 @@ def test_bad_files_are_named(pipe, tmp_path):
         tmp_path / "missing.mp4": "no file at",
         make_audio_only(tmp_path / "voice.m4a"): "contains only audio",
         make_image(tmp_path / "still.png"): "still image",
-        truncate(make_video(tmp_path / "ok.mp4", seconds=2.0), tmp_path / "cut.mp4", 0.3): "damaged or truncated",
+        truncate(
+            make_video(tmp_path / "ok.mp4", seconds=2.0), tmp_path / "cut.mp4", 0.3
+        ): "damaged or truncated",
     }
     for path, pattern in cases.items():
         with pytest.raises(MediaError, match=f"(?i){pattern}"):
