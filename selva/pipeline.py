@@ -222,7 +222,8 @@ class SelvaPipeline:
         stage and flow step (a `gradio.Progress` fits).
         """
         self._interrupt.clear()
-        report = progress or (lambda *args, **kwargs: None)
+        # A gradio.Progress is falsy until used, so test for None rather than truthiness.
+        report = progress if progress is not None else (lambda *args, **kwargs: None)
         timings: dict[str, float] = {}
         t_total = time.perf_counter()
 
