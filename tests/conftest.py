@@ -37,3 +37,40 @@ def fresh_tiny_hub(tmp_path, fixtures_dir, monkeypatch):
     hub = build_tiny_hub(tmp_path / "tiny_hub", fixtures_dir)
     hub.activate(monkeypatch, offline=True)
     return hub
+
+
+# -- the app (app.py): shared by tests/test_app.py and tests/test_browser.py -------------------------
+
+
+@pytest.fixture(scope="session")
+def app_pipe(tiny_hub):
+    """The tiny_16k pipeline behind the app tests, loaded once (CPU, fp32)."""
+    from selva.pipeline import SelvaPipeline
+
+    pipe = SelvaPipeline.from_pretrained("tiny_16k", device="cpu", dtype="fp32")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="session")
+def app_server(app_pipe, tmp_path_factory):
+    """SelVA Studio around `app_pipe`, launched in this process on 127.0.0.1 at a free port.
+
+    Yields `.url` and `.demo` (its `Studio` is `.demo.studio`). Lazily cached
+    examples go to a temp folder, not the checkout's .gradio/."""
+    import socket
+    from types import SimpleNamespace
+
+    import app
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("GRADIO_EXAMPLES_CACHE", str(tmp_path_factory.mktemp("gradio_examples")))
+    demo = app.build_demo(app_pipe)
+    with socket.socket() as s:  # a free port; gradio binds it right after
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    options = app.launch_options()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **options)
+    yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", demo=demo)
+    demo.close()
+    mp.undo()

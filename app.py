@@ -1,0 +1,809 @@
+"""SelVA Studio: the Gradio app (UI only; the work is done by `selva.pipeline`).
+
+    python app.py [--share] [--server-name HOST] [--port N] [--variant NAME] [--device DEV]
+                  [--precision P] [--offload O] [--weights-dir DIR] [--max-duration SEC]
+
+`build_demo(pipe)` builds the Blocks around one pipeline; `main()` parses the
+command line, loads the models once and launches. Importing this module loads
+no model, picks no device and downloads nothing.
+
+Concurrency: the process holds one `SelvaPipeline` (in a `PipelineSlot`) and a
+lock around it, and the Generate event runs in one queue slot per GPU, so two
+requests never touch the pipeline (or swap its variant) at the same time.
+On Hugging Face ZeroGPU the generation step is wrapped with `spaces.GPU`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gc
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import gradio as gr
+
+from selva.errors import InputError, SelvaError, WeightsError
+
+if TYPE_CHECKING:
+    import torch
+
+    from selva.pipeline import SelvaOutput, SelvaPipeline
+
+try:  # Hugging Face ZeroGPU; the package is absent (or a no-op) everywhere else
+    import spaces
+except ImportError:
+    spaces = None
+
+log = logging.getLogger("selva.app")
+
+APP_DIR = Path(__file__).resolve().parent
+EXAMPLES_DIR = APP_DIR / "examples"
+EXAMPLES_CSV = EXAMPLES_DIR / "examples.csv"
+DEFAULT_VARIANT = "small_16k"
+MAX_CANDIDATES = 4  # one video player per candidate
+UI_MAX_STEPS = 100
+EXAMPLE_SEED = 2025  # cached examples are reproducible
+MAX_UPLOAD = "500mb"  # a minute of 4K phone video; longer clips should be cut first
+QUEUE_SIZE = 32  # requests waiting beyond this are turned away with a "queue full" message
+ZEROGPU_SECONDS = 120  # the longest a ZeroGPU call may hold the GPU (an 8 s clip takes ~10 s on an A100)
+DELETE_CACHE = (1800, 3600)  # every 30 min, drop served files older than an hour
+OUTPUT_KEEP_SECONDS = 600  # our own copies only live until gradio has copied them into its cache
+
+PROMPT_HELP = """\
+**Prompt** – the sound you want, e.g. *dog barking*. It does two jobs: it names the sound, and it
+picks **which visible source the sound follows**. SelVA feeds the prompt to its video encoder
+(TextSynch), so the timing of the audio comes from the motion of the thing you named and not from
+everything that moves.
+
+**Negative prompt** – a sound to steer away from, e.g. *wind noise* or *car engine*. It only acts
+through the text input of the audio generator (classifier-free guidance); it never reaches the video
+encoder, so it changes what the audio sounds like, not which motion it follows.
+
+Tips: SelVA was trained on 8 s clips; by default it sonifies up to 8 s from the start time. Higher
+CFG follows the prompt more closely; more steps are slower and a little cleaner. The seed used is
+shown with every result: type it in to reproduce a candidate.
+"""
+
+
+# -- the one pipeline of this process ---------------------------------------------------------------
+
+
+class PipelineSlot:
+    """Holds this process's single `SelvaPipeline`, loads it on first use, swaps it for another variant.
+
+    Switching variants frees the resident pipeline before loading the next one,
+    so only one generator is ever in memory. `lock` guards the pipeline: hold
+    it while loading or generating.
+    """
+
+    def __init__(
+        self,
+        variant: str = DEFAULT_VARIANT,
+        *,
+        device: str | None = None,
+        precision: str | None = None,
+        offload: str = "auto",
+        weights_dir: str | Path | None = None,
+        revision: str | None = None,
+        max_duration: float | None = None,
+        pipe: SelvaPipeline | None = None,
+    ):
+        self.default_variant = variant
+        self.device = device
+        self.precision = precision
+        self.offload = offload
+        self.weights_dir = weights_dir
+        self.revision = revision
+        self._max_duration = max_duration
+        self.pipe = pipe
+        self.lock = threading.Lock()
+        self._running: str | None = None  # session of the generation in flight
+        self._cancelled = threading.Event()
+
+    @classmethod
+    def wrap(cls, pipe: SelvaPipeline, **options: Any) -> PipelineSlot:
+        """A slot around an already loaded pipeline; other variants load with its device and precision."""
+        options.setdefault("device", str(pipe.device))
+        options.setdefault("precision", pipe.dtype)
+        options.setdefault("offload", "offload_to_cpu" if pipe.offload else "keep_in_vram")
+        options.setdefault("max_duration", pipe.max_duration)
+        return cls(pipe.variant.name, pipe=pipe, **options)
+
+    @property
+    def max_duration(self) -> float:
+        if self._max_duration is not None:
+            return self._max_duration
+        from selva.pipeline import DEFAULT_MAX_DURATION
+
+        return DEFAULT_MAX_DURATION
+
+    @property
+    def variant(self) -> str | None:
+        """The resident variant, or None before the first load."""
+        return self.pipe.variant.name if self.pipe is not None else None
+
+    def get(
+        self, variant: str | None, report: Callable[..., object] | None = None
+    ) -> tuple[SelvaPipeline, float]:
+        """The pipeline for `variant` (default: the start-up one) and the seconds spent loading it.
+
+        Call with `lock` held. Loading happens here, once per switch, never per request.
+        """
+        variant = variant or self.default_variant
+        if self.pipe is not None and self.pipe.variant.name == variant:
+            return self.pipe, 0.0
+        from selva.pipeline import SelvaPipeline
+        from selva.variants import get_variant
+
+        get_variant(variant)  # an unknown name fails here, before the resident pipeline is dropped
+        if report is not None:
+            report(0.0, desc=f"Loading {variant} (first use of this model; later requests skip this)")
+        self.release()
+        started = time.perf_counter()
+        kwargs: dict[str, Any] = dict(
+            device=self.device,
+            dtype=self.precision,
+            offload=self.offload,
+            weights_dir=self.weights_dir,
+            revision=self.revision,
+        )
+        if self._max_duration is not None:
+            kwargs["max_duration"] = self._max_duration
+        pipe = SelvaPipeline.from_pretrained(variant, **kwargs)
+        # Gradio shows our own stage/step progress; the tqdm bar would only add noise to the logs.
+        pipe.set_progress_bar_config(disable=True)
+        self.pipe = pipe
+        seconds = time.perf_counter() - started
+        log.info("loaded %s on %s in %.1f s", variant, pipe.device, seconds)
+        return pipe, seconds
+
+    def release(self) -> None:
+        """Drop the resident pipeline and give its memory back (before another variant loads)."""
+        if self.pipe is None:
+            return
+        device = self.pipe.device
+        self.pipe = None
+        gc.collect()
+        if device.type == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+
+    # -- cancelling ------------------------------------------------------------------------------
+
+    def started(self, session: str) -> None:
+        self._cancelled.clear()
+        self._running = session
+
+    def finished(self) -> None:
+        self._running = None
+
+    def cancel(self, session: str) -> bool:
+        """Stop the generation in flight if `session` started it (a visitor cannot cancel another's job)."""
+        if self._running is None or self._running != session:
+            return False
+        self._cancelled.set()
+        if self.pipe is not None:
+            self.pipe.interrupt()
+        return True
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+
+# -- output files -----------------------------------------------------------------------------------
+
+
+class OutputStore:
+    """A private temp folder with one sub-folder per request.
+
+    Gradio copies every returned file into its own cache (pruned by
+    `delete_cache`), so our copies are only needed for a short while; old
+    request folders are removed as new ones are made, and the whole folder
+    when the process exits.
+    """
+
+    def __init__(self, keep_seconds: float = OUTPUT_KEEP_SECONDS):
+        self.keep_seconds = keep_seconds
+        self._root: Path | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def root(self) -> Path:
+        with self._lock:
+            if self._root is None:  # made on first use, not at import or build time
+                self._root = Path(tempfile.mkdtemp(prefix="selva-studio-"))
+                weakref.finalize(self, shutil.rmtree, self._root, ignore_errors=True)
+            return self._root
+
+    def new_folder(self) -> Path:
+        root = self.root
+        cutoff = time.time() - self.keep_seconds
+        for old in root.iterdir():
+            if old.is_dir() and old.stat().st_mtime < cutoff:
+                shutil.rmtree(old, ignore_errors=True)
+        folder = root / uuid.uuid4().hex
+        folder.mkdir()
+        return folder
+
+
+# -- requests ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One generation request, checked and converted from the widgets' values (plain, picklable)."""
+
+    video: str
+    prompt: str
+    negative_prompt: str
+    steps: int
+    cfg_strength: float
+    seed: int | None
+    duration: float | None
+    start: float
+    variant: str | None
+    num_samples: int
+
+
+def parse_request(
+    video: str | None,
+    prompt: str | None,
+    negative_prompt: str | None,
+    steps: float | None,
+    cfg_strength: float | None,
+    seed: float | None,
+    duration: float | None,
+    start: float | None,
+    variant: str | None,
+    num_samples: float | None,
+) -> GenerationRequest:
+    """Widget values (or an API caller's) -> a `GenerationRequest`; the pipeline checks the ranges it owns."""
+    if not video:
+        raise InputError("Upload a video first: drop a clip (mp4, mov, webm...) on the Video box.")
+    if not prompt or not prompt.strip():
+        raise InputError("Type the sound you want in Prompt, e.g. 'dog barking'.")
+    samples = _whole(num_samples, "Candidates", 1)
+    if not 1 <= samples <= MAX_CANDIDATES:
+        raise InputError(f"Candidates must be from 1 to {MAX_CANDIDATES}, got {samples}")
+    seed_value = _whole(seed, "Seed", -1)
+    return GenerationRequest(
+        video=str(video),
+        prompt=prompt.strip(),
+        negative_prompt=(negative_prompt or "").strip(),
+        steps=_whole(steps, "Steps", 25),
+        cfg_strength=float(4.5 if cfg_strength is None else cfg_strength),
+        seed=None if seed_value < 0 else seed_value,  # -1 (or any negative): a random seed
+        duration=float(duration) if duration else None,  # 0 or empty: automatic
+        start=float(start or 0.0),
+        variant=variant or None,
+        num_samples=samples,
+    )
+
+
+def _whole(value: float | None, name: str, default: int) -> int:
+    if value is None or value == "":
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a whole number, got {value!r}") from None
+    if not number.is_integer():
+        raise InputError(f"{name} must be a whole number, got {value}")
+    return int(number)
+
+
+# -- the app --------------------------------------------------------------------------------------------
+
+
+def _on_gpu(fn: Callable) -> Callable:
+    """`spaces.GPU` where the `spaces` package is importable (ZeroGPU), otherwise `fn` itself."""
+    if spaces is None:
+        return fn
+    return spaces.GPU(duration=ZEROGPU_SECONDS)(fn)
+
+
+class Studio:
+    """The request handlers behind the UI (testable without a browser)."""
+
+    def __init__(self, slot: PipelineSlot, outputs: OutputStore | None = None):
+        self.slot = slot
+        self.outputs = outputs or OutputStore()
+        # Only the model call runs on the (Zero)GPU: loading and file writing stay in the main
+        # process, so a loaded variant stays loaded between calls. Arguments are plain values
+        # because ZeroGPU pickles them into its worker.
+        self._infer = _on_gpu(self._infer_here)
+
+    # -- handlers -----------------------------------------------------------------------------------
+
+    def generate(
+        self,
+        video: str | None,
+        prompt: str | None,
+        negative_prompt: str | None,
+        steps: float,
+        cfg_strength: float,
+        seed: float,
+        duration: float | None,
+        start: float | None,
+        variant: str | None,
+        num_samples: float,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 (gradio injects it: the default marks the parameter)
+        request: gr.Request | None = None,
+    ) -> tuple[Any, ...]:
+        """The Generate button and the `/generate` API.
+
+        Returns one mp4 path per candidate (None for unused players), the FLAC and WAV
+        files, the info line, and the seed used (kept in the page for "Reuse last seed").
+        """
+        with user_errors(_upload_dirs(video)):
+            req = parse_request(
+                video,
+                prompt,
+                negative_prompt,
+                steps,
+                cfg_strength,
+                seed,
+                duration,
+                start,
+                variant,
+                num_samples,
+            )
+            out, pipe, load_seconds = self._run(req, progress, session=_session(request))
+            return self._present(req, out, pipe, load_seconds)
+
+    def generate_example(
+        self,
+        video: str,
+        prompt: str,
+        negative_prompt: str,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008
+        request: gr.Request | None = None,
+    ) -> tuple[Any, ...]:
+        """Examples: default settings, the start-up variant and a fixed seed, so the cache is reproducible.
+
+        Returns the video, the audio files and the info line (one candidate).
+        """
+        with user_errors(_upload_dirs(video)):
+            req = parse_request(
+                video, prompt, negative_prompt, 25, 4.5, EXAMPLE_SEED, None, 0.0, self.slot.default_variant, 1
+            )
+            out, pipe, load_seconds = self._run(req, progress, session=_session(request))
+            first_video, *_, downloads, info, _ = self._present(req, out, pipe, load_seconds)
+            return first_video, downloads, info
+
+    def cancel(self, request: gr.Request | None = None) -> None:
+        if self.slot.cancel(_session(request)):
+            gr.Info("Cancelling after the current step...")
+
+    def describe(self, variant: str | None) -> str:
+        """The model status line under the variant picker."""
+        variant = variant or self.slot.default_variant
+        pipe = self.slot.pipe
+        if pipe is not None and pipe.variant.name == variant:
+            return f"`{variant}` is loaded on {pipe.device} ({_dtype_name(pipe.dtype)})."
+        if pipe is not None:
+            resident = pipe.variant.name
+            return f"`{variant}` loads on the next Generate, replacing `{resident}` (one model at a time)."
+        return f"`{variant}` loads on the first Generate."
+
+    # -- steps ---------------------------------------------------------------------------------------
+
+    def _run(
+        self, req: GenerationRequest, progress: gr.Progress, *, session: str
+    ) -> tuple[SelvaOutput, SelvaPipeline, float]:
+        if self.slot.lock.locked():
+            progress(0.0, desc="Waiting for the job in progress to finish")
+        with self.slot.lock:  # one generation at a time; no variant swap during one
+            pipe, load_seconds = self.slot.get(req.variant, progress)
+            self.slot.started(session)
+            try:
+                if self.slot.cancelled:
+                    from selva.pipeline import GenerationCancelled
+
+                    raise GenerationCancelled("generation was cancelled")
+                out = self._infer(req, progress)
+                if self.slot.cancelled:  # asked while the pipeline was starting: honour it anyway
+                    from selva.pipeline import GenerationCancelled
+
+                    raise GenerationCancelled("generation was cancelled")
+            finally:
+                self.slot.finished()
+        return out, pipe, load_seconds
+
+    def _infer_here(self, req: GenerationRequest, progress: gr.Progress) -> SelvaOutput:
+        pipe = self.slot.pipe
+        assert pipe is not None  # loaded by _run under the lock
+        return pipe(
+            req.video,
+            req.prompt,
+            req.negative_prompt,
+            steps=req.steps,
+            cfg_strength=req.cfg_strength,
+            seed=req.seed,
+            duration=req.duration,
+            start=req.start,
+            num_samples=req.num_samples,
+            progress=progress,
+        )
+
+    def _present(
+        self, req: GenerationRequest, out: SelvaOutput, pipe: SelvaPipeline, load_seconds: float
+    ) -> tuple[Any, ...]:
+        folder = self.outputs.new_folder()
+        stem = f"{_slug(Path(req.video).stem, 24)}_{_slug(req.prompt, 32)}_seed{out.seed}"
+        # Plain paths (None for unused players), so API callers get files, not component updates;
+        # the Candidates slider shows and hides the players.
+        videos: list[str | None] = [None] * MAX_CANDIDATES
+        downloads: list[str] = []
+        count = out.audio.shape[0]
+        for k in range(count):
+            name = stem if count == 1 else f"{stem}_{k + 1}"
+            videos[k] = str(out.save_video(folder / f"{name}.mp4", k))
+            downloads += [str(out.save_audio(folder / f"{name}.{ext}", k)) for ext in ("flac", "wav")]
+        return (*videos, downloads, info_line(out, pipe, load_seconds), out.seed)
+
+
+_STAGES = {
+    "probe": "probe",
+    "text": "prompts",
+    "decode": "video decode",
+    "text_synch": "TextSynch",
+    "flow": "flow",
+    "vae": "VAE",
+    "vocoder": "vocoder",
+}
+
+
+def info_line(out: SelvaOutput, pipe: SelvaPipeline, load_seconds: float = 0.0) -> str:
+    """Seed, span, device and seconds per stage, in one line a user can paste into a bug report."""
+    timings = out.timings
+    stages = []
+    for key, label in _STAGES.items():
+        if key in timings:
+            extra = (
+                f" ({timings['flow_per_step']:.2f} s/step)"
+                if key == "flow" and "flow_per_step" in timings
+                else ""
+            )
+            stages.append(f"{label} {timings[key]:.2f} s{extra}")
+    stages += [
+        f"{k} {v:.2f} s"
+        for k, v in timings.items()
+        if k not in _STAGES and k not in ("total", "flow_per_step")
+    ]
+    total = timings.get("total", sum(timings.get(k, 0.0) for k in _STAGES))
+    candidates = out.audio.shape[0]
+    parts = [
+        f"seed {out.seed}",
+        f"{out.duration:.2f} s from {out.start:.2f} s",
+        f"{candidates} candidate{'s' if candidates > 1 else ''} at {out.sample_rate / 1000:g} kHz",
+        f"{pipe.variant.name} on {pipe.device} ({_dtype_name(pipe.dtype)})",
+        ", ".join(stages) + f"; total {total:.2f} s",
+    ]
+    if load_seconds:
+        parts.append(f"model loaded in {load_seconds:.1f} s")
+    return " · ".join(parts)
+
+
+@contextmanager
+def user_errors(private_dirs: Sequence[str | Path] = ()) -> Iterator[None]:
+    """Turn every failure into a `gr.Error` with a message a user can act on; never a stack trace.
+
+    Our own errors carry that message already (server folders in `private_dirs`,
+    such as the upload folder, are cut out of it); out-of-memory gets advice;
+    anything else is logged with its traceback on the server and reported in one line.
+    """
+    try:
+        yield
+    except gr.Error:
+        raise
+    except SelvaError as exc:
+        from selva.pipeline import GenerationCancelled
+
+        if isinstance(exc, GenerationCancelled):
+            log.info("generation cancelled by the user")
+            raise gr.Error("Generation cancelled.", title="Cancelled", print_exception=False) from None
+        message = str(exc)
+        for folder in private_dirs:
+            message = message.replace(str(folder).rstrip("/\\") + os.sep, "")
+        raise gr.Error(message, print_exception=False) from None
+    except Exception as exc:
+        if _is_out_of_memory(exc):
+            log.warning("out of memory: %s", exc)
+            raise gr.Error(
+                "Out of GPU memory. Try a shorter duration or fewer candidates; the person running the "
+                "app can also start it with --offload offload_to_cpu or --precision bf16.",
+                print_exception=False,
+            ) from None
+        log.error("generation failed", exc_info=exc)
+        raise gr.Error(
+            f"Something went wrong on our side ({type(exc).__name__}); the details are in the server log. "
+            "Please try again, or report it with the info line of your last result.",
+            print_exception=False,
+        ) from None
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    torch_mod = sys.modules.get("torch")
+    oom = getattr(torch_mod, "OutOfMemoryError", None) if torch_mod is not None else None
+    return (oom is not None and isinstance(exc, oom)) or "out of memory" in str(exc).lower()
+
+
+def _upload_dirs(video: str | None) -> list[str]:
+    """The server folder an upload sits in: messages name the file, not where the server keeps it."""
+    if not video:
+        return []
+    return list({str(Path(video).parent), str(Path(video).resolve().parent)})
+
+
+def _session(request: gr.Request | None) -> str:
+    return getattr(request, "session_hash", None) or "local"
+
+
+def _slug(text: str, limit: int) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-") or "clip"
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return {"torch.bfloat16": "bf16", "torch.float16": "fp16", "torch.float32": "fp32"}.get(
+        str(dtype), str(dtype)
+    )
+
+
+# -- examples ----------------------------------------------------------------------------------------
+
+
+def load_examples(csv_path: Path = EXAMPLES_CSV) -> list[list[str]]:
+    """[video path, prompt, negative prompt] rows from examples/examples.csv (videos that exist)."""
+    if not csv_path.is_file():
+        return []
+    with csv_path.open(newline="", encoding="utf-8") as f:
+        rows = [
+            [str(csv_path.parent / row["video"]), row["prompt"], row.get("negative") or ""]
+            for row in csv.DictReader(f)
+        ]
+    return [row for row in rows if Path(row[0]).is_file()]
+
+
+# -- the Blocks ----------------------------------------------------------------------------------------
+
+
+def _variant_choices(current: str) -> list[tuple[str, str]]:
+    from selva.variants import VARIANTS
+
+    names = list(VARIANTS)
+    if current not in names:
+        names.insert(0, current)
+    return [(f"{name} – {VARIANTS[name].description}" if name in VARIANTS else name, name) for name in names]
+
+
+def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bool = True) -> gr.Blocks:
+    """The SelVA Studio UI around one pipeline (or a slot that loads it on first use).
+
+    Builds only: nothing is loaded or launched. `examples=False` leaves the
+    example gallery out (tests that never click it).
+    """
+    if pipe is None:
+        slot = PipelineSlot()
+    elif isinstance(pipe, PipelineSlot):
+        slot = pipe
+    else:
+        slot = PipelineSlot.wrap(pipe)
+    studio = Studio(slot)
+    start_variant = slot.variant or slot.default_variant
+
+    with gr.Blocks(title="SelVA Studio", analytics_enabled=False, delete_cache=DELETE_CACHE) as demo:
+        gr.Markdown(
+            "# SelVA Studio\n"
+            "Drop in a video, type the sound you want and, if you like, the sound you don't. "
+            "SelVA generates audio that follows only the motion of the source you named "
+            "([paper](https://arxiv.org/abs/2512.02650))."
+        )
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1):
+                video = gr.Video(label="Video", sources=["upload"], elem_id="input-video", height=300)
+                prompt = gr.Textbox(
+                    label="Prompt: the sound you want",
+                    placeholder="dog barking",
+                    info="Also picks which visible source the sound follows.",
+                    max_lines=3,
+                    elem_id="prompt",
+                )
+                negative = gr.Textbox(
+                    label="Negative prompt: the sound you don't want",
+                    placeholder="wind noise",
+                    info="Steers the audio away; it does not change which motion is followed.",
+                    max_lines=3,
+                    elem_id="negative-prompt",
+                )
+                with gr.Accordion("How the two prompts work", open=False):
+                    gr.Markdown(PROMPT_HELP)
+                with gr.Row():
+                    run = gr.Button("Generate", variant="primary", elem_id="generate", scale=3)
+                    stop = gr.Button("Cancel", variant="stop", elem_id="cancel", scale=1)
+                with gr.Accordion("Settings", open=True):
+                    variant = gr.Dropdown(
+                        choices=_variant_choices(start_variant),
+                        value=start_variant,
+                        label="Model variant",
+                        info="Another variant loads on the next Generate; one model is kept in memory.",
+                    )
+                    status = gr.Markdown(studio.describe(start_variant), elem_id="model-status")
+                    with gr.Row():
+                        steps = gr.Slider(1, UI_MAX_STEPS, value=25, step=1, label="Steps")
+                        cfg = gr.Slider(1, 10, value=4.5, step=0.1, label="CFG strength")
+                    with gr.Row():
+                        duration = gr.Slider(
+                            0,
+                            slot.max_duration,
+                            value=0,
+                            step=0.1,
+                            label="Duration (s)",
+                            info="0 = auto: the rest of the clip, up to 8 s",
+                        )
+                        start = gr.Number(value=0, minimum=0, label="Start (s)", info="where the span begins")
+                    with gr.Row():
+                        with gr.Column(min_width=160):
+                            seed = gr.Number(
+                                value=-1,
+                                precision=0,
+                                minimum=-1,
+                                label="Seed",
+                                info="-1 = random; the seed used is shown in Info",
+                                elem_id="seed",
+                            )
+                            reuse = gr.Button("Reuse last seed", size="sm")
+                        num_samples = gr.Slider(
+                            1, MAX_CANDIDATES, value=1, step=1, label="Candidates", info="one video each"
+                        )
+            with gr.Column(scale=1):
+                players = [
+                    gr.Video(
+                        label="Result" if k == 0 else f"Candidate {k + 1}",
+                        interactive=False,
+                        visible=k == 0,
+                        elem_id=f"result-{k + 1}",
+                        height=300,
+                    )
+                    for k in range(MAX_CANDIDATES)
+                ]
+                downloads = gr.File(
+                    label="Audio downloads (FLAC and WAV)",
+                    file_count="multiple",
+                    interactive=False,
+                    elem_id="downloads",
+                )
+                info = gr.Textbox(label="Info", interactive=False, lines=2, elem_id="info")
+        last_seed = gr.State(None)
+
+        inputs = [video, prompt, negative, steps, cfg, seed, duration, start, variant, num_samples]
+        outputs = [*players, downloads, info]
+        event = gr.on(
+            [run.click, prompt.submit, negative.submit],
+            studio.generate,
+            inputs=inputs,
+            outputs=[*outputs, last_seed],
+            api_name="generate",
+            api_description="Generate audio for a video that follows the prompted source.",
+            concurrency_limit=1,
+            concurrency_id="gpu",  # every model call shares one slot: one job at a time per GPU
+            show_progress_on=players[0],
+        )
+        # `cancels` drops the job from the queue (or stops waiting on it); `interrupt` stops the
+        # worker thread between flow steps, which gradio cannot do on its own.
+        stop.click(studio.cancel, None, None, cancels=[event], queue=False, api_visibility="private")
+        reuse.click(lambda s: -1 if s is None else s, last_seed, seed, queue=False, api_visibility="private")
+        variant.change(studio.describe, variant, status, queue=False, api_visibility="private")
+        num_samples.change(
+            lambda n: [gr.update(visible=k < int(n)) for k in range(MAX_CANDIDATES)],
+            num_samples,
+            players,
+            queue=False,
+            api_visibility="private",
+        )
+        # Refresh the status after a run: the first one loads the model.
+        event.then(studio.describe, variant, status, queue=False, api_visibility="private")
+
+        if examples and (rows := load_examples()):
+            gr.Examples(
+                rows,
+                inputs=[video, prompt, negative],
+                # One candidate: gradio's example cache cannot store an empty video, so the unused
+                # players are no example outputs.
+                outputs=[players[0], downloads, info],
+                fn=studio.generate_example,
+                cache_examples=True,
+                cache_mode="lazy",  # computed on first click, then served to everyone
+                example_labels=[f"{Path(r[0]).stem}: {r[1]}" for r in rows],
+            )
+
+    demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
+    demo.studio = studio  # for tests and embedding: the handlers and the slot behind this UI
+    return demo
+
+
+def launch_options() -> dict[str, Any]:
+    """What `launch` needs besides host and port.
+
+    Only the examples folder is served from disk (outputs live in the temp dir,
+    which gradio allows); uploads are capped well above any clip SelVA can use.
+    """
+    return {"allowed_paths": [str(EXAMPLES_DIR)], "max_file_size": MAX_UPLOAD}
+
+
+# -- command line ------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from selva.cli import OFFLOADS, PRECISIONS
+
+    parser = argparse.ArgumentParser(
+        prog="python app.py",
+        description="SelVA Studio: the web app. Models load once at start-up.",
+    )
+    parser.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
+    parser.add_argument(
+        "--server-name", metavar="HOST", help="interface to listen on (default: 127.0.0.1; 0.0.0.0 for all)"
+    )
+    parser.add_argument("--port", type=int, metavar="N", help="default: 7860, or the next free port")
+    parser.add_argument("--variant", default=DEFAULT_VARIANT, metavar="NAME", help="default: %(default)s")
+    parser.add_argument("--device", metavar="DEV", help="cuda, cuda:1, mps or cpu (default: the best one)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help="default: auto")
+    parser.add_argument("--offload", choices=OFFLOADS, default="auto", help="default: auto")
+    parser.add_argument(
+        "--weights-dir", type=Path, metavar="DIR", help="local weights folder (default: HF cache)"
+    )
+    parser.add_argument("--revision", metavar="REV", help="Hub revision of the weights (default: pinned)")
+    parser.add_argument(
+        "--max-duration", type=float, metavar="SEC", help="longest span one request may ask for"
+    )
+    parser.add_argument(
+        "--lazy-load", action="store_true", help="load the models on the first request instead of at start-up"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    slot = PipelineSlot(
+        args.variant,
+        device=args.device,
+        precision=args.precision,
+        offload=args.offload,
+        weights_dir=args.weights_dir,
+        revision=args.revision,
+        max_duration=args.max_duration,
+    )
+    if not args.lazy_load:
+        print(f"Loading {args.variant} (downloads the weights on first run)...", flush=True)
+        try:
+            with slot.lock:
+                _, seconds = slot.get(args.variant)
+        except SelvaError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 3 if isinstance(exc, WeightsError) else 2  # the exit codes of the `selva` command
+        print(f"Loaded {args.variant} on {slot.pipe.device} in {seconds:.1f} s.", flush=True)
+    demo = build_demo(slot)
+    demo.launch(share=args.share, server_name=args.server_name, server_port=args.port, **launch_options())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
