@@ -7,7 +7,7 @@
 command line, loads the models once and launches. Importing this module loads
 no model, picks no device and downloads nothing.
 
-Concurrency: the process holds one `SelvaPipeline` (in a `PipelineSlot`) and a
+Concurrency: the process holds one `SelvaPipeline` (in a `selva.serving.PipelineSlot`) and a
 lock around it, and the Generate event runs in one queue slot per GPU, so two
 requests never touch the pipeline (or swap its variant) at the same time.
 On Hugging Face ZeroGPU the generation step is wrapped with `spaces.GPU`.
@@ -17,17 +17,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import gc
 import logging
 import os
 import re
-import shutil
 import sys
-import tempfile
-import threading
-import time
-import uuid
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from selva.errors import InputError, SelvaError, WeightsError
+from selva.serving import OutputStore, PipelineSlot
 
 if TYPE_CHECKING:
     import torch
@@ -53,7 +47,7 @@ log = logging.getLogger("selva.app")
 APP_DIR = Path(__file__).resolve().parent
 EXAMPLES_DIR = APP_DIR / "examples"
 EXAMPLES_CSV = EXAMPLES_DIR / "examples.csv"
-DEFAULT_VARIANT = "small_16k"
+DEFAULT_VARIANT = "small_16k"  # = selva.variants.DEFAULT_VARIANT, not imported: it pulls in torch
 MAX_CANDIDATES = 4  # one video player per candidate
 UI_MAX_STEPS = 100
 EXAMPLE_SEED = 2025  # cached examples are reproducible
@@ -61,7 +55,6 @@ MAX_UPLOAD = "500mb"  # a minute of 4K phone video; longer clips should be cut f
 QUEUE_SIZE = 32  # requests waiting beyond this are turned away with a "queue full" message
 ZEROGPU_SECONDS = 120  # the longest a ZeroGPU call may hold the GPU (an 8 s clip takes ~10 s on an A100)
 DELETE_CACHE = (1800, 3600)  # every 30 min, drop served files older than an hour
-OUTPUT_KEEP_SECONDS = 600  # our own copies only live until gradio has copied them into its cache
 
 PROMPT_HELP = """\
 **Prompt** – the sound you want, e.g. *dog barking*. It does two jobs: it names the sound, and it
@@ -77,169 +70,6 @@ Tips: SelVA was trained on 8 s clips; by default it sonifies up to 8 s from the 
 CFG follows the prompt more closely; more steps are slower and a little cleaner. The seed used is
 shown with every result: type it in to reproduce a candidate.
 """
-
-
-# -- the one pipeline of this process ---------------------------------------------------------------
-
-
-class PipelineSlot:
-    """Holds this process's single `SelvaPipeline`, loads it on first use, swaps it for another variant.
-
-    Switching variants frees the resident pipeline before loading the next one,
-    so only one generator is ever in memory. `lock` guards the pipeline: hold
-    it while loading or generating.
-    """
-
-    def __init__(
-        self,
-        variant: str = DEFAULT_VARIANT,
-        *,
-        device: str | None = None,
-        precision: str | None = None,
-        offload: str = "auto",
-        weights_dir: str | Path | None = None,
-        revision: str | None = None,
-        max_duration: float | None = None,
-        pipe: SelvaPipeline | None = None,
-    ):
-        self.default_variant = variant
-        self.device = device
-        self.precision = precision
-        self.offload = offload
-        self.weights_dir = weights_dir
-        self.revision = revision
-        self._max_duration = max_duration
-        self.pipe = pipe
-        self.lock = threading.Lock()
-        self._running: str | None = None  # session of the generation in flight
-        self._cancelled = threading.Event()
-
-    @classmethod
-    def wrap(cls, pipe: SelvaPipeline, **options: Any) -> PipelineSlot:
-        """A slot around an already loaded pipeline; other variants load with its device and precision."""
-        options.setdefault("device", str(pipe.device))
-        options.setdefault("precision", pipe.dtype)
-        options.setdefault("offload", "offload_to_cpu" if pipe.offload else "keep_in_vram")
-        options.setdefault("max_duration", pipe.max_duration)
-        return cls(pipe.variant.name, pipe=pipe, **options)
-
-    @property
-    def max_duration(self) -> float:
-        if self._max_duration is not None:
-            return self._max_duration
-        from selva.pipeline import DEFAULT_MAX_DURATION
-
-        return DEFAULT_MAX_DURATION
-
-    @property
-    def variant(self) -> str | None:
-        """The resident variant, or None before the first load."""
-        return self.pipe.variant.name if self.pipe is not None else None
-
-    def get(
-        self, variant: str | None, report: Callable[..., object] | None = None
-    ) -> tuple[SelvaPipeline, float]:
-        """The pipeline for `variant` (default: the start-up one) and the seconds spent loading it.
-
-        Call with `lock` held. Loading happens here, once per switch, never per request.
-        """
-        variant = variant or self.default_variant
-        if self.pipe is not None and self.pipe.variant.name == variant:
-            return self.pipe, 0.0
-        from selva.pipeline import SelvaPipeline
-        from selva.variants import get_variant
-
-        get_variant(variant)  # an unknown name fails here, before the resident pipeline is dropped
-        if report is not None:
-            report(0.0, desc=f"Loading {variant} (first use of this model; later requests skip this)")
-        self.release()
-        started = time.perf_counter()
-        kwargs: dict[str, Any] = dict(
-            device=self.device,
-            dtype=self.precision,
-            offload=self.offload,
-            weights_dir=self.weights_dir,
-            revision=self.revision,
-        )
-        if self._max_duration is not None:
-            kwargs["max_duration"] = self._max_duration
-        pipe = SelvaPipeline.from_pretrained(variant, **kwargs)
-        # Gradio shows our own stage/step progress; the tqdm bar would only add noise to the logs.
-        pipe.set_progress_bar_config(disable=True)
-        self.pipe = pipe
-        seconds = time.perf_counter() - started
-        log.info("loaded %s on %s in %.1f s", variant, pipe.device, seconds)
-        return pipe, seconds
-
-    def release(self) -> None:
-        """Drop the resident pipeline and give its memory back (before another variant loads)."""
-        if self.pipe is None:
-            return
-        device = self.pipe.device
-        self.pipe = None
-        gc.collect()
-        if device.type == "cuda":
-            import torch
-
-            torch.cuda.empty_cache()
-
-    # -- cancelling ------------------------------------------------------------------------------
-
-    def started(self, session: str) -> None:
-        self._cancelled.clear()
-        self._running = session
-
-    def finished(self) -> None:
-        self._running = None
-
-    def cancel(self, session: str) -> bool:
-        """Stop the generation in flight if `session` started it (a visitor cannot cancel another's job)."""
-        if self._running is None or self._running != session:
-            return False
-        self._cancelled.set()
-        if self.pipe is not None:
-            self.pipe.interrupt()
-        return True
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled.is_set()
-
-
-# -- output files -----------------------------------------------------------------------------------
-
-
-class OutputStore:
-    """A private temp folder with one sub-folder per request.
-
-    Gradio copies every returned file into its own cache (pruned by
-    `delete_cache`), so our copies are only needed for a short while; old
-    request folders are removed as new ones are made, and the whole folder
-    when the process exits.
-    """
-
-    def __init__(self, keep_seconds: float = OUTPUT_KEEP_SECONDS):
-        self.keep_seconds = keep_seconds
-        self._root: Path | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def root(self) -> Path:
-        with self._lock:
-            if self._root is None:  # made on first use, not at import or build time
-                self._root = Path(tempfile.mkdtemp(prefix="selva-studio-"))
-                weakref.finalize(self, shutil.rmtree, self._root, ignore_errors=True)
-            return self._root
-
-    def new_folder(self) -> Path:
-        root = self.root
-        cutoff = time.time() - self.keep_seconds
-        for old in root.iterdir():
-            if old.is_dir() and old.stat().st_mtime < cutoff:
-                shutil.rmtree(old, ignore_errors=True)
-        folder = root / uuid.uuid4().hex
-        folder.mkdir()
-        return folder
 
 
 # -- requests ----------------------------------------------------------------------------------------
