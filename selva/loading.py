@@ -96,11 +96,37 @@ def load_into(
             f"{source} does not fit {type(model).__name__}: {_first_lines(str(exc))}. "
             "Is it the right file for this variant?"
         ) from exc
+    file_backed = {t.untyped_storage().data_ptr() for t in state.values() if isinstance(t, torch.Tensor)}
     del state
     ensure_materialized(model)  # before moving: `to()` cannot move meta tensors and says less
     # One tensor at a time: the old (mapped) tensor is dropped as soon as its copy exists.
     model.to(device=device, dtype=dtype)
+    _detach_from_file(model, file_backed)
     return model.eval().requires_grad_(False)
+
+
+def _detach_from_file(model: nn.Module, file_backed: set[int]) -> None:
+    """Copy the tensors that still point into the memory-mapped checkpoint, where others do not.
+
+    A model whose tensors all still point into the file (no cast, no load hook)
+    stays a zero-copy view of it. But where a load hook replaced most tensors
+    (weight-norm folding) or a cast copied them, the few left as they were keep
+    the whole mapping alive, and with it every page read to compute the
+    replacements: the model would be held twice. Private copies let it go.
+    """
+    slots = [
+        (table, name, tensor)
+        for module in model.modules()
+        for table in (module._parameters, module._buffers)
+        for name, tensor in table.items()
+        if tensor is not None
+    ]
+    mapped = [slot for slot in slots if slot[2].untyped_storage().data_ptr() in file_backed]
+    if not mapped or len(mapped) == len(slots):
+        return
+    for table, name, tensor in mapped:
+        copy = tensor.detach().clone()
+        table[name] = nn.Parameter(copy, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else copy
 
 
 def ensure_materialized(model: nn.Module) -> None:
