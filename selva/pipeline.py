@@ -163,18 +163,22 @@ class SelvaPipeline:
         def network(role: str, on: torch.device) -> nn.Module:
             return build_network(spec, role, paths, device=on, dtype=run_in)
 
+        # The text encoders first: CLIP's checkpoint is the largest file, and while its text tower is
+        # cast the mapped file pages count too, so the peak is lowest with nothing else resident yet.
+        clip = ClipTextEncoder.from_pretrained(
+            spec.clip.repo, device=guest_device, dtype=run_in, local_dir=paths["clip"], spec=spec.clip
+        )
+        t5 = T5TextEncoder.from_pretrained(
+            spec.t5.repo, device=guest_device, dtype=run_in, local_dir=paths["t5"], spec=spec.t5
+        )
         return cls(
             variant=spec,
             text_synch=network("text_synch", run_on),
             generator=network("generator", run_on),
             vae=network("vae", run_on),
             vocoder=network("vocoder", guest_device),
-            t5=T5TextEncoder.from_pretrained(
-                spec.t5.repo, device=guest_device, dtype=run_in, local_dir=paths["t5"], spec=spec.t5
-            ),
-            clip=ClipTextEncoder.from_pretrained(
-                spec.clip.repo, device=guest_device, dtype=run_in, local_dir=paths["clip"], spec=spec.clip
-            ),
+            t5=t5,
+            clip=clip,
             device=run_on,
             dtype=run_in,
             offload=offload_on,
