@@ -96,7 +96,9 @@ def mux(
                 video = _copied(src, vs, dst, plan, start_q)
             else:
                 video = _reencoded(src, vs, dst, start_q, end_q, info.rotation, video_path)
-            astream = dst.add_stream("aac", rate=_aac_rate(sample_rate), layout=_layout(wave.shape[0]))
+            # The fast coder is ~4x quicker than FFmpeg's default and transparent at this bit rate.
+            rate, layout = _aac_rate(sample_rate), _layout(wave.shape[0])
+            astream = dst.add_stream("aac", rate=rate, layout=layout, options={"aac_coder": "fast"})
             astream.bit_rate = _AAC_BIT_RATE
             _interleave(dst, video, _aac_packets(astream, wave, sample_rate))
 
