@@ -148,7 +148,7 @@ class SelvaPipeline:
         folder in the reference layout, used with no network at all.
         """
         from selva import hub
-        from selva.loading import build_network
+        from selva.loading import build_network, release_freed_memory
         from selva.text import ClipTextEncoder, T5TextEncoder
         from selva.variants import get_variant
 
@@ -163,20 +163,26 @@ class SelvaPipeline:
         def network(role: str, on: torch.device) -> nn.Module:
             return build_network(spec, role, paths, device=on, dtype=run_in)
 
-        # The text encoders first: CLIP's checkpoint is the largest file, and while its text tower is
-        # cast the mapped file pages count too, so the peak is lowest with nothing else resident yet.
+        # Loading a network briefly needs more than its weights (mapped float32 pages, folded
+        # copies, the cast); loading those that need most first, while little else is resident,
+        # keeps the peak low. CLIP's checkpoint is the largest; the VAE's hook folds every weight.
         clip = ClipTextEncoder.from_pretrained(
             spec.clip.repo, device=guest_device, dtype=run_in, local_dir=paths["clip"], spec=spec.clip
         )
+        vae = network("vae", run_on)
+        generator = network("generator", run_on)
+        text_synch = network("text_synch", run_on)
         t5 = T5TextEncoder.from_pretrained(
             spec.t5.repo, device=guest_device, dtype=run_in, local_dir=paths["t5"], spec=spec.t5
         )
+        release_freed_memory()
+        vocoder = network("vocoder", guest_device)
         return cls(
             variant=spec,
-            text_synch=network("text_synch", run_on),
-            generator=network("generator", run_on),
-            vae=network("vae", run_on),
-            vocoder=network("vocoder", guest_device),
+            text_synch=text_synch,
+            generator=generator,
+            vae=vae,
+            vocoder=vocoder,
             t5=t5,
             clip=clip,
             device=run_on,
