@@ -30,7 +30,7 @@ from torch import nn
 
 from selva.errors import InputError, WeightsError
 from selva.loading import load_checkpoint, load_into
-from selva.variants import DFN5B_CLIP, T5_BASE, ClipSpec, T5Spec
+from selva.variants import DFN5B_CLIP, T5_BASE, ClipSpec, T5Spec, WeightFile
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,17 @@ CLIP_CONFIG = "open_clip_config.json"
 CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 # CLIP keys that only matter for the image tower or the contrastive head.
 _CLIP_UNUSED_PREFIXES = ("visual.", "logit_scale", "logit_bias", "text_projection")
+
+
+def _files_folder(
+    files: Sequence[WeightFile], repo: str, revision: str | None, local_dir: str | Path | None
+) -> Path:
+    """`local_dir` as given, or the cache folder holding `files` of `repo` (fetched if missing)."""
+    if local_dir is not None:
+        return Path(local_dir)
+    from selva.hub import fetch_files
+
+    return fetch_files([replace(f, repo=repo) for f in files], revision=revision)
 
 
 def _as_prompts(prompts: str | Sequence[str]) -> list[str]:
@@ -75,10 +86,7 @@ class T5TextEncoder(nn.Module):
         """Load tokenizer and encoder from `local_dir`, or fetch `spec`'s files of `repo` first."""
         from transformers import AutoTokenizer, T5EncoderModel
 
-        if local_dir is None:
-            from selva.hub import fetch_files
-
-            local_dir = fetch_files([replace(f, repo=repo) for f in spec.files], revision=revision)
+        local_dir = _files_folder(spec.files, repo, revision, local_dir)
         if dtype == torch.float16:
             # T5's feed-forward activations overflow fp16 (a known flan-t5 issue); it is small, use fp32.
             log.info("T5 runs in float32 instead of float16 (fp16 overflows in T5)")
@@ -135,11 +143,7 @@ class ClipTextEncoder(nn.Module):
         """Build only the text tower from `open_clip_config.json` and load its keys from the checkpoint."""
         import open_clip
 
-        if local_dir is None:
-            from selva.hub import fetch_files
-
-            local_dir = fetch_files([replace(f, repo=repo) for f in spec.files], revision=revision)
-        local_dir = Path(local_dir)
+        local_dir = _files_folder(spec.files, repo, revision, local_dir)
         tower = build_clip_text_tower(json.loads((local_dir / CLIP_CONFIG).read_text()))
         weights = next((local_dir / name for name in CLIP_WEIGHTS if (local_dir / name).is_file()), None)
         if weights is None:
