@@ -23,7 +23,7 @@ import re
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -328,14 +328,16 @@ def run_loop(pipe, items: list[Item], args: argparse.Namespace, summary: Summary
     for item in bar:
         start = time.perf_counter()
         try:
-            generate_one(pipe, item, args)
+            announce = generate_one(pipe, item, args)
         except Exception as exc:  # report the clip and go on; Ctrl-C still stops the batch
             message = str(exc) if isinstance(exc, SelvaError) else f"{type(exc).__name__}: {exc}"
             log.error("%s: %s", item.where, message, exc_info=args.verbose > 0)
             summary.failed.append((item.where, message))
         else:
+            # Count before announcing: a Ctrl-C right after the line must not lose the clip.
             summary.done += 1
             summary.seconds += time.perf_counter() - start
+            announce()
         bar.set_postfix(done=summary.done, failed=len(summary.failed), refresh=False)
 
 
@@ -362,7 +364,8 @@ def load_pipeline(args: argparse.Namespace):
     return pipe
 
 
-def generate_one(pipe, item: Item, args: argparse.Namespace) -> None:
+def generate_one(pipe, item: Item, args: argparse.Namespace) -> Callable[[], None]:
+    """Generate and save one clip; returns the call that logs what was written."""
     if not item.video.is_file():
         raise MediaError(f"no such video: {item.video}")
     out = pipe(
@@ -382,7 +385,8 @@ def generate_one(pipe, item: Item, args: argparse.Namespace) -> None:
         written.append(out.save_audio(audio_path, k))
         written.append(out.save_video(video_path, k, original_audio_gain=args.keep_original_audio))
     span = f"{out.start:.2f}-{out.start + out.duration:.2f} s"
-    log.info("%s -> %s (seed %d, %s)", item.where, ", ".join(str(p) for p in written), out.seed, span)
+    names = ", ".join(str(p) for p in written)
+    return lambda: log.info("%s -> %s (seed %d, %s)", item.where, names, out.seed, span)
 
 
 # -- commands -------------------------------------------------------------------------------------
