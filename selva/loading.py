@@ -8,7 +8,10 @@ target device and dtype. A checkpoint's tensors that the module's load hook
 drops (a VAE's encoder, an optimiser state) are never paged in.
 
 Casting after loading, not before, keeps the modules' load hooks (weight-norm
-folding and similar) working on the file's float32 values.
+folding and similar) working on the file's float32 values. Pages of the
+mapping that were read for a tensor now held as a copy (cast or folded) are
+handed back as soon as the copy exists, so loading a network briefly needs
+little more than its own weights in the target dtype.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import mmap
 import pickle
 import zipfile
 from collections.abc import Mapping
@@ -75,10 +79,18 @@ def build_from_checkpoint(
     with torch.device("meta"):
         model = cls(config)
     if isinstance(checkpoint, Mapping):
-        state, source = checkpoint, f"the {type(model).__name__} state dict"
-    else:
-        state, source = load_checkpoint(checkpoint), str(checkpoint)
-    return load_into(model, state, device=device, dtype=dtype, source=source)
+        return load_into(
+            model, checkpoint, device=device, dtype=dtype, source=f"the {cls.__name__} state dict"
+        )
+    # Passed on without a name here, so that load_into holds the only reference to the state.
+    return load_into(
+        model,
+        load_checkpoint(checkpoint),
+        device=device,
+        dtype=dtype,
+        source=str(checkpoint),
+        mapped=checkpoint,
+    )
 
 
 def load_into(
@@ -88,8 +100,13 @@ def load_into(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     source: str = "the checkpoint",
+    mapped: str | Path | None = None,
 ) -> M:
-    """Load `state` into `model` (built on `meta`) with `assign=True`, then move and cast it."""
+    """Load `state` into `model` (built on `meta`) with `assign=True`, then move and cast it.
+
+    `mapped`: the file `state` was memory-mapped from (`load_checkpoint`); pages
+    read from it are released as soon as nothing needs them.
+    """
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:
@@ -98,14 +115,72 @@ def load_into(
             f"{source} does not fit {type(model).__name__}: {_first_lines(str(exc))}. "
             "Is it the right file for this variant?"
         ) from exc
-    file_backed = {t.untyped_storage().data_ptr() for t in state.values() if isinstance(t, torch.Tensor)}
-    del state
+    tensors = [t for t in state.values() if isinstance(t, torch.Tensor)]
+    file_backed = {t.untyped_storage().data_ptr() for t in tensors}
+    pages = _MappedPages(mapped)
+    kept = {t.untyped_storage().data_ptr() for t in _tensors_of(model)}
+    for t in tensors:  # read by a load hook (weight norm) and replaced: no longer needed
+        if t.untyped_storage().data_ptr() not in kept:
+            pages.release(t)
+    del state, tensors
     ensure_materialized(model)  # before moving: `to()` cannot move meta tensors and says less
-    # One tensor at a time: the old (mapped) tensor is dropped as soon as its copy exists.
-    model.to(device=device, dtype=dtype)
+
+    def move(t: torch.Tensor) -> torch.Tensor:
+        moved = t.to(device=device, dtype=dtype if t.is_floating_point() else None)
+        if moved.untyped_storage().data_ptr() != t.untyped_storage().data_ptr():
+            pages.release(t)
+        return moved
+
+    model._apply(move)  # what `Module.to` does, one tensor at a time, releasing as it goes
     _detach_from_file(model, file_backed)
     release_freed_memory()
     return model.eval().requires_grad_(False)
+
+
+def _tensors_of(model: nn.Module) -> list[torch.Tensor]:
+    return [t for t in chain(model.parameters(), model.buffers()) if t is not None]
+
+
+class _MappedPages:
+    """The address ranges this process has mapped from one file, and a way to drop read pages.
+
+    torch maps checkpoints privately and read-only in practice: dropping a
+    clean page (`MADV_DONTNEED`) loses nothing, a later read pages it in
+    again. Linux only; elsewhere nothing is released and nothing breaks.
+    """
+
+    def __init__(self, path: str | Path | None):
+        self.ranges: list[tuple[int, int]] = []
+        self._madvise = None
+        if path is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        target = str(Path(path).resolve())
+        with contextlib.suppress(OSError):
+            for line in Path("/proc/self/maps").read_text().splitlines():
+                fields = line.split(maxsplit=5)  # address perms offset dev inode path
+                private = len(fields) == 6 and fields[1].endswith("p")
+                if private and fields[5] == target:
+                    start, end = (int(x, 16) for x in fields[0].split("-"))
+                    self.ranges.append((start, end))
+        if self.ranges:
+            with contextlib.suppress(OSError, AttributeError):
+                libc = ctypes.CDLL(None, use_errno=True)
+                libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+                self._madvise = libc.madvise
+
+    def release(self, t: torch.Tensor) -> None:
+        """Drop the whole pages inside `t`'s storage, if it lies in the file's private mapping."""
+        if self._madvise is None or t.device.type != "cpu":
+            return
+        storage = t.untyped_storage()
+        start, end = storage.data_ptr(), storage.data_ptr() + storage.nbytes()
+        if not any(lo <= start and end <= hi for lo, hi in self.ranges):
+            return  # not from the file (a tensor a hook computed): never touch heap memory
+        # Only pages wholly inside this tensor: its neighbours' bytes stay as they are.
+        first = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE
+        last = end // mmap.PAGESIZE * mmap.PAGESIZE
+        if last > first:
+            self._madvise(first, last - first, mmap.MADV_DONTNEED)
 
 
 def release_freed_memory() -> None:

@@ -148,8 +148,16 @@ class ClipTextEncoder(nn.Module):
         weights = next((local_dir / name for name in CLIP_WEIGHTS if (local_dir / name).is_file()), None)
         if weights is None:
             raise WeightsError(f"{local_dir} holds none of {', '.join(CLIP_WEIGHTS)}")
-        state = load_clip_text_state(weights)
-        load_into(tower, state, device=device, dtype=dtype, source=str(weights))
+        # Passed on without a name: load_into must hold the only reference to free it as it casts.
+        mapped = weights if weights.suffix != ".safetensors" else None
+        load_into(
+            tower,
+            load_clip_text_state(weights),
+            device=device,
+            dtype=dtype,
+            source=str(weights),
+            mapped=mapped,
+        )
         return cls(tower, open_clip.get_tokenizer(spec.tokenizer))
 
     @property
