@@ -163,20 +163,21 @@ class SelvaPipeline:
         def network(role: str, on: torch.device) -> nn.Module:
             return build_network(spec, role, paths, device=on, dtype=run_in)
 
-        # Loading a network briefly needs more than its weights (mapped float32 pages, folded
-        # copies, the cast); loading those that need most first, while little else is resident,
-        # keeps the peak low. CLIP's checkpoint is the largest; the VAE's hook folds every weight.
-        clip = ClipTextEncoder.from_pretrained(
-            spec.clip.repo, device=guest_device, dtype=run_in, local_dir=paths["clip"], spec=spec.clip
-        )
+        # Loading briefly needs more than the weights: a weight-norm fold holds the file's float32
+        # pages and its float32 result at once, transformers maps all of T5. Those loads go
+        # first, while little else is resident; the others cast tensor by tensor and add
+        # almost nothing over their own weights.
+        vocoder = network("vocoder", guest_device)
         vae = network("vae", run_on)
-        generator = network("generator", run_on)
-        text_synch = network("text_synch", run_on)
         t5 = T5TextEncoder.from_pretrained(
             spec.t5.repo, device=guest_device, dtype=run_in, local_dir=paths["t5"], spec=spec.t5
         )
         release_freed_memory()
-        vocoder = network("vocoder", guest_device)
+        clip = ClipTextEncoder.from_pretrained(
+            spec.clip.repo, device=guest_device, dtype=run_in, local_dir=paths["clip"], spec=spec.clip
+        )
+        generator = network("generator", run_on)
+        text_synch = network("text_synch", run_on)
         return cls(
             variant=spec,
             text_synch=text_synch,
