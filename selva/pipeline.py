@@ -33,6 +33,7 @@ from selva import device as devices
 from selva import media, sampling
 from selva.cache import LRUCache
 from selva.errors import InputError, SelvaError
+from selva.loading import release_freed_memory
 from selva.sequence import SYNC_FPS, SYNC_SIZE, SequenceLengths
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,7 @@ class SelvaPipeline:
         folder in the reference layout, used with no network at all.
         """
         from selva import hub
-        from selva.loading import build_network, release_freed_memory
+        from selva.loading import build_network
         from selva.text import ClipTextEncoder, T5TextEncoder
         from selva.variants import get_variant
 
@@ -294,6 +295,9 @@ class SelvaPipeline:
         with self._timed(timings, "vocoder"):
             audio = self.vocode(mel)
         audio = audio[:, : round(duration * self.variant.sample_rate)].float().cpu().clamp(-1, 1)
+        # TextSynch's and the vocoder's activations are hundreds of MB; glibc keeps such freed
+        # blocks in the heap, and an idle app would hold its worst request's peak for good.
+        release_freed_memory()
 
         timings["total"] = time.perf_counter() - t_total
         report(1.0, desc="Done")
