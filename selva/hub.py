@@ -252,13 +252,16 @@ class _Finder:
         return None
 
     def _download(self, f: WeightFile, revision: str | None) -> Path:
-        """Download (or find in the cache when offline) `f` under its name or an alternative spelling."""
+        """`f` from the cache, or downloaded under its name or an alternative spelling."""
+        # Cache first: online, hf_hub_download would ask the Hub about every cached file on every
+        # start (and wait out a timeout for each on a dead network). The files of a variant do
+        # not change under it, and a cached copy that went bad is caught by its MD5.
+        for p in f.paths:
+            try:
+                return Path(hf_hub_download(f.repo, p, revision=revision, local_files_only=True))
+            except LocalEntryNotFoundError:
+                continue
         if self.offline:
-            for p in f.paths:
-                try:
-                    return Path(hf_hub_download(f.repo, p, revision=revision, local_files_only=True))
-                except LocalEntryNotFoundError:
-                    continue
             raise _NotFound("not in the Hugging Face cache and downloads are off (HF_HUB_OFFLINE=1)")
         try:
             return Path(hf_hub_download(f.repo, f.path, revision=revision))

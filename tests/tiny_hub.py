@@ -350,16 +350,19 @@ class TinyHub:
         **kwargs: Any,
     ) -> str:
         pointer = self.path(repo_id, filename)
-        if local_files_only or (pointer.exists() and not force_download):
+        if local_files_only:
             if not pointer.exists():
                 from huggingface_hub.errors import LocalEntryNotFoundError
 
                 raise LocalEntryNotFoundError(f"{repo_id}/{filename} is not cached")
             return str(pointer)
+        # Online, the real call asks the Hub for the file's metadata even when it is cached.
+        self.calls.append((repo_id, filename, force_download))
+        if pointer.exists() and not force_download:
+            return str(pointer)
         content = self.files.get(repo_id, {}).get(filename)
         if content is None:
             raise EntryNotFoundError(f"404 Client Error: {filename} not found in {repo_id}")
-        self.calls.append((repo_id, filename, force_download))
         return str(write_cached_file(self.cache_dir, repo_id, filename, content))
 
     def write_weights_dir(self, dest: Path, variant: str = TINY_16K, *, text_encoders: bool = True) -> Path:
