@@ -10,9 +10,10 @@ Look-up order for every file:
    its progress bars, `HF_TOKEN`, `HF_HUB_OFFLINE` and pinned revisions work
    as everywhere else in the ecosystem.
 
-Files with a known MD5 are hashed once after download; the result is
-remembered (keyed by the blob's path, size and mtime) so a start never
-re-hashes gigabytes. A corrupt file is fetched again; offline, or for a
+Files with a known MD5 (SelVA's own) are hashed once after download, and so
+are the other repos' large files, against the SHA-256 the Hub names their
+blob by; the result is remembered (keyed by the blob's path, size and mtime)
+so a start never re-hashes gigabytes. A corrupt file is fetched again; offline, or for a
 local folder, the error says which file and what to do. All problems are
 collected first so one error lists every missing file.
 """
@@ -24,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -50,13 +52,14 @@ __all__ = [
     "local_path",
     "required_files",
     "resolve",
+    "verify_digest",
     "verify_md5",
 ]
 
 log = logging.getLogger(__name__)
 
 WEIGHTS_DIR_ENV = "SELVA_WEIGHTS_DIR"
-STATE_DIR_ENV = "SELVA_STATE_DIR"  # where the MD5 memo lives (default: $HF_HOME/selva)
+STATE_DIR_ENV = "SELVA_STATE_DIR"  # where the checksum memo lives (default: $HF_HOME/selva)
 _CHUNK = 8 * 1024 * 1024
 
 
@@ -170,7 +173,7 @@ class _Finder:
     def locate(self, f: WeightFile) -> Path | None:
         local = self._local(f)
         if local is not None:
-            if self._md5_ok(local, f):
+            if self._intact(local, f):
                 return local
             self.problems.append(
                 _Problem(
@@ -223,15 +226,16 @@ class _Finder:
         except OSError as exc:  # HTTP errors, full disks, permissions
             self.problems.append(_Problem(f, "error", f"download failed: {exc}", self._destination(f)))
             return None
-        if self._md5_ok(path, f):
+        if self._intact(path, f):
             return path
         if self.offline:
             self.problems.append(
                 _Problem(
                     f,
                     "corrupt",
-                    f"{path} is corrupt or incomplete (MD5 is not {f.md5}) and downloads are off "
-                    "(HF_HUB_OFFLINE=1): go online to fetch it again, or delete it and place a good copy",
+                    f"{path} is corrupt or incomplete ({_checksum_of(path, f)} does not match) and "
+                    "downloads are off (HF_HUB_OFFLINE=1): go online to fetch it again, "
+                    "or delete it and place a good copy",
                     self._destination(f),
                 )
             )
@@ -244,10 +248,14 @@ class _Finder:
             detail = f"{path} is corrupt or incomplete and downloading it again failed: {exc}"
             self.problems.append(_Problem(f, "corrupt", detail, self._destination(f)))
             return None
-        if self._md5_ok(path, f):
+        if self._intact(path, f):
             return path
         self.problems.append(
-            _Problem(f, "corrupt", f"{path} still does not match MD5 {f.md5} after downloading it again")
+            _Problem(
+                f,
+                "corrupt",
+                f"{path} still does not match its {_checksum_of(path, f)} after downloading it again",
+            )
         )
         return None
 
@@ -255,7 +263,7 @@ class _Finder:
         """`f` from the cache, or downloaded under its name or an alternative spelling."""
         # Cache first: online, hf_hub_download would ask the Hub about every cached file on every
         # start (and wait out a timeout for each on a dead network). The files of a variant do
-        # not change under it, and a cached copy that went bad is caught by its MD5.
+        # not change under it, and a cached copy that went bad is caught by its checksum.
         for p in f.paths:
             try:
                 return Path(hf_hub_download(f.repo, p, revision=revision, local_files_only=True))
@@ -289,8 +297,13 @@ class _Finder:
         """Which spelling of `f` the cached `path` is (snapshots mirror the repo's paths)."""
         return next((p for p in f.paths if path.as_posix().endswith("/" + p)), f.path)
 
-    def _md5_ok(self, path: Path, f: WeightFile) -> bool:
-        return not self.verify or f.md5 is None or verify_md5(path, f.md5)
+    def _intact(self, path: Path, f: WeightFile) -> bool:
+        if not self.verify:
+            return True
+        if f.md5 is not None:
+            return verify_md5(path, f.md5)
+        sha256 = blob_sha256(path)
+        return sha256 is None or verify_digest(path, "sha256", sha256)
 
     def _destination(self, f: WeightFile) -> Path:
         return local_path(self.weights_dir or Path("<weights_dir>"), f)
@@ -341,7 +354,19 @@ def _weights_dir(weights_dir: str | Path | None) -> Path | None:
     return path
 
 
-# -- MD5, once per file ----------------------------------------------------------------------------
+# -- checksums, once per file -----------------------------------------------------------------------
+
+
+def blob_sha256(path: Path) -> str | None:
+    """The SHA-256 a Hub cache file should have: large (LFS) blobs are named by it. None elsewhere."""
+    real = path.resolve()
+    if real.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", real.name):
+        return real.name
+    return None
+
+
+def _checksum_of(path: Path, f: WeightFile) -> str:
+    return f"MD5 {f.md5}" if f.md5 is not None else f"SHA-256 {blob_sha256(path)}"
 
 
 def _state_file() -> Path:
@@ -349,7 +374,7 @@ def _state_file() -> Path:
     return Path(base) / "verified_md5.json"
 
 
-_memo: dict[str, tuple[int, int, str]] = {}
+_memo: dict[str, dict] = {}
 
 
 def _stamp(path: Path) -> tuple[str, int, int]:
@@ -365,11 +390,11 @@ def _load_state() -> dict:
         return {}
 
 
-def _remember(key: str, size: int, mtime_ns: int, md5: str) -> None:
-    _memo[key] = (size, mtime_ns, md5)
+def _remember(key: str, entry: dict) -> None:
+    _memo[key] = entry
     state_file = _state_file()
     state = _load_state()
-    state[key] = {"size": size, "mtime_ns": mtime_ns, "md5": md5}
+    state[key] = entry
     # Write-then-rename: concurrent starts never read half a file (the worst case is a lost entry).
     tmp = state_file.with_name(f"{state_file.name}.{os.getpid()}.tmp")
     try:
@@ -377,21 +402,26 @@ def _remember(key: str, size: int, mtime_ns: int, md5: str) -> None:
         tmp.write_text(json.dumps(state, indent=0, sort_keys=True))
         os.replace(tmp, state_file)
     except OSError as exc:  # a read-only home only costs a re-hash next start
-        log.debug("cannot record the MD5 check in %s: %s", state_file, exc)
+        log.debug("cannot record the checksum in %s: %s", state_file, exc)
         with contextlib.suppress(OSError):
             tmp.unlink()
 
 
 def verify_md5(path: str | Path, md5: str) -> bool:
     """Whether `path` has MD5 `md5`; hashed once, then remembered while size and mtime stay the same."""
+    return verify_digest(path, "md5", md5)
+
+
+def verify_digest(path: str | Path, algorithm: str, expected: str) -> bool:
+    """Whether `path` hashes to `expected` with `algorithm` ("md5", "sha256"); remembered as for MD5."""
     key, size, mtime_ns = _stamp(Path(path))
-    if _memo.get(key) == (size, mtime_ns, md5):
+    entry = {"size": size, "mtime_ns": mtime_ns, algorithm: expected}
+    if _memo.get(key) == entry:
         return True
-    known = _load_state().get(key)
-    if known == {"size": size, "mtime_ns": mtime_ns, "md5": md5}:
-        _memo[key] = (size, mtime_ns, md5)
+    if _load_state().get(key) == entry:
+        _memo[key] = entry
         return True
-    digest = hashlib.md5(usedforsecurity=False)
+    digest = hashlib.new(algorithm, usedforsecurity=False)
     with (
         open(key, "rb") as fh,
         hub_tqdm(
@@ -401,8 +431,8 @@ def verify_md5(path: str | Path, md5: str) -> bool:
         while chunk := fh.read(_CHUNK):
             digest.update(chunk)
             bar.update(len(chunk))
-    if digest.hexdigest() != md5:
-        log.warning("%s: MD5 %s, expected %s", path, digest.hexdigest(), md5)
+    if digest.hexdigest() != expected:
+        log.warning("%s: %s %s, expected %s", path, algorithm, digest.hexdigest(), expected)
         return False
-    _remember(key, size, mtime_ns, md5)
+    _remember(key, entry)
     return True

@@ -158,6 +158,24 @@ def test_corrupt_file_is_fetched_again_online(fresh_tiny_hub, monkeypatch, trunc
     assert blob.read_bytes() == hub.files[SELVA][GEN_16K]
 
 
+T5_WEIGHTS = "model.safetensors"
+
+
+def test_corrupt_encoder_file_without_md5_is_caught_by_its_blob_sha256(fresh_tiny_hub, monkeypatch):
+    """T5 has no MD5 in the registry; the Hub names its blob by its SHA-256, which is checked instead."""
+    t5 = VARIANTS[TINY_16K].t5
+    assert all(f.md5 is None for f in t5.files)
+    fresh_tiny_hub.corrupt(t5.repo, T5_WEIGHTS)
+    with pytest.raises(WeightsError) as err:
+        resolve(TINY_16K)
+    assert T5_WEIGHTS in str(err.value) and "SHA-256" in str(err.value) and "HF_HUB_OFFLINE" in str(err.value)
+
+    fresh_tiny_hub.serve(monkeypatch)
+    paths = resolve(TINY_16K)
+    assert fresh_tiny_hub.calls == [(t5.repo, T5_WEIGHTS, True)]  # fetched again, nothing else
+    assert (paths["t5"] / T5_WEIGHTS).read_bytes() == fresh_tiny_hub.files[t5.repo][T5_WEIGHTS]
+
+
 def test_download_into_an_empty_cache(tmp_path, fixtures_dir, monkeypatch):
     hub = build_tiny_hub(tmp_path, fixtures_dir, repos=())
     hub.serve(monkeypatch)
@@ -257,11 +275,13 @@ def test_md5_is_remembered_until_the_file_changes(fresh_tiny_hub, monkeypatch):
     # A new process (no in-memory memo) trusts the record instead of hashing again.
     monkeypatch.setattr(selva.hub, "_memo", {})
     hashed = []
-    real_md5 = hashlib.md5
-    monkeypatch.setattr(selva.hub.hashlib, "md5", lambda **kw: hashed.append(1) or real_md5(**kw))
+    real_new = hashlib.new
+    monkeypatch.setattr(
+        selva.hub.hashlib, "new", lambda name, **kw: hashed.append(name) or real_new(name, **kw)
+    )
     assert verify_md5(path, md5) and hashed == []
     hub.corrupt(SELVA, GEN_16K)  # new mtime: hashed again, and found wrong
-    assert not verify_md5(path, md5) and hashed == [1]
+    assert not verify_md5(path, md5) and hashed == ["md5"]
 
 
 def test_state_dir_unwritable_only_costs_a_rehash(fresh_tiny_hub, monkeypatch, tmp_path):
