@@ -18,9 +18,10 @@ What the reference computes, and we reproduce:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -50,6 +51,21 @@ def _files_folder(
     from selva.hub import fetch_files
 
     return fetch_files([replace(f, repo=repo) for f in files], revision=revision)
+
+
+@contextlib.contextmanager
+def _unreadable_as_weights_error(name: str, where: Path) -> Iterator[None]:
+    """A damaged or incomplete encoder file becomes a WeightsError that says what to do."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
+        raise WeightsError(
+            f"cannot load the {name} text encoder from {where}: {type(exc).__name__}: {exc}. "
+            "The files are damaged or incomplete: delete them and run `selva download` "
+            "(or copy them again into --weights-dir)."
+        ) from exc
 
 
 def _as_prompts(prompts: str | Sequence[str]) -> list[str]:
@@ -91,9 +107,10 @@ class T5TextEncoder(nn.Module):
             # T5's feed-forward activations overflow fp16 (a known flan-t5 issue); it is small, use fp32.
             log.info("T5 runs in float32 instead of float16 (fp16 overflows in T5)")
             dtype = torch.float32
-        tokenizer = AutoTokenizer.from_pretrained(str(local_dir))
-        # T5EncoderModel reads only the encoder's tensors from the full checkpoint.
-        model = T5EncoderModel.from_pretrained(str(local_dir), dtype=dtype)
+        with _unreadable_as_weights_error("flan-t5", local_dir):
+            tokenizer = AutoTokenizer.from_pretrained(str(local_dir))
+            # T5EncoderModel reads only the encoder's tensors from the full checkpoint.
+            model = T5EncoderModel.from_pretrained(str(local_dir), dtype=dtype)
         model.to(device=device, dtype=dtype)
         return cls(tokenizer, model, max_length=spec.max_length)
 
@@ -144,7 +161,8 @@ class ClipTextEncoder(nn.Module):
         import open_clip
 
         local_dir = _files_folder(spec.files, repo, revision, local_dir)
-        tower = build_clip_text_tower(json.loads((local_dir / CLIP_CONFIG).read_text()))
+        with _unreadable_as_weights_error("CLIP", local_dir):
+            tower = build_clip_text_tower(json.loads((local_dir / CLIP_CONFIG).read_text()))
         weights = next((local_dir / name for name in CLIP_WEIGHTS if (local_dir / name).is_file()), None)
         if weights is None:
             raise WeightsError(f"{local_dir} holds none of {', '.join(CLIP_WEIGHTS)}")
@@ -214,7 +232,10 @@ def load_clip_text_state(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt", device="cpu") as fh:
+        with (
+            _unreadable_as_weights_error("CLIP", path),
+            safe_open(str(path), framework="pt", device="cpu") as fh,
+        ):
             names = {k: text_key(k) for k in fh.keys()}  # noqa: SIM118 (safe_open has no iterator)
             state = {name: fh.get_tensor(k) for k, name in names.items() if name is not None}
     else:

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from tiny_hub import CLIP_WIDTH, T5_DIM, TINY_16K
 
-from selva.errors import InputError
+from selva.errors import InputError, WeightsError
 from selva.hub import REPOS, resolve
 from selva.text import ClipTextEncoder, T5TextEncoder, load_clip_text_state
 
@@ -119,3 +119,17 @@ def test_prompts_must_be_strings(t5, clip):
     with pytest.raises(InputError):
         clip([3])
     assert clip("one prompt").shape[0] == 1
+
+
+@pytest.mark.parametrize("encoder", ["t5", "clip"])
+def test_a_damaged_encoder_folder_is_a_weights_error(tiny_hub, tmp_path, encoder):
+    """Local folders have no checksum to catch a truncated file: loading says what is wrong and what to do."""
+    folder = tiny_hub.write_weights_dir(tmp_path, TINY_16K)
+    if encoder == "t5":
+        damaged, load = next(folder.rglob("model.safetensors")), T5TextEncoder.from_pretrained
+    else:
+        damaged, load = next(folder.rglob("open_clip_config.json")), ClipTextEncoder.from_pretrained
+    damaged.write_bytes(damaged.read_bytes()[:300])
+    with pytest.raises(WeightsError) as err:
+        load(local_dir=damaged.parent)
+    assert str(damaged.parent) in str(err.value) and "selva download" in str(err.value)
