@@ -17,6 +17,8 @@ count, CFG strength or negative prompt) skips decoding and TextSynch.
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 import random
 import threading
 import time
@@ -332,7 +334,7 @@ class SelvaPipeline:
                 raise InputError(f"{name} is {len(text)} characters long; keep it under {MAX_PROMPT_CHARS}")
         if not _is_int(steps) or not 1 <= steps <= MAX_STEPS:
             raise InputError(f"steps must be a whole number from 1 to {MAX_STEPS}, got {steps!r}")
-        if not 0.0 <= float(cfg_strength) <= 20.0:
+        if not _is_number(cfg_strength) or not 0.0 <= cfg_strength <= 20.0:
             raise InputError(f"cfg_strength must be between 0 and 20 (4.5 is typical), got {cfg_strength}")
         if seed is not None and (not _is_int(seed) or not 0 <= seed < 2**63 - MAX_SAMPLES):
             raise InputError(
@@ -344,10 +346,10 @@ class SelvaPipeline:
             or not 1 <= num_samples <= MAX_SAMPLES
         ):
             raise InputError(f"num_samples must be from 1 to {MAX_SAMPLES}, got {num_samples!r}")
-        if start < 0:
-            raise InputError(f"start must be 0 s or later, got {start}")
-        if duration is not None and duration <= 0:
-            raise InputError(f"duration must be positive (or None for automatic), got {duration}")
+        if not _is_number(start) or start < 0:
+            raise InputError(f"start must be 0 s or later, got {start!r}")
+        if duration is not None and (not _is_number(duration) or duration <= 0):
+            raise InputError(f"duration must be positive (or None for automatic), got {duration!r}")
         if duration is not None and duration > self.max_duration:
             raise InputError(
                 f"duration {duration:.2f} s is over the limit of {self.max_duration:.0f} s; "
@@ -514,3 +516,8 @@ class SelvaPipeline:
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    """A finite int or float (numpy scalars included); not a bool, a string or None."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
