@@ -139,6 +139,9 @@ def test_probe_odd_file_name(src, tmp_path):
     assert media.probe(str(path)).duration == pytest.approx(2.0)
 
 
+SUBTITLES = "1\n00:00:00,000 --> 00:00:01,000\nA dog barks.\n\n2\n00:00:01,000 --> 00:00:02,000\nWind.\n"
+
+
 @pytest.mark.parametrize(
     "case, problem, fix",
     [
@@ -149,6 +152,7 @@ def test_probe_odd_file_name(src, tmp_path):
         ("truncated", "not a media file", "convert it to MP4"),
         ("truncated_faststart", "truncated", "download or copy it again"),
         ("audio_only", "only audio", "pick the video file"),
+        ("subtitles_only", "has no video stream", "pick a video file"),
         ("image", "still image", "needs a video"),
         ("one_frame", "single picture", "needs a video"),
         ("too_big", "8200x16, larger than 8K", "downscale"),
@@ -163,6 +167,7 @@ def test_probe_errors(src, tmp_path, case, problem, fix):
         "truncated": lambda: truncate(src("h264_audio.mp4"), tmp_path / "half.mp4"),
         "truncated_faststart": lambda: truncate(src("faststart.mp4"), tmp_path / "half.mp4"),
         "audio_only": lambda: make_audio_only(tmp_path / "a.m4a"),
+        "subtitles_only": lambda: (tmp_path / "s.srt", (tmp_path / "s.srt").write_text(SUBTITLES))[0],
         "image": lambda: make_image(tmp_path / "still.png"),
         "one_frame": lambda: src("one_frame.mp4"),
         "too_big": lambda: src("too_big.mp4"),
@@ -281,6 +286,7 @@ def test_mux_reencodes_a_mid_gop_span(src, tmp_path, caplog):
     assert decoded_indices(out) == list(range(13, 38))
     with av.open(str(out)) as c:
         assert [s.codec_context.name for s in c.streams] == ["h264", "aac"]
+        assert c.streams.video[0].start_time == 0 and c.streams.audio[0].start_time == 0
         assert stream_seconds(c.streams.video[0]) == pytest.approx(1.0, abs=0.04)
         assert stream_seconds(c.streams.audio[0]) == pytest.approx(1.0, abs=0.04)
 
@@ -304,6 +310,7 @@ def test_mux_vp9_copies_into_mp4_and_vp8_is_reencoded(src, tmp_path):
     out = media.mux(src("vp8.webm"), silence(1.0), SR, tmp_path / "vp8.mp4", duration=1.0)
     with av.open(str(out)) as c:
         assert [s.codec_context.name for s in c.streams] == ["h264", "aac"]
+        assert c.streams.video[0].start_time == 0 and c.streams.audio[0].start_time == 0
     assert decoded_indices(out) == list(range(25))
 
 
