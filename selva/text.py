@@ -61,6 +61,8 @@ def _unreadable_as_weights_error(name: str, where: Path) -> Iterator[None]:
     try:
         yield
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
+        if isinstance(exc, torch.OutOfMemoryError):
+            raise  # the files are fine; the caller tells the user how to need less memory
         raise WeightsError(
             f"cannot load the {name} text encoder from {where}: {type(exc).__name__}: {exc}. "
             "The files are damaged or incomplete: delete them and run `selva download` "
