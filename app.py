@@ -1,4 +1,4 @@
-"""SelVA Studio: the Gradio app (UI only; the work is done by `selva.pipeline`).
+"""SelVA Studio: the Gradio app (UI only; requests run through `selva.serving`).
 
     python app.py [--share] [--server-name HOST] [--port N] [--variant NAME] [--device DEV]
                   [--precision P] [--offload O] [--weights-dir DIR] [--max-duration SEC]
@@ -10,7 +10,7 @@ no model, picks no device and downloads nothing.
 Concurrency: the process holds one `SelvaPipeline` (in a `selva.serving.PipelineSlot`) and a
 lock around it, and the Generate event runs in one queue slot per GPU, so two
 requests never touch the pipeline (or swap its variant) at the same time.
-On Hugging Face ZeroGPU the generation step is wrapped with `spaces.GPU`.
+On Hugging Face ZeroGPU the model call is wrapped with `spaces.GPU`.
 """
 
 from __future__ import annotations
@@ -19,23 +19,27 @@ import argparse
 import csv
 import logging
 import os
-import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from selva.errors import InputError, SelvaError, WeightsError
-from selva.serving import OutputStore, PipelineSlot
+from selva.errors import SelvaError, WeightsError
+from selva.serving import (
+    MAX_CANDIDATES,
+    GenerationService,
+    OutputStore,
+    PipelineSlot,
+    dtype_name,
+    is_out_of_memory,
+    parse_request,
+)
 
 if TYPE_CHECKING:
-    import torch
-
-    from selva.pipeline import SelvaOutput, SelvaPipeline
+    from selva.pipeline import SelvaPipeline
 
 try:  # Hugging Face ZeroGPU; the package is absent (or a no-op) everywhere else
     import spaces
@@ -48,7 +52,6 @@ APP_DIR = Path(__file__).resolve().parent
 EXAMPLES_DIR = APP_DIR / "examples"
 EXAMPLES_CSV = EXAMPLES_DIR / "examples.csv"
 DEFAULT_VARIANT = "small_16k"  # = selva.variants.DEFAULT_VARIANT, not imported: it pulls in torch
-MAX_CANDIDATES = 4  # one video player per candidate
 UI_MAX_STEPS = 100
 EXAMPLE_SEED = 2025  # cached examples are reproducible
 MAX_UPLOAD = "500mb"  # a minute of 4K phone video; longer clips should be cut first
@@ -72,73 +75,7 @@ shown with every result: type it in to reproduce a candidate.
 """
 
 
-# -- requests ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    """One generation request, checked and converted from the widgets' values (plain, picklable)."""
-
-    video: str
-    prompt: str
-    negative_prompt: str
-    steps: int
-    cfg_strength: float
-    seed: int | None
-    duration: float | None
-    start: float
-    variant: str | None
-    num_samples: int
-
-
-def parse_request(
-    video: str | None,
-    prompt: str | None,
-    negative_prompt: str | None,
-    steps: float | None,
-    cfg_strength: float | None,
-    seed: float | None,
-    duration: float | None,
-    start: float | None,
-    variant: str | None,
-    num_samples: float | None,
-) -> GenerationRequest:
-    """Widget values (or an API caller's) -> a `GenerationRequest`; the pipeline checks the ranges it owns."""
-    if not video:
-        raise InputError("Upload a video first: drop a clip (mp4, mov, webm...) on the Video box.")
-    if not prompt or not prompt.strip():
-        raise InputError("Type the sound you want in Prompt, e.g. 'dog barking'.")
-    samples = _whole(num_samples, "Candidates", 1)
-    if not 1 <= samples <= MAX_CANDIDATES:
-        raise InputError(f"Candidates must be from 1 to {MAX_CANDIDATES}, got {samples}")
-    seed_value = _whole(seed, "Seed", -1)
-    return GenerationRequest(
-        video=str(video),
-        prompt=prompt.strip(),
-        negative_prompt=(negative_prompt or "").strip(),
-        steps=_whole(steps, "Steps", 25),
-        cfg_strength=float(4.5 if cfg_strength is None else cfg_strength),
-        seed=None if seed_value < 0 else seed_value,  # -1 (or any negative): a random seed
-        duration=float(duration) if duration else None,  # 0 or empty: automatic
-        start=float(start or 0.0),
-        variant=variant or None,
-        num_samples=samples,
-    )
-
-
-def _whole(value: float | None, name: str, default: int) -> int:
-    if value is None or value == "":
-        return default
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be a whole number, got {value!r}") from None
-    if not number.is_integer():
-        raise InputError(f"{name} must be a whole number, got {value}")
-    return int(number)
-
-
-# -- the app --------------------------------------------------------------------------------------------
+# -- the handlers ---------------------------------------------------------------------------------------
 
 
 def _on_gpu(fn: Callable) -> Callable:
@@ -149,17 +86,15 @@ def _on_gpu(fn: Callable) -> Callable:
 
 
 class Studio:
-    """The request handlers behind the UI (testable without a browser)."""
+    """The request handlers behind the UI (testable without a browser).
+
+    Widget values go in, our errors come out as `gr.Error`; the requests themselves
+    run in a `selva.serving.GenerationService`.
+    """
 
     def __init__(self, slot: PipelineSlot, outputs: OutputStore | None = None):
         self.slot = slot
-        self.outputs = outputs or OutputStore()
-        # Only the model call runs on the (Zero)GPU: loading and file writing stay in the main
-        # process, so a loaded variant stays loaded between calls. Arguments are plain values
-        # because ZeroGPU pickles them into its worker.
-        self._infer = _on_gpu(self._infer_here)
-
-    # -- handlers -----------------------------------------------------------------------------------
+        self.service = GenerationService(slot, outputs, on_gpu=_on_gpu)
 
     def generate(
         self,
@@ -194,8 +129,11 @@ class Studio:
                 variant,
                 num_samples,
             )
-            out, pipe, load_seconds = self._run(req, progress, session=_session(request))
-            return self._present(req, out, pipe, load_seconds)
+            result = self.service.run(req, progress, session=_session(request))
+        # Plain paths (None for unused players), so API callers get files, not component updates;
+        # the Candidates slider shows and hides the players.
+        videos = [*result.videos, *[None] * (MAX_CANDIDATES - len(result.videos))]
+        return (*videos, list(result.audio_files), result.info, result.seed)
 
     def generate_example(
         self,
@@ -213,9 +151,8 @@ class Studio:
             req = parse_request(
                 video, prompt, negative_prompt, 25, 4.5, EXAMPLE_SEED, None, 0.0, self.slot.default_variant, 1
             )
-            out, pipe, load_seconds = self._run(req, progress, session=_session(request))
-            first_video, *_, downloads, info, _ = self._present(req, out, pipe, load_seconds)
-            return first_video, downloads, info
+            result = self.service.run(req, progress, session=_session(request))
+        return result.videos[0], list(result.audio_files), result.info
 
     def cancel(self, request: gr.Request | None = None) -> None:
         if self.slot.cancel(_session(request)):
@@ -226,109 +163,11 @@ class Studio:
         variant = variant or self.slot.default_variant
         pipe = self.slot.pipe
         if pipe is not None and pipe.variant.name == variant:
-            return f"`{variant}` is loaded on {pipe.device} ({_dtype_name(pipe.dtype)})."
+            return f"`{variant}` is loaded on {pipe.device} ({dtype_name(pipe.dtype)})."
         if pipe is not None:
             resident = pipe.variant.name
             return f"`{variant}` loads on the next Generate, replacing `{resident}` (one model at a time)."
         return f"`{variant}` loads on the first Generate."
-
-    # -- steps ---------------------------------------------------------------------------------------
-
-    def _run(
-        self, req: GenerationRequest, progress: gr.Progress, *, session: str
-    ) -> tuple[SelvaOutput, SelvaPipeline, float]:
-        if self.slot.lock.locked():
-            progress(0.0, desc="Waiting for the job in progress to finish")
-        with self.slot.lock:  # one generation at a time; no variant swap during one
-            pipe, load_seconds = self.slot.get(req.variant, progress)
-            self.slot.started(session)
-            try:
-                if self.slot.cancelled:
-                    from selva.pipeline import GenerationCancelled
-
-                    raise GenerationCancelled("generation was cancelled")
-                out = self._infer(req, progress)
-                if self.slot.cancelled:  # asked while the pipeline was starting: honour it anyway
-                    from selva.pipeline import GenerationCancelled
-
-                    raise GenerationCancelled("generation was cancelled")
-            finally:
-                self.slot.finished()
-        return out, pipe, load_seconds
-
-    def _infer_here(self, req: GenerationRequest, progress: gr.Progress) -> SelvaOutput:
-        pipe = self.slot.pipe
-        assert pipe is not None  # loaded by _run under the lock
-        return pipe(
-            req.video,
-            req.prompt,
-            req.negative_prompt,
-            steps=req.steps,
-            cfg_strength=req.cfg_strength,
-            seed=req.seed,
-            duration=req.duration,
-            start=req.start,
-            num_samples=req.num_samples,
-            progress=progress,
-        )
-
-    def _present(
-        self, req: GenerationRequest, out: SelvaOutput, pipe: SelvaPipeline, load_seconds: float
-    ) -> tuple[Any, ...]:
-        folder = self.outputs.new_folder()
-        stem = f"{_slug(Path(req.video).stem, 24)}_{_slug(req.prompt, 32)}_seed{out.seed}"
-        # Plain paths (None for unused players), so API callers get files, not component updates;
-        # the Candidates slider shows and hides the players.
-        videos: list[str | None] = [None] * MAX_CANDIDATES
-        downloads: list[str] = []
-        count = out.audio.shape[0]
-        for k in range(count):
-            name = stem if count == 1 else f"{stem}_{k + 1}"
-            videos[k] = str(out.save_video(folder / f"{name}.mp4", k))
-            downloads += [str(out.save_audio(folder / f"{name}.{ext}", k)) for ext in ("flac", "wav")]
-        return (*videos, downloads, info_line(out, pipe, load_seconds), out.seed)
-
-
-_STAGES = {
-    "probe": "probe",
-    "text": "prompts",
-    "decode": "video decode",
-    "text_synch": "TextSynch",
-    "flow": "flow",
-    "vae": "VAE",
-    "vocoder": "vocoder",
-}
-
-
-def info_line(out: SelvaOutput, pipe: SelvaPipeline, load_seconds: float = 0.0) -> str:
-    """Seed, span, device and seconds per stage, in one line a user can paste into a bug report."""
-    timings = out.timings
-    stages = []
-    for key, label in _STAGES.items():
-        if key in timings:
-            extra = (
-                f" ({timings['flow_per_step']:.2f} s/step)"
-                if key == "flow" and "flow_per_step" in timings
-                else ""
-            )
-            stages.append(f"{label} {timings[key]:.2f} s{extra}")
-    stages += [
-        f"{k} {v:.2f} s"
-        for k, v in timings.items()
-        if k not in _STAGES and k not in ("total", "flow_per_step")
-    ]
-    total = timings.get("total", sum(timings.get(k, 0.0) for k in _STAGES))
-    candidates = out.audio.shape[0]
-    parts = [
-        f"seed {out.seed}",
-        f"{out.duration:.2f} s from {out.start:.2f} s",
-        f"{candidates} candidate{'s' if candidates > 1 else ''} at {out.sample_rate / 1000:g} kHz",
-        f"{pipe.variant.name} on {pipe.device} ({_dtype_name(pipe.dtype)})",
-        ", ".join(stages) + f"; total {total:.2f} s",
-    ]
-    if load_seconds:
-        parts.append(f"model loaded in {load_seconds:.1f} s")
-    return " · ".join(parts)
 
 
 @contextmanager
@@ -354,7 +193,7 @@ def user_errors(private_dirs: Sequence[str | Path] = ()) -> Iterator[None]:
             message = message.replace(str(folder).rstrip("/\\") + os.sep, "")
         raise gr.Error(message, print_exception=False) from None
     except Exception as exc:
-        if _is_out_of_memory(exc):
+        if is_out_of_memory(exc):
             log.warning("out of memory: %s", exc)
             raise gr.Error(
                 "Out of GPU memory. Try a shorter duration or fewer candidates; the person running the "
@@ -369,12 +208,6 @@ def user_errors(private_dirs: Sequence[str | Path] = ()) -> Iterator[None]:
         ) from None
 
 
-def _is_out_of_memory(exc: BaseException) -> bool:
-    torch_mod = sys.modules.get("torch")
-    oom = getattr(torch_mod, "OutOfMemoryError", None) if torch_mod is not None else None
-    return (oom is not None and isinstance(exc, oom)) or "out of memory" in str(exc).lower()
-
-
 def _upload_dirs(video: str | None) -> list[str]:
     """The server folder an upload sits in: messages name the file, not where the server keeps it."""
     if not video:
@@ -384,16 +217,6 @@ def _upload_dirs(video: str | None) -> list[str]:
 
 def _session(request: gr.Request | None) -> str:
     return getattr(request, "session_hash", None) or "local"
-
-
-def _slug(text: str, limit: int) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-") or "clip"
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return {"torch.bfloat16": "bf16", "torch.float16": "fp16", "torch.float32": "fp32"}.get(
-        str(dtype), str(dtype)
-    )
 
 
 # -- examples ----------------------------------------------------------------------------------------

@@ -1,40 +1,123 @@
-"""Serving state for long-running front ends (the Gradio app): one resident pipeline, temp outputs.
+"""Serving for long-running front ends (the Gradio app): requests, one resident pipeline, temp outputs.
 
 A server process keeps a single `SelvaPipeline` in a `PipelineSlot`: it loads on
 first use, swaps to another variant on request (freeing the old one first, so
 only one generator is ever in memory), and lets the visitor who started a
-generation cancel it. `OutputStore` hands out short-lived folders for the files
-a request produces.
+generation cancel it. `parse_request` turns form or API values into a checked
+`GenerationRequest`; `GenerationService` runs one on the slot's pipeline and
+writes its files into the short-lived folders of an `OutputStore`.
+
+Nothing here imports gradio, and torch and the pipeline only load on first use,
+so a front end can import this module without loading a model.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import re
 import shutil
+import sys
 import tempfile
 import threading
 import time
 import uuid
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from selva.errors import InputError
+
 if TYPE_CHECKING:
-    from selva.pipeline import SelvaPipeline
+    import torch
+
+    from selva.pipeline import SelvaOutput, SelvaPipeline
 
 log = logging.getLogger(__name__)
 
+ProgressFn = Callable[..., object]  # called as progress(fraction, desc=...), as gradio's gr.Progress is
+MAX_CANDIDATES = 4  # per request: each candidate costs a full generation and a video file
 OUTPUT_KEEP_SECONDS = 600  # our copies only need to live until the front end has copied them
+
+
+# -- requests ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One generation request, checked and converted from form or API values (plain, picklable)."""
+
+    video: str
+    prompt: str
+    negative_prompt: str
+    steps: int
+    cfg_strength: float
+    seed: int | None
+    duration: float | None
+    start: float
+    variant: str | None
+    num_samples: int
+
+
+def parse_request(
+    video: str | None,
+    prompt: str | None,
+    negative_prompt: str | None,
+    steps: float | None,
+    cfg_strength: float | None,
+    seed: float | None,
+    duration: float | None,
+    start: float | None,
+    variant: str | None,
+    num_samples: float | None,
+) -> GenerationRequest:
+    """Widget values (or an API caller's) -> a `GenerationRequest`; the pipeline checks the ranges it owns."""
+    if not video:
+        raise InputError("Upload a video first: drop a clip (mp4, mov, webm...) on the Video box.")
+    if not prompt or not prompt.strip():
+        raise InputError("Type the sound you want in Prompt, e.g. 'dog barking'.")
+    samples = _whole(num_samples, "Candidates", 1)
+    if not 1 <= samples <= MAX_CANDIDATES:
+        raise InputError(f"Candidates must be from 1 to {MAX_CANDIDATES}, got {samples}")
+    seed_value = _whole(seed, "Seed", -1)
+    return GenerationRequest(
+        video=str(video),
+        prompt=prompt.strip(),
+        negative_prompt=(negative_prompt or "").strip(),
+        steps=_whole(steps, "Steps", 25),
+        cfg_strength=float(4.5 if cfg_strength is None else cfg_strength),
+        seed=None if seed_value < 0 else seed_value,  # -1 (or any negative): a random seed
+        duration=float(duration) if duration else None,  # 0 or empty: automatic
+        start=float(start or 0.0),
+        variant=variant or None,
+        num_samples=samples,
+    )
+
+
+def _whole(value: float | None, name: str, default: int) -> int:
+    if value is None or value == "":
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a whole number, got {value!r}") from None
+    if not number.is_integer():
+        raise InputError(f"{name} must be a whole number, got {value}")
+    return int(number)
+
+
+# -- the resident pipeline ---------------------------------------------------------------------------
 
 
 class PipelineSlot:
     """Holds this process's single `SelvaPipeline`, loads it on first use, swaps it for another variant.
 
     Switching variants frees the resident pipeline before loading the next one,
-    so only one generator is ever in memory. `lock` guards the pipeline: hold
-    it while loading or generating.
+    so only one generator is ever in memory; the next one's files are found
+    first, so a variant that cannot load leaves the resident one serving. `lock`
+    guards the pipeline: hold it while loading or generating.
     """
 
     def __init__(
@@ -83,9 +166,7 @@ class PipelineSlot:
         """The resident variant, or None before the first load."""
         return self.pipe.variant.name if self.pipe is not None else None
 
-    def get(
-        self, variant: str | None, report: Callable[..., object] | None = None
-    ) -> tuple[SelvaPipeline, float]:
+    def get(self, variant: str | None, report: ProgressFn | None = None) -> tuple[SelvaPipeline, float]:
         """The pipeline for `variant` (default: the start-up one) and the seconds spent loading it.
 
         Call with `lock` held. Loading happens here, once per switch, never per request.
@@ -93,14 +174,19 @@ class PipelineSlot:
         variant = variant or self.default_variant
         if self.pipe is not None and self.pipe.variant.name == variant:
             return self.pipe, 0.0
+        from selva import hub
         from selva.pipeline import SelvaPipeline
         from selva.variants import get_variant
 
         get_variant(variant)  # an unknown name fails here, before the resident pipeline is dropped
         if report is not None:
             report(0.0, desc=f"Loading {variant} (first use of this model; later requests skip this)")
-        self.release()
         started = time.perf_counter()
+        # Missing or corrupt files (offline, say) must fail while the resident pipeline is still
+        # here, or one bad request would leave the server with no model. `from_pretrained` resolves
+        # again with the same arguments; the checksums verified here are remembered, so that costs little.
+        hub.resolve(variant, weights_dir=self.weights_dir, revision=self.revision)
+        self.release()
         kwargs: dict[str, Any] = dict(
             device=self.device,
             dtype=self.precision,
@@ -184,3 +270,164 @@ class OutputStore:
         folder = root / uuid.uuid4().hex
         folder.mkdir()
         return folder
+
+
+# -- running a request -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """What one request made: files in an `OutputStore` folder, the info line and the seed used."""
+
+    videos: tuple[str, ...]  # one mp4 per candidate
+    audio_files: tuple[str, ...]  # a FLAC and a WAV per candidate
+    info: str
+    seed: int
+
+
+class GenerationService:
+    """Runs `GenerationRequest`s on a slot's pipeline, one at a time, and saves what they make.
+
+    `on_gpu` wraps the model call alone (ZeroGPU's `spaces.GPU`): loading and
+    file writing stay in this process, so a loaded variant stays loaded between
+    calls. The wrapped call takes plain values because ZeroGPU pickles them into
+    its worker.
+    """
+
+    def __init__(
+        self,
+        slot: PipelineSlot,
+        outputs: OutputStore | None = None,
+        *,
+        on_gpu: Callable[[Callable], Callable] | None = None,
+    ):
+        self.slot = slot
+        self.outputs = outputs or OutputStore()
+        self._infer = on_gpu(self._infer_here) if on_gpu is not None else self._infer_here
+
+    def run(
+        self, req: GenerationRequest, progress: ProgressFn | None = None, *, session: str = "local"
+    ) -> GenerationResult:
+        """Generate `req` (waiting for a job in flight) and write an mp4, a FLAC and a WAV per candidate.
+
+        `session` names the visitor: only they can cancel the job (`PipelineSlot.cancel`),
+        which ends it with `GenerationCancelled`.
+        """
+        out, pipe, load_seconds = self._generate(req, progress, session)
+        return self._save(req, out, pipe, load_seconds)
+
+    def _generate(
+        self, req: GenerationRequest, progress: ProgressFn | None, session: str
+    ) -> tuple[SelvaOutput, SelvaPipeline, float]:
+        from selva.pipeline import GenerationCancelled
+
+        if progress is not None and self.slot.lock.locked():
+            progress(0.0, desc="Waiting for the job in progress to finish")
+        with self.slot.lock:  # one generation at a time; no variant swap during one
+            pipe, load_seconds = self.slot.get(req.variant, progress)
+            self.slot.started(session)
+            try:
+                if self.slot.cancelled:
+                    raise GenerationCancelled("generation was cancelled")
+                out = self._infer(req, progress)
+                if self.slot.cancelled:  # asked while the pipeline was starting: honour it anyway
+                    raise GenerationCancelled("generation was cancelled")
+            finally:
+                self.slot.finished()
+        return out, pipe, load_seconds
+
+    def _infer_here(self, req: GenerationRequest, progress: ProgressFn | None) -> SelvaOutput:
+        pipe = self.slot.pipe
+        assert pipe is not None  # loaded by _generate under the lock
+        return pipe(
+            req.video,
+            req.prompt,
+            req.negative_prompt,
+            steps=req.steps,
+            cfg_strength=req.cfg_strength,
+            seed=req.seed,
+            duration=req.duration,
+            start=req.start,
+            num_samples=req.num_samples,
+            progress=progress,
+        )
+
+    def _save(
+        self, req: GenerationRequest, out: SelvaOutput, pipe: SelvaPipeline, load_seconds: float
+    ) -> GenerationResult:
+        folder = self.outputs.new_folder()
+        stem = f"{_slug(Path(req.video).stem, 24)}_{_slug(req.prompt, 32)}_seed{out.seed}"
+        videos: list[str] = []
+        audio_files: list[str] = []
+        count = out.audio.shape[0]
+        for k in range(count):
+            name = stem if count == 1 else f"{stem}_{k + 1}"
+            videos.append(str(out.save_video(folder / f"{name}.mp4", k)))
+            audio_files += [str(out.save_audio(folder / f"{name}.{ext}", k)) for ext in ("flac", "wav")]
+        info = info_line(out, pipe, load_seconds)
+        return GenerationResult(
+            videos=tuple(videos), audio_files=tuple(audio_files), info=info, seed=out.seed
+        )
+
+
+# -- reporting ---------------------------------------------------------------------------------------
+
+_STAGES = {
+    "probe": "probe",
+    "text": "prompts",
+    "decode": "video decode",
+    "text_synch": "TextSynch",
+    "flow": "flow",
+    "vae": "VAE",
+    "vocoder": "vocoder",
+}
+
+
+def info_line(out: SelvaOutput, pipe: SelvaPipeline, load_seconds: float = 0.0) -> str:
+    """Seed, span, device and seconds per stage, in one line a user can paste into a bug report."""
+    timings = out.timings
+    stages = []
+    for key, label in _STAGES.items():
+        if key in timings:
+            extra = (
+                f" ({timings['flow_per_step']:.2f} s/step)"
+                if key == "flow" and "flow_per_step" in timings
+                else ""
+            )
+            stages.append(f"{label} {timings[key]:.2f} s{extra}")
+    stages += [
+        f"{k} {v:.2f} s"
+        for k, v in timings.items()
+        if k not in _STAGES and k not in ("total", "flow_per_step")
+    ]
+    total = timings.get("total", sum(timings.get(k, 0.0) for k in _STAGES))
+    candidates = out.audio.shape[0]
+    parts = [
+        f"seed {out.seed}",
+        f"{out.duration:.2f} s from {out.start:.2f} s",
+        f"{candidates} candidate{'s' if candidates > 1 else ''} at {out.sample_rate / 1000:g} kHz",
+        f"{pipe.variant.name} on {pipe.device} ({dtype_name(pipe.dtype)})",
+        ", ".join(stages) + f"; total {total:.2f} s",
+    ]
+    if load_seconds:
+        parts.append(f"model loaded in {load_seconds:.1f} s")
+    return " · ".join(parts)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """bf16, fp16 or fp32: the names the command lines take."""
+    return {"torch.bfloat16": "bf16", "torch.float16": "fp16", "torch.float32": "fp32"}.get(
+        str(dtype), str(dtype)
+    )
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` is the accelerator running out of memory (torch's error, or a backend's message)."""
+    # Looked up, not imported: a front end may fail before torch was ever loaded.
+    torch_mod = sys.modules.get("torch")
+    oom = getattr(torch_mod, "OutOfMemoryError", None) if torch_mod is not None else None
+    return (oom is not None and isinstance(exc, oom)) or "out of memory" in str(exc).lower()
+
+
+def _slug(text: str, limit: int) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-") or "clip"

@@ -17,6 +17,7 @@ import pytest
 from media_factory import make_video
 
 import app
+from selva.serving import GenerationService
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -347,7 +348,7 @@ def test_on_zerogpu_only_the_model_call_is_wrapped(monkeypatch, app_pipe, clip):
     assert seen == [app.ZEROGPU_SECONDS] and "seed 4" in info
 
     monkeypatch.setattr(app, "spaces", None)  # elsewhere: no wrapper at all
-    assert app.Studio(studio.slot)._infer.__func__ is app.Studio._infer_here
+    assert app.Studio(studio.slot).service._infer.__func__ is GenerationService._infer_here
 
 
 # -- the API, through gradio_client against the launched app -------------------------------------------
