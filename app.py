@@ -422,7 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--weights-dir", type=Path, metavar="DIR", help="local weights folder (default: HF cache)"
     )
-    parser.add_argument("--revision", metavar="REV", help="Hub revision of the weights (default: pinned)")
+    parser.add_argument(
+        "--revision", metavar="REV", help="branch, tag or commit of jnwnlee/SelVA to use (default: main)"
+    )
     parser.add_argument(
         "--max-duration", type=float, metavar="SEC", help="longest span one request may ask for"
     )
