@@ -9,7 +9,9 @@ Exit codes, for scripts:
     1    one or more clips failed; the others were written (rerun to retry them)
     2    usage error or bad input: options, missing files, malformed CSV, unknown variant
     3    weights missing, corrupt or not downloadable
-    130  interrupted; finished clips are kept (a batch rerun resumes)
+    4    unexpected error (out of memory, a bug): a short message; -v adds the traceback
+    130  interrupted (Ctrl-C); finished clips are kept (a batch rerun resumes)
+    143  terminated (SIGTERM); as 130
 """
 
 from __future__ import annotations
@@ -20,10 +22,13 @@ import importlib
 import logging
 import math
 import re
+import signal
 import sys
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,14 +38,21 @@ from selva.errors import InputError, MediaError, SelvaError, WeightsError
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_WEIGHTS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_WEIGHTS, EXIT_UNEXPECTED = 0, 1, 2, 3, 4
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM, as shells report them
 EXIT_CODES = """exit codes:
   0    every clip was written (or its outputs already existed)
   1    one or more clips failed; the others were written (rerun to retry them)
   2    usage error or bad input: options, missing files, malformed CSV, unknown variant
   3    weights missing, corrupt or not downloadable
-  130  interrupted; finished clips are kept (a batch rerun resumes)
+  4    unexpected error (out of memory, a bug): a short message; -v adds the traceback
+  130  interrupted (Ctrl-C); finished clips are kept (a batch rerun resumes)
+  143  terminated (SIGTERM); as 130
 """
+OOM_HINT = (
+    "out of memory: try --variant small_16k, --offload on, --precision bf16 (or fp16), --device cpu, "
+    "or less work per clip (a shorter --duration, fewer --samples)"
+)
 DEFAULT_VARIANT = "small_16k"  # = selva.variants.DEFAULT_VARIANT, not imported: it pulls in torch
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg"}
 CSV_COLUMNS = {"video", "prompt", "negative", "seed", "start", "duration"}
@@ -325,6 +337,7 @@ def run_loop(pipe, items: list[Item], args: argparse.Namespace, summary: Summary
     bar = tqdm(
         items, desc="clips", unit="clip", disable=args.quiet or None, file=sys.stderr, dynamic_ncols=True
     )
+    hinted = False
     for item in bar:
         start = time.perf_counter()
         try:
@@ -332,6 +345,9 @@ def run_loop(pipe, items: list[Item], args: argparse.Namespace, summary: Summary
         except Exception as exc:  # report the clip and go on; Ctrl-C still stops the batch
             message = str(exc) if isinstance(exc, SelvaError) else f"{type(exc).__name__}: {exc}"
             log.error("%s: %s", item.where, message, exc_info=args.verbose > 0)
+            if not hinted and is_out_of_memory(exc):
+                log.error(OOM_HINT)  # once: the same advice under every failed clip would be noise
+                hinted = True
             summary.failed.append((item.where, message))
         else:
             # Count before announcing: a Ctrl-C right after the line must not lose the clip.
@@ -441,6 +457,50 @@ class _TqdmHandler(logging.Handler):
             self.handleError(record)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be: the same unwinding keeps finished clips and the summary."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    # Only the main thread may set handlers; in-process callers on other threads keep the default.
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        # None: the previous handler was not set from Python; the default is the best guess.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+# torch raises plain RuntimeErrors when host memory (DefaultCPUAllocator) or MPS memory runs out.
+_OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Python's `MemoryError`, torch's `OutOfMemoryError` (CUDA), or torch's CPU and MPS messages."""
+    if isinstance(exc, MemoryError) or any(c.__name__ == "OutOfMemoryError" for c in type(exc).__mro__):
+        return True  # matched by name: torch may not be imported when the error comes from elsewhere
+    text = str(exc).lower()
+    return any(m in text for m in _OOM_MESSAGES)
+
+
+def _report_unexpected(exc: Exception, args: argparse.Namespace) -> None:
+    log.debug("traceback:", exc_info=exc)
+    text = " ".join(str(exc).split())  # one line even when a library's message spans several
+    print(f"selva: unexpected error: {type(exc).__name__}" + (f": {text}" if text else ""), file=sys.stderr)
+    if is_out_of_memory(exc):
+        print(f"selva: {OOM_HINT}", file=sys.stderr)
+    if not args.verbose:
+        print("selva: rerun with -v for the traceback", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line and return its exit code (the console script exits with it)."""
     try:
@@ -460,7 +520,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     package.setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     log.setLevel(logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO)
     try:
-        return COMMANDS[args.command](args)
+        with _sigterm_as_interrupt():
+            return COMMANDS[args.command](args)
+    except _Terminated:
+        print("selva: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("selva: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -468,6 +532,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.debug("traceback:", exc_info=True)
         print(f"selva: error: {exc}", file=sys.stderr)
         return EXIT_WEIGHTS if isinstance(exc, WeightsError) else EXIT_USAGE
+    except Exception as exc:  # not 1: scripts must tell "some clips failed" from "nothing could run"
+        _report_unexpected(exc, args)
+        return EXIT_UNEXPECTED
     finally:
         root.removeHandler(handler)
         for logger, level in saved:
