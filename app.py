@@ -27,14 +27,13 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from selva.errors import SelvaError, WeightsError
+from selva.errors import SelvaError, WeightsError, is_out_of_memory
 from selva.serving import (
     MAX_CANDIDATES,
     GenerationService,
     OutputStore,
     PipelineSlot,
     dtype_name,
-    is_out_of_memory,
     parse_request,
 )
 

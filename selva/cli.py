@@ -34,7 +34,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from selva.errors import InputError, MediaError, SelvaError, WeightsError
+from selva.errors import InputError, MediaError, SelvaError, WeightsError, is_out_of_memory
 
 log = logging.getLogger(__name__)
 
@@ -480,17 +480,6 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 # torch raises plain RuntimeErrors when host memory (DefaultCPUAllocator) or MPS memory runs out.
-_OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory")
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """Python's `MemoryError`, torch's `OutOfMemoryError` (CUDA), or torch's CPU and MPS messages."""
-    if isinstance(exc, MemoryError) or any(c.__name__ == "OutOfMemoryError" for c in type(exc).__mro__):
-        return True  # matched by name: torch may not be imported when the error comes from elsewhere
-    text = str(exc).lower()
-    return any(m in text for m in _OOM_MESSAGES)
-
-
 def _report_unexpected(exc: Exception, args: argparse.Namespace) -> None:
     log.debug("traceback:", exc_info=exc)
     text = " ".join(str(exc).split())  # one line even when a library's message spans several

@@ -20,3 +20,18 @@ class MediaError(SelvaError):
 
 class WeightsError(SelvaError):
     """Model weights are missing, corrupt or cannot be fetched."""
+
+
+_OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Python's `MemoryError`, torch's `OutOfMemoryError` (CUDA), or torch's CPU and MPS messages.
+
+    Such an error says nothing about the inputs or the files; callers must not
+    report it as bad input or damaged weights.
+    """
+    if isinstance(exc, MemoryError) or any(c.__name__ == "OutOfMemoryError" for c in type(exc).__mro__):
+        return True  # matched by name: this module does not import torch
+    text = str(exc).lower()
+    return any(m in text for m in _OOM_MESSAGES)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import torch
 from torch import nn
 
-from selva.errors import WeightsError
+from selva.errors import WeightsError, is_out_of_memory
 
 if TYPE_CHECKING:  # the registry imports every model module; loading.py stays light without it
     from selva.models.bigvgan import BigVGANConfig
@@ -51,6 +51,8 @@ def load_checkpoint(path: str | Path, *, mmap: bool = True) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except RuntimeError as exc:
+        if is_out_of_memory(exc):
+            raise  # the file may well be fine
         if mmap and "mmap" in str(exc):
             # Files from torch < 1.6 (no zip container) cannot be mapped: read them whole.
             log.info("%s is in the legacy torch format: loading without mmap", path.name)

@@ -17,7 +17,6 @@ import gc
 import logging
 import re
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -419,14 +418,6 @@ def dtype_name(dtype: torch.dtype) -> str:
     return {"torch.bfloat16": "bf16", "torch.float16": "fp16", "torch.float32": "fp32"}.get(
         str(dtype), str(dtype)
     )
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether `exc` is the accelerator running out of memory (torch's error, or a backend's message)."""
-    # Looked up, not imported: a front end may fail before torch was ever loaded.
-    torch_mod = sys.modules.get("torch")
-    oom = getattr(torch_mod, "OutOfMemoryError", None) if torch_mod is not None else None
-    return (oom is not None and isinstance(exc, oom)) or "out of memory" in str(exc).lower()
 
 
 def _slug(text: str, limit: int) -> str:

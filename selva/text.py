@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selva.errors import InputError, WeightsError
+from selva.errors import InputError, WeightsError, is_out_of_memory
 from selva.loading import load_checkpoint, load_into
 from selva.variants import DFN5B_CLIP, T5_BASE, ClipSpec, T5Spec, WeightFile
 
@@ -61,7 +61,7 @@ def _unreadable_as_weights_error(name: str, where: Path) -> Iterator[None]:
     try:
         yield
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
-        if isinstance(exc, torch.OutOfMemoryError):
+        if is_out_of_memory(exc):
             raise  # the files are fine; the caller tells the user how to need less memory
         raise WeightsError(
             f"cannot load the {name} text encoder from {where}: {type(exc).__name__}: {exc}. "

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from selva import cli
+from selva.errors import is_out_of_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_SUCH_VARIANT = "no_such_variant"  # loading it would fail: proves a command loaded no model
@@ -448,12 +449,12 @@ def test_out_of_memory_is_recognised_in_its_forms():
         host = exc
     else:
         pytest.fail("allocating an exabyte succeeded")
-    assert cli.is_out_of_memory(host)
-    assert cli.is_out_of_memory(MemoryError())
-    assert cli.is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB"))
-    assert cli.is_out_of_memory(RuntimeError("MPS backend out of memory (MPS allocated: 9.05 GB)"))
-    assert not cli.is_out_of_memory(RuntimeError("CUDA error: device-side assert triggered"))
-    assert not cli.is_out_of_memory(OSError(28, "No space left on device"))
+    assert is_out_of_memory(host)
+    assert is_out_of_memory(MemoryError())
+    assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB"))
+    assert is_out_of_memory(RuntimeError("MPS backend out of memory (MPS allocated: 9.05 GB)"))
+    assert not is_out_of_memory(RuntimeError("CUDA error: device-side assert triggered"))
+    assert not is_out_of_memory(OSError(28, "No space left on device"))
 
 
 def test_clips_failing_for_memory_get_the_hint_once(tiny_hub, clips, tmp_path, capsys, monkeypatch):

@@ -8,8 +8,8 @@ import pytest
 import torch
 from media_factory import make_video
 
-from selva.errors import InputError, WeightsError
-from selva.serving import GenerationService, PipelineSlot, is_out_of_memory, parse_request
+from selva.errors import InputError, WeightsError, is_out_of_memory
+from selva.serving import GenerationService, PipelineSlot, parse_request
 
 ROOT = Path(__file__).resolve().parents[1]
 
