@@ -1,19 +1,22 @@
-"""Smoke test of benchmarks/bench.py on the tiny models, so the benchmark cannot rot.
+"""Smoke test of the benchmark (benchmarks/bench.py) on the tiny models, so it cannot rot.
 
-It checks that the benchmark builds its random checkpoints in the real layouts,
-loads them through the production code and reports every field; it never
-checks timings (those are judged by running the benchmark at real size).
+It checks that the benchmark builds its random checkpoints in the real layouts
+(benchmarks/build_weights.py), loads them through the production code and
+reports every field, at 16 kHz and at 44.1 kHz (BigVGAN v2 with its config.json);
+and, on the `meta` device, that the real-size T5, CLIP text tower and BigVGAN v2
+the builder derives have the real shapes. It never checks timings (those are judged by
+running the benchmark at real size).
 """
 
 from __future__ import annotations
 
-import importlib.util
+import dataclasses
+import importlib
 import json
-import sys
 from pathlib import Path
 
 import pytest
-from tiny_hub import TINY_16K
+from tiny_hub import TINY_16K, TINY_44K
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,20 +37,27 @@ TOP_FIELDS = {
 
 
 @pytest.fixture(scope="module")
-def bench():
-    """benchmarks/bench.py as a module (benchmarks/ is not a package on sys.path under every runner)."""
-    spec = importlib.util.spec_from_file_location("selva_bench", ROOT / "benchmarks" / "bench.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while building the class
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+def benchmarks_importable():
+    # The repo root is on sys.path under `python -m pytest` but not under the bare `pytest` script.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(ROOT))
+        yield
 
 
-def tiny_args(cache: Path, *extra: str) -> list[str]:
+@pytest.fixture(scope="module")
+def bench(benchmarks_importable):
+    return importlib.import_module("benchmarks.bench")
+
+
+@pytest.fixture(scope="module")
+def builder(benchmarks_importable):
+    return importlib.import_module("benchmarks.build_weights")
+
+
+def tiny_args(cache: Path, *extra: str, variant: str = TINY_16K) -> list[str]:
     # A 2 s clip (the shortest with two TextSynch segments), tiny frames, 2 steps: seconds, not minutes.
     return [
-        "--variant", TINY_16K, "--cache-dir", str(cache), "--device", "cpu", "--dtype", "fp32",
+        "--variant", variant, "--cache-dir", str(cache), "--device", "cpu", "--dtype", "fp32",
         "--steps", "2", "--duration", "2", "--size", "96x64", "--mux-size", "320x180",
         "--mux-repeats", "2", "--warmup", "0", *extra,
     ]  # fmt: skip
@@ -61,13 +71,42 @@ def bench_json(capsys) -> dict:
     return json.loads(lines[0].removeprefix("BENCH_JSON "))
 
 
-def test_bench_builds_loads_and_reports_every_field(bench, tiny_hub, tmp_path, capsys):
-    # The builder runs in a child process, as in real runs, from the tiny variant's configs.
-    assert bench.main(tiny_args(tmp_path)) == 0
+# Each variant's own files in the real layout; the rest is shared by all of them.
+LAYOUTS = {
+    TINY_16K: ("weights/generator_small_16k_sup_5.pth", "ext_weights/v1-16.pth", "ext_weights/best_netG.pt"),
+    TINY_44K: (
+        "weights/generator_small_44k_sup_5.pth",
+        "ext_weights/v1-44.pth",
+        "bigvgan_v2_44khz_128band_512x/config.json",
+        "bigvgan_v2_44khz_128band_512x/bigvgan_generator.pt",
+    ),
+}
+SHARED_LAYOUT = (
+    "weights/video_enc_sup_5.pth",
+    "flan-t5-base/model.safetensors",
+    "flan-t5-base/tokenizer.json",
+    "DFN5B-CLIP-ViT-H-14-384/open_clip_config.json",
+    "DFN5B-CLIP-ViT-H-14-384/open_clip_pytorch_model.bin",
+)
+
+
+@pytest.mark.parametrize(
+    "variant, build_flags",
+    [
+        # In a child process, as in real runs.
+        pytest.param(TINY_16K, [], id="16k"),
+        # 44.1 kHz writes BigVGAN v2's config.json too; in this process, the other code path.
+        pytest.param(TINY_44K, ["--build-in-process"], id="44k"),
+    ],
+)
+def test_bench_builds_loads_and_reports_every_field(
+    bench, builder, tiny_hub, tmp_path, capsys, variant, build_flags
+):
+    assert bench.main(tiny_args(tmp_path, *build_flags, variant=variant)) == 0
     result = bench_json(capsys)
 
     assert result.keys() >= TOP_FIELDS
-    assert result["weights"] == "random" and result["variant"] == TINY_16K
+    assert result["weights"] == "random" and result["variant"] == variant
     assert STAGE_FIELDS | {"decode", "text_synch"} <= result["first"].keys()
     assert result["reroll"].keys() >= STAGE_FIELDS
     for row in (result["first"], result["reroll"]):
@@ -94,19 +133,12 @@ def test_bench_builds_loads_and_reports_every_field(bench, tiny_hub, tmp_path, c
     }
 
     # The weights folder has the real layout and a marker, so a second run builds nothing.
-    folder = tmp_path / TINY_16K
-    for path in (
-        "weights/generator_small_16k_sup_5.pth",
-        "weights/video_enc_sup_5.pth",
-        "ext_weights/v1-16.pth",
-        "ext_weights/best_netG.pt",
-        "flan-t5-base/model.safetensors",
-        "flan-t5-base/tokenizer.json",
-        "DFN5B-CLIP-ViT-H-14-384/open_clip_config.json",
-        "DFN5B-CLIP-ViT-H-14-384/open_clip_pytorch_model.bin",
-        bench.BUILT_MARKER,
-    ):
+    folder = tmp_path / variant
+    for path in (*LAYOUTS[variant], *SHARED_LAYOUT, builder.BUILT_MARKER):
         assert (folder / path).is_file(), path
+    spec = builder.BuildSpec(builder.bench_variant(variant), folder, clip_visual=True)
+    assert builder.is_built(spec)
+    assert not builder.is_built(dataclasses.replace(spec, clip_visual=False))
 
 
 def test_bench_on_given_weights_dir(bench, tiny_hub, tmp_path, capsys):
@@ -119,11 +151,89 @@ def test_bench_on_given_weights_dir(bench, tiny_hub, tmp_path, capsys):
     assert result["reroll"]["sync_cache_hit"]
 
 
-def test_vae_encoder_layout_matches_the_real_file(bench, fixtures_dir):
+def test_vae_encoder_layout_matches_the_real_file(builder, fixtures_dir):
     """The encoder half the builder adds to v1-16/v1-44 has the real files' keys and shapes."""
     from selva.models.vae import VAE_PRESETS
 
     manifest = json.loads((fixtures_dir / "manifests.json").read_text())["files"]
     for rate, name in (("16k", "ext_weights/v1-16.pth"), ("44k", "ext_weights/v1-44.pth")):
         real = {k: tuple(v["shape"]) for k, v in manifest[name].items() if k.startswith("encoder.")}
-        assert bench.vae_encoder_shapes(VAE_PRESETS[rate]) == real
+        assert builder.vae_encoder_shapes(VAE_PRESETS[rate]) == real
+
+
+# -- the real sizes the builder derives, checked on the `meta` device (no weights allocated) ----------
+
+
+def n_params(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_real_t5_is_flan_t5_base_shaped(builder):
+    import torch
+    from transformers import T5Config, T5EncoderModel
+
+    from selva.variants import get_variant
+
+    real = get_variant("small_16k")
+    kwargs, pieces = builder.t5_config_for(real.text_synch_config.text_dim)
+    config = T5Config(**kwargs)
+    shape = (config.d_model, config.num_layers, config.num_heads, config.d_kv, config.d_ff, config.vocab_size)
+    assert shape == (768, 12, 12, 64, 2048, 32128)
+    assert config.is_gated_act and config.dense_act_fn == "gelu_new"
+    with torch.device("meta"):
+        encoder = T5EncoderModel(config)
+    # The registry's memory estimate counts the real flan-t5-base encoder.
+    assert n_params(encoder) == real.t5.encoder_params
+
+    # 32000 pieces + 100 sentinels, the specials at T5's ids, <extra_id_0> last.
+    tokenizer, sentinels = builder.t5_tokenizer(pieces)
+    assert tokenizer.get_vocab_size() == 32100 and len(sentinels) == 100
+    assert [tokenizer.token_to_id(t) for t in ("<pad>", "</s>", "<unk>")] == [0, 1, 2]
+    assert tokenizer.token_to_id("<extra_id_0>") == 32099 and tokenizer.token_to_id("<extra_id_99>") == 32000
+    ids = tokenizer.encode("dog barking").ids
+    assert ids[-1] == 1 and 2 not in ids  # ends with </s>, no unknown pieces
+
+
+def test_real_clip_text_tower_is_vit_h_14(builder):
+    import open_clip
+    import torch
+    from open_clip.model import _build_text_tower
+
+    from selva.variants import get_variant
+
+    model_cfg = builder.clip_config_for(get_variant("small_16k").generator_config.text_dim)["model_cfg"]
+    reference = open_clip.get_model_config("ViT-H-14-378-quickgelu")  # open_clip's own DFN5B-style entry
+    for key in ("embed_dim", "quick_gelu", "text_cfg"):
+        assert model_cfg[key] == reference[key], key
+
+    text_cfg = model_cfg["text_cfg"]
+    with torch.device("meta"):
+        tower = _build_text_tower(model_cfg["embed_dim"], text_cfg, quick_gelu=model_cfg["quick_gelu"])
+    # A pre-LN transformer: per block two LayerNorms, fused qkv and output projections, a 4x MLP.
+    w, hidden = text_cfg["width"], 4 * text_cfg["width"]
+    block = 2 * 2 * w + (3 * w * w + 3 * w) + (w * w + w) + (w * hidden + hidden) + (hidden * w + w)
+    embeddings = text_cfg["vocab_size"] * w + text_cfg["context_length"] * w
+    head = 2 * w + w * model_cfg["embed_dim"]  # final LayerNorm, text projection
+    assert n_params(tower) == embeddings + text_cfg["layers"] * block + head
+
+
+def test_44k_vocoder_is_real_size_only_for_the_real_vae(builder, tiny_hub):
+    import torch
+
+    from selva.models.bigvgan import BigVGAN, BigVGANConfig
+    from selva.variants import get_variant
+
+    def vocoder(variant: str) -> tuple[dict, int]:
+        config = builder.bigvgan_v2_config(get_variant(variant).vae_config)
+        with torch.device("meta"):
+            return config, n_params(BigVGAN(BigVGANConfig.from_dict(config)))
+
+    real, real_params = vocoder("small_44k")
+    # float32 parameters fill the registered (rounded) size of nvidia's bigvgan_generator.pt.
+    assert real_params * 4 == pytest.approx(get_variant("small_44k").vocoder_file.size, rel=0.01)
+    assert real["num_mels"] == 128 and real["upsample_initial_channel"] == 1536
+    tiny, tiny_params = vocoder(TINY_44K)
+    assert tiny["num_mels"] == 128 and tiny_params < real_params / 100
+    assert {k: v for k, v in tiny.items() if k != "upsample_initial_channel"} == {
+        k: v for k, v in real.items() if k != "upsample_initial_channel"
+    }

@@ -1,0 +1,1 @@
+"""SelVA Studio benchmarks: `python -m benchmarks.bench` (see README.md here)."""
