@@ -195,7 +195,7 @@ DFN5B_CLIP = ClipSpec(
     repo=REPOS["clip"],
     config_file=WeightFile(REPOS["clip"], "open_clip_config.json", 735),
     weights_file=WeightFile(REPOS["clip"], "open_clip_pytorch_model.bin", 3_947_081_637),
-    text_params=354_030_592,
+    text_params=352_984_064,  # the text tower as loaded: no text projection
 )
 
 
