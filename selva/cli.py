@@ -135,7 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="redo clips whose outputs already exist")
     _generation_options(p)
 
-    about = "Download and verify every file a variant needs (for Docker images and Spaces builds)."
+    about = (
+        "Download and verify every file a variant needs (for Docker images and Spaces builds).\n"
+        "With --weights-dir DIR the files also land in DIR, in the layout --weights-dir reads."
+    )
     p = sub.add_parser("download", help="fetch and verify the weights", description=about, **shared)
     p.add_argument(
         "--variant", action="append", metavar="NAME", help=f"repeatable; default: {DEFAULT_VARIANT}"

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -123,10 +124,41 @@ def resolve(
 def download(
     variant: str | Variant, *, revision: str | None = None, weights_dir: str | Path | None = None
 ) -> dict[str, Path]:
-    """Fetch and verify every file of `variant` ahead of time (the `selva download` command)."""
+    """Fetch and verify every file of `variant` ahead of time (the `selva download` command).
+
+    With `weights_dir`, the folder is filled in the local layout (made if
+    needed): files it lacks are fetched into the Hugging Face cache, then
+    hard-linked (or copied) into it, so the folder alone serves later runs.
+    """
     v = get_variant(variant)
     log.info("%s: %s to check or download", v.name, human_size(v.download_bytes()))
-    return resolve(v, weights_dir=weights_dir, revision=revision)
+    if weights_dir is None:
+        return resolve(v, revision=revision)
+    folder = Path(weights_dir).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    found = resolve(v, weights_dir=folder, revision=revision)
+    for role, f in v.all_files():
+        source = found[role] / f.path if role in ("t5", "clip") else found[role]
+        target = local_path(folder, f, _repo_path_of(source, f))
+        if not target.exists():
+            _place(source, target)
+    return resolve(v, weights_dir=folder, revision=revision, offline=True, verify=False)  # checked above
+
+
+def _place(source: Path, target: Path) -> None:
+    """`source` at `target`: a hard link where the file system allows it, else a copy; never half a file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f"{target.name}.{os.getpid()}.part")
+    try:
+        try:
+            os.link(source.resolve(), partial)
+        except OSError:  # another file system, or links not allowed
+            shutil.copyfile(source, partial)
+        os.replace(partial, target)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        raise WeightsError(f"cannot write {target}: {exc}") from exc
 
 
 def fetch_files(
@@ -241,7 +273,7 @@ class _Finder:
             )
             return None
         log.warning("%s/%s is corrupt or incomplete: downloading it again", f.repo, f.path)
-        repo_path = self._repo_path_of(path, f)
+        repo_path = _repo_path_of(path, f)
         try:
             path = Path(hf_hub_download(f.repo, repo_path, revision=revision, force_download=True))
         except OSError as exc:
@@ -292,11 +324,6 @@ class _Finder:
             self._listings[key] = set(HfApi().list_repo_files(repo, revision=revision))
         return self._listings[key]
 
-    @staticmethod
-    def _repo_path_of(path: Path, f: WeightFile) -> str:
-        """Which spelling of `f` the cached `path` is (snapshots mirror the repo's paths)."""
-        return next((p for p in f.paths if path.as_posix().endswith("/" + p)), f.path)
-
     def _intact(self, path: Path, f: WeightFile) -> bool:
         if not self.verify:
             return True
@@ -338,6 +365,11 @@ class _Finder:
 
 class _NotFound(Exception):
     pass
+
+
+def _repo_path_of(path: Path, f: WeightFile) -> str:
+    """Which spelling of `f` the cached or local `path` is (both mirror the repo's paths)."""
+    return next((p for p in f.paths if path.as_posix().endswith("/" + p)), f.path)
 
 
 def _weights_dir(weights_dir: str | Path | None) -> Path | None:

@@ -176,6 +176,19 @@ def test_corrupt_encoder_file_without_md5_is_caught_by_its_blob_sha256(fresh_tin
     assert (paths["t5"] / T5_WEIGHTS).read_bytes() == fresh_tiny_hub.files[t5.repo][T5_WEIGHTS]
 
 
+def test_download_fills_a_weights_dir_that_then_serves_alone(fresh_tiny_hub, tmp_path):
+    folder = tmp_path / "weights"  # made by download
+    selva.hub.download(TINY_44K, weights_dir=folder)
+    for _, f in VARIANTS[TINY_44K].all_files():
+        target = local_path(folder, f)
+        assert target.read_bytes() == fresh_tiny_hub.files[f.repo][f.path], target
+    assert not list(folder.rglob("*.part"))  # nothing half-written left behind
+
+    shutil.rmtree(fresh_tiny_hub.cache_dir)  # the folder alone, offline
+    paths = resolve(TINY_44K, weights_dir=folder)
+    assert all(p.is_relative_to(folder) for p in paths.values()), paths
+
+
 def test_download_into_an_empty_cache(tmp_path, fixtures_dir, monkeypatch):
     hub = build_tiny_hub(tmp_path, fixtures_dir, repos=())
     hub.serve(monkeypatch)
