@@ -133,23 +133,36 @@ class LowPassFilter1d(nn.Module):
 
 
 class UpSample1d(nn.Module):
-    """Zero-stuffing upsampler with the low-pass as interpolation kernel: (B, C, T) -> (B, C, ratio*T)."""
+    """Zero-stuffing upsampler with the low-pass as interpolation kernel: (B, C, T) -> (B, C, ratio*T).
+
+    Computed polyphase: output phase p of every `ratio` samples only meets taps
+    p, p + ratio, ..., so `ratio` short depthwise filters run over the input
+    and their outputs are interleaved. The sums are those of the transposed
+    convolution, without multiplying the stuffed zeros; on the CPU in bf16 the
+    depthwise transposed convolution was 4x slower and half of BigVGAN's time.
+    """
 
     def __init__(self, ratio: int = RESAMPLE_RATIO, kernel_size: int = LOWPASS_KERNEL):
         super().__init__()
+        if kernel_size % ratio:
+            raise ValueError(f"kernel_size {kernel_size} is not a multiple of the ratio {ratio}")
         self.ratio = ratio
         self.pad = kernel_size // ratio - 1
-        # after the transposed conv, trim back to exactly ratio * T samples
-        self.crop_left = self.pad * ratio + (kernel_size - ratio) // 2
-        self.crop_right = self.pad * ratio + (kernel_size - ratio + 1) // 2
+        # Where the wanted ratio * T samples start within the interleaved phases.
+        self.offset = (kernel_size - ratio) // 2
         self.register_buffer("filter", kaiser_sinc_filter(0.5 / ratio, 0.6 / ratio, kernel_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        C = x.shape[1]
+        B, C, T = x.shape
         x = F.pad(x, (self.pad, self.pad), mode="replicate")
-        # the gain of `ratio` restores the energy lost to the inserted zeros
-        x = self.ratio * F.conv_transpose1d(x, self.filter.expand(C, -1, -1), stride=self.ratio, groups=C)
-        return x[..., self.crop_left : x.shape[-1] - self.crop_right]
+        # phases[p] = taps p, p + ratio, ... in convolution (flipped) order: (ratio, kernel_size / ratio)
+        phases = self.filter.view(-1, self.ratio).t().flip(-1)
+        width = phases.shape[-1]
+        y = torch.stack(
+            [F.conv1d(x, phase.view(1, 1, width).expand(C, 1, width), groups=C) for phase in phases], dim=-1
+        )  # (B, C, T + pad, ratio)
+        y = y.flatten(-2)[..., self.offset : self.offset + self.ratio * T]
+        return self.ratio * y  # the gain of `ratio` restores the energy lost to the inserted zeros
 
 
 class DownSample1d(nn.Module):
