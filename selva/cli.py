@@ -482,7 +482,6 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
-# torch raises plain RuntimeErrors when host memory (DefaultCPUAllocator) or MPS memory runs out.
 def _report_unexpected(exc: Exception, args: argparse.Namespace) -> None:
     log.debug("traceback:", exc_info=exc)
     text = " ".join(str(exc).split())  # one line even when a library's message spans several

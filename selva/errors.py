@@ -22,6 +22,7 @@ class WeightsError(SelvaError):
     """Model weights are missing, corrupt or cannot be fetched."""
 
 
+# torch raises plain RuntimeErrors when host memory (DefaultCPUAllocator) or MPS memory runs out.
 _OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory")
 
 
