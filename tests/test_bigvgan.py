@@ -3,7 +3,9 @@ import json
 
 import pytest
 import torch
+from parity import load_fixture, meta_tensors
 
+from selva.loading import build_from_checkpoint
 from selva.models.bigvgan import BIGVGAN_PRESETS, BigVGAN, BigVGANConfig, kaiser_sinc_filter
 
 MANIFEST_16K = 'ext_weights/best_netG.pt (under key "generator")'
@@ -37,21 +39,6 @@ HUB_44K_CONFIG = {
 }
 
 
-def load_fixture(fixtures_dir, name: str) -> dict:
-    return torch.load(fixtures_dir / f"{name}.pt", weights_only=True)
-
-
-def build_and_load(config: BigVGANConfig, checkpoint: dict) -> BigVGAN:
-    with torch.device("meta"):
-        net = BigVGAN(config)
-    net.load_state_dict(checkpoint, strict=True, assign=True)
-    return net.eval()
-
-
-def meta_tensors(module: torch.nn.Module) -> list[str]:
-    return [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
-
-
 def to_legacy_weight_norm(state_dict: dict) -> dict:
     """parametrizations.weight.original0/1 -> weight_g/weight_v (torch.nn.utils.weight_norm)."""
     return {k.replace(PARAM_G, ".weight_g").replace(PARAM_V, ".weight_v"): v for k, v in state_dict.items()}
@@ -68,7 +55,7 @@ def test_parity(fixtures_dir, name):
     config = BigVGANConfig.from_dict(fx["config"])
     # both real files wrap the state dict as {"generator": state_dict}
     assert "'generator'" in fx["checkpoint_layout"]
-    net = build_and_load(config, {"generator": fx["state_dict"]})
+    net = build_from_checkpoint(BigVGAN, config, {"generator": fx["state_dict"]})
     assert meta_tensors(net) == []
     mel = fx["inputs"]["mel"].float()
     wav = vocode(net, mel)
@@ -82,14 +69,14 @@ def test_weight_norm_spellings_and_wrapper(fixtures_dir, name):
     fx = load_fixture(fixtures_dir, name)
     config = BigVGANConfig.from_dict(fx["config"])
     mel = fx["inputs"]["mel"].float()
-    reference = vocode(build_and_load(config, {"generator": fx["state_dict"]}), mel)
+    reference = vocode(build_from_checkpoint(BigVGAN, config, {"generator": fx["state_dict"]}), mel)
     legacy = to_legacy_weight_norm(fx["state_dict"])
     assert any(k.endswith(".weight_g") for k in legacy)
     for checkpoint in (legacy, {"generator": legacy}, fx["state_dict"]):
-        torch.testing.assert_close(vocode(build_and_load(config, checkpoint), mel), reference)
+        torch.testing.assert_close(vocode(build_from_checkpoint(BigVGAN, config, checkpoint), mel), reference)
     # an already-folded state dict (our own) loads back unchanged
-    folded = build_and_load(config, fx["state_dict"]).state_dict()
-    torch.testing.assert_close(vocode(build_and_load(config, folded), mel), reference)
+    folded = build_from_checkpoint(BigVGAN, config, fx["state_dict"]).state_dict()
+    torch.testing.assert_close(vocode(build_from_checkpoint(BigVGAN, config, folded), mel), reference)
 
 
 def test_config_from_dict_ignores_training_keys(fixtures_dir):
@@ -145,7 +132,8 @@ def test_default_filters_are_unit_gain_lowpass():
 @pytest.mark.parametrize("name", ["bigvgan_16k", "bigvgan_v2_44k"])
 def test_bfloat16_forward(fixtures_dir, name):
     fx = load_fixture(fixtures_dir, name)
-    net = build_and_load(BigVGANConfig.from_dict(fx["config"]), fx["state_dict"]).to(torch.bfloat16)
+    net = build_from_checkpoint(BigVGAN, BigVGANConfig.from_dict(fx["config"]), fx["state_dict"])
+    net = net.to(torch.bfloat16)
     wav = vocode(net, fx["inputs"]["mel"].to(torch.bfloat16))
     assert wav.dtype == torch.bfloat16
     assert torch.isfinite(wav).all()

@@ -5,8 +5,10 @@ from functools import cache
 
 import pytest
 import torch
+from parity import meta_tensors
 
 from selva import sampling
+from selva.loading import build_from_checkpoint
 from selva.models.generator import (
     GENERATOR_PRESETS,
     Conditions,
@@ -49,17 +51,6 @@ TINY = GeneratorConfig(
 )
 
 
-def meta_tensors(module: torch.nn.Module) -> list[str]:
-    return [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
-
-
-def build_and_load(config: GeneratorConfig, state_dict: dict) -> Generator:
-    with torch.device("meta"):
-        gen = Generator(config)
-    gen.load_state_dict(state_dict, strict=True, assign=True)
-    return gen.eval()
-
-
 def guided_velocity(gen: Generator, x: torch.Tensor, t: float, both: Conditions) -> torch.Tensor:
     """CFG as the pipeline mixes it: both branches in one batched forward (cond rows first)."""
     t_in = torch.full((2 * x.shape[0],), float(t))
@@ -71,7 +62,7 @@ def guided_velocity(gen: Generator, x: torch.Tensor, t: float, both: Conditions)
 def run_fixture(fixtures_dir, name: str) -> tuple[dict, dict]:
     """Every checked output, all from ONE loaded model (the 5 s and 8 s lengths alike)."""
     fx = torch.load(fixtures_dir / f"{name}.pt", weights_only=True)
-    gen = build_and_load(GeneratorConfig.from_dict(fx["config"]), fx["state_dict"])
+    gen = build_from_checkpoint(Generator, GeneratorConfig.from_dict(fx["config"]), fx["state_dict"])
     assert meta_tensors(gen) == []
     inp = {k: v.float() for k, v in fx["inputs"].items()}
     batch, latent_len, _ = inp["latent"].shape
@@ -131,7 +122,8 @@ def test_derived_keys_are_dropped_and_logged(fixtures_dir, caplog):
     extra = {"t_embed.freqs": torch.ones(128), "latent_rot": torch.ones(1, 250, 16, 2, 2)}
     extra["clip_rot"] = torch.ones(1, 64, 16, 2, 2)
     with caplog.at_level(logging.INFO, logger="selva.models.generator"):
-        gen = build_and_load(GeneratorConfig.from_dict(fx["config"]), {**fx["state_dict"], **extra})
+        config = GeneratorConfig.from_dict(fx["config"])
+        gen = build_from_checkpoint(Generator, config, {**fx["state_dict"], **extra})
     assert meta_tensors(gen) == []
     assert all(k in caplog.text for k in extra)
 

@@ -3,7 +3,9 @@ import logging
 
 import pytest
 import torch
+from parity import meta_tensors
 
+from selva.loading import build_from_checkpoint
 from selva.models.text_synch import TEXT_SYNCH_PRESETS, TextSynch, TextSynchConfig
 
 MANIFEST_FILE = "weights/video_enc_sup_5.pth"
@@ -14,20 +16,9 @@ def fx(fixtures_dir) -> dict:
     return torch.load(fixtures_dir / "textsynch.pt", weights_only=True)
 
 
-def build_and_load(config: TextSynchConfig, state_dict: dict) -> TextSynch:
-    with torch.device("meta"):
-        net = TextSynch(config)
-    net.load_state_dict(state_dict, strict=True, assign=True)
-    return net.eval()
-
-
 @pytest.fixture(scope="module")
 def net(fx) -> TextSynch:
-    return build_and_load(TextSynchConfig.from_dict(fx["config"]), fx["state_dict"])
-
-
-def meta_tensors(module: torch.nn.Module) -> list[str]:
-    return [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+    return build_from_checkpoint(TextSynch, TextSynchConfig.from_dict(fx["config"]), fx["state_dict"])
 
 
 def test_parity(fx, net):
@@ -60,7 +51,7 @@ def test_chunked_segments_match_batched(fx, net, chunk):
 
 
 def test_bfloat16_forward(fx, net):
-    net16 = build_and_load(net.config, fx["state_dict"]).to(torch.bfloat16)
+    net16 = build_from_checkpoint(TextSynch, net.config, fx["state_dict"]).to(torch.bfloat16)
     video = fx["inputs"]["video"][:, :16]  # one segment; float16 in, cast to the weights' dtype
     with torch.no_grad():
         sync_f = net16(video, fx["inputs"]["text_f"], fx["inputs"]["text_mask"])
@@ -83,7 +74,7 @@ def test_extra_checkpoint_keys_dropped_and_logged(fx, caplog):
     sd["afeat_extractor.cls_token"] = torch.zeros(1)
     sd["generator.latent_mean"] = torch.zeros(1)
     with caplog.at_level(logging.INFO, logger="selva.models.text_synch"):
-        net = build_and_load(TextSynchConfig.from_dict(fx["config"]), sd)
+        net = build_from_checkpoint(TextSynch, TextSynchConfig.from_dict(fx["config"]), sd)
     assert meta_tensors(net) == []
     assert "afeat_extractor.cls_token" in caplog.text and "generator.latent_mean" in caplog.text
     assert "afeat_extractor.cls_token" in sd  # the caller's dict is left alone

@@ -3,31 +3,18 @@ import logging
 
 import pytest
 import torch
+from parity import load_fixture, meta_tensors
 
+from selva.loading import build_from_checkpoint
 from selva.models.vae import VAE_PRESETS, VAEConfig, VAEDecoder
 
 MANIFEST_FILES = {"16k": "ext_weights/v1-16.pth", "44k": "ext_weights/v1-44.pth"}
 
 
-def load_fixture(fixtures_dir, name: str) -> dict:
-    return torch.load(fixtures_dir / f"{name}.pt", weights_only=True)
-
-
-def build_and_load(config: VAEConfig, state_dict: dict) -> VAEDecoder:
-    with torch.device("meta"):
-        vae = VAEDecoder(config)
-    vae.load_state_dict(state_dict, strict=True, assign=True)
-    return vae.eval()
-
-
-def meta_tensors(module: torch.nn.Module) -> list[str]:
-    return [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
-
-
 @pytest.mark.parametrize("name", ["vae_16k", "vae_44k"])
 def test_parity(fixtures_dir, name):
     fx = load_fixture(fixtures_dir, name)
-    vae = build_and_load(VAEConfig.from_dict(fx["config"]), fx["state_dict"])
+    vae = build_from_checkpoint(VAEDecoder, VAEConfig.from_dict(fx["config"]), fx["state_dict"])
     assert meta_tensors(vae) == []
     z = fx["inputs"]["z"].float()
     with torch.no_grad():
@@ -42,7 +29,7 @@ def test_encoder_is_dropped_and_logged(fixtures_dir, caplog):
     n_encoder = sum(k.startswith("encoder.") for k in fx["state_dict"])
     assert n_encoder > 0
     with caplog.at_level(logging.INFO, logger="selva.models.vae"):
-        vae = build_and_load(VAEConfig.from_dict(fx["config"]), fx["state_dict"])
+        vae = build_from_checkpoint(VAEDecoder, VAEConfig.from_dict(fx["config"]), fx["state_dict"])
     assert f"dropped {n_encoder} encoder keys" in caplog.text
     assert not any(k.startswith("encoder.") for k in vae.state_dict())
 
@@ -57,7 +44,7 @@ def test_pipeline_config_uses_reference_defaults(fixtures_dir):
         (3,),
         (0,),
     )
-    build_and_load(config, fx["state_dicts"]["vae"])
+    build_from_checkpoint(VAEDecoder, config, fx["state_dicts"]["vae"])
 
 
 @pytest.mark.parametrize("preset", ["16k", "44k"])
@@ -77,7 +64,8 @@ def test_real_size_matches_manifest(fixtures_dir, preset):
 @pytest.mark.parametrize("name", ["vae_16k", "vae_44k"])
 def test_bfloat16_forward(fixtures_dir, name):
     fx = load_fixture(fixtures_dir, name)
-    vae = build_and_load(VAEConfig.from_dict(fx["config"]), fx["state_dict"]).to(torch.bfloat16)
+    vae = build_from_checkpoint(VAEDecoder, VAEConfig.from_dict(fx["config"]), fx["state_dict"])
+    vae = vae.to(torch.bfloat16)
     with torch.no_grad():
         mel = vae(fx["inputs"]["z"].to(torch.bfloat16))
     assert mel.dtype == torch.bfloat16
