@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from selva.errors import SelvaError, WeightsError, is_out_of_memory
+from selva import spec
 from selva.serving import (
     MAX_CANDIDATES,
     GenerationService,
@@ -36,6 +36,7 @@ from selva.serving import (
     dtype_name,
     parse_request,
 )
+from selva.spec import GenerationCancelled, SelvaError, WeightsError, is_out_of_memory
 
 if TYPE_CHECKING:
     from selva.pipeline import SelvaPipeline
@@ -50,8 +51,7 @@ log = logging.getLogger("selva.app")
 APP_DIR = Path(__file__).resolve().parent
 EXAMPLES_DIR = APP_DIR / "examples"
 EXAMPLES_CSV = EXAMPLES_DIR / "examples.csv"
-DEFAULT_VARIANT = "small_16k"  # = selva.variants.DEFAULT_VARIANT, not imported: it pulls in torch
-UI_MAX_STEPS = 100
+DEFAULT_VARIANT = spec.DEFAULT_VARIANT
 EXAMPLE_SEED = 2025  # cached examples are reproducible
 MAX_UPLOAD = "500mb"  # a minute of 4K phone video; longer clips should be cut first
 QUEUE_SIZE = 32  # requests waiting beyond this are turned away with a "queue full" message
@@ -127,6 +127,7 @@ class Studio:
                 start,
                 variant,
                 num_samples,
+                max_duration=self.slot.max_duration,
             )
             result = self.service.run(req, progress, session=_session(request))
         # Plain paths (None for unused players), so API callers get files, not component updates;
@@ -147,9 +148,9 @@ class Studio:
         Returns the video, the audio files and the info line (one candidate).
         """
         with user_errors(_upload_dirs(video)):
-            req = parse_request(
-                video, prompt, negative_prompt, 25, 4.5, EXAMPLE_SEED, None, 0.0, self.slot.default_variant, 1
-            )
+            req = spec.GenerationRequest(
+                video, prompt, negative_prompt or "", seed=EXAMPLE_SEED, variant=self.slot.default_variant
+            ).checked(max_duration=self.slot.max_duration)
             result = self.service.run(req, progress, session=_session(request))
         return result.videos[0], list(result.audio_files), result.info
 
@@ -182,8 +183,6 @@ def user_errors(private_dirs: Sequence[str | Path] = ()) -> Iterator[None]:
     except gr.Error:
         raise
     except SelvaError as exc:
-        from selva.pipeline import GenerationCancelled
-
         if isinstance(exc, GenerationCancelled):
             log.info("generation cancelled by the user")
             raise gr.Error("Generation cancelled.", title="Cancelled", print_exception=False) from None
@@ -245,6 +244,13 @@ def _variant_choices(current: str) -> list[tuple[str, str]]:
     return [(f"{name} – {VARIANTS[name].description}" if name in VARIANTS else name, name) for name in names]
 
 
+def _slider(limit: spec.Limit, *, step: float, info: str | None = None) -> gr.Slider:
+    """A slider over one of the spec's limits: its range, default and label."""
+    return gr.Slider(
+        limit.minimum, limit.maximum, value=limit.default, step=step, label=limit.label, info=info
+    )
+
+
 def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bool = True) -> gr.Blocks:
     """The SelVA Studio UI around one pipeline (or a slot that loads it on first use).
 
@@ -298,8 +304,8 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
                     )
                     status = gr.Markdown(studio.describe(start_variant), elem_id="model-status")
                     with gr.Row():
-                        steps = gr.Slider(1, UI_MAX_STEPS, value=25, step=1, label="Steps")
-                        cfg = gr.Slider(1, 10, value=4.5, step=0.1, label="CFG strength")
+                        steps = _slider(spec.STEPS, step=1)
+                        cfg = _slider(spec.CFG_STRENGTH, step=0.1)
                     with gr.Row():
                         duration = gr.Slider(
                             0,
@@ -307,23 +313,27 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
                             value=0,
                             step=0.1,
                             label="Duration (s)",
-                            info="0 = auto: the rest of the clip, up to 8 s",
+                            info=f"0 = auto: the rest of the clip, up to {spec.TRAINED_DURATION:g} s",
                         )
-                        start = gr.Number(value=0, minimum=0, label="Start (s)", info="where the span begins")
+                        start = gr.Number(
+                            value=spec.START.default,
+                            minimum=spec.START.minimum,
+                            label=spec.START.label,
+                            info="where the span begins",
+                        )
                     with gr.Row():
                         with gr.Column(min_width=160):
                             seed = gr.Number(
                                 value=-1,
                                 precision=0,
                                 minimum=-1,
-                                label="Seed",
+                                maximum=spec.SEED.maximum,
+                                label=spec.SEED.label,
                                 info="-1 = random; the seed used is shown in Info",
                                 elem_id="seed",
                             )
                             reuse = gr.Button("Reuse last seed", size="sm")
-                        num_samples = gr.Slider(
-                            1, MAX_CANDIDATES, value=1, step=1, label="Candidates", info="one video each"
-                        )
+                        num_samples = _slider(spec.NUM_SAMPLES, step=1, info="one video each")
             with gr.Column(scale=1):
                 players = [
                     gr.Video(

@@ -197,16 +197,17 @@ def build_weights(spec: BuildSpec) -> None:
         return path
 
     # One network at a time, each freed before the next: the largest is CLIP's 986 M parameters.
-    save(generator_state(v.generator_config), target(v.generator_file))
-    save(text_synch_state(v.text_synch_config), target(v.text_synch_file))
-    save(vae_state(v.vae_config), target(v.vae_file))
-    vocoder_config = v.vocoder_config
-    if v.vocoder_config_file is not None:
-        vocoder_config = bigvgan_v2_config(v.vae_config)
-        write_text(target(v.vocoder_config_file), json.dumps(vocoder_config, indent=2))
-        from selva.models.bigvgan import BigVGANConfig
+    from selva.loading import network_config
 
-        vocoder_config = BigVGANConfig.from_dict(vocoder_config)
+    save(generator_state(network_config(v, "generator")), target(v.generator_file))
+    save(text_synch_state(network_config(v, "text_synch")), target(v.text_synch_file))
+    save(vae_state(network_config(v, "vae")), target(v.vae_file))
+    if v.vocoder_config_file is not None:
+        config_path = target(v.vocoder_config_file)
+        write_text(config_path, json.dumps(bigvgan_v2_config(network_config(v, "vae")), indent=2))
+        vocoder_config = network_config(v, "vocoder", {"vocoder_config": config_path})
+    else:
+        vocoder_config = network_config(v, "vocoder")
     save({"generator": bigvgan_state(vocoder_config)}, target(v.vocoder_file))
     write_t5(v, target(v.t5.files[0]).parent)
     write_clip(v, target(v.clip.config_file), target(v.clip.weights_file), visual=spec.clip_visual)
@@ -396,7 +397,9 @@ def write_t5(variant: Variant, folder: Path) -> None:
     import torch
     from transformers import T5Config, T5ForConditionalGeneration
 
-    config_kwargs, pieces = t5_config_for(variant.text_synch_config.text_dim)
+    from selva.loading import network_config
+
+    config_kwargs, pieces = t5_config_for(network_config(variant, "text_synch").text_dim)
     folder.mkdir(parents=True, exist_ok=True)
     model = T5ForConditionalGeneration(
         T5Config(architectures=["T5ForConditionalGeneration"], **config_kwargs)
@@ -429,7 +432,9 @@ def write_clip(variant: Variant, config_path: Path, weights_path: Path, *, visua
     import torch
     from open_clip.model import CLIP, _build_text_tower
 
-    config = clip_config_for(variant.generator_config.text_dim)
+    from selva.loading import network_config
+
+    config = clip_config_for(network_config(variant, "generator").text_dim)
     model_cfg = config["model_cfg"]
     write_text(config_path, json.dumps(config, indent=2))
     with torch.device("meta"):

@@ -1,6 +1,6 @@
 """SelVA Studio: text-conditioned selective video-to-audio generation."""
 
-from selva.errors import InputError, MediaError, SelvaError, WeightsError
+from selva.spec import InputError, MediaError, SelvaError, WeightsError
 
 __version__ = "0.1.0"
 

@@ -9,7 +9,7 @@ Exit codes, for scripts:
     1    one or more clips failed; the others were written (rerun to retry them)
     2    usage error or bad input: options, missing files, malformed CSV, unknown variant
     3    weights missing, corrupt or not downloadable
-    4    unexpected error (out of memory, a bug): a short message; -v adds the traceback
+    4    unexpected error (out of memory, an unsupported library version, a bug); -v: traceback
     130  interrupted (Ctrl-C); finished clips are kept (a batch rerun resumes)
     143  terminated (SIGTERM); as 130
 """
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib
 import logging
 import math
 import re
@@ -34,7 +33,16 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from selva.errors import InputError, MediaError, SelvaError, WeightsError, is_out_of_memory
+from selva import spec
+from selva.spec import (
+    DEFAULT_VARIANT,
+    DependencyError,
+    InputError,
+    MediaError,
+    SelvaError,
+    WeightsError,
+    is_out_of_memory,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +53,7 @@ EXIT_CODES = """exit codes:
   1    one or more clips failed; the others were written (rerun to retry them)
   2    usage error or bad input: options, missing files, malformed CSV, unknown variant
   3    weights missing, corrupt or not downloadable
-  4    unexpected error (out of memory, a bug): a short message; -v adds the traceback
+  4    unexpected error (out of memory, an unsupported library version, a bug); -v: traceback
   130  interrupted (Ctrl-C); finished clips are kept (a batch rerun resumes)
   143  terminated (SIGTERM); as 130
 """
@@ -53,22 +61,17 @@ OOM_HINT = (
     "out of memory: try --variant small_16k, --offload on, --precision bf16 (or fp16), --device cpu, "
     "or less work per clip (a shorter --duration, fewer --samples)"
 )
-DEFAULT_VARIANT = "small_16k"  # = selva.variants.DEFAULT_VARIANT, not imported: it pulls in torch
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg"}
 CSV_COLUMNS = {"video", "prompt", "negative", "seed", "start", "duration"}
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # names selva.device.parse_dtype reads
-OFFLOADS = ("auto", "on", "off", "keep_in_vram", "offload_to_cpu")  # and parse_offload
+PRECISIONS = spec.PRECISIONS
+OFFLOADS = (*spec.OFFLOADS, *spec.OFFLOAD_ALIASES)
 
 
 # -- values: one converter per option, shared by the flags and the CSV columns ------------------
 
 
-def _ranged(cast: type, lo: float, hi: float | str | None = None, *, above: bool = False):
-    """An argparse type for a finite number from `lo` (or `above` it) to `hi`.
-
-    A string `hi` names a `selva.pipeline` limit, imported on use so that `--help`
-    and usage errors do not wait for torch to import.
-    """
+def _ranged(limit: spec.Limit, *, cast: type = float, open_below: bool = False):
+    """An argparse type for one of the spec's limits (`open_below`: the minimum itself is refused)."""
 
     def convert(text: str):
         try:
@@ -80,30 +83,33 @@ def _ranged(cast: type, lo: float, hi: float | str | None = None, *, above: bool
         except ValueError:
             kind = "a whole number" if cast is int else "a number"
             raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
-        upper = getattr(importlib.import_module("selva.pipeline"), hi) if isinstance(hi, str) else hi
-        if value < lo or (above and value == lo) or (upper is not None and value > upper):
-            lo_s, hi_s = _show(lo), _show(upper)
-            if above:
-                span = f"above {lo_s}" + (f" and at most {hi_s}" if upper else "")
-            else:
-                span = f"from {lo_s} to {hi_s}" if upper else f"{lo_s} or more"
+        if open_below and not limit.minimum < value <= limit.maximum:
+            raise argparse.ArgumentTypeError(
+                f"must be above {_show(limit.minimum)} and at most {_show(limit.maximum)}, got {text}"
+            )
+        if not limit.minimum <= value <= limit.maximum:
+            if limit.maximum == math.inf:
+                raise argparse.ArgumentTypeError(f"must be {_show(limit.minimum)} or more, got {text}")
+            span = f"from {_show(limit.minimum)} to {_show(limit.maximum)}"
             raise argparse.ArgumentTypeError(f"must be {span}, got {text}")
         return value
 
     return convert
 
 
-def _show(x: float | None) -> str:
-    return f"{x:g}" if isinstance(x, float) else str(x)
+def _show(x: float) -> str:
+    return f"{x:g}" if abs(x) < 1e6 else str(int(x))
 
 
-steps_arg = _ranged(int, 1, "MAX_STEPS")
-samples_arg = _ranged(int, 1, "MAX_SAMPLES")
-cfg_arg = _ranged(float, 0.0, 20.0)  # the range SelvaPipeline.check_inputs accepts
-seed_arg = _ranged(int, 0, 2**63 - 1)
-start_arg = _ranged(float, 0.0)
-duration_arg = _ranged(float, 0.0, "DEFAULT_MAX_DURATION", above=True)
-gain_arg = _ranged(float, 0.0)
+steps_arg = _ranged(spec.STEPS, cast=int)
+samples_arg = _ranged(spec.NUM_SAMPLES, cast=int)
+cfg_arg = _ranged(spec.CFG_STRENGTH)
+seed_arg = _ranged(spec.SEED, cast=int)
+start_arg = _ranged(spec.START)
+duration_arg = _ranged(
+    spec.Limit("duration", "Duration", 0.0, spec.DEFAULT_MAX_DURATION, None), open_below=True
+)
+gain_arg = _ranged(spec.Limit("gain", "Gain", 0.0, math.inf, None))
 
 
 # -- the parser ---------------------------------------------------------------------------------
@@ -173,7 +179,7 @@ def _generation_options(p: argparse.ArgumentParser) -> None:
 def _common_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("weights and logs")
     g.add_argument("--weights-dir", type=Path, metavar="DIR", help="local weights folder (default: HF cache)")
-    g.add_argument("--revision", metavar="REV", help="Hub revision of the weights (default: pinned)")
+    g.add_argument("--revision", metavar="REV", help="branch, tag or commit of jnwnlee/SelVA (default: main)")
     g.add_argument("-q", "--quiet", action="store_true", help="only print errors")
     g.add_argument("-v", "--verbose", action="count", default=0, help="debug logs and tracebacks")
 
@@ -522,6 +528,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SelvaError as exc:
         log.debug("traceback:", exc_info=True)
         print(f"selva: error: {exc}", file=sys.stderr)
+        if isinstance(exc, DependencyError):
+            return EXIT_UNEXPECTED
         return EXIT_WEIGHTS if isinstance(exc, WeightsError) else EXIT_USAGE
     except Exception as exc:  # not 1: scripts must tell "some clips failed" from "nothing could run"
         _report_unexpected(exc, args)

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from selva.errors import InputError
+from selva import spec
+from selva.spec import InputError
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +37,7 @@ DTYPES: dict[str, torch.dtype] = {
 }
 AUTO = ("auto", "")
 
-OFFLOAD_STRATEGIES = ("auto", "keep_in_vram", "offload_to_cpu")
-# Spellings of the same three choices used by the command line and callers passing booleans.
-_OFFLOAD_ALIASES = {
-    "on": "offload_to_cpu",
-    "off": "keep_in_vram",
-    "true": "offload_to_cpu",
-    "false": "keep_in_vram",
-}
+OFFLOAD_STRATEGIES = spec.OFFLOADS
 # Activations (TextSynch over 8 s of video dominates), CUDA context and allocator slack on top of
 # the resident weights: small_16k needs about 6 GB in bf16 in all, of which about 2 GB are weights.
 OFFLOAD_HEADROOM_BYTES = 4 * GIB
@@ -207,7 +201,7 @@ def parse_offload(strategy: str | bool | None) -> str:
     if isinstance(strategy, bool):
         return "offload_to_cpu" if strategy else "keep_in_vram"
     name = str(strategy).strip().lower().replace("-", "_")
-    name = _OFFLOAD_ALIASES.get(name, name)
+    name = spec.OFFLOAD_ALIASES.get(name, name)
     if name not in OFFLOAD_STRATEGIES:
         raise InputError(f"unknown offload strategy {strategy!r}: use {', '.join(OFFLOAD_STRATEGIES)}")
     return name

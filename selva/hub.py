@@ -41,7 +41,7 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import tqdm as hub_tqdm
 
-from selva.errors import WeightsError
+from selva.spec import WeightsError
 from selva.variants import REPOS, Variant, WeightFile, get_variant, human_size
 
 __all__ = [

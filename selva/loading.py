@@ -30,10 +30,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import torch
 from torch import nn
 
-from selva.errors import WeightsError, is_out_of_memory
+from selva.spec import WeightsError, is_out_of_memory
 
-if TYPE_CHECKING:  # the registry imports every model module; loading.py stays light without it
-    from selva.models.bigvgan import BigVGANConfig
+if TYPE_CHECKING:
     from selva.variants import Variant
 
 log = logging.getLogger(__name__)
@@ -236,18 +235,37 @@ def _first_lines(text: str, n: int = 6, width: int = 600) -> str:
 NETWORK_ROLES = ("generator", "text_synch", "vae", "vocoder")
 
 
-def vocoder_config_of(variant: Variant, paths: Mapping[str, Path]) -> BigVGANConfig:
-    """The variant's BigVGAN config: from the registry, or (v2) from the config.json beside its weights."""
+def network_config(variant: Variant, role: str, paths: Mapping[str, Path] | None = None) -> Any:
+    """The config object of one of `variant`'s networks, built from the registry's plain data.
+
+    A string names a preset of the network's module, a mapping holds the reference's
+    hyper-parameters; the 44.1 kHz vocoder's config is read from the config.json
+    beside its weights (`paths` from `selva.hub.resolve`).
+    """
     import json
 
-    from selva.models.bigvgan import BigVGANConfig
+    from selva.models.bigvgan import BIGVGAN_PRESETS, BigVGANConfig
+    from selva.models.generator import GENERATOR_PRESETS, GeneratorConfig
+    from selva.models.text_synch import TEXT_SYNCH_PRESETS, TextSynchConfig
+    from selva.models.vae import VAE_PRESETS, VAEConfig
 
-    if variant.vocoder_config is not None:
-        return variant.vocoder_config
-    try:
-        return BigVGANConfig.from_dict(json.loads(Path(paths["vocoder_config"]).read_text()))
-    except (KeyError, OSError, ValueError) as exc:
-        raise WeightsError(f"cannot read the vocoder config of {variant.name}: {exc}") from exc
+    kinds = {
+        "generator": (GeneratorConfig, GENERATOR_PRESETS, variant.generator_config),
+        "text_synch": (TextSynchConfig, TEXT_SYNCH_PRESETS, variant.text_synch_config),
+        "vae": (VAEConfig, VAE_PRESETS, variant.vae_config),
+        "vocoder": (BigVGANConfig, BIGVGAN_PRESETS, variant.vocoder_config),
+    }
+    if role not in kinds:
+        raise ValueError(f"unknown network {role!r}; one of {', '.join(NETWORK_ROLES)}")
+    cls, presets, data = kinds[role]
+    if data is None:  # BigVGAN v2: the vocoder's own repo ships its config
+        if paths is None or "vocoder_config" not in paths:
+            raise ValueError(f"the {variant.name} vocoder's config comes from its files: pass `paths`")
+        try:
+            return BigVGANConfig.from_dict(json.loads(Path(paths["vocoder_config"]).read_text()))
+        except (KeyError, OSError, ValueError) as exc:
+            raise WeightsError(f"cannot read the vocoder config of {variant.name}: {exc}") from exc
+    return presets[data] if isinstance(data, str) else cls.from_dict(dict(data))
 
 
 def build_network(
@@ -266,15 +284,6 @@ def build_network(
     from selva.models.text_synch import TextSynch
     from selva.models.vae import VAEDecoder
 
-    networks = {
-        "generator": (Generator, variant.generator_config),
-        "text_synch": (TextSynch, variant.text_synch_config),
-        "vae": (VAEDecoder, variant.vae_config),
-        "vocoder": (BigVGAN, None),
-    }
-    if role not in networks:
-        raise ValueError(f"unknown network {role!r}; one of {', '.join(NETWORK_ROLES)}")
-    cls, config = networks[role]
-    if role == "vocoder":
-        config = vocoder_config_of(variant, paths)
-    return build_from_checkpoint(cls, config, paths[role], device=device, dtype=dtype)
+    classes = {"generator": Generator, "text_synch": TextSynch, "vae": VAEDecoder, "vocoder": BigVGAN}
+    config = network_config(variant, role, paths)
+    return build_from_checkpoint(classes[role], config, paths[role], device=device, dtype=dtype)

@@ -34,7 +34,7 @@ import av
 import numpy as np
 import torch
 
-from selva.errors import MediaError
+from selva.spec import MediaError
 
 if TYPE_CHECKING:
     from selva.mux import mux

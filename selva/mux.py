@@ -17,7 +17,6 @@ import av
 import numpy as np
 import torch
 
-from selva.errors import MediaError
 from selva.media import (
     _atomic,
     _exact,
@@ -30,6 +29,7 @@ from selva.media import (
     _waveform,
     probe,
 )
+from selva.spec import MediaError
 
 log = logging.getLogger(__name__)
 

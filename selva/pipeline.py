@@ -12,20 +12,25 @@ A call is a numbered recipe that reads like the paper:
 
 Features from steps 3 and 4 are cached, so a re-roll (another seed, step
 count, CFG strength or negative prompt) skips decoding and TextSynch.
+
+Reentrant: everything a call needs (lengths, seed, callbacks, its cancel
+token) is local to that call, so several threads may call one pipeline at
+once. The feature caches are locked; two callers missing the same key at the
+same moment both compute it and get equal values. Offloaded networks move
+between devices under one lock, so with offloading on, their uses take turns.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import numbers
 import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -34,23 +39,26 @@ from tqdm.auto import tqdm
 from selva import device as devices
 from selva import media, sampling
 from selva.cache import LRUCache
-from selva.errors import InputError, SelvaError
 from selva.loading import release_freed_memory
 from selva.sequence import SYNC_FPS, SYNC_SIZE, SequenceLengths
+from selva.spec import (
+    DEFAULT_MAX_DURATION,
+    SEGMENT_FRAMES,
+    TRAINED_DURATION,
+    CancelToken,
+    GenerationRequest,
+    InputError,
+)
 
 log = logging.getLogger(__name__)
 
-TRAINED_DURATION = 8.0  # SelVA was trained on 8 s clips
-DEFAULT_MAX_DURATION = 30.0
-MAX_STEPS = 200
-MAX_SAMPLES = 8
-MAX_PROMPT_CHARS = 2000
+# The stages a call goes through, in order, as `callback_on_stage` names them.
+STAGES = ("probe", "text", "decode", "text_synch", "flow", "vae", "vocoder")
 
-ProgressFn = Callable[..., object]
-
-
-class GenerationCancelled(SelvaError):
-    """`SelvaPipeline.interrupt()` stopped a generation between two steps."""
+# diffusers' shape: called after each flow step as fn(pipe, step_index, t, {"latents": x}); a returned
+# dict with "latents" replaces the state.
+StepCallback = Callable[["SelvaPipeline", int, float, dict[str, Any]], "dict[str, Any] | None"]
+StageCallback = Callable[[str], None]
 
 
 # TextSynch segments per batch on the CPU. Measured on 2 cores, bf16, 8 s clip (24 segments):
@@ -135,7 +143,7 @@ class SelvaPipeline:
         self.max_duration = max_duration
         self.prompt_cache: LRUCache[PromptFeatures] = LRUCache(cache_size)
         self.sync_cache: LRUCache[torch.Tensor] = LRUCache(cache_size)
-        self._interrupt = threading.Event()
+        self._offload_lock = threading.RLock()  # one offloaded network moves at a time
         self._progress_bar_config: dict = {}
 
     @classmethod
@@ -165,7 +173,8 @@ class SelvaPipeline:
         run_on = devices.choose_device(device)
         run_in = devices.choose_dtype(run_on, dtype)
         paths = hub.resolve(spec, weights_dir=weights_dir, revision=revision)
-        offload_on = devices.choose_offload(offload, run_on, resident_bytes=spec.resident_bytes(run_in))
+        per_param = torch.finfo(run_in).bits // 8
+        offload_on = devices.choose_offload(offload, run_on, resident_bytes=spec.resident_bytes(per_param))
         # Offloaded parts wait on the CPU and visit the accelerator only while they run.
         guest_device = torch.device("cpu") if offload_on else run_on
 
@@ -211,10 +220,6 @@ class SelvaPipeline:
         """Options for the tqdm bar over the flow steps (e.g. `disable=True`)."""
         self._progress_bar_config = kwargs
 
-    def interrupt(self) -> None:
-        """Ask a running call to stop after its current step (it raises `GenerationCancelled`)."""
-        self._interrupt.set()
-
     def clear_caches(self) -> None:
         self.prompt_cache.clear()
         self.sync_cache.clear()
@@ -234,49 +239,88 @@ class SelvaPipeline:
         duration: float | None = None,
         start: float = 0.0,
         num_samples: int = 1,
-        progress: ProgressFn | None = None,
+        callback_on_step_end: StepCallback | None = None,
+        callback_on_stage: StageCallback | None = None,
+        cancel: CancelToken | None = None,
     ) -> SelvaOutput:
         """Generate `num_samples` soundtracks for `video` that follow `prompt`.
 
-        `progress`, if given, is called as `progress(fraction, desc=...)` at each
-        stage and flow step (a `gradio.Progress` fits).
+        `callback_on_stage(name)` is called as each of `STAGES` begins;
+        `callback_on_step_end(pipe, i, t, {"latents": x})` after flow step i
+        (0-based). `cancel`, if given, stops the call with `GenerationCancelled`
+        before any stage or flow step once it is cancelled, even if that
+        happened before the call began; once the flow is done the call finishes.
         """
-        self._interrupt.clear()
-        # A gradio.Progress is falsy until used, so test for None rather than truthiness.
-        report = progress if progress is not None else (lambda *args, **kwargs: None)
+        request = GenerationRequest(
+            video=video,
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            steps=steps,
+            cfg_strength=cfg_strength,
+            seed=seed,
+            duration=duration,
+            start=start,
+            num_samples=num_samples,
+        )
+        return self.generate(
+            request,
+            callback_on_step_end=callback_on_step_end,
+            callback_on_stage=callback_on_stage,
+            cancel=cancel,
+        )
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        request: GenerationRequest,
+        *,
+        callback_on_step_end: StepCallback | None = None,
+        callback_on_stage: StageCallback | None = None,
+        cancel: CancelToken | None = None,
+    ) -> SelvaOutput:
+        """`__call__` for a ready-made `GenerationRequest` (its `variant` is not looked at)."""
         timings: dict[str, float] = {}
         t_total = time.perf_counter()
+        cancel = cancel or CancelToken()
+
+        def stage(name: str) -> None:
+            cancel.raise_if_cancelled()
+            if callback_on_stage is not None:
+                callback_on_stage(name)
 
         # 1. Check the inputs.
-        self.check_inputs(prompt, negative_prompt, steps, cfg_strength, seed, duration, start, num_samples)
-        video = Path(video)
-        seed = random.randrange(2**31) if seed is None else seed
+        req = request.checked(max_duration=self.max_duration)
+        video = Path(req.video)
+        seed = random.randrange(2**31) if req.seed is None else req.seed
+        steps, num_samples = req.steps, req.num_samples
 
         # 2. Probe the video and settle the span.
-        report(0.0, desc="Reading video")
+        stage("probe")
         with self._timed(timings, "probe"):
             info = media.probe(video)
-        duration = self.resolve_duration(info.duration, start, duration)
+        start = float(req.start)
+        duration = self.resolve_duration(info.duration, start, req.duration)
         lengths = SequenceLengths.from_duration(
             duration, sample_rate=self.variant.sample_rate, hop_length=self.variant.hop_length
         )
 
         # 3. Encode the prompts.
-        report(0.05, desc="Encoding prompts")
+        stage("text")
         with self._timed(timings, "text"):
-            positive = self.encode_prompt(prompt)
-            negative_clip = self.encode_prompt(negative_prompt).clip if negative_prompt.strip() else None
+            positive = self.encode_prompt(req.prompt)
+            negative = req.negative_prompt
+            negative_clip = self.encode_prompt(negative).clip if negative.strip() else None
 
         # 4. Sync features: decode the span and run TextSynch, unless cached.
-        key = (media.content_hash(video), prompt, round(start, 4), round(duration, 4), self.variant.name)
+        key = (media.content_hash(video), req.prompt, round(start, 4), round(duration, 4), self.variant.name)
 
         def compute_sync() -> torch.Tensor:
-            report(0.1, desc="Decoding video")
+            stage("decode")
             with self._timed(timings, "decode"):
                 frames = media.read_frames(
                     video, start=start, duration=duration, fps=SYNC_FPS, size=SYNC_SIZE
                 )[: lengths.sync_frames]
-            report(0.15, desc="TextSynch: following the prompted motion")
+            stage("text_synch")
             with self._timed(timings, "text_synch"):
                 return self.encode_video(frames.unsqueeze(0), positive.t5, positive.t5_mask)
 
@@ -289,17 +333,25 @@ class SelvaPipeline:
         cond, uncond = self.prepare_conditions(
             sync_f, positive.clip, negative_clip, num_samples=num_samples, lengths=lengths
         )
-
-        def on_step(i: int) -> None:
-            report(0.2 + 0.7 * i / steps, desc=f"Generating: step {i}/{steps}")
-
+        stage("flow")
         with self._timed(timings, "flow"):
-            latent = self.denoise(x0, cond, uncond, steps=steps, cfg_strength=cfg_strength, on_step=on_step)
+            latent = self.denoise(
+                x0,
+                cond,
+                uncond,
+                steps=steps,
+                cfg_strength=req.cfg_strength,
+                callback_on_step_end=callback_on_step_end,
+                cancel=cancel,
+            )
         timings["flow_per_step"] = timings["flow"] / steps
 
-        # 7. Latents -> mel -> waveform.
-        report(0.9, desc="Decoding audio")
+        # 7. Latents -> mel -> waveform. Past the flow a cancel is too late: the work is nearly done.
+        if callback_on_stage is not None:
+            callback_on_stage("vae")
         mel = self.decode_latents(latent, timings)
+        if callback_on_stage is not None:
+            callback_on_stage("vocoder")
         with self._timed(timings, "vocoder"):
             audio = self.vocode(mel)
         audio = audio[:, : round(duration * self.variant.sample_rate)].float().cpu().clamp(-1, 1)
@@ -308,7 +360,6 @@ class SelvaPipeline:
         release_freed_memory()
 
         timings["total"] = time.perf_counter() - t_total
-        report(1.0, desc="Done")
         return SelvaOutput(
             audio=audio,
             sample_rate=self.variant.sample_rate,
@@ -320,47 +371,6 @@ class SelvaPipeline:
         )
 
     # -- steps ---------------------------------------------------------------------------------
-
-    def check_inputs(
-        self,
-        prompt: str,
-        negative_prompt: str,
-        steps: int,
-        cfg_strength: float,
-        seed: int | None,
-        duration: float | None,
-        start: float,
-        num_samples: int,
-    ) -> None:
-        """Reject bad arguments before any heavy work, naming the argument and its range."""
-        for name, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
-            if not isinstance(text, str):
-                raise InputError(f"{name} must be a string, got {type(text).__name__}")
-            if len(text) > MAX_PROMPT_CHARS:
-                raise InputError(f"{name} is {len(text)} characters long; keep it under {MAX_PROMPT_CHARS}")
-        if not _is_int(steps) or not 1 <= steps <= MAX_STEPS:
-            raise InputError(f"steps must be a whole number from 1 to {MAX_STEPS}, got {steps!r}")
-        if not _is_number(cfg_strength) or not 0.0 <= cfg_strength <= 20.0:
-            raise InputError(f"cfg_strength must be between 0 and 20 (4.5 is typical), got {cfg_strength}")
-        if seed is not None and (not _is_int(seed) or not 0 <= seed < 2**63 - MAX_SAMPLES):
-            raise InputError(
-                f"seed must be a whole number from 0 to 2**63 - 1 (or None for random), got {seed}"
-            )
-        if (
-            isinstance(num_samples, bool)
-            or not isinstance(num_samples, int)
-            or not 1 <= num_samples <= MAX_SAMPLES
-        ):
-            raise InputError(f"num_samples must be from 1 to {MAX_SAMPLES}, got {num_samples!r}")
-        if not _is_number(start) or start < 0:
-            raise InputError(f"start must be 0 s or later, got {start!r}")
-        if duration is not None and (not _is_number(duration) or duration <= 0):
-            raise InputError(f"duration must be positive (or None for automatic), got {duration!r}")
-        if duration is not None and duration > self.max_duration:
-            raise InputError(
-                f"duration {duration:.2f} s is over the limit of {self.max_duration:.0f} s; "
-                f"pick a shorter span (SelVA is trained on {TRAINED_DURATION:.0f} s clips)"
-            )
 
     def resolve_duration(self, video_duration: float, start: float, duration: float | None) -> float:
         """The span to sonify: as asked, or min(what is left after `start`, 8 s)."""
@@ -378,8 +388,8 @@ class SelvaPipeline:
                 f"{video_duration:.2f} s video; use at most {left:.2f} s or leave it automatic"
             )
         duration = min(duration, left)
-        min_duration = 16 / SYNC_FPS
-        if duration * SYNC_FPS + 1e-6 < 16:
+        min_duration = SEGMENT_FRAMES / SYNC_FPS
+        if duration * SYNC_FPS + 1e-6 < SEGMENT_FRAMES:
             raise InputError(
                 f"the span is {duration:.2f} s but SelVA needs at least {min_duration:.2f} s of video "
                 f"(16 frames at {SYNC_FPS} fps); use a longer clip or an earlier start"
@@ -390,9 +400,9 @@ class SelvaPipeline:
         """T5 and CLIP text features of one prompt, cached."""
 
         def compute() -> PromptFeatures:
-            with devices.resident(self.t5, self.device, offload=self.offload):
+            with self._resident(self.t5):
                 t5, t5_mask = self.t5([prompt])
-            with devices.resident(self.clip, self.device, offload=self.offload):
+            with self._resident(self.clip):
                 clip = self.clip([prompt])
             return PromptFeatures(
                 t5=t5.to(self.device, self.dtype),
@@ -469,7 +479,8 @@ class SelvaPipeline:
         *,
         steps: int,
         cfg_strength: float,
-        on_step: Callable[[int], None] | None = None,
+        callback_on_step_end: StepCallback | None = None,
+        cancel: CancelToken | None = None,
     ) -> torch.Tensor:
         """Euler flow matching from t=0 (noise) to t=1 (normalised latents).
 
@@ -483,8 +494,8 @@ class SelvaPipeline:
         x = x0.float()
         bar = tqdm(range(steps), desc="Flow steps", leave=False, **self._progress_bar_config)
         for i in bar:
-            if self._interrupt.is_set():
-                raise GenerationCancelled("generation was cancelled")
+            if cancel is not None:
+                cancel.raise_if_cancelled()
             t, t_next = timesteps[i], timesteps[i + 1]
             x_in = torch.cat([x, x]) if guided else x
             t_in = torch.full((x_in.shape[0],), float(t), device=self.device, dtype=self.dtype)
@@ -493,8 +504,10 @@ class SelvaPipeline:
                 v_cond, v_uncond = v.chunk(2)
                 v = cfg_strength * v_cond + (1.0 - cfg_strength) * v_uncond
             x = sampling.euler_step(x, v, t, t_next)
-            if on_step is not None:
-                on_step(i + 1)
+            if callback_on_step_end is not None:
+                changed = callback_on_step_end(self, i, float(t_next), {"latents": x})
+                if changed and "latents" in changed:
+                    x = changed["latents"]
         return self.generator.unnormalize(x)
 
     def decode_latents(self, latent: torch.Tensor, timings: dict[str, float] | None = None) -> torch.Tensor:
@@ -504,11 +517,17 @@ class SelvaPipeline:
 
     def vocode(self, mel: torch.Tensor) -> torch.Tensor:
         """mel (B, n_mels, T) -> waveform (B, N)."""
-        with devices.resident(self.vocoder, self.device, offload=self.offload):
+        with self._resident(self.vocoder):
             vocoder_dtype = next(self.vocoder.parameters()).dtype
             return self.vocoder(mel.to(vocoder_dtype)).squeeze(1)
 
     # -- helpers -------------------------------------------------------------------------------
+
+    def _resident(self, module: nn.Module):
+        """`module` on the device for a block; offloaded ones move under a lock, one at a time."""
+        if not self.offload:
+            return nullcontext(module)
+        return _locked(self._offload_lock, devices.resident(module, self.device, offload=True))
 
     @contextmanager
     def _timed(self, timings: dict[str, float], name: str) -> Iterator[None]:
@@ -521,10 +540,7 @@ class SelvaPipeline:
             timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    """A finite int or float (numpy scalars included); not a bool, a string or None."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+@contextmanager
+def _locked(lock: threading.RLock, inner) -> Iterator[Any]:
+    with lock, inner as value:
+        yield value

@@ -27,7 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from selva.errors import InputError
+from selva.spec import (
+    DEFAULT_MAX_DURATION,
+    DEFAULT_VARIANT,
+    NUM_SAMPLES,
+    CancelToken,
+    GenerationRequest,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -37,27 +43,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[..., object]  # called as progress(fraction, desc=...), as gradio's gr.Progress is
-MAX_CANDIDATES = 4  # per request: each candidate costs a full generation and a video file
+MAX_CANDIDATES = int(NUM_SAMPLES.maximum)  # each candidate costs a full generation and a video file
 OUTPUT_KEEP_SECONDS = 600  # our copies only need to live until the front end has copied them
 
 
 # -- requests ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    """One generation request, checked and converted from form or API values (plain, picklable)."""
-
-    video: str
-    prompt: str
-    negative_prompt: str
-    steps: int
-    cfg_strength: float
-    seed: int | None
-    duration: float | None
-    start: float
-    variant: str | None
-    num_samples: int
 
 
 def parse_request(
@@ -71,40 +61,23 @@ def parse_request(
     start: float | None,
     variant: str | None,
     num_samples: float | None,
+    *,
+    max_duration: float = DEFAULT_MAX_DURATION,
 ) -> GenerationRequest:
-    """Widget values (or an API caller's) -> a `GenerationRequest`; the pipeline checks the ranges it owns."""
-    if not video:
-        raise InputError("Upload a video first: drop a clip (mp4, mov, webm...) on the Video box.")
-    if not prompt or not prompt.strip():
-        raise InputError("Type the sound you want in Prompt, e.g. 'dog barking'.")
-    samples = _whole(num_samples, "Candidates", 1)
-    if not 1 <= samples <= MAX_CANDIDATES:
-        raise InputError(f"Candidates must be from 1 to {MAX_CANDIDATES}, got {samples}")
-    seed_value = _whole(seed, "Seed", -1)
-    return GenerationRequest(
-        video=str(video),
-        prompt=prompt.strip(),
-        negative_prompt=(negative_prompt or "").strip(),
-        steps=_whole(steps, "Steps", 25),
-        cfg_strength=float(4.5 if cfg_strength is None else cfg_strength),
-        seed=None if seed_value < 0 else seed_value,  # -1 (or any negative): a random seed
-        duration=float(duration) if duration else None,  # 0 or empty: automatic
-        start=float(start or 0.0),
-        variant=variant or None,
-        num_samples=samples,
+    """Widget values (or an API caller's) -> a checked `GenerationRequest` (see `selva.spec`)."""
+    return GenerationRequest.from_form(
+        video,
+        prompt,
+        negative_prompt,
+        steps,
+        cfg_strength,
+        seed,
+        duration,
+        start,
+        variant,
+        num_samples,
+        max_duration=max_duration,
     )
-
-
-def _whole(value: float | None, name: str, default: int) -> int:
-    if value is None or value == "":
-        return default
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be a whole number, got {value!r}") from None
-    if not number.is_integer():
-        raise InputError(f"{name} must be a whole number, got {value}")
-    return int(number)
 
 
 # -- the resident pipeline ---------------------------------------------------------------------------
@@ -121,7 +94,7 @@ class PipelineSlot:
 
     def __init__(
         self,
-        variant: str = "small_16k",  # = selva.variants.DEFAULT_VARIANT; importing that pulls in torch
+        variant: str = DEFAULT_VARIANT,
         *,
         device: str | None = None,
         precision: str | None = None,
@@ -140,8 +113,8 @@ class PipelineSlot:
         self._max_duration = max_duration
         self.pipe = pipe
         self.lock = threading.Lock()
-        self._running: str | None = None  # session of the generation in flight
-        self._cancelled = threading.Event()
+        self._jobs: dict[str, set[CancelToken]] = {}  # session -> tokens of its queued or running jobs
+        self._jobs_lock = threading.Lock()
 
     @classmethod
     def wrap(cls, pipe: SelvaPipeline, **options: Any) -> PipelineSlot:
@@ -154,11 +127,7 @@ class PipelineSlot:
 
     @property
     def max_duration(self) -> float:
-        if self._max_duration is not None:
-            return self._max_duration
-        from selva.pipeline import DEFAULT_MAX_DURATION
-
-        return DEFAULT_MAX_DURATION
+        return self._max_duration if self._max_duration is not None else DEFAULT_MAX_DURATION
 
     @property
     def variant(self) -> str | None:
@@ -217,25 +186,31 @@ class PipelineSlot:
 
     # -- cancelling ------------------------------------------------------------------------------
 
-    def started(self, session: str) -> None:
-        self._cancelled.clear()
-        self._running = session
+    def job(self, session: str) -> CancelToken:
+        """A cancel token for a new job of `session`, registered until `done` is called with it."""
+        token = CancelToken()
+        with self._jobs_lock:
+            self._jobs.setdefault(session, set()).add(token)
+        return token
 
-    def finished(self) -> None:
-        self._running = None
+    def done(self, session: str, token: CancelToken) -> None:
+        with self._jobs_lock:
+            tokens = self._jobs.get(session, set())
+            tokens.discard(token)
+            if not tokens:
+                self._jobs.pop(session, None)
 
     def cancel(self, session: str) -> bool:
-        """Stop the generation in flight if `session` started it (a visitor cannot cancel another's job)."""
-        if self._running is None or self._running != session:
-            return False
-        self._cancelled.set()
-        if self.pipe is not None:
-            self.pipe.interrupt()
-        return True
+        """Stop `session`'s queued and running jobs (a visitor cannot cancel another's job).
 
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled.is_set()
+        A job still waiting for the lock stops before it starts; a running one
+        after its current flow step; one past its flow steps finishes.
+        """
+        with self._jobs_lock:
+            tokens = list(self._jobs.get(session, ()))
+        for token in tokens:
+            token.cancel()
+        return bool(tokens)
 
 
 class OutputStore:
@@ -310,46 +285,37 @@ class GenerationService:
         """Generate `req` (waiting for a job in flight) and write an mp4, a FLAC and a WAV per candidate.
 
         `session` names the visitor: only they can cancel the job (`PipelineSlot.cancel`),
-        which ends it with `GenerationCancelled`.
+        which ends it with `GenerationCancelled`, also while it still waits for its turn.
         """
-        out, pipe, load_seconds = self._generate(req, progress, session)
+        token = self.slot.job(session)
+        try:
+            out, pipe, load_seconds = self._generate(req, progress, token)
+        finally:
+            self.slot.done(session, token)
         return self._save(req, out, pipe, load_seconds)
 
     def _generate(
-        self, req: GenerationRequest, progress: ProgressFn | None, session: str
+        self, req: GenerationRequest, progress: ProgressFn | None, token: CancelToken
     ) -> tuple[SelvaOutput, SelvaPipeline, float]:
-        from selva.pipeline import GenerationCancelled
-
         if progress is not None and self.slot.lock.locked():
             progress(0.0, desc="Waiting for the job in progress to finish")
         with self.slot.lock:  # one generation at a time; no variant swap during one
+            token.raise_if_cancelled()  # cancelled while it waited: do not even load
             pipe, load_seconds = self.slot.get(req.variant, progress)
-            self.slot.started(session)
-            try:
-                if self.slot.cancelled:
-                    raise GenerationCancelled("generation was cancelled")
-                out = self._infer(req, progress)
-                if self.slot.cancelled:  # asked while the pipeline was starting: honour it anyway
-                    raise GenerationCancelled("generation was cancelled")
-            finally:
-                self.slot.finished()
+            out = self._infer(req, progress, token)
         return out, pipe, load_seconds
 
-    def _infer_here(self, req: GenerationRequest, progress: ProgressFn | None) -> SelvaOutput:
+    def _infer_here(
+        self, req: GenerationRequest, progress: ProgressFn | None, token: CancelToken
+    ) -> SelvaOutput:
         pipe = self.slot.pipe
         assert pipe is not None  # loaded by _generate under the lock
-        return pipe(
-            req.video,
-            req.prompt,
-            req.negative_prompt,
-            steps=req.steps,
-            cfg_strength=req.cfg_strength,
-            seed=req.seed,
-            duration=req.duration,
-            start=req.start,
-            num_samples=req.num_samples,
-            progress=progress,
+        report = ProgressReport(progress, req.steps)
+        out = pipe.generate(
+            req, callback_on_stage=report.stage, callback_on_step_end=report.step, cancel=token
         )
+        report.finish()
+        return out
 
     def _save(
         self, req: GenerationRequest, out: SelvaOutput, pipe: SelvaPipeline, load_seconds: float
@@ -370,6 +336,42 @@ class GenerationService:
 
 
 # -- reporting ---------------------------------------------------------------------------------------
+
+
+class ProgressReport:
+    """The pipeline's stage and step callbacks as `progress(fraction, desc=...)` calls (gradio's shape)."""
+
+    # Where each stage starts on the bar, and what the user reads meanwhile.
+    STAGES = {
+        "probe": (0.0, "Reading video"),
+        "text": (0.05, "Encoding prompts"),
+        "decode": (0.1, "Decoding video"),
+        "text_synch": (0.15, "TextSynch: following the prompted motion"),
+        "flow": (0.2, "Generating"),
+        "vae": (0.9, "Decoding audio"),
+        "vocoder": (0.95, "Vocoding"),
+    }
+    FLOW_SHARE = 0.7  # of the bar, from the flow's start to the VAE's
+
+    def __init__(self, progress: ProgressFn | None, steps: int):
+        self.progress = progress
+        self.steps = steps
+
+    def stage(self, name: str) -> None:
+        if self.progress is not None and name in self.STAGES:
+            fraction, desc = self.STAGES[name]
+            self.progress(fraction, desc=desc)
+
+    def finish(self) -> None:
+        if self.progress is not None:
+            self.progress(1.0, desc="Done")
+
+    def step(self, pipe: object, index: int, t: float, state: dict) -> None:
+        if self.progress is not None:
+            done = index + 1
+            fraction = self.STAGES["flow"][0] + self.FLOW_SHARE * done / self.steps
+            self.progress(fraction, desc=f"Generating: step {done}/{self.steps}")
+
 
 _STAGES = {
     "probe": "probe",

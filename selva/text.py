@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selva.errors import InputError, WeightsError, is_out_of_memory
 from selva.loading import load_checkpoint, load_into
+from selva.spec import DependencyError, InputError, WeightsError, is_out_of_memory
 from selva.variants import DFN5B_CLIP, T5_BASE, ClipSpec, T5Spec, WeightFile
 
 log = logging.getLogger(__name__)
@@ -54,20 +54,69 @@ def _files_folder(
 
 
 @contextlib.contextmanager
-def _unreadable_as_weights_error(name: str, where: Path) -> Iterator[None]:
-    """A damaged or incomplete encoder file becomes a WeightsError that says what to do."""
+def _unreadable_as_weights_error(name: str, where: Path, library: str) -> Iterator[None]:
+    """A failure to load an encoder becomes an error that says what to do.
+
+    Damaged or incomplete files are a `WeightsError` (fetch them again); files
+    that read fine but that `library` still cannot load point at a version of
+    that library we do not support, a `DependencyError`: downloading gigabytes
+    again would not help then.
+    """
     from safetensors import SafetensorError
 
     try:
         yield
-    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError, SafetensorError) as exc:
         if is_out_of_memory(exc):
             raise  # the files are fine; the caller tells the user how to need less memory
+        damaged = _damaged_file(where)
+        if damaged is None:
+            raise DependencyError(
+                f"{library} {_version(library)} cannot load the {name} text encoder from {where} "
+                f"although its files read fine ({type(exc).__name__}: {exc}). This is most likely a "
+                f"{library} version this package does not support: install the versions "
+                "requirements.txt names (pip install -r requirements.txt)."
+            ) from exc
         raise WeightsError(
-            f"cannot load the {name} text encoder from {where}: {type(exc).__name__}: {exc}. "
-            "The files are damaged or incomplete: delete them and run `selva download` "
-            "(or copy them again into --weights-dir)."
+            f"cannot load the {name} text encoder from {where}: {damaged} is damaged or incomplete "
+            f"({type(exc).__name__}: {exc}). Delete it and run `selva download` "
+            "(or copy it again into --weights-dir)."
         ) from exc
+
+
+def _damaged_file(where: Path) -> str | None:
+    """The first file under `where` (a folder or one file) that does not parse, or None.
+
+    Reads only headers and indexes: JSON files whole, safetensors headers, the
+    zip index at the end of torch checkpoints (which a truncated copy lacks).
+    """
+    import zipfile
+
+    from safetensors import SafetensorError, safe_open
+
+    files = sorted(where.iterdir()) if where.is_dir() else [where]
+    for path in files:
+        try:
+            if path.suffix == ".json":
+                json.loads(path.read_text(encoding="utf-8"))
+            elif path.suffix == ".safetensors":
+                with safe_open(str(path), framework="pt") as fh:
+                    fh.keys()
+            elif path.suffix in (".bin", ".pt", ".pth"):
+                with zipfile.ZipFile(path) as archive:
+                    archive.namelist()
+        except (OSError, ValueError, UnicodeDecodeError, SafetensorError, zipfile.BadZipFile):
+            return path.name
+    return None
+
+
+def _version(library: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version({"open_clip": "open_clip_torch"}.get(library, library))
+    except PackageNotFoundError:
+        return "(version unknown)"
 
 
 def _as_prompts(prompts: str | Sequence[str]) -> list[str]:
@@ -109,7 +158,7 @@ class T5TextEncoder(nn.Module):
             # T5's feed-forward activations overflow fp16 (a known flan-t5 issue); it is small, use fp32.
             log.info("T5 runs in float32 instead of float16 (fp16 overflows in T5)")
             dtype = torch.float32
-        with _unreadable_as_weights_error("flan-t5", local_dir):
+        with _unreadable_as_weights_error("flan-t5", local_dir, "transformers"):
             tokenizer = AutoTokenizer.from_pretrained(str(local_dir))
             # T5EncoderModel reads only the encoder's tensors from the full checkpoint.
             model = T5EncoderModel.from_pretrained(str(local_dir), dtype=dtype)
@@ -163,7 +212,7 @@ class ClipTextEncoder(nn.Module):
         import open_clip
 
         local_dir = _files_folder(spec.files, repo, revision, local_dir)
-        with _unreadable_as_weights_error("CLIP", local_dir):
+        with _unreadable_as_weights_error("CLIP", local_dir, "open_clip"):
             tower = build_clip_text_tower(json.loads((local_dir / CLIP_CONFIG).read_text()))
         weights = next((local_dir / name for name in CLIP_WEIGHTS if (local_dir / name).is_file()), None)
         if weights is None:
@@ -235,7 +284,7 @@ def load_clip_text_state(path: str | Path) -> dict[str, torch.Tensor]:
         from safetensors import safe_open
 
         with (
-            _unreadable_as_weights_error("CLIP", path),
+            _unreadable_as_weights_error("CLIP", path, "open_clip"),
             safe_open(str(path), framework="pt", device="cpu") as fh,
         ):
             names = {k: text_key(k) for k in fh.keys()}  # noqa: SIM118 (safe_open has no iterator)

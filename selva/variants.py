@@ -6,23 +6,22 @@ the sample rate and hop length (every sequence length follows from them, see
 `selva.sequence`), and the network configurations. `selva.hub` turns a
 variant into local files, the pipeline turns those into networks.
 
+Network configurations are plain data too: a preset name of the network's
+module (`GENERATOR_PRESETS["small_16k"]`...) or a dict of hyper-parameters in
+the reference's format; `selva.loading.network_config` builds the config
+object. So this module, like `selva.spec` below it, imports no torch.
+
 Tests add tiny variants with `register_variant` (see `tests/tiny_hub.py`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-import torch
-
-from selva.errors import InputError
-from selva.models.bigvgan import BIGVGAN_PRESETS, BigVGANConfig
-from selva.models.generator import GENERATOR_PRESETS, GeneratorConfig
-from selva.models.text_synch import TEXT_SYNCH_PRESETS, TextSynchConfig
-from selva.models.vae import VAE_PRESETS, VAEConfig
+from selva import spec
 
 # The one table of Hub repositories.
 REPOS: dict[str, str] = {
@@ -32,7 +31,10 @@ REPOS: dict[str, str] = {
     "bigvgan_v2": "nvidia/bigvgan_v2_44khz_128band_512x",  # the 44.1 kHz vocoder
 }
 
-DEFAULT_VARIANT = "small_16k"
+DEFAULT_VARIANT = spec.DEFAULT_VARIANT
+
+# A preset name of the network's module, or the reference's hyper-parameter dict.
+NetworkConfig = str | Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -94,11 +96,11 @@ class Variant:
     vae_file: WeightFile
     vocoder: Literal["bigvgan_v1", "bigvgan_v2"]
     vocoder_file: WeightFile
-    generator_config: GeneratorConfig
-    text_synch_config: TextSynchConfig
-    vae_config: VAEConfig
+    generator_config: NetworkConfig
+    text_synch_config: NetworkConfig
+    vae_config: NetworkConfig
     # None: read from `vocoder_config_file` (BigVGAN v2 ships a config.json beside its weights).
-    vocoder_config: BigVGANConfig | None
+    vocoder_config: NetworkConfig | None
     t5: T5Spec
     clip: ClipSpec
     vocoder_config_file: WeightFile | None = None
@@ -128,9 +130,9 @@ class Variant:
     def download_bytes(self) -> int:
         return sum(f.size for _, f in self.all_files())
 
-    def resident_bytes(self, dtype: torch.dtype = torch.bfloat16) -> int:
-        """Rough memory of every network at `dtype`, weights only (the files are float32)."""
-        per_param = torch.finfo(dtype).bits // 8
+    def resident_bytes(self, bytes_per_param: int = 2) -> int:
+        """Rough memory of every network at 2 (bf16, fp16) or 4 (fp32) bytes a weight (the files are fp32)."""
+        per_param = bytes_per_param
         network_params = sum(f.size for f in self.network_files().values()) // 4
         return (network_params + self.t5.encoder_params + self.clip.text_params) * per_param
 
@@ -199,17 +201,17 @@ DFN5B_CLIP = ClipSpec(
 )
 
 
-def _variant(name: str, *, rate: Literal["16k", "44k"], description: str) -> Variant:
+def _variant(name: str, *, rate: Literal["16k", "44k"]) -> Variant:
     common = {
         "name": name,
         "generator_file": GENERATOR_FILES[name],
         "text_synch_file": VIDEO_ENC,
-        "generator_config": GENERATOR_PRESETS[name],
-        "text_synch_config": TEXT_SYNCH_PRESETS["sup_5"],
-        "vae_config": VAE_PRESETS[rate],
+        "generator_config": name,
+        "text_synch_config": "sup_5",
+        "vae_config": rate,
         "t5": T5_BASE,
         "clip": DFN5B_CLIP,
-        "description": description,
+        "description": spec.VARIANTS[name],
     }
     if rate == "16k":
         return Variant(
@@ -218,7 +220,7 @@ def _variant(name: str, *, rate: Literal["16k", "44k"], description: str) -> Var
             vae_file=VAE_16K,
             vocoder="bigvgan_v1",
             vocoder_file=BIGVGAN_16K,
-            vocoder_config=BIGVGAN_PRESETS["16k"],
+            vocoder_config="16k",
             **common,
         )
     return Variant(
@@ -234,13 +236,7 @@ def _variant(name: str, *, rate: Literal["16k", "44k"], description: str) -> Var
 
 
 VARIANTS: dict[str, Variant] = {
-    v.name: v
-    for v in (
-        _variant("small_16k", rate="16k", description="157 M generator, 16 kHz (recommended)"),
-        _variant("small_44k", rate="44k", description="157 M generator, 44.1 kHz"),
-        _variant("medium_44k", rate="44k", description="622 M generator, 44.1 kHz"),
-        _variant("large_44k", rate="44k", description="1.03 B generator, 44.1 kHz"),
-    )
+    name: _variant(name, rate="16k" if name.endswith("16k") else "44k") for name in spec.VARIANTS
 }
 
 
@@ -248,11 +244,7 @@ def get_variant(name: str | Variant) -> Variant:
     """The registered variant called `name` (a `Variant` passes through)."""
     if isinstance(name, Variant):
         return name
-    try:
-        return VARIANTS[name]
-    except (KeyError, TypeError):
-        known = ", ".join(VARIANTS)
-        raise InputError(f"unknown variant {name!r}; known variants: {known}") from None
+    return VARIANTS[spec.check_variant(name, VARIANTS)]
 
 
 def register_variant(variant: Variant, *, replace: bool = False) -> Variant:

@@ -214,9 +214,9 @@ def test_duration_and_start_pick_the_span(studio, tmp_path):
     [
         ({"video": None}, "Upload a video first"),
         ({"prompt": "   "}, "Type the sound you want"),
-        ({"samples": 5}, "Candidates must be from 1 to 4"),
+        ({"samples": 5}, "Candidates must be a whole number from 1 to 4"),
         ({"seed": 1.5}, "Seed must be a whole number"),
-        ({"steps": 0}, "steps must be a whole number from 1 to"),
+        ({"steps": 0}, "Steps must be a whole number from 1 to 100"),
         ({"start": 5.0}, "past the end of the 2.00 s video"),
         ({"duration": 0.2}, "needs at least 0.64 s"),
         ({"variant": "small_61k"}, "unknown variant 'small_61k'"),
@@ -333,10 +333,11 @@ def test_on_zerogpu_only_the_model_call_is_wrapped(monkeypatch, app_pipe, clip):
         @staticmethod
         def GPU(duration=None):  # noqa: N802 (its name)
             def wrap(fn):
-                def run(request, progress):
-                    pickle.dumps((request, gr.Progress()))  # ZeroGPU pickles the arguments into its worker
+                def run(request, progress, token):
+                    # ZeroGPU pickles the arguments into its worker
+                    pickle.dumps((request, gr.Progress(), token))
                     seen.append(duration)
-                    return fn(request, progress)
+                    return fn(request, progress, token)
 
                 return run
 

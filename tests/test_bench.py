@@ -172,10 +172,11 @@ def test_real_t5_is_flan_t5_base_shaped(builder):
     import torch
     from transformers import T5Config, T5EncoderModel
 
+    from selva.loading import network_config
     from selva.variants import get_variant
 
     real = get_variant("small_16k")
-    kwargs, pieces = builder.t5_config_for(real.text_synch_config.text_dim)
+    kwargs, pieces = builder.t5_config_for(network_config(real, "text_synch").text_dim)
     config = T5Config(**kwargs)
     shape = (config.d_model, config.num_layers, config.num_heads, config.d_kv, config.d_ff, config.vocab_size)
     assert shape == (768, 12, 12, 64, 2048, 32128)
@@ -199,9 +200,11 @@ def test_real_clip_text_tower_is_vit_h_14(builder):
     import torch
     from open_clip.model import _build_text_tower
 
+    from selva.loading import network_config
     from selva.variants import get_variant
 
-    model_cfg = builder.clip_config_for(get_variant("small_16k").generator_config.text_dim)["model_cfg"]
+    generator = network_config(get_variant("small_16k"), "generator")
+    model_cfg = builder.clip_config_for(generator.text_dim)["model_cfg"]
     reference = open_clip.get_model_config("ViT-H-14-378-quickgelu")  # open_clip's own DFN5B-style entry
     for key in ("embed_dim", "quick_gelu", "text_cfg"):
         assert model_cfg[key] == reference[key], key
@@ -220,11 +223,12 @@ def test_real_clip_text_tower_is_vit_h_14(builder):
 def test_44k_vocoder_is_real_size_only_for_the_real_vae(builder, tiny_hub):
     import torch
 
+    from selva.loading import network_config
     from selva.models.bigvgan import BigVGAN, BigVGANConfig
     from selva.variants import get_variant
 
     def vocoder(variant: str) -> tuple[dict, int]:
-        config = builder.bigvgan_v2_config(get_variant(variant).vae_config)
+        config = builder.bigvgan_v2_config(network_config(get_variant(variant), "vae"))
         with torch.device("meta"):
             return config, n_params(BigVGAN(BigVGANConfig.from_dict(config)))
 

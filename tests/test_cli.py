@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from selva import cli
-from selva.errors import is_out_of_memory
+from selva.spec import is_out_of_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_SUCH_VARIANT = "no_such_variant"  # loading it would fail: proves a command loaded no model
@@ -70,18 +70,20 @@ def test_usage_errors_exit_2(capsys, argv):
 
 def test_range_errors_name_the_range(capsys):
     code, _, err = run(capsys, "generate", "clip.mp4", "--prompt", "x", "--steps", "100000")
-    assert code == 2 and "--steps" in err and "from 1 to 200" in err
+    assert code == 2 and "--steps" in err and "from 1 to 100" in err
 
 
-def test_defaults_and_limits_agree_with_the_package():
-    # The CLI keeps its own copies so that `--help` does not import torch; they must not drift.
-    from selva.pipeline import MAX_STEPS
-    from selva.variants import DEFAULT_VARIANT
+def test_defaults_and_limits_come_from_the_spec(capsys):
+    from selva import spec
 
-    assert cli.DEFAULT_VARIANT == DEFAULT_VARIANT
-    assert cli.steps_arg(str(MAX_STEPS)) == MAX_STEPS
+    assert cli.DEFAULT_VARIANT == spec.DEFAULT_VARIANT
+    assert cli.steps_arg(str(spec.STEPS.maximum)) == spec.STEPS.maximum
+    assert cli.samples_arg(str(spec.NUM_SAMPLES.maximum)) == spec.NUM_SAMPLES.maximum
     assert cli.seed_arg("7.0") == 7  # spreadsheets write whole numbers so
-    assert cli.seed_arg(str(2**63 - 1)) == 2**63 - 1  # exact, not through a float
+    assert cli.seed_arg(str(spec.SEED.maximum)) == spec.SEED.maximum  # exact, not through a float
+    for flag, limit in (("--cfg", spec.CFG_STRENGTH), ("--samples", spec.NUM_SAMPLES), ("--seed", spec.SEED)):
+        code, _, err = run(capsys, "generate", "clip.mp4", "--prompt", "x", flag, str(limit.maximum + 1))
+        assert code == 2 and f"from {cli._show(limit.minimum)} to {cli._show(limit.maximum)}" in err, err
 
 
 def test_missing_video_is_one_line(capsys, tmp_path):

@@ -10,12 +10,13 @@ import torch
 from tiny_hub import TINY_16K, TINY_44K, build_tiny_hub
 
 import selva.hub
-from selva.errors import InputError, WeightsError
 from selva.hub import REPOS, local_path, required_files, resolve, verify_md5
+from selva.loading import network_config
 from selva.models.bigvgan import BigVGAN
 from selva.models.generator import Generator
 from selva.models.text_synch import TextSynch
 from selva.models.vae import VAEDecoder
+from selva.spec import InputError, WeightsError
 from selva.variants import VARIANTS, get_variant, human_size
 
 SELVA = REPOS["selva"]
@@ -64,12 +65,13 @@ def test_registry_configs_fit_the_real_checkpoints(name, fixtures_dir):
     manifests = json.loads((fixtures_dir / "manifests.json").read_text())["files"]
     v = get_variant(name)
     nets = [
-        (Generator, v.generator_config, v.generator_file.path),
-        (TextSynch, v.text_synch_config, v.text_synch_file.path),
-        (VAEDecoder, v.vae_config, v.vae_file.path),
+        (Generator, network_config(v, "generator"), v.generator_file.path),
+        (TextSynch, network_config(v, "text_synch"), v.text_synch_file.path),
+        (VAEDecoder, network_config(v, "vae"), v.vae_file.path),
     ]
     if v.vocoder_config is not None:  # the 44.1 kHz vocoder's config comes from its repo
-        nets.append((BigVGAN, v.vocoder_config, f'{v.vocoder_file.path} (under key "generator")'))
+        vocoder = network_config(v, "vocoder")
+        nets.append((BigVGAN, vocoder, f'{v.vocoder_file.path} (under key "generator")'))
     for cls, config, path in nets:
         with torch.device("meta"):
             net = cls(config)

@@ -23,7 +23,6 @@ from selva.device import (
     probe_capabilities,
     resident,
 )
-from selva.errors import InputError, WeightsError
 from selva.hub import resolve
 from selva.loading import (
     NETWORK_ROLES,
@@ -31,8 +30,9 @@ from selva.loading import (
     build_network,
     ensure_materialized,
     load_checkpoint,
-    vocoder_config_of,
+    network_config,
 )
+from selva.spec import InputError, WeightsError
 from selva.variants import VARIANTS, get_variant
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,7 +194,7 @@ def test_tiny_networks_load_from_the_tiny_hub(tiny_hub):
             if role == "vae":  # the checkpoint's encoder is dropped
                 assert not any(k.startswith("encoder.") for k in net.state_dict())
     # BigVGAN v2's config comes from the config.json in its Hub repo
-    config = vocoder_config_of(VARIANTS[TINY_44K], resolve(TINY_44K))
+    config = network_config(VARIANTS[TINY_44K], "vocoder", resolve(TINY_44K))
     assert config.use_tanh_at_final is False and config.num_mels == 128
 
 
@@ -282,7 +282,7 @@ def test_supported_requests_are_honoured():
 
 
 def test_offload_policy():
-    small = get_variant("small_16k").resident_bytes(torch.bfloat16)
+    small = get_variant("small_16k").resident_bytes(2)
     assert 1.5e9 < small < 3e9
     gib = 1024**3
     assert choose_offload("auto", "cuda", resident_bytes=small, total_memory=4 * gib)

@@ -22,7 +22,7 @@ from media_factory import (
 )
 
 from selva import media
-from selva.errors import MediaError
+from selva.spec import MediaError
 
 SR = 16_000
 

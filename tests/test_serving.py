@@ -1,15 +1,18 @@
 """selva/serving.py without gradio: requests, the resident pipeline and its swaps (UI: test_app.py)."""
 
+import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from media_factory import make_video
 
-from selva.errors import InputError, WeightsError, is_out_of_memory
-from selva.serving import GenerationService, PipelineSlot, parse_request
+from selva.serving import GenerationService, OutputStore, PipelineSlot, parse_request
+from selva.spec import GenerationCancelled, InputError, WeightsError, is_out_of_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,6 +26,14 @@ def test_importing_serving_loads_neither_gradio_nor_a_model():
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "", f"importing selva.serving imported {done.stdout.strip()}"
+
+
+@pytest.mark.parametrize("module", ["selva.spec", "selva.variants", "selva.cli", "app"])
+def test_the_spec_the_registry_and_the_front_ends_import_without_torch(module):
+    code = f"import sys, {module}; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False", f"importing {module} imported torch"
 
 
 def test_form_values_become_a_plain_request():
@@ -66,3 +77,122 @@ def test_a_variant_with_missing_weights_keeps_the_resident_pipeline(fresh_tiny_h
     again = service.run(parse_request(clip, "dog barking", "", 2, 4.5, 5, 0, 0, None, 1))
     assert slot.pipe is resident and "model loaded in" not in again.info
     assert "tiny_16k on cpu (fp32)" in again.info
+
+
+# -- two visitors, cancelling, output folders ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def service(tiny_hub):
+    slot = PipelineSlot("tiny_16k", device="cpu", precision="fp32")
+    return GenerationService(slot)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return str(make_video(tmp_path_factory.mktemp("serving") / "clip.mp4", seconds=1.0))
+
+
+class Visitor:
+    """One visitor's request on its own thread; its progress calls are kept and can block on a gate."""
+
+    def __init__(self, service, request, session, *, hold_at=None):
+        self.service, self.request, self.session = service, request, session
+        self.calls: list[str] = []
+        self.reached = threading.Event()  # set when progress says `hold_at`
+        self.gate = threading.Event()  # ... which then waits for this
+        self.hold_at = hold_at
+        self.result = self.error = None
+        self.thread = threading.Thread(target=self._run)
+
+    def progress(self, fraction, desc=""):
+        self.calls.append(desc)
+        if self.hold_at is not None and desc.startswith(self.hold_at) and not self.reached.is_set():
+            self.reached.set()
+            assert self.gate.wait(60), "the test never opened the gate"
+
+    def _run(self):
+        try:
+            self.result = self.service.run(self.request, self.progress, session=self.session)
+        except Exception as exc:  # checked by the test
+            self.error = exc
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def join(self):
+        self.thread.join(120)
+        assert not self.thread.is_alive()
+
+
+def _wait_for(condition, what):
+    for _ in range(600):  # polling, not timing: each wait is short and the bound only stops a hang
+        if condition():
+            return
+        threading.Event().wait(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_two_visitors_at_once_each_get_their_own_result(service, clip):
+    first = Visitor(service, parse_request(clip, "dog barking", "", 2, 4.5, 11, 0, 0, None, 1), "a",
+                    hold_at="Generating").start()  # fmt: skip
+    assert first.reached.wait(60)  # the first job holds the pipeline, mid-flow
+    second = Visitor(service, parse_request(clip, "rain", "", 2, 4.5, 22, 0, 0, None, 2), "b").start()
+    _wait_for(lambda: "Waiting for the job in progress to finish" in second.calls, "the second to queue")
+    assert service.slot.lock.locked() and not any(c.startswith("Generating") for c in second.calls)
+    first.gate.set()
+    first.join()
+    second.join()
+    assert first.error is None and second.error is None
+    assert first.result.seed == 11 and len(first.result.videos) == 1 and "rain" not in first.result.videos[0]
+    assert second.result.seed == 22 and len(second.result.videos) == 2
+    assert all("rain" in v and "seed22" in v for v in second.result.videos)
+    folders = {Path(v).parent for v in first.result.videos}
+    assert folders.isdisjoint(Path(v).parent for v in second.result.videos)
+
+
+def test_a_cancel_while_waiting_stops_the_job_before_it_starts(service, clip):
+    first = Visitor(service, parse_request(clip, "dog barking", "", 2, 4.5, 1, 0, 0, None, 1), "a",
+                    hold_at="Generating").start()  # fmt: skip
+    assert first.reached.wait(60)
+    second = Visitor(service, parse_request(clip, "rain", "", 2, 4.5, 2, 0, 0, None, 1), "b").start()
+    _wait_for(lambda: "Waiting for the job in progress to finish" in second.calls, "the second to queue")
+    assert not service.slot.cancel("nobody")  # another visitor's session cancels nothing
+    assert service.slot.cancel("b")
+    first.gate.set()
+    first.join()
+    second.join()
+    assert first.error is None and first.result.seed == 1  # the running job was not touched
+    assert isinstance(second.error, GenerationCancelled)
+    assert not any(c.startswith(("Generating", "Reading video")) for c in second.calls)
+    assert not service.slot.cancel("b")  # nothing of b's is left to cancel
+
+
+def test_a_cancel_after_the_flow_keeps_the_finished_job(service, clip):
+    visitor = Visitor(service, parse_request(clip, "dog barking", "", 2, 4.5, 3, 0, 0, None, 1), "a",
+                      hold_at="Vocoding").start()  # fmt: skip
+    assert visitor.reached.wait(60)
+    assert service.slot.cancel("a")
+    visitor.gate.set()
+    visitor.join()
+    assert visitor.error is None and Path(visitor.result.videos[0]).is_file()
+
+
+def test_a_cancel_before_the_job_is_honoured(service, clip):
+    token = service.slot.job("early")
+    assert service.slot.cancel("early") and token.cancelled
+    with pytest.raises(GenerationCancelled):
+        service._generate(parse_request(clip, "dog barking", "", 2, 4.5, 3, 0, 0, None, 1), None, token)
+    service.slot.done("early", token)
+
+
+def test_old_output_folders_are_pruned(tmp_path):
+    store = OutputStore(keep_seconds=600)
+    old, recent = store.new_folder(), store.new_folder()
+    (old / "a.flac").write_bytes(b"x")
+    long_ago = time.time() - 3600
+    os.utime(old, (long_ago, long_ago))
+    newest = store.new_folder()
+    assert not old.exists() and recent.is_dir() and newest.is_dir()
+    assert sorted(p.name for p in store.root.iterdir()) == sorted([recent.name, newest.name])

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from tiny_hub import CLIP_WIDTH, T5_DIM, TINY_16K
 
-from selva.errors import InputError, WeightsError
 from selva.hub import REPOS, resolve
+from selva.spec import DependencyError, InputError, WeightsError
 from selva.text import ClipTextEncoder, T5TextEncoder, load_clip_text_state
 
 PROMPTS = ["dog barking", "", "a car engine with wind noise and rain"]
@@ -133,3 +133,36 @@ def test_a_damaged_encoder_folder_is_a_weights_error(tiny_hub, tmp_path, encoder
     with pytest.raises(WeightsError) as err:
         load(local_dir=damaged.parent)
     assert str(damaged.parent) in str(err.value) and "selva download" in str(err.value)
+
+
+@pytest.mark.parametrize("encoder", ["t5", "clip"])
+def test_intact_files_a_library_cannot_load_point_at_the_library(tiny_hub, tmp_path, monkeypatch, encoder):
+    """Version skew (a changed signature, say) is not reported as damaged files to download again."""
+    import open_clip.model
+    import transformers
+
+    def changed_api(*args, **kwargs):
+        raise TypeError("__init__() got an unexpected keyword argument 'dtype'")
+
+    folder = tiny_hub.write_weights_dir(tmp_path, TINY_16K)
+    if encoder == "t5":
+        monkeypatch.setattr(transformers.T5EncoderModel, "from_pretrained", changed_api)
+        local, load, library = (
+            next(folder.rglob("model.safetensors")).parent,
+            T5TextEncoder.from_pretrained,
+            "transformers",
+        )
+    else:
+        monkeypatch.setattr(open_clip.model, "_build_text_tower", changed_api)
+        local, load, library = (
+            next(folder.rglob("open_clip_config.json")).parent,
+            ClipTextEncoder.from_pretrained,
+            "open_clip",
+        )
+    with pytest.raises(DependencyError) as err:
+        load(local_dir=local)
+    message = str(err.value)
+    assert (
+        message.startswith(f"{library} ") and "files read fine" in message and "requirements.txt" in message
+    )
+    assert "selva download" not in message and not isinstance(err.value, WeightsError)

@@ -199,11 +199,6 @@ def tiny_files(fixtures_dir: str) -> tuple[Files, dict[str, Any]]:
 
 def tiny_variants(files: Files, configs: dict[str, Any]) -> dict[str, Variant]:
     """tiny_16k and tiny_44k: the real variants' files and repos, tiny configs, the tiny files' MD5s."""
-    from selva.models.bigvgan import BigVGANConfig
-    from selva.models.generator import GeneratorConfig
-    from selva.models.text_synch import TextSynchConfig
-    from selva.models.vae import VAEConfig
-
     def tiny(f: WeightFile) -> WeightFile:
         content = files[f.repo][f.path]
         md5 = hashlib.md5(content).hexdigest() if f.md5 else None  # checked where the real file is
@@ -225,10 +220,10 @@ def tiny_variants(files: Files, configs: dict[str, Any]) -> dict[str, Variant]:
             vae_file=tiny(real.vae_file),
             vocoder_file=tiny(real.vocoder_file),
             vocoder_config_file=vocoder_config_file,
-            generator_config=GeneratorConfig.from_dict(cfg["generator"]),
-            text_synch_config=TextSynchConfig.from_dict(cfg["textsynch"]),
-            vae_config=VAEConfig.from_dict(cfg["vae"]),
-            vocoder_config=BigVGANConfig.from_dict(cfg["bigvgan"]) if rate == "16k" else None,
+            generator_config=cfg["generator"],
+            text_synch_config=cfg["textsynch"],
+            vae_config=cfg["vae"],
+            vocoder_config=cfg["bigvgan"] if rate == "16k" else None,
             t5=t5,
             clip=clip,
             description=f"tiny test model shaped like {base}",

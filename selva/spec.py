@@ -1,0 +1,320 @@
+"""The request spec: every name, default and limit a generation request has, and every error.
+
+This is the bottom of the package and imports neither torch nor any other
+heavy library, so the command line, the server and the Gradio widgets can
+read their ranges from here without loading a model. The pipeline checks its
+arguments with the same `Limit`s, so a value one layer accepts is accepted by
+all of them and every layer words the same refusal the same way.
+
+    req = GenerationRequest(video="dog.mp4", prompt="dog barking").checked(max_duration=30)
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+# -- errors -------------------------------------------------------------------------------------------
+
+
+class SelvaError(Exception):
+    """A problem the user can fix; the message names it and the fix."""
+
+
+class InputError(SelvaError, ValueError):
+    """An argument is out of range or of the wrong kind (prompt, steps, duration, variant...)."""
+
+
+class MediaError(SelvaError):
+    """A media file cannot be read or written as asked."""
+
+
+class WeightsError(SelvaError):
+    """Model weights are missing, corrupt or cannot be fetched."""
+
+
+class DependencyError(SelvaError):
+    """An installed library cannot do what we ask of it (usually a version we do not support)."""
+
+
+class GenerationCancelled(SelvaError):
+    """The caller's `CancelToken` stopped a generation before it finished its flow steps."""
+
+
+# torch raises plain RuntimeErrors when host memory (DefaultCPUAllocator) or MPS memory runs out.
+_OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Python's `MemoryError`, torch's `OutOfMemoryError` (CUDA), or torch's CPU and MPS messages.
+
+    Such an error says nothing about the inputs or the files; callers must not
+    report it as bad input or damaged weights.
+    """
+    if isinstance(exc, MemoryError) or any(c.__name__ == "OutOfMemoryError" for c in type(exc).__mro__):
+        return True  # matched by name: this module does not import torch
+    text = str(exc).lower()
+    return any(m in text for m in _OOM_MESSAGES)
+
+
+# -- cancelling ---------------------------------------------------------------------------------------
+
+
+class CancelToken:
+    """One call's stop button: `cancel()` from any thread; the pipeline checks it between steps.
+
+    A token belongs to one call (or one queued request), so cancelling it never
+    stops anybody else's generation. Cancelling before the call starts is fine:
+    the call then stops before doing any work.
+    """
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    # A pickled token (ZeroGPU hands arguments to another process) arrives as a new token in the
+    # same state; cancelling the original cannot reach that copy.
+    def __getstate__(self) -> bool:
+        return self.cancelled
+
+    def __setstate__(self, cancelled: bool) -> None:
+        self._event = threading.Event()
+        if cancelled:
+            self._event.set()
+
+    def raise_if_cancelled(self) -> None:
+        if self._event.is_set():
+            raise GenerationCancelled("generation was cancelled")
+
+
+# -- names --------------------------------------------------------------------------------------------
+
+# The released variants and what the UI says of each; `selva.variants` holds their files and configs.
+VARIANTS: dict[str, str] = {
+    "small_16k": "157 M generator, 16 kHz (recommended)",
+    "small_44k": "157 M generator, 44.1 kHz",
+    "medium_44k": "622 M generator, 44.1 kHz",
+    "large_44k": "1.03 B generator, 44.1 kHz",
+}
+DEFAULT_VARIANT = "small_16k"
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+OFFLOADS = ("auto", "keep_in_vram", "offload_to_cpu")
+# The command line's short spellings of the offload choices.
+OFFLOAD_ALIASES = {"on": "offload_to_cpu", "off": "keep_in_vram"}
+
+# -- durations ----------------------------------------------------------------------------------------
+
+TRAINED_DURATION = 8.0  # seconds; SelVA was trained on 8 s clips and sonifies up to that by default
+SYNC_FPS = 25  # TextSynch reads 25 frames a second ...
+SEGMENT_FRAMES = 16  # ... in segments of 16 frames, so a span needs at least 16 of them
+MIN_DURATION = SEGMENT_FRAMES / SYNC_FPS
+DEFAULT_MAX_DURATION = 30.0
+MAX_PROMPT_CHARS = 2000
+
+
+# -- limits -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One numeric argument: its name in code, its label in the UI, its range and default."""
+
+    name: str
+    label: str
+    minimum: float
+    maximum: float
+    default: float | None
+    integer: bool = False
+
+    def check(self, value: object, *, by_label: bool = False) -> float | int:
+        """`value` if it is a number of the right kind inside the range, else an `InputError`.
+
+        The message names the argument, or with `by_label` the UI's label (for a person at a form).
+        """
+        if self.integer:
+            ok = _is_int(value) and self.minimum <= value <= self.maximum
+            kind = "a whole number"
+        else:
+            ok = _is_number(value) and self.minimum <= value <= self.maximum
+            kind = "a number"
+        if not ok:
+            hint = f" ({_show(self.default)} is typical)" if self.default is not None else ""
+            who = self.label if by_label else self.name
+            span = f"from {_show(self.minimum)} to {_show(self.maximum)}"
+            raise InputError(f"{who} must be {kind} {span}{hint}, got {value!r}")
+        return value
+
+
+STEPS = Limit("steps", "Steps", 1, 100, 25, integer=True)
+CFG_STRENGTH = Limit("cfg_strength", "CFG strength", 1.0, 10.0, 4.5)
+NUM_SAMPLES = Limit("num_samples", "Candidates", 1, 4, 1, integer=True)
+# 2**32 - 1: seeds stay exact as JSON numbers in a browser (float64), and seed + k still fits a
+# torch generator for every candidate k.
+SEED = Limit("seed", "Seed", 0, 2**32 - 1, None, integer=True)
+START = Limit("start", "Start (s)", 0.0, math.inf, 0.0)
+
+
+def check_duration(duration: object, max_duration: float) -> float | None:
+    """None (automatic) or a positive number of seconds up to `max_duration`."""
+    if duration is None:
+        return None
+    if not _is_number(duration) or duration <= 0:
+        raise InputError(f"duration must be positive (or None for automatic), got {duration!r}")
+    if duration > max_duration:
+        raise InputError(
+            f"duration {duration:.2f} s is over the limit of {max_duration:g} s; "
+            f"pick a shorter span (SelVA is trained on {TRAINED_DURATION:g} s clips)"
+        )
+    return float(duration)
+
+
+def check_variant(name: object, known: dict[str, object] | None = None) -> str:
+    """`name` if it is a known variant (the released ones, or those in `known`)."""
+    names = VARIANTS if known is None else known
+    if not isinstance(name, str) or name not in names:
+        raise InputError(f"unknown variant {name!r}; known variants: {', '.join(names)}")
+    return name
+
+
+def check_prompt(name: str, text: object) -> str:
+    if not isinstance(text, str):
+        raise InputError(f"{name} must be a string, got {type(text).__name__}")
+    if len(text) > MAX_PROMPT_CHARS:
+        raise InputError(f"{name} is {len(text)} characters long; keep it under {MAX_PROMPT_CHARS}")
+    return text
+
+
+# -- the request --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One generation: what to sonify and how. Plain and picklable (ZeroGPU pickles it).
+
+    `seed=None` draws a random seed, `duration=None` sonifies what is left of
+    the video after `start`, up to `TRAINED_DURATION`; `variant=None` is the
+    server's resident or default variant.
+    """
+
+    video: str | Path
+    prompt: str
+    negative_prompt: str = ""
+    steps: int = int(STEPS.default)
+    cfg_strength: float = CFG_STRENGTH.default
+    seed: int | None = None
+    duration: float | None = None
+    start: float = START.default
+    num_samples: int = int(NUM_SAMPLES.default)
+    variant: str | None = None
+
+    def checked(self, *, max_duration: float = DEFAULT_MAX_DURATION) -> GenerationRequest:
+        """This request if every field is in range (a float cfg or start from an int is kept as given)."""
+        check_prompt("prompt", self.prompt)
+        check_prompt("negative_prompt", self.negative_prompt)
+        STEPS.check(self.steps)
+        CFG_STRENGTH.check(self.cfg_strength)
+        if self.seed is not None:
+            SEED.check(self.seed)
+        NUM_SAMPLES.check(self.num_samples)
+        if not _is_number(self.start) or self.start < 0:
+            raise InputError(f"start must be 0 s or later, got {self.start!r}")
+        check_duration(self.duration, max_duration)
+        if self.variant is not None and not isinstance(self.variant, str):
+            raise InputError(f"variant must be a name such as {DEFAULT_VARIANT!r}, got {self.variant!r}")
+        return self
+
+    @classmethod
+    def from_form(
+        cls,
+        video: str | None,
+        prompt: str | None,
+        negative_prompt: str | None = None,
+        steps: float | None = None,
+        cfg_strength: float | None = None,
+        seed: float | None = None,
+        duration: float | None = None,
+        start: float | None = None,
+        variant: str | None = None,
+        num_samples: float | None = None,
+        *,
+        max_duration: float = DEFAULT_MAX_DURATION,
+    ) -> GenerationRequest:
+        """Widget or API values -> a checked request.
+
+        Forms send whole numbers as floats and leave fields empty: empty means
+        the default, a seed of -1 (any negative) means random and a duration of
+        0 means automatic. Messages speak to a person at the form.
+        """
+        if not video:
+            raise InputError("Upload a video first: drop a clip (mp4, mov, webm...) on the Video box.")
+        if not prompt or not prompt.strip():
+            raise InputError("Type the sound you want in Prompt, e.g. 'dog barking'.")
+        seed_value = _whole(seed, SEED, -1)
+        request = cls(
+            video=str(video),
+            prompt=prompt.strip(),
+            negative_prompt=(negative_prompt or "").strip(),
+            steps=STEPS.check(_whole(steps, STEPS, STEPS.default), by_label=True),
+            cfg_strength=CFG_STRENGTH.check(
+                _number(cfg_strength, CFG_STRENGTH, CFG_STRENGTH.default), by_label=True
+            ),
+            seed=None if seed_value < 0 else SEED.check(seed_value, by_label=True),
+            duration=_number(duration, None, 0.0) or None,
+            start=_number(start, START, 0.0),
+            variant=variant or None,
+            num_samples=NUM_SAMPLES.check(
+                _whole(num_samples, NUM_SAMPLES, NUM_SAMPLES.default), by_label=True
+            ),
+        )
+        return request.checked(max_duration=max_duration)
+
+    def with_seed(self, seed: int) -> GenerationRequest:
+        return replace(self, seed=seed)
+
+
+def _whole(value: object, limit: Limit, default: float) -> int:
+    if value is None or value == "":
+        return int(default)
+    try:
+        number = _number(value, limit, default)
+    except InputError:
+        raise InputError(f"{limit.label} must be a whole number, got {value!r}") from None
+    if not float(number).is_integer():
+        raise InputError(f"{limit.label} must be a whole number, got {value}")
+    return int(number)
+
+
+def _number(value: object, limit: Limit | None, default: float) -> float:
+    if value is None or value == "":
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        label = limit.label if limit is not None else "Duration"
+        raise InputError(f"{label} must be a number, got {value!r}") from None
+    return int(number) if isinstance(value, int) and not isinstance(value, bool) else number
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    """A finite int or float (numpy scalars included); not a bool, a string or None."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _show(x: float) -> str:
+    if x == math.inf:
+        return "any"
+    return f"{x:g}" if isinstance(x, float) and not float(x).is_integer() or x < 1e6 else str(int(x))
