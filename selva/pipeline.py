@@ -43,6 +43,7 @@ from selva.loading import release_freed_memory
 from selva.sequence import SYNC_FPS, SYNC_SIZE, SequenceLengths
 from selva.spec import (
     DEFAULT_MAX_DURATION,
+    MIN_DURATION,
     SEGMENT_FRAMES,
     TRAINED_DURATION,
     CancelToken,
@@ -388,10 +389,9 @@ class SelvaPipeline:
                 f"{video_duration:.2f} s video; use at most {left:.2f} s or leave it automatic"
             )
         duration = min(duration, left)
-        min_duration = SEGMENT_FRAMES / SYNC_FPS
         if duration * SYNC_FPS + 1e-6 < SEGMENT_FRAMES:
             raise InputError(
-                f"the span is {duration:.2f} s but SelVA needs at least {min_duration:.2f} s of video "
+                f"the span is {duration:.2f} s but SelVA needs at least {MIN_DURATION:.2f} s of video "
                 f"(16 frames at {SYNC_FPS} fps); use a longer clip or an earlier start"
             )
         return duration

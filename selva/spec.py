@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import numbers
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 # -- errors -------------------------------------------------------------------------------------------
@@ -277,9 +277,6 @@ class GenerationRequest:
             ),
         )
         return request.checked(max_duration=max_duration)
-
-    def with_seed(self, seed: int) -> GenerationRequest:
-        return replace(self, seed=seed)
 
 
 def _whole(value: object, limit: Limit, default: float) -> int:

@@ -104,7 +104,6 @@ class Variant:
     t5: T5Spec
     clip: ClipSpec
     vocoder_config_file: WeightFile | None = None
-    trained_duration: float = 8.0  # seconds; SelVA was trained on 8 s clips
     description: str = ""
 
     def network_files(self) -> dict[str, WeightFile]:
@@ -253,10 +252,6 @@ def register_variant(variant: Variant, *, replace: bool = False) -> Variant:
         raise ValueError(f"variant {variant.name!r} is already registered")
     VARIANTS[variant.name] = variant
     return variant
-
-
-def unregister_variant(name: str) -> None:
-    VARIANTS.pop(name, None)
 
 
 def human_size(n: int) -> str:

@@ -68,7 +68,6 @@ class MotionFormerConfig:
 @dataclass(frozen=True)
 class TextSynchConfig:
     text_dim: int = 768  # T5 hidden size (flan-t5-base)
-    max_text_seq_len: int = 512  # longest T5 sequence the encoder was trained with (not enforced here)
     num_sup_text_tokens: int = 5  # learned tokens prepended to the text
     xattn_depth: int = 1  # text cross-attention blocks
     segment_stride: int = 8  # frames between segment starts (segments are motionformer.num_frames long)
@@ -338,7 +337,7 @@ class TextSynch(nn.Module):
         )
         if config.num_sup_text_tokens > 0:
             self.sup_text_feat = nn.Parameter(torch.zeros(config.num_sup_text_tokens, config.text_dim))
-        # the T5 features standing for an empty prompt (learned; see `empty_text`)
+        # the T5 features standing for an empty prompt (learned)
         self.empty_string_feat = nn.Parameter(torch.zeros(1, config.text_dim), requires_grad=False)
         self.register_load_state_dict_pre_hook(TextSynch._load_hook)
 
@@ -349,11 +348,6 @@ class TextSynch(nn.Module):
     def num_segments(self, num_frames: int) -> int:
         mf, stride = self.config.motionformer, self.config.segment_stride
         return (num_frames - mf.num_frames) // stride + 1
-
-    def empty_text(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """T5 features and mask (B, 1, text_dim), (B, 1) for an empty prompt."""
-        text_f = self.empty_string_feat.unsqueeze(0).expand(batch, -1, -1)
-        return text_f, torch.ones(batch, 1, dtype=torch.bool, device=text_f.device)
 
     def prepend_sup_tokens(
         self, text_f: torch.Tensor, text_mask: torch.Tensor

@@ -47,10 +47,6 @@ class VAEConfig:
         kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names}
         return cls(**kwargs)
 
-    @property
-    def upsample_factor(self) -> int:
-        return 2 ** len(self.down_layers)
-
 
 VAE_PRESETS: dict[str, VAEConfig] = {
     "16k": VAEConfig(data_dim=80, embed_dim=20, hidden_dim=384),
@@ -218,7 +214,7 @@ class Decoder(nn.Module):
 
 
 class VAEDecoder(nn.Module):
-    """Latent (B, embed_dim, T) -> log-mel (B, data_dim, T * upsample_factor), un-normalised.
+    """Latent (B, embed_dim, T) -> log-mel (B, data_dim, T * 2 ** len(down_layers)), un-normalised.
 
     `data_mean`/`data_std` (1, data_dim, 1) come from the checkpoint; before
     loading they are the identity (0 and 1).
