@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import math
 import os
 import shutil
@@ -30,6 +31,7 @@ from selva.sequence import SequenceLengths
 from selva.variants import human_size
 
 ROOT = Path(__file__).resolve().parents[1]
+WORKFLOW = ROOT / "comfyui_selva" / "workflows" / "selva_video_to_audio_api.json"
 GENERATOR = "weights/generator_small_16k_sup_5.pth"
 
 load_model = NODE_CLASS_MAPPINGS["SelvaModelLoader"]().load
@@ -390,3 +392,60 @@ def test_the_sampler_reports_progress_and_stops_when_cancelled(comfyui, model, t
     finally:
         steps.remove()
     assert steps.calls == 0
+
+
+# -- the example workflow ---------------------------------------------------------------------------
+
+# ComfyUI core nodes the example uses: required inputs, optional inputs (name -> type) and output
+# types. From ComfyUI's comfy_extras/nodes_video.py (LoadVideo, GetVideoComponents, CreateVideo,
+# SaveVideo) and comfy_extras/nodes_audio.py (SaveAudio); COMBO and STRING inputs are widgets.
+CORE_NODES = {
+    "LoadVideo": ({"file": "COMBO"}, {}, ("VIDEO",)),
+    "GetVideoComponents": ({"video": "VIDEO"}, {}, ("IMAGE", "AUDIO", "FLOAT")),
+    "CreateVideo": ({"images": "IMAGE", "fps": "FLOAT"}, {"audio": "AUDIO"}, ("VIDEO",)),
+    "SaveVideo": (
+        {"video": "VIDEO", "filename_prefix": "STRING", "format": "COMBO", "codec": "COMBO"},
+        {},
+        (),
+    ),
+    "SaveAudio": ({"audio": "AUDIO", "filename_prefix": "STRING"}, {}, ()),
+}
+
+
+def _node_io(class_type: str) -> tuple[dict[str, object], dict[str, object], tuple[str, ...]]:
+    """(required inputs, all inputs, output types) of a node: ours from INPUT_TYPES, core from the table."""
+    if class_type in NODE_CLASS_MAPPINGS:
+        cls = NODE_CLASS_MAPPINGS[class_type]
+        spec = cls.INPUT_TYPES()
+        required = {name: kind for name, (kind, _) in spec["required"].items()}
+        optional = {name: kind for name, (kind, _) in spec.get("optional", {}).items()}
+        return required, {**required, **optional}, cls.RETURN_TYPES
+    required, optional, outputs = CORE_NODES[class_type]
+    return required, {**required, **optional}, outputs
+
+
+def test_the_example_workflow_wires_existing_outputs_into_declared_inputs(tiny_hub):
+    workflow = json.loads(WORKFLOW.read_text())
+    classes = {node["class_type"] for node in workflow.values()}
+    assert classes <= set(NODE_CLASS_MAPPINGS) | set(CORE_NODES)
+    assert set(NODE_CLASS_MAPPINGS) <= classes
+    for node_id, node in workflow.items():
+        required, every, _ = _node_io(node["class_type"])
+        inputs = node["inputs"]
+        assert set(required) <= set(inputs) <= set(every), f"node {node_id} ({node['class_type']})"
+        for name, value in inputs.items():
+            kind = every[name]
+            if isinstance(value, list):  # a link: [source node id, output index]
+                source, index = value
+                assert source in workflow, f"node {node_id}.{name} links to a missing node {source}"
+                outputs = _node_io(workflow[source]["class_type"])[2]
+                assert 0 <= index < len(outputs), f"node {node_id}.{name}: {source} has no output {index}"
+                assert outputs[index] == kind, f"node {node_id}.{name}: {outputs[index]} into {kind}"
+            elif node["class_type"] in NODE_CLASS_MAPPINGS:
+                options = NODE_CLASS_MAPPINGS[node["class_type"]].INPUT_TYPES()["required"][name][1]
+                if isinstance(kind, list):
+                    assert value in kind
+                elif kind in ("INT", "FLOAT"):
+                    assert options["min"] <= value <= options["max"]
+                else:
+                    assert kind == "STRING" and isinstance(value, str)
