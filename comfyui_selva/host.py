@@ -34,18 +34,16 @@ def inside_comfyui() -> bool:
 
 
 def weights_dirs() -> list[Path]:
-    """ComfyUI's folders for SelVA weights, the default (models/selva) first; empty outside ComfyUI.
-
-    Registering the folder with folder_paths lets extra_model_paths.yaml add
-    more places under the key `selva`, like any other model kind.
-    """
+    """ComfyUI's folders for SelVA weights: models/selva and any extra_model_paths.yaml lists under
+    the key `selva` (those first: ComfyUI reads that file before it loads node packs). Empty outside
+    ComfyUI."""
     folder_paths = _module("folder_paths")
     if folder_paths is None or not hasattr(folder_paths, "models_dir"):
         return []
     default = Path(folder_paths.models_dir) / MODEL_FOLDER
     if not (hasattr(folder_paths, "add_model_folder_path") and hasattr(folder_paths, "get_folder_paths")):
         return [default]
-    folder_paths.add_model_folder_path(MODEL_FOLDER, str(default), is_default=True)
+    folder_paths.add_model_folder_path(MODEL_FOLDER, str(default))  # appended, and only once
     return [Path(p) for p in folder_paths.get_folder_paths(MODEL_FOLDER)]
 
 

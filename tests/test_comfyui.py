@@ -102,8 +102,13 @@ def comfyui(tmp_path, monkeypatch):
     def add_model_folder_path(name, path, is_default=False):
         paths = state.folders.setdefault(name, ([], set()))[0]
         if path in paths:
-            paths.remove(path)
-        paths.insert(0, path) if is_default else paths.append(path)
+            if is_default:
+                paths.remove(path)
+                paths.insert(0, path)
+        elif is_default:
+            paths.insert(0, path)
+        else:
+            paths.append(path)
 
     folder_paths.add_model_folder_path = add_model_folder_path
     folder_paths.get_folder_paths = lambda name: list(state.folders[name][0])
@@ -346,6 +351,16 @@ def test_inside_comfyui_weights_come_from_models_selva(comfyui, fresh_tiny_hub):
     assert comfyui.folders["selva"][0] == [str(models_selva)]  # registered with folder_paths
     assert pipe.device == torch.device("cpu")  # ComfyUI's device
     assert load_model("tiny_16k", "fp32", "auto")[0] is pipe  # kept across executions
+
+
+def test_a_selva_folder_from_extra_model_paths_is_searched_too(comfyui, fresh_tiny_hub, tmp_path):
+    elsewhere = tmp_path / "shared_models" / "selva"
+    comfyui.folders["selva"] = ([str(elsewhere)], set())  # as extra_model_paths.yaml registers it
+    fresh_tiny_hub.write_weights_dir(elsewhere)
+    shutil.rmtree(fresh_tiny_hub.cache_dir)
+    load_model("tiny_16k", "fp32", "auto")
+    assert comfyui.folders["selva"][0] == [str(elsewhere), str(comfyui.models_dir / "selva")]
+    assert not (comfyui.models_dir / "selva").exists()  # the folder with the weights was enough
 
 
 def test_missing_weights_name_each_file_its_size_and_the_download_command(comfyui, fresh_tiny_hub):
