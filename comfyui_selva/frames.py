@@ -21,8 +21,9 @@ from fractions import Fraction
 import torch
 import torch.nn.functional as F
 
-from selva.errors import InputError
 from selva.sequence import SYNC_FPS, SYNC_SIZE
+
+from .stages import InputError
 
 # Source frames resized at once: bounds the float32 copies of full-size pictures (16 at 1080p is 400 MB).
 RESIZE_CHUNK = 16

@@ -14,12 +14,11 @@ import logging
 import threading
 from pathlib import Path
 
-from selva.errors import WeightsError
 from selva.hub import local_path
-from selva.pipeline import SelvaPipeline
 from selva.variants import Variant, get_variant
 
 from . import host, stages
+from .stages import SelvaPipeline, WeightsError
 
 log = logging.getLogger(__name__)
 

@@ -19,13 +19,12 @@ from typing import Any
 import torch
 
 from selva.device import OFFLOAD_STRATEGIES
-from selva.errors import InputError
-from selva.pipeline import DEFAULT_MAX_DURATION, MAX_SAMPLES, MAX_STEPS, SelvaPipeline
 from selva.variants import VARIANTS
 
 from . import features as cache
 from . import frames, host, loader, stages
 from .features import SelvaFeatures
+from .stages import MAX_DURATION, MAX_SEED, MAX_STEPS, InputError, SelvaPipeline
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +32,6 @@ CATEGORY = "audio/SelVA"
 DEFAULT_VARIANT = "medium_44k"
 PRECISIONS = ("bf16", "fp16", "fp32")
 DEFAULT_FPS = 30.0
-MAX_SEED = 2**63 - MAX_SAMPLES - 1  # the pipeline draws candidate k from seed + k
 
 
 class SelvaModelLoader:
@@ -114,7 +112,7 @@ class SelvaFeatureExtractor:
                     {
                         "default": 0.0,
                         "min": 0.0,
-                        "max": DEFAULT_MAX_DURATION,
+                        "max": MAX_DURATION,
                         "step": 0.01,
                         "tooltip": "Seconds from the first frame; 0 = the whole clip, at most 8 s "
                         "(SelVA's training length).",
@@ -211,7 +209,7 @@ class SelvaSampler:
                     {
                         "default": 0.0,
                         "min": 0.0,
-                        "max": DEFAULT_MAX_DURATION,
+                        "max": MAX_DURATION,
                         "step": 0.01,
                         "tooltip": "Seconds of audio; 0 = as long as the features. Shorter spans use the "
                         "start of the clip.",

@@ -1,9 +1,9 @@
 """Every call the node pack makes into `SelvaPipeline`, in one place.
 
 The nodes split the pipeline's recipe in two (sync features, then sampling)
-and drive its stage methods themselves. Keeping those calls here means a
-change to the pipeline's API (hook names, error classes) is a change to this
-module only.
+and drive its stage methods themselves. Keeping those calls here, and the
+pipeline's limits and error classes the pack uses, means a change to the
+pipeline's API (hook names, where errors live) is a change to this module only.
 """
 
 from __future__ import annotations
@@ -13,10 +13,15 @@ from pathlib import Path
 
 import torch
 
-from selva.errors import InputError
+from selva.errors import InputError, WeightsError
 from selva.loading import release_freed_memory
-from selva.pipeline import SelvaPipeline
+from selva.pipeline import DEFAULT_MAX_DURATION, MAX_SAMPLES, MAX_STEPS, SelvaPipeline
 from selva.sequence import SequenceLengths
+
+__all__ = ["MAX_DURATION", "MAX_SEED", "MAX_STEPS", "InputError", "SelvaPipeline", "WeightsError"]
+
+MAX_DURATION = DEFAULT_MAX_DURATION  # what from_pretrained allows unless told otherwise
+MAX_SEED = 2**63 - MAX_SAMPLES - 1  # check_inputs' bound: candidate k is drawn from seed + k
 
 
 def load(

@@ -25,7 +25,7 @@ from media_factory import frame_color, frame_index, make_picture, make_video
 from comfyui_selva import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, loader
 from comfyui_selva.features import SelvaFeatures
 from comfyui_selva.frames import source_indices, to_sync_frames
-from selva.errors import InputError, WeightsError
+from comfyui_selva.stages import InputError, WeightsError
 from selva.media import read_frames
 from selva.sequence import SequenceLengths
 from selva.variants import human_size
