@@ -1,0 +1,123 @@
+"""Every call the node pack makes into `SelvaPipeline`, in one place.
+
+The nodes split the pipeline's recipe in two (sync features, then sampling)
+and drive its stage methods themselves. Keeping those calls here, and the
+pipeline's limits and error classes the pack uses, means a change to the
+pipeline's API (hook names, where errors live) is a change to this module only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from selva.errors import InputError, WeightsError
+from selva.loading import release_freed_memory
+from selva.pipeline import DEFAULT_MAX_DURATION, MAX_SAMPLES, MAX_STEPS, SelvaPipeline
+from selva.sequence import SequenceLengths
+
+__all__ = ["MAX_DURATION", "MAX_SEED", "MAX_STEPS", "InputError", "SelvaPipeline", "WeightsError"]
+
+MAX_DURATION = DEFAULT_MAX_DURATION  # what from_pretrained allows unless told otherwise
+MAX_SEED = 2**63 - MAX_SAMPLES - 1  # check_inputs' bound: candidate k is drawn from seed + k
+
+
+def load(
+    variant: str,
+    *,
+    device: torch.device | None,
+    precision: str,
+    offload: str,
+    weights_dir: Path | None,
+) -> SelvaPipeline:
+    pipe = SelvaPipeline.from_pretrained(
+        variant, device=device, dtype=precision, offload=offload, weights_dir=weights_dir
+    )
+    # ComfyUI draws its own bar on the node; a second one in the console per step is noise.
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def text_synch_id(pipe: SelvaPipeline) -> str:
+    """Names the video encoder checkpoint, so features are never mixed across encoders."""
+    f = pipe.variant.text_synch_file
+    return f"{f.repo}/{f.path}@{f.md5}"
+
+
+def lengths_for(pipe: SelvaPipeline, duration: float) -> SequenceLengths:
+    return SequenceLengths.from_duration(
+        duration, sample_rate=pipe.variant.sample_rate, hop_length=pipe.variant.hop_length
+    )
+
+
+def settle_duration(pipe: SelvaPipeline, available: float, duration: float | None) -> float:
+    """The span to use from `available` seconds of frames: as asked, or the pipeline's default.
+
+    The rules (at most 8 s when automatic, at least 16 frames at 25 fps) are the
+    pipeline's, so a clip gets the same span here as in the app.
+    """
+    if duration is not None and duration > pipe.max_duration:
+        raise InputError(
+            f"duration {duration:.2f} s is over the limit of {pipe.max_duration:.0f} s; pick a shorter span"
+        )
+    return pipe.resolve_duration(available, 0.0, duration)
+
+
+@torch.inference_mode()
+def sync_features(pipe: SelvaPipeline, frames: torch.Tensor, prompt: str) -> torch.Tensor:
+    """uint8 frames (T, 3, 224, 224) at 25 fps -> TextSynch's sync features (1, S * 8, D) on the CPU."""
+    pipe.check_inputs(
+        prompt=prompt,
+        negative_prompt="",
+        steps=1,
+        cfg_strength=1.0,
+        seed=None,
+        duration=None,
+        start=0.0,
+        num_samples=1,
+    )  # only the prompt is ours to check here; the rest are neutral values
+    text = pipe.encode_prompt(prompt)
+    return pipe.encode_video(frames.unsqueeze(0), text.t5, text.t5_mask).cpu()
+
+
+@torch.inference_mode()
+def generate(
+    pipe: SelvaPipeline,
+    sync: torch.Tensor,
+    *,
+    prompt: str,
+    negative_prompt: str,
+    duration: float,
+    steps: int,
+    cfg_strength: float,
+    seed: int,
+    on_step: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """One soundtrack (N,) float32 on the CPU from sync features, as `SelvaPipeline.__call__` makes it.
+
+    `on_step(i)` runs after flow step i (1-based); an exception it raises stops
+    the generation there.
+    """
+    pipe.check_inputs(prompt, negative_prompt, steps, cfg_strength, seed, duration, 0.0, 1)
+    lengths = lengths_for(pipe, duration)
+    if sync.shape[1] < lengths.sync_len:
+        raise InputError(
+            f"the features hold {sync.shape[1]} sync tokens but {duration:.2f} s needs {lengths.sync_len}; "
+            "extract features from a longer span"
+        )
+    positive = pipe.encode_prompt(prompt)
+    negative_clip = pipe.encode_prompt(negative_prompt).clip if negative_prompt.strip() else None
+    # TextSynch sees each 16-frame segment on its own, so the first tokens of a longer span are
+    # exactly the tokens of a shorter one.
+    sync_f = sync[:, : lengths.sync_len].to(pipe.device)
+    x0 = pipe.prepare_latents(1, lengths.latent_len, seed)
+    cond, uncond = pipe.prepare_conditions(
+        sync_f, positive.clip, negative_clip, num_samples=1, lengths=lengths
+    )
+    latent = pipe.denoise(x0, cond, uncond, steps=steps, cfg_strength=cfg_strength, on_step=on_step)
+    audio = pipe.vocode(pipe.decode_latents(latent))
+    audio = audio[0, : round(duration * pipe.sample_rate)].float().cpu().clamp(-1, 1)
+    release_freed_memory()  # as the pipeline does: the vocoder's activations are large
+    return audio
