@@ -24,7 +24,7 @@ from selva.variants import VARIANTS
 from . import features as cache
 from . import frames, host, loader, stages
 from .features import SelvaFeatures
-from .stages import MAX_DURATION, MAX_SEED, MAX_STEPS, InputError, SelvaPipeline
+from .stages import CFG_STRENGTH, MAX_DURATION, MAX_SEED, MAX_STEPS, InputError, SelvaPipeline
 
 log = logging.getLogger(__name__)
 
@@ -222,9 +222,9 @@ class SelvaSampler:
                 "cfg": (
                     "FLOAT",
                     {
-                        "default": 4.5,
-                        "min": 0.0,
-                        "max": 20.0,
+                        "default": CFG_STRENGTH.default,
+                        "min": CFG_STRENGTH.minimum,
+                        "max": CFG_STRENGTH.maximum,
                         "step": 0.1,
                         "round": 0.01,
                         "tooltip": "Classifier-free guidance strength: higher follows the prompt and the "

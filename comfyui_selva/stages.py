@@ -13,15 +13,19 @@ from pathlib import Path
 
 import torch
 
-from selva.errors import InputError, WeightsError
+from selva import spec
 from selva.loading import release_freed_memory
-from selva.pipeline import DEFAULT_MAX_DURATION, MAX_SAMPLES, MAX_STEPS, SelvaPipeline
+from selva.pipeline import SelvaPipeline
 from selva.sequence import SequenceLengths
+from selva.spec import CFG_STRENGTH, InputError, WeightsError
 
-__all__ = ["MAX_DURATION", "MAX_SEED", "MAX_STEPS", "InputError", "SelvaPipeline", "WeightsError"]
+__all__ = [
+    "CFG_STRENGTH", "MAX_DURATION", "MAX_SEED", "MAX_STEPS", "InputError", "SelvaPipeline", "WeightsError",
+]  # fmt: skip
 
-MAX_DURATION = DEFAULT_MAX_DURATION  # what from_pretrained allows unless told otherwise
-MAX_SEED = 2**63 - MAX_SAMPLES - 1  # check_inputs' bound: candidate k is drawn from seed + k
+MAX_DURATION = spec.DEFAULT_MAX_DURATION  # what from_pretrained allows unless told otherwise
+MAX_SEED = int(spec.SEED.maximum)
+MAX_STEPS = int(spec.STEPS.maximum)
 
 
 def load(
@@ -68,16 +72,7 @@ def settle_duration(pipe: SelvaPipeline, available: float, duration: float | Non
 @torch.inference_mode()
 def sync_features(pipe: SelvaPipeline, frames: torch.Tensor, prompt: str) -> torch.Tensor:
     """uint8 frames (T, 3, 224, 224) at 25 fps -> TextSynch's sync features (1, S * 8, D) on the CPU."""
-    pipe.check_inputs(
-        prompt=prompt,
-        negative_prompt="",
-        steps=1,
-        cfg_strength=1.0,
-        seed=None,
-        duration=None,
-        start=0.0,
-        num_samples=1,
-    )  # only the prompt is ours to check here; the rest are neutral values
+    spec.check_prompt("prompt", prompt)
     text = pipe.encode_prompt(prompt)
     return pipe.encode_video(frames.unsqueeze(0), text.t5, text.t5_mask).cpu()
 
@@ -100,7 +95,10 @@ def generate(
     `on_step(i)` runs after flow step i (1-based); an exception it raises stops
     the generation there.
     """
-    pipe.check_inputs(prompt, negative_prompt, steps, cfg_strength, seed, duration, 0.0, 1)
+    spec.GenerationRequest(
+        video="", prompt=prompt, negative_prompt=negative_prompt, steps=steps,
+        cfg_strength=cfg_strength, seed=seed, duration=duration,
+    ).checked(max_duration=pipe.max_duration)  # fmt: skip
     lengths = lengths_for(pipe, duration)
     if sync.shape[1] < lengths.sync_len:
         raise InputError(
@@ -116,7 +114,13 @@ def generate(
     cond, uncond = pipe.prepare_conditions(
         sync_f, positive.clip, negative_clip, num_samples=1, lengths=lengths
     )
-    latent = pipe.denoise(x0, cond, uncond, steps=steps, cfg_strength=cfg_strength, on_step=on_step)
+    def step_end(p: SelvaPipeline, i: int, t: float, state: dict) -> None:
+        if on_step is not None:
+            on_step(i + 1)
+
+    latent = pipe.denoise(
+        x0, cond, uncond, steps=steps, cfg_strength=cfg_strength, callback_on_step_end=step_end
+    )
     audio = pipe.vocode(pipe.decode_latents(latent))
     audio = audio[0, : round(duration * pipe.sample_rate)].float().cpu().clamp(-1, 1)
     release_freed_memory()  # as the pipeline does: the vocoder's activations are large
