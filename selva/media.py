@@ -1,10 +1,8 @@
-"""Video in, audio out: probe a video, decode its frames small, write audio, mux an mp4 (PyAV).
+"""Video in, audio out: probe a video, decode its frames small, write audio files (PyAV).
 
-Times are seconds from the video stream's first frame (containers such as
-MPEG-TS start their clocks elsewhere), and exact rationals inside: a frame's
-time is its integer pts times the stream's time base, a target time is k / fps.
-A frame counts as reaching a time when it is within half a time-base tick of
-it, because containers round timestamps (WebM to milliseconds: 1/30 s is 33).
+Times follow selva/containers.py: seconds from the video stream's first frame, exact
+rationals inside; a target time is k / fps. The mp4 with the new soundtrack is written by
+selva/mux.py.
 
 Rotation is PyAV's convention: the counter-clockwise degrees (0, 90, 180, 270)
 the stored picture turns for display, from the stream's display matrix. A phone
@@ -23,30 +21,33 @@ import hashlib
 import logging
 import math
 import os
-import uuid
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import av
 import numpy as np
 import torch
 
+from selva.containers import (
+    atomic_write,
+    channel_layout,
+    exact,
+    frames_from,
+    open_input,
+    reaches,
+    seek,
+    video_stream,
+    waveform,
+)
 from selva.errors import MediaError
-
-if TYPE_CHECKING:
-    from selva.mux import mux
 
 log = logging.getLogger(__name__)
 
 MAX_SIDE = 8192  # 8K DCI; larger pictures are almost surely a broken header, and too slow anyway
 _EPS = 1e-6  # same margin as selva.sequence, so frame counts agree with the sequence lengths
 _HASH_CHUNK = 1 << 20
-_IMAGE_FORMATS = {"image2", "apng", "webp_pipe"}  # plus every "*_pipe" demuxer (png_pipe, jpeg_pipe...)
 _AUDIO_FORMATS = {".flac": ("flac", "flac"), ".wav": ("wav", "pcm_s16le")}
-_FFMPEG_ERRORS = (av.FFmpegError, OSError, ValueError, UnicodeDecodeError)
 
 
 @dataclass(frozen=True)
@@ -98,8 +99,8 @@ def probe(path: str | Path) -> VideoInfo:
 # the second open and first-frame decode, which cost ~0.2 s at 1080p.
 @functools.lru_cache(maxsize=32)
 def _probe_file(path: Path, size: int, mtime_ns: int) -> VideoInfo:
-    with _open(path) as container:
-        stream = _video_stream(container, path)
+    with open_input(path) as container:
+        stream = video_stream(container, path)
         tb = stream.time_base
         width, height = stream.codec_context.width, stream.codec_context.height
         if width <= 0 or height <= 0:
@@ -157,44 +158,12 @@ def _check_file(path: Path) -> int:
     return size
 
 
-def _open(path: Path) -> av.container.InputContainer:
-    try:
-        return av.open(str(path), metadata_errors="ignore")
-    except _FFMPEG_ERRORS as e:
-        raise MediaError(
-            f"{path.name} is not a media file FFmpeg can read, or it is damaged or truncated ({e}); "
-            "if it plays elsewhere, convert it to MP4 (H.264)"
-        ) from e
-
-
-def _video_stream(container: av.container.InputContainer, path: Path) -> av.VideoStream:
-    # cover art in music files is a one-picture "video" stream marked attached_pic: not a video
-    streams = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
-    if not streams:
-        if container.streams.audio:
-            codec = container.streams.audio[0].codec_context.name
-            raise MediaError(
-                f"{path.name} contains only audio ({codec}); SelVA needs a video to follow: "
-                "pick the video file itself"
-            )
-        raise MediaError(f"{path.name} has no video stream; pick a video file (MP4, MOV, WebM, MKV)")
-    stream = streams[0]
-    fmt = container.format.name
-    if fmt.endswith("_pipe") or fmt in _IMAGE_FORMATS:
-        raise MediaError(f"{path.name} is a still image ({fmt}); SelVA needs a video (at least 0.64 s)")
-    if stream.codec_context is None:
-        raise MediaError(
-            f"{path.name} uses a video codec this FFmpeg build cannot decode; convert it to MP4 (H.264)"
-        )
-    return stream
-
-
 def _demuxed_duration(container: av.container.InputContainer, stream: av.VideoStream) -> Fraction:
     """End of the last packet minus the first frame's time, reading as little as possible."""
     t0 = stream.start_time or 0
     end = t0
     if container.duration:  # jump close to the end (the last keyframe before it), then demux the rest
-        _seek(container, stream, Fraction(container.duration, av.time_base))
+        seek(container, stream, Fraction(container.duration, av.time_base))
     nominal = round(1 / ((stream.guessed_rate or 25) * stream.time_base))  # for packets without a duration
     for packet in container.demux(stream):
         if packet.pts is not None:
@@ -243,9 +212,9 @@ def read_frames(
     count = math.floor(fps * duration + _EPS)
     if count == 0:
         raise MediaError(f"a {duration} s span is shorter than one frame at {fps} fps; ask for a longer span")
-    start_q, fps_q = _exact(start), _exact(fps)
+    start_q, fps_q = exact(start), exact(fps)
     targets = [start_q + Fraction(k) / fps_q for k in range(count)]
-    if targets[-1] >= _exact(info.duration):
+    if targets[-1] >= exact(info.duration):
         raise MediaError(
             f"{path.name} is {info.duration:.2f} s long, so it has no picture at {float(targets[-1]):.2f} s "
             f"for the span {start:.2f}-{start + duration:.2f} s; choose a shorter span or an earlier start"
@@ -253,15 +222,15 @@ def read_frames(
 
     out = torch.empty((count, 3, size, size), dtype=torch.uint8)
     k, last, last_end = 0, None, Fraction(0)
-    with _open(path) as container:
-        stream = container.streams.video[_video_stream(container, path).index]
+    with open_input(path) as container:
+        stream = container.streams.video[video_stream(container, path).index]
         stream.thread_type = "AUTO"  # frame threads: decoding dominates this function
-        for time, frame in _frames_from(container, stream, start_q, path):
+        for time, frame in frames_from(container, stream, start_q, path):
             last = frame
-            last_end = time + (Fraction(frame.duration or 0) * stream.time_base or 1 / _exact(info.fps))
-            if _reaches(time, targets[k], stream):
+            last_end = time + (Fraction(frame.duration or 0) * stream.time_base or 1 / exact(info.fps))
+            if reaches(time, targets[k], stream):
                 picture = _small(frame, size, info.rotation)
-                while k < count and _reaches(time, targets[k], stream):
+                while k < count and reaches(time, targets[k], stream):
                     out[k] = picture
                     k += 1
                 if k == count:
@@ -287,72 +256,7 @@ def _small(frame: av.VideoFrame, size: int, rotation: int) -> torch.Tensor:
     return torch.rot90(picture, k=rotation // 90, dims=(1, 2)) if rotation else picture  # counter-clockwise
 
 
-def _exact(x: float | Fraction) -> Fraction:
-    """A float as the short fraction it was written as (0.1 -> 1/10, not 3602879701896397/2**55)."""
-    return Fraction(x).limit_denominator(1_000_000)
-
-
-def _reaches(time: Fraction, target: Fraction, stream: av.VideoStream) -> bool:
-    return time + stream.time_base / 2 >= target
-
-
-def _seek(container: av.container.InputContainer, stream: av.VideoStream, start: Fraction | None) -> None:
-    """Seek to the keyframe at or before `start` (from the first frame), or to the very beginning."""
-    try:
-        if start is None:
-            container.seek(0, backward=True)  # in AV_TIME_BASE: before any stream's first packet
-        else:
-            container.seek((stream.start_time or 0) + math.floor(start / stream.time_base), stream=stream)
-    except av.FFmpegError:  # unseekable (no index): reading simply goes on from the start
-        log.debug("cannot seek in %s; reading from where it is", container.name)
-
-
-def _frames_from(
-    container: av.container.InputContainer, stream: av.VideoStream, start: Fraction, path: Path
-) -> Iterator[tuple[Fraction, av.VideoFrame]]:
-    """Decoded frames from the keyframe at or before `start`, with their times from the first frame."""
-    t0 = stream.start_time or 0
-    for attempt in range(2):
-        # always seek, even to 0: the container may have been read before (mux plans, then copies)
-        _seek(container, stream, start if attempt == 0 else None)
-        first, previous = True, None
-        try:
-            for frame in container.decode(stream):
-                if frame.pts is None:  # rare (raw streams): step on by one nominal frame
-                    time = (previous or Fraction(0)) + 1 / (stream.guessed_rate or 25)
-                else:
-                    time = Fraction(frame.pts - t0) * stream.time_base
-                if first and attempt == 0 and not _reaches(start, time, stream):
-                    break  # the seek overshot (inexact index): start again from the beginning
-                first, previous = False, time
-                yield time, frame
-            else:
-                return
-        except av.FFmpegError as e:
-            raise MediaError(
-                f"{path.name} cannot be decoded past {float(previous or 0):.2f} s ({e}); re-export it"
-            ) from e
-
-
 # -- audio --------------------------------------------------------------------------------------
-
-
-def _waveform(audio: torch.Tensor | np.ndarray) -> np.ndarray:
-    """(N,) or (C, N) audio as float32 (C, N) in [-1, 1], C in {1, 2}."""
-    if isinstance(audio, torch.Tensor):
-        audio = audio.detach().to("cpu", torch.float32).numpy()
-    wave = np.asarray(audio, dtype=np.float32)
-    if wave.ndim == 1:
-        wave = wave[None]
-    if wave.ndim != 2 or wave.shape[0] not in (1, 2) or wave.shape[1] == 0:
-        raise MediaError(f"audio must be shaped (N,) or (C, N) with 1 or 2 channels, got {tuple(wave.shape)}")
-    if not np.isfinite(wave).all():
-        raise MediaError("audio contains NaN or infinite samples; the generation failed, run it again")
-    return np.ascontiguousarray(np.clip(wave, -1.0, 1.0))
-
-
-def _layout(channels: int) -> str:
-    return "mono" if channels == 1 else "stereo"
 
 
 def write_audio(path: str | Path, audio: torch.Tensor | np.ndarray, sample_rate: int) -> Path:
@@ -363,35 +267,18 @@ def write_audio(path: str | Path, audio: torch.Tensor | np.ndarray, sample_rate:
     if int(sample_rate) != sample_rate or sample_rate <= 0:
         raise MediaError(f"sample_rate must be a positive whole number of Hz, got {sample_rate}")
     fmt, codec = _AUDIO_FORMATS[path.suffix.lower()]
-    wave = _waveform(audio)
+    wave = waveform(audio)
     pcm = np.round(wave.T * 32767).astype(np.int16).reshape(1, -1)  # packed s16: samples interleaved
 
     def write(tmp: Path) -> None:
         with av.open(str(tmp), "w", format=fmt) as container:
-            stream = container.add_stream(codec, rate=int(sample_rate), layout=_layout(wave.shape[0]))
-            frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout=_layout(wave.shape[0]))
+            stream = container.add_stream(codec, rate=int(sample_rate), layout=channel_layout(wave.shape[0]))
+            frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout=channel_layout(wave.shape[0]))
             frame.sample_rate, frame.pts = int(sample_rate), 0
             container.mux(stream.encode(frame))
             container.mux(stream.encode())
 
-    return _atomic(path, write)
-
-
-def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    """Run write(tmp) on a hidden file beside `path`, then rename it into place; never leave the tmp."""
-    if not path.parent.is_dir():
-        raise MediaError(f"cannot write {path}: the folder {path.parent} does not exist; create it first")
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.part"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except _FFMPEG_ERRORS as e:
-        raise MediaError(
-            f"could not write {path.name} ({e}); check the folder is writable and has space"
-        ) from e
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write(path, write)
 
 
 def content_hash(path: str | Path) -> str:
@@ -414,13 +301,19 @@ def content_hash(path: str | Path) -> str:
 
 
 def __getattr__(name: str) -> object:
-    # mux lives in selva/mux.py (it builds on the helpers above); resolved lazily so that
-    # importing either module first works
+    # Transitional: mux moved to selva.mux, which imports this module; callers not yet switched
+    # (the benchmark, the pipeline's save_video) still find it here, with a warning. Delete this
+    # once they import `from selva.mux import mux`.
     if name == "mux":
+        import warnings
+
         from selva.mux import mux
 
+        warnings.warn(
+            "selva.media.mux moved: use `from selva.mux import mux`", DeprecationWarning, stacklevel=2
+        )
         return mux
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["MAX_SIDE", "VideoInfo", "content_hash", "mux", "probe", "read_frames", "write_audio"]
+__all__ = ["MAX_SIDE", "VideoInfo", "content_hash", "probe", "read_frames", "write_audio"]

@@ -1,6 +1,6 @@
 """Put generated audio on a span of a video: an mp4 with the video copied (or re-encoded) and AAC sound.
 
-Reached as `selva.media.mux`; times and rotation follow the conventions in selva/media.py.
+Times follow selva/containers.py and rotation selva/media.py.
 """
 
 from __future__ import annotations
@@ -17,19 +17,19 @@ import av
 import numpy as np
 import torch
 
-from selva.errors import MediaError
-from selva.media import (
-    _atomic,
-    _exact,
-    _frames_from,
-    _layout,
-    _open,
-    _reaches,
-    _seek,
-    _video_stream,
-    _waveform,
-    probe,
+from selva.containers import (
+    atomic_write,
+    channel_layout,
+    exact,
+    frames_from,
+    open_input,
+    reaches,
+    seek,
+    video_stream,
+    waveform,
 )
+from selva.errors import MediaError
+from selva.media import probe
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +76,13 @@ def mux(
         )
     sample_rate = int(sample_rate)
     info = probe(video_path)
-    start_q, end_q = _exact(start), _exact(start) + _exact(duration)
-    if end_q > _exact(info.duration) + 1 / _exact(info.fps):  # one frame of slack for rounding
+    start_q, end_q = exact(start), exact(start) + exact(duration)
+    if end_q > exact(info.duration) + 1 / exact(info.fps):  # one frame of slack for rounding
         raise MediaError(
             f"{video_path.name} is {info.duration:.2f} s long; the span {start:.2f}-{float(end_q):.2f} s "
             "runs past its end: choose a shorter duration or an earlier start"
         )
-    wave = _waveform(audio)
+    wave = waveform(audio)
     n = round(duration * sample_rate)
     wave = np.pad(wave[:, :n], ((0, 0), (0, max(0, n - wave.shape[1]))))  # the span decides the length
     if gain and info.has_audio:
@@ -90,14 +90,14 @@ def mux(
 
     def write(tmp: Path, plan: set[int] | None) -> None:
         options = {"movflags": "+faststart"}  # index first: browsers play it while it loads
-        with _open(video_path) as src, av.open(str(tmp), "w", format="mp4", options=options) as dst:
-            vs = src.streams.video[_video_stream(src, video_path).index]
+        with open_input(video_path) as src, av.open(str(tmp), "w", format="mp4", options=options) as dst:
+            vs = src.streams.video[video_stream(src, video_path).index]
             if plan is not None:
                 video = _copied(src, vs, dst, plan, start_q)
             else:
                 video = _reencoded(src, vs, dst, start_q, end_q, info.rotation, video_path)
             # The fast coder is ~4x quicker than FFmpeg's default and transparent at this bit rate.
-            rate, layout = _aac_rate(sample_rate), _layout(wave.shape[0])
+            rate, layout = _aac_rate(sample_rate), channel_layout(wave.shape[0])
             astream = dst.add_stream("aac", rate=rate, layout=layout, options={"aac_coder": "fast"})
             astream.bit_rate = _AAC_BIT_RATE
             _interleave(dst, video, _aac_packets(astream, wave, sample_rate))
@@ -114,7 +114,7 @@ def mux(
         log.info("%s: re-encoding the span with libx264", video_path.name)
         write(tmp, None)
 
-    return _atomic(out_path, write_copy_or_encode)
+    return atomic_write(out_path, write_copy_or_encode)
 
 
 @functools.cache
@@ -136,7 +136,7 @@ def _packets_from(
     """(pts time, dts time, packet) from the keyframe at or before `start`; times from the first frame."""
     t0 = stream.start_time or 0
     for attempt in range(2):
-        _seek(container, stream, start if attempt == 0 else None)
+        seek(container, stream, start if attempt == 0 else None)
         first = True
         for packet in container.demux(stream):
             if packet.size == 0:  # the demuxer's end-of-stream marker
@@ -144,7 +144,7 @@ def _packets_from(
             if packet.pts is None:
                 raise av.FFmpegError(0, "packet without pts")  # cannot be placed: encode instead
             time = Fraction(packet.pts - t0) * stream.time_base
-            if first and attempt == 0 and not _reaches(start, time, stream):
+            if first and attempt == 0 and not reaches(start, time, stream):
                 break  # the seek overshot (inexact index): start again from the beginning
             first = False
             dts = None if packet.dts is None else Fraction(packet.dts - t0) * stream.time_base
@@ -155,21 +155,21 @@ def _packets_from(
 
 def _copy_plan(path: Path, start: Fraction, end: Fraction) -> set[int] | None:
     """The pts of the packets to copy, or None when a copy cannot give exactly [start, end)."""
-    with _open(path) as src:
-        vs = src.streams.video[_video_stream(src, path).index]
+    with open_input(path) as src:
+        vs = src.streams.video[video_stream(src, path).index]
         if vs.codec_context.name not in _mp4_codecs():
             return None
         chosen: set[int] = set()
         gap = False
         try:
             for time, dts, packet in _packets_from(src, vs, start):
-                if _reaches(time, start, vs) and not _reaches(time, end, vs):
+                if reaches(time, start, vs) and not reaches(time, end, vs):
                     if (not chosen and not packet.is_keyframe) or gap:
                         return None  # a mid-GOP start, or a frame needing a reference outside the span
                     chosen.add(packet.pts)
                 elif chosen:
                     gap = True
-                if dts is not None and _reaches(dts, end, vs):
+                if dts is not None and reaches(dts, end, vs):
                     break  # later packets decode later and show later still: all past the end
         except av.FFmpegError:
             return None
@@ -221,10 +221,10 @@ def _reencoded(
 
     def packets() -> Iterator[av.Packet]:
         shift = None
-        for time, frame in _frames_from(src, vs, start, path):
-            if not _reaches(time, start, vs):
+        for time, frame in frames_from(src, vs, start, path):
+            if not reaches(time, start, vs):
                 continue
-            if _reaches(time, end, vs):
+            if reaches(time, end, vs):
                 break
             shift = frame.pts if shift is None else shift
             picture = frame.reformat(width=out.width, height=out.height, format="yuv420p")
@@ -241,7 +241,7 @@ def _reencoded(
 
 def _aac_packets(stream: av.AudioStream, wave: np.ndarray, sample_rate: int) -> list[av.Packet]:
     # one frame in: PyAV's encoder cuts it into AAC's 1024-sample frames and converts the rate
-    frame = av.AudioFrame.from_ndarray(wave, format="fltp", layout=_layout(wave.shape[0]))
+    frame = av.AudioFrame.from_ndarray(wave, format="fltp", layout=channel_layout(wave.shape[0]))
     frame.sample_rate, frame.pts, frame.time_base = sample_rate, 0, Fraction(1, sample_rate)
     return stream.encode(frame) + stream.encode()
 
@@ -275,8 +275,8 @@ def _original_audio(path: Path, start: Fraction, like: np.ndarray, sample_rate: 
     out = np.zeros_like(like)
     resampler = av.AudioResampler(format="fltp", rate=sample_rate)  # channels are matched below
     offset, chunks, filled = None, [], 0
-    with _open(path) as container:
-        vs = container.streams.video[_video_stream(container, path).index]
+    with open_input(path) as container:
+        vs = container.streams.video[video_stream(container, path).index]
         stream = container.streams.audio[0]
         # audio and video share the container clock: place samples relative to the first video frame
         v0 = Fraction(vs.start_time or 0) * vs.time_base

@@ -21,8 +21,10 @@ from media_factory import (
     truncate,
 )
 
+import selva.mux as mux_module
 from selva import media
 from selva.errors import MediaError
+from selva.mux import mux
 
 SR = 16_000
 
@@ -257,7 +259,7 @@ def test_read_frames_bad_arguments(src):
 
 def test_mux_copies_video_bit_exact(src, tmp_path):
     source = src("h264_audio.mp4")
-    out = media.mux(source, silence(2.0), SR, tmp_path / "out.mp4", duration=2.0)
+    out = mux(source, silence(2.0), SR, tmp_path / "out.mp4", duration=2.0)
     with av.open(str(out)) as c:
         assert [s.type for s in c.streams] == ["video", "audio"]
         video, audio = c.streams.video[0], c.streams.audio[0]
@@ -272,7 +274,7 @@ def test_mux_copies_video_bit_exact(src, tmp_path):
 def test_mux_copies_from_a_keyframe(src, tmp_path, caplog):
     source = src("h264_audio.mp4")  # keyframes every 10 frames: 0.4 s is frame 10
     with caplog.at_level(logging.INFO, logger="selva.mux"):
-        out = media.mux(source, silence(1.2), SR, tmp_path / "out.mp4", start=0.4, duration=1.2)
+        out = mux(source, silence(1.2), SR, tmp_path / "out.mp4", start=0.4, duration=1.2)
     assert "copying 30 video packets" in caplog.text
     assert [bytes(p) for p in video_packets(out)] == [bytes(p) for p in video_packets(source)[10:40]]
     assert decoded_indices(out) == list(range(10, 40))
@@ -281,7 +283,7 @@ def test_mux_copies_from_a_keyframe(src, tmp_path, caplog):
 def test_mux_reencodes_a_mid_gop_span(src, tmp_path, caplog):
     source = src("h264_audio.mp4")
     with caplog.at_level(logging.INFO, logger="selva.mux"):
-        out = media.mux(source, silence(1.0), SR, tmp_path / "out.mp4", start=0.52, duration=1.0)
+        out = mux(source, silence(1.0), SR, tmp_path / "out.mp4", start=0.52, duration=1.0)
     assert "re-encoding" in caplog.text
     assert decoded_indices(out) == list(range(13, 38))
     with av.open(str(out)) as c:
@@ -294,20 +296,20 @@ def test_mux_reencodes_a_mid_gop_span(src, tmp_path, caplog):
 def test_mux_reencodes_when_bframes_cross_the_end(src, tmp_path, caplog):
     # frames 0-20 (0.84 s): frame 20 decodes after frame 22, which lies outside the span
     with caplog.at_level(logging.INFO, logger="selva.mux"):
-        out = media.mux(src("bframes.mp4"), silence(0.84), SR, tmp_path / "a.mp4", duration=0.84)
+        out = mux(src("bframes.mp4"), silence(0.84), SR, tmp_path / "a.mp4", duration=0.84)
     assert "re-encoding" in caplog.text
     assert decoded_indices(out) == list(range(21))
     # the closed GOP at frame 12 copies cleanly when the span ends on one
-    out = media.mux(src("bframes.mp4"), silence(0.48), SR, tmp_path / "b.mp4", start=0.48, duration=0.48)
+    out = mux(src("bframes.mp4"), silence(0.48), SR, tmp_path / "b.mp4", start=0.48, duration=0.48)
     assert [bytes(p) for p in video_packets(out)] == [
         bytes(p) for p in video_packets(src("bframes.mp4"))[12:24]
     ]
 
 
 def test_mux_vp9_copies_into_mp4_and_vp8_is_reencoded(src, tmp_path):
-    out = media.mux(src("vp9_audio.webm"), silence(2.0), SR, tmp_path / "vp9.mp4", duration=2.0)
+    out = mux(src("vp9_audio.webm"), silence(2.0), SR, tmp_path / "vp9.mp4", duration=2.0)
     assert [bytes(p) for p in video_packets(out)] == [bytes(p) for p in video_packets(src("vp9_audio.webm"))]
-    out = media.mux(src("vp8.webm"), silence(1.0), SR, tmp_path / "vp8.mp4", duration=1.0)
+    out = mux(src("vp8.webm"), silence(1.0), SR, tmp_path / "vp8.mp4", duration=1.0)
     with av.open(str(out)) as c:
         assert [s.codec_context.name for s in c.streams] == ["h264", "aac"]
         assert c.streams.video[0].start_time == 0 and c.streams.audio[0].start_time == 0
@@ -315,18 +317,18 @@ def test_mux_vp9_copies_into_mp4_and_vp8_is_reencoded(src, tmp_path):
 
 
 def test_mux_mpeg4_is_copied(src, tmp_path):
-    out = media.mux(src("mpeg4.mp4"), silence(1.0), SR, tmp_path / "out.mp4", duration=1.0)
+    out = mux(src("mpeg4.mp4"), silence(1.0), SR, tmp_path / "out.mp4", duration=1.0)
     assert [bytes(p) for p in video_packets(out)] == [bytes(p) for p in video_packets(src("mpeg4.mp4"))]
 
 
 @pytest.mark.parametrize("start", [0.0, 0.2])  # a copy, then a mid-GOP re-encode
 def test_mux_keeps_rotation(src, tmp_path, start):
-    out = media.mux(src("rot270.mp4"), silence(0.6), SR, tmp_path / "out.mp4", start=start, duration=0.6)
+    out = mux(src("rot270.mp4"), silence(0.6), SR, tmp_path / "out.mp4", start=start, duration=0.6)
     assert media.probe(out).rotation == 270
 
 
 def test_mux_vfr_span(src, tmp_path):
-    out = media.mux(src("vfr.mp4"), silence(1.9), SR, tmp_path / "out.mp4", duration=1.9)
+    out = mux(src("vfr.mp4"), silence(1.9), SR, tmp_path / "out.mp4", duration=1.9)
     assert decoded_indices(out) == list(range(20))
     with av.open(str(out)) as c:
         # the last frame lasts 0.1 s, so the picture ends within one (slow) frame of the sound
@@ -336,13 +338,13 @@ def test_mux_vfr_span(src, tmp_path):
 def test_mux_fits_audio_to_the_span(src, tmp_path):
     # longer audio is cut, stereo stays stereo, a rate AAC lacks is converted
     wave = torch.zeros(2, 3 * 12_345)
-    out = media.mux(src("h264_10fps.mp4"), wave, 12_345, tmp_path / "out.mp4", duration=1.0)
+    out = mux(src("h264_10fps.mp4"), wave, 12_345, tmp_path / "out.mp4", duration=1.0)
     with av.open(str(out)) as c:
         audio = c.streams.audio[0]
         assert audio.rate == 16_000 and audio.layout.nb_channels == 2
         assert stream_seconds(audio) == pytest.approx(1.0, abs=0.1)
     # shorter audio is padded with silence
-    out = media.mux(src("h264_10fps.mp4"), silence(0.5), SR, tmp_path / "pad.mp4", duration=1.0)
+    out = mux(src("h264_10fps.mp4"), silence(0.5), SR, tmp_path / "pad.mp4", duration=1.0)
     with av.open(str(out)) as c:
         assert stream_seconds(c.streams.audio[0]) == pytest.approx(1.0, abs=0.1)
 
@@ -350,7 +352,7 @@ def test_mux_fits_audio_to_the_span(src, tmp_path):
 @pytest.mark.parametrize("start", [0.0, 0.52])
 def test_mux_mixes_the_original_sound(src, tmp_path, start):
     source = src("h264_audio.mp4")  # a 440 Hz tone at 0.5 from t = 0
-    out = media.mux(
+    out = mux(
         source, silence(1.0), SR, tmp_path / "mix.mp4", start=start, duration=1.0, original_audio_gain=0.5
     )
     with av.open(str(out)) as c:
@@ -363,12 +365,12 @@ def test_mux_mixes_the_original_sound(src, tmp_path, start):
     want = 2 * np.pi * 440 * (start + skip / rate)
     assert abs((phase - want + np.pi) % (2 * np.pi) - np.pi) < 0.1
     # without the gain the original is replaced
-    out = media.mux(source, silence(1.0), SR, tmp_path / "new.mp4", start=start, duration=1.0)
+    out = mux(source, silence(1.0), SR, tmp_path / "new.mp4", start=start, duration=1.0)
     assert np.abs(decode_audio(out)[0]).max() < 0.01
 
 
 def test_mux_mix_from_webm(src, tmp_path):
-    out = media.mux(
+    out = mux(
         src("vp9_audio.webm"),
         silence(1.0, 2),
         SR,
@@ -384,41 +386,49 @@ def test_mux_mix_from_webm(src, tmp_path):
 def test_mux_errors(src, tmp_path):
     source = src("h264_10fps.mp4")
     with pytest.raises(MediaError, match=r"is 2\.00 s long.*shorter duration or an earlier start"):
-        media.mux(source, silence(1.0), SR, tmp_path / "o.mp4", start=1.5, duration=1.0)
+        mux(source, silence(1.0), SR, tmp_path / "o.mp4", start=1.5, duration=1.0)
     with pytest.raises(MediaError, match=r"name the output \.mp4"):
-        media.mux(source, silence(1.0), SR, tmp_path / "o.mkv", duration=1.0)
+        mux(source, silence(1.0), SR, tmp_path / "o.mkv", duration=1.0)
     with pytest.raises(MediaError, match="does not exist; create it first"):
-        media.mux(source, silence(1.0), SR, tmp_path / "no" / "o.mp4", duration=1.0)
+        mux(source, silence(1.0), SR, tmp_path / "no" / "o.mp4", duration=1.0)
     with pytest.raises(MediaError, match="NaN"):
-        media.mux(source, np.full(SR, np.nan, np.float32), SR, tmp_path / "o.mp4", duration=1.0)
+        mux(source, np.full(SR, np.nan, np.float32), SR, tmp_path / "o.mp4", duration=1.0)
     with pytest.raises(MediaError, match="1 or 2 channels"):
-        media.mux(source, np.zeros((3, SR), np.float32), SR, tmp_path / "o.mp4", duration=1.0)
+        mux(source, np.zeros((3, SR), np.float32), SR, tmp_path / "o.mp4", duration=1.0)
     with pytest.raises(MediaError, match="original_audio_gain"):
-        media.mux(source, silence(1.0), SR, tmp_path / "o.mp4", duration=1.0, original_audio_gain=-1)
+        mux(source, silence(1.0), SR, tmp_path / "o.mp4", duration=1.0, original_audio_gain=-1)
     with pytest.raises(MediaError, match="only audio"):
-        media.mux(make_audio_only(tmp_path / "a.m4a"), silence(1.0), SR, tmp_path / "o.mp4", duration=1.0)
+        mux(make_audio_only(tmp_path / "a.m4a"), silence(1.0), SR, tmp_path / "o.mp4", duration=1.0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.m4a"]
 
 
 def test_mux_failure_leaves_no_partial_file(src, tmp_path, monkeypatch):
-    import selva.mux
-
     out = tmp_path / "out.mp4"
     out.write_bytes(b"previous result")
 
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(selva.mux, "_aac_packets", full_disk)
+    monkeypatch.setattr(mux_module, "_aac_packets", full_disk)
     with pytest.raises(MediaError, match="could not write out.mp4.*has space"):
-        media.mux(src("h264_10fps.mp4"), silence(1.0), SR, out, duration=1.0)
+        mux(src("h264_10fps.mp4"), silence(1.0), SR, out, duration=1.0)
     assert [p.name for p in tmp_path.iterdir()] == ["out.mp4"]
     assert out.read_bytes() == b"previous result"
 
 
-def test_mux_importable_first():
-    code = "import selva.mux, selva.media; assert selva.media.mux is selva.mux.mux"
+@pytest.mark.parametrize(
+    "module, above",
+    [("selva.containers", ["selva.media", "selva.mux"]), ("selva.media", ["selva.mux"]), ("selva.mux", [])],
+)
+def test_modules_import_downwards(module, above):
+    # mux builds on media, both on containers: importing one never loads a module above it
+    code = f"import sys, {module}; up = [m for m in {above} if m in sys.modules]; assert not up, up"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+
+
+def test_media_mux_is_a_deprecated_alias():
+    with pytest.warns(DeprecationWarning, match="from selva.mux import mux"):
+        assert media.mux is mux
 
 
 # -- write_audio ----------------------------------------------------------------------------------
