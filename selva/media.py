@@ -15,8 +15,6 @@ in the destination folder and is renamed into place when complete.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import hashlib
 import logging
 import math
@@ -87,18 +85,12 @@ def probe(path: str | Path) -> VideoInfo:
     (proving the stream decodes and giving the display matrix), and for files
     with an index the last frame's bytes must lie inside the file (catching
     interrupted downloads whose header promises more than is there).
+
+    Nothing is cached, so each call costs an open and a first-frame decode (~0.2 s at 1080p):
+    probe a clip once and hand the result to `read_frames` and `mux` as `info=`.
     """
     path = Path(path)
     size = _check_file(path)
-    info = _probe_file(path.resolve(), size, path.stat().st_mtime_ns)
-    return dataclasses.replace(info, path=path)
-
-
-# The pipeline probes a clip before decoding it and the mux probes it again before copying it;
-# remembering a few results (keyed by size and mtime, so an edited file is probed afresh) saves
-# the second open and first-frame decode, which cost ~0.2 s at 1080p.
-@functools.lru_cache(maxsize=32)
-def _probe_file(path: Path, size: int, mtime_ns: int) -> VideoInfo:
     with open_input(path) as container:
         stream = video_stream(container, path)
         tb = stream.time_base
@@ -143,6 +135,22 @@ def _probe_file(path: Path, size: int, mtime_ns: int) -> VideoInfo:
             audio_codec=audio.codec_context.name if audio is not None else None,
             audio_sample_rate=audio.codec_context.sample_rate if audio is not None else None,
         )
+
+
+def info_for(path: Path, info: VideoInfo | None) -> VideoInfo:
+    """`info` when the caller already probed `path` (opening it costs a first-frame decode), else a probe."""
+    if info is None:
+        return probe(path)
+    if info.path != path and not _same_file(info.path, path):
+        raise ValueError(f"info describes {info.path}, not {path}: pass what probe({path}) returned")
+    return info
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # either is missing: the open that follows says so
+        return False
 
 
 def _check_file(path: Path) -> int:
@@ -192,6 +200,7 @@ def read_frames(
     duration: float,
     fps: float = 25,
     size: int = 224,
+    info: VideoInfo | None = None,
 ) -> torch.Tensor:
     """Frames of [start, start + duration] at `fps`, squashed to size x size, as uint8 (T, 3, size, size).
 
@@ -200,7 +209,8 @@ def read_frames(
     when the source is slower, and variable frame rates are followed. Past the last frame, the
     last frame stays on screen until the stream's end; a span beyond that raises a MediaError
     giving the video's length. Pictures are scaled (bicubic) and rotated upright as they are
-    decoded, so no full-size picture is kept.
+    decoded, so no full-size picture is kept. `info` is what `probe(path)` returned, when the
+    caller has it: the file is then not probed again.
     """
     if not (duration > 0 and fps > 0 and start >= 0 and 1 <= size <= MAX_SIDE):
         raise MediaError(
@@ -208,7 +218,7 @@ def read_frames(
             "start must be >= 0, duration and fps > 0, size between 1 and 8192"
         )
     path = Path(path)
-    info = probe(path)
+    info = info_for(path, info)
     count = math.floor(fps * duration + _EPS)
     if count == 0:
         raise MediaError(f"a {duration} s span is shorter than one frame at {fps} fps; ask for a longer span")
@@ -316,4 +326,4 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["MAX_SIDE", "VideoInfo", "content_hash", "probe", "read_frames", "write_audio"]
+__all__ = ["MAX_SIDE", "VideoInfo", "content_hash", "info_for", "probe", "read_frames", "write_audio"]

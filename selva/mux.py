@@ -29,7 +29,7 @@ from selva.containers import (
     waveform,
 )
 from selva.errors import MediaError
-from selva.media import probe
+from selva.media import VideoInfo, info_for
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ def mux(
     start: float = 0.0,
     duration: float,
     original_audio_gain: float | None = None,
+    info: VideoInfo | None = None,
 ) -> Path:
     """Write an mp4 of the video's [start, start + duration] span with `audio` as its soundtrack.
 
@@ -58,6 +59,8 @@ def mux(
     with silence to the span, encoded as AAC (resampled only where AAC lacks the rate) and starts
     with the first frame. original_audio_gain mixes the video's own soundtrack, at that linear
     gain, under the new audio (None or 0: replace it; ignored when the video has none).
+    `info` is what `probe(video_path)` returned, when the caller has it: the file is then not
+    probed again (it is still opened to plan the copy and to copy).
     Returns `out_path`; on any failure nothing is left there (an existing file stays as it was).
     """
     video_path, out_path = Path(video_path), Path(out_path)
@@ -75,7 +78,7 @@ def mux(
             f"original_audio_gain must be a finite number >= 0 (or None), got {original_audio_gain}"
         )
     sample_rate = int(sample_rate)
-    info = probe(video_path)
+    info = info_for(video_path, info)
     start_q, end_q = exact(start), exact(start) + exact(duration)
     if end_q > exact(info.duration) + 1 / exact(info.fps):  # one frame of slack for rounding
         raise MediaError(

@@ -1,5 +1,6 @@
 """selva.media: probe, read_frames, write_audio, mux, content_hash on tiny synthetic files."""
 
+import dataclasses
 import logging
 import math
 import os
@@ -179,7 +180,53 @@ def test_probe_errors(src, tmp_path, case, problem, fix):
     assert problem in str(err.value) and fix in str(err.value)
 
 
+@pytest.fixture
+def opened(monkeypatch) -> list[str]:
+    """The paths av.open is asked to open from now on (writes included)."""
+    paths, real_open = [], av.open
+
+    def counting_open(file, *args, **kwargs):
+        paths.append(Path(str(file)).name)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(av, "open", counting_open)
+    return paths
+
+
+def test_probe_opens_the_file_every_time(src, opened):
+    # no cache: an edited file cannot be described by a stale result
+    path = src("h264_10fps.mp4")
+    opened.clear()
+    assert media.probe(path) == media.probe(path)
+    assert opened == [path.name, path.name]
+
+
 # -- read_frames ----------------------------------------------------------------------------------
+
+
+def test_read_frames_uses_the_info_it_is_given(src, opened):
+    path = src("h264_8s.mp4")
+    info = media.probe(path)
+    opened.clear()
+    frames = media.read_frames(path, start=1.0, duration=0.4, size=16, info=info)
+    assert indices(frames) == list(range(25, 35))
+    assert opened == [path.name]  # decoding only; probing would open it once more
+    opened.clear()
+    media.read_frames(path, start=1.0, duration=0.4, size=16)
+    assert opened == [path.name, path.name]
+    # the given description is believed, not checked against the file again
+    short = dataclasses.replace(info, duration=1.0)
+    with pytest.raises(MediaError, match=r"is 1\.00 s long"):
+        media.read_frames(path, start=0.8, duration=0.4, info=short)
+
+
+def test_read_frames_refuses_another_files_info(src):
+    info = media.probe(src("h264_10fps.mp4"))
+    with pytest.raises(ValueError, match="info describes"):
+        media.read_frames(src("h264_8s.mp4"), duration=1.0, info=info)
+    # the same file named another way is fine
+    relative = Path(os.path.relpath(info.path))
+    assert media.read_frames(relative, duration=0.2, size=8, info=info).shape == (5, 3, 8, 8)
 
 
 def test_read_frames_eight_seconds_is_200_frames(src):
@@ -333,6 +380,20 @@ def test_mux_vfr_span(src, tmp_path):
     with av.open(str(out)) as c:
         # the last frame lasts 0.1 s, so the picture ends within one (slow) frame of the sound
         assert abs(stream_seconds(c.streams.video[0]) - stream_seconds(c.streams.audio[0])) <= 0.1
+
+
+def test_mux_uses_the_info_it_is_given(src, tmp_path, opened):
+    source = src("h264_audio.mp4")
+    info = media.probe(source)
+    opened.clear()
+    mux(source, silence(1.0), SR, tmp_path / "a.mp4", duration=1.0, info=info)
+    assert opened.count(source.name) == 2  # plan the copy, then copy; probing would open it once more
+    opened.clear()
+    mux(source, silence(1.0), SR, tmp_path / "b.mp4", duration=1.0)
+    assert opened.count(source.name) == 3
+    short = dataclasses.replace(info, duration=0.5)
+    with pytest.raises(MediaError, match=r"is 0\.50 s long"):
+        mux(source, silence(1.0), SR, tmp_path / "c.mp4", duration=1.0, info=short)
 
 
 def test_mux_fits_audio_to_the_span(src, tmp_path):
