@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 FFMPEG_ERRORS = (av.FFmpegError, OSError, ValueError, UnicodeDecodeError)
 _IMAGE_FORMATS = {"image2", "apng", "webp_pipe"}  # plus every "*_pipe" demuxer (png_pipe, jpeg_pipe...)
+# Packets of a non-video stream decoded to tell a real soundtrack (or subtitles) from what FFmpeg
+# makes of stray bytes: real streams give something within their first few packets.
+_DECODE_PROBE_PACKETS = 16
 
 
 def not_media(path: Path, reason: object) -> MediaError:
@@ -52,13 +55,7 @@ def video_stream(container: av.container.InputContainer, path: Path) -> av.Video
     # cover art in music files is a one-picture "video" stream marked attached_pic: not a video
     streams = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
     if not streams:
-        if container.streams.audio:
-            codec = container.streams.audio[0].codec_context.name
-            raise MediaError(
-                f"{path.name} contains only audio ({codec}); SelVA needs a video to follow: "
-                "pick the video file itself"
-            )
-        raise MediaError(f"{path.name} has no video stream; pick a video file (MP4, MOV, WebM, MKV)")
+        raise _why_no_video(container, path)
     stream = streams[0]
     fmt = container.format.name
     if fmt.endswith("_pipe") or fmt in _IMAGE_FORMATS:
@@ -68,6 +65,56 @@ def video_stream(container: av.container.InputContainer, path: Path) -> av.Video
             f"{path.name} uses a video codec this FFmpeg build cannot decode; convert it to MP4 (H.264)"
         )
     return stream
+
+
+def audio_stream(container: av.container.InputContainer) -> av.AudioStream | None:
+    """The first audio stream this FFmpeg build can decode, if any."""
+    return next((s for s in container.streams.audio if s.codec_context is not None), None)
+
+
+def _why_no_video(container: av.container.InputContainer, path: Path) -> MediaError:
+    # FFmpeg guesses a format from a few bytes, so random data often "opens" as an empty AVI, a
+    # subtitle file or an audio stream; only a stream that decodes shows the file is real media.
+    others = [s for s in container.streams if s.type in ("audio", "subtitle") and s.codec_context]
+    if not container.streams:
+        return not_media(path, f"{container.format.name} with no streams")
+    decoded = _decoding(container, others)
+    if not decoded:
+        kinds = ", ".join(sorted({s.type for s in container.streams}))
+        return not_media(path, f"{container.format.name} whose {kinds} does not decode")
+    audio = [s for s in decoded if s.type == "audio"]
+    if audio:
+        return MediaError(
+            f"{path.name} contains only audio ({audio[0].codec_context.name}); SelVA needs a video to "
+            "follow: pick the video file itself"
+        )
+    return MediaError(f"{path.name} has no video stream; pick a video file (MP4, MOV, WebM, MKV)")
+
+
+def _decoding(
+    container: av.container.InputContainer, streams: list[av.stream.Stream]
+) -> list[av.stream.Stream]:
+    """Those of `streams` whose first packets decode to something, read from where the container is.
+
+    Called on a freshly opened container: a seek to the start fails in some demuxers (FLV).
+    """
+    if not streams:
+        return []
+    decoded: dict[int, av.stream.Stream] = {}
+    budget = _DECODE_PROBE_PACKETS * len(streams)
+    try:
+        for packet in container.demux(*streams):
+            # a 0-byte packet is a stream's end: decoding it flushes what the decoder holds
+            if packet.stream.index not in decoded and packet.decode():
+                decoded[packet.stream.index] = packet.stream
+                if any(s.type == "audio" for s in decoded.values()):
+                    break  # an audio track is what decides the message
+            budget -= 1
+            if budget == 0:
+                break
+    except FFMPEG_ERRORS:
+        pass  # what decoded before the error still counts
+    return list(decoded.values())
 
 
 def exact(x: float | Fraction) -> Fraction:

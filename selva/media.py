@@ -29,9 +29,11 @@ import torch
 
 from selva.containers import (
     atomic_write,
+    audio_stream,
     channel_layout,
     exact,
     frames_from,
+    not_media,
     open_input,
     reaches,
     seek,
@@ -44,6 +46,7 @@ log = logging.getLogger(__name__)
 
 MAX_SIDE = 8192  # 8K DCI; larger pictures are almost surely a broken header, and too slow anyway
 _EPS = 1e-6  # same margin as selva.sequence, so frame counts agree with the sequence lengths
+_MIN_VIDEO_SECONDS = Fraction(1, 25)  # shorter than one 25 fps frame: no picture SelVA could use
 _HASH_CHUNK = 1 << 20
 _AUDIO_FORMATS = {".flac": ("flac", "flac"), ".wav": ("wav", "pcm_s16le")}
 
@@ -86,6 +89,11 @@ def probe(path: str | Path) -> VideoInfo:
     with an index the last frame's bytes must lie inside the file (catching
     interrupted downloads whose header promises more than is there).
 
+    FFmpeg finds some format in most random data (an AVI with no streams, lyrics
+    subtitles, a few milliseconds of CD+G graphics), so a file only counts as
+    media when what it holds decodes: otherwise the error says it is not a media file.
+    Without video, the message says what the file holds (audio only, subtitles only).
+
     Nothing is cached, so each call costs an open and a first-frame decode (~0.2 s at 1080p):
     probe a clip once and hand the result to `read_frames` and `mux` as `info=`.
     """
@@ -96,7 +104,7 @@ def probe(path: str | Path) -> VideoInfo:
         tb = stream.time_base
         width, height = stream.codec_context.width, stream.codec_context.height
         if width <= 0 or height <= 0:
-            raise MediaError(f"{path.name} reports no picture size; the file is damaged, re-export it")
+            raise not_media(path, f"its {stream.codec_context.name} video stream has no picture size")
         if max(width, height) > MAX_SIDE:
             raise MediaError(
                 f"{path.name} is {width}x{height}, larger than 8K ({MAX_SIDE} px a side); "
@@ -116,10 +124,13 @@ def probe(path: str | Path) -> VideoInfo:
         duration = Fraction(stream.duration) * tb if stream.duration else _demuxed_duration(container, stream)
         if duration <= 0:
             raise MediaError(f"{path.name} has a video stream with no frames; re-export it")
+        if duration < _MIN_VIDEO_SECONDS:
+            # what FFmpeg makes of a few stray bytes it takes for a headerless format (CD+G graphics)
+            raise not_media(path, f"{container.format.name} video of {float(duration) * 1000:.0f} ms")
         # frames / duration where counted (true mean for VFR); FFmpeg's guess otherwise, as MPEG-TS
         # H.264 reports the field rate (50) as its average rate
         fps = Fraction(frames) / duration if frames else (stream.guessed_rate or stream.average_rate or 25)
-        audio = container.streams.audio[0] if container.streams.audio else None
+        audio = audio_stream(container)
         return VideoInfo(
             path=path,
             duration=float(duration),
