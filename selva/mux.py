@@ -18,7 +18,9 @@ import numpy as np
 import torch
 
 from selva.containers import (
+    FFMPEG_ERRORS,
     atomic_write,
+    audio_stream,
     channel_layout,
     exact,
     frames_from,
@@ -273,26 +275,41 @@ def _original_audio(path: Path, start: Fraction, like: np.ndarray, sample_rate: 
 
     Decoding starts a little before the span; the first decoded frame's timestamp places the
     (assumed gap-free) resampled samples, so WebM's millisecond timestamps cost up to ~1 ms of sync.
+    A soundtrack that fails to decode is a MediaError: mixing half of it would pass unnoticed.
     """
     channels, n = like.shape
     out = np.zeros_like(like)
-    resampler = av.AudioResampler(format="fltp", rate=sample_rate)  # channels are matched below
     offset, chunks, filled = None, [], 0
+    reached = float(start)  # the end of the last frame decoded, for the error message
     with open_input(path) as container:
         vs = container.streams.video[video_stream(container, path).index]
-        stream = container.streams.audio[0]
+        stream = audio_stream(container)
+        if stream is None:  # the file changed since it was probed
+            return out
         # audio and video share the container clock: place samples relative to the first video frame
         v0 = Fraction(vs.start_time or 0) * vs.time_base
-        container.seek(max(0, math.floor((start + v0) / stream.time_base) - 1), stream=stream)
-        for frame in container.decode(stream):
-            if offset is None and frame.pts is not None:
-                offset = round((Fraction(frame.pts) * stream.time_base - v0 - start) * sample_rate)
-            for piece in resampler.resample(frame):
-                chunks.append(piece.to_ndarray())
-                filled += piece.samples
-            if offset is not None and offset + filled >= n:
-                break
-        chunks.extend(piece.to_ndarray() for piece in resampler.resample(None))
+        try:
+            resampler = av.AudioResampler(format="fltp", rate=sample_rate)  # channels are matched below
+            container.seek(max(0, math.floor((start + v0) / stream.time_base) - 1), stream=stream)
+            for frame in container.decode(stream):
+                if frame.pts is not None:
+                    time = Fraction(frame.pts) * stream.time_base - v0
+                    reached = float(time) + frame.samples / frame.sample_rate
+                    if offset is None:
+                        offset = round((time - start) * sample_rate)
+                for piece in resampler.resample(frame):
+                    chunks.append(piece.to_ndarray())
+                    filled += piece.samples
+                if offset is not None and offset + filled >= n:
+                    break
+            chunks.extend(piece.to_ndarray() for piece in resampler.resample(None))
+        except FFMPEG_ERRORS as e:
+            codec = stream.codec_context.name
+            raise MediaError(
+                f"{path.name}'s own soundtrack ({codec}) is damaged: it fails to decode near "
+                f"{max(reached, 0.0):.2f} s ({e}); mix without it (original audio gain 0 / no "
+                "--keep-original-audio), or repair the file by re-encoding its audio"
+            ) from e
     if not chunks or offset is None:
         return out
     samples = np.concatenate(chunks, axis=1)[:, max(0, -offset) :]  # drop what precedes the span

@@ -196,6 +196,20 @@ def make_image(path: str | Path, *, size: tuple[int, int] = (64, 48)) -> Path:
     return path
 
 
+def damage_audio(src: str | Path, dst: str | Path, *, after: float = 0.0) -> Path:
+    """Copy a file with the payload of its audio packets from `after` seconds on zeroed, as a bad
+    disk or a broken transfer would leave it: the container and the video stay intact, and the
+    audio decoder rejects those packets (AAC refuses all-zero frames)."""
+    data = bytearray(Path(src).read_bytes())
+    with av.open(str(src)) as container:
+        stream = container.streams.audio[0]
+        for packet in container.demux(stream):
+            if packet.size and packet.pts is not None and packet.pts * stream.time_base >= after:
+                data[packet.pos : packet.pos + packet.size] = bytes(packet.size)
+    Path(dst).write_bytes(bytes(data))
+    return Path(dst)
+
+
 def truncate(src: str | Path, dst: str | Path, fraction: float = 0.5) -> Path:
     """Copy the first `fraction` of a file's bytes, as an interrupted download would leave it."""
     data = Path(src).read_bytes()

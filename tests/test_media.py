@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from media_factory import (
+    damage_audio,
     frame_index,
     frame_times,
     make_audio_only,
@@ -472,6 +473,24 @@ def test_mux_mix_from_webm(src, tmp_path):
     )
     amplitude, _ = tone_fit(decode_audio(out)[0][0, 800:12_800], SR)
     assert amplitude == pytest.approx(0.5, abs=0.05)
+
+
+@pytest.mark.parametrize("after", [0.0, 1.0])
+def test_mux_with_a_damaged_original_soundtrack(src, tmp_path, after):
+    source = damage_audio(src("h264_audio.mp4"), tmp_path / "damaged.mp4", after=after)
+    assert media.probe(source).has_audio  # the damage shows only once the audio is decoded
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"previous result")
+    with pytest.raises(MediaError) as err:
+        mux(source, silence(2.0), SR, out, duration=2.0, original_audio_gain=0.5)
+    message = str(err.value)
+    assert "soundtrack (aac) is damaged" in message and f"near {after:.2f} s" in message
+    assert "mix without it" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged.mp4", "out.mp4"]
+    assert out.read_bytes() == b"previous result"
+    # replacing the sound needs none of it
+    mux(source, silence(2.0), SR, out, duration=2.0)
+    assert decoded_indices(out) == list(range(50))
 
 
 def test_mux_errors(src, tmp_path):
