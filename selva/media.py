@@ -26,6 +26,7 @@ from pathlib import Path
 import av
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from selva.containers import (
     atomic_write,
@@ -35,7 +36,6 @@ from selva.containers import (
     frames_from,
     not_media,
     open_input,
-    reaches,
     seek,
     video_stream,
     waveform,
@@ -215,13 +215,23 @@ def read_frames(
 ) -> torch.Tensor:
     """Frames of [start, start + duration] at `fps`, squashed to size x size, as uint8 (T, 3, size, size).
 
-    T = floor(fps * duration) (with the 1e-6 margin of selva.sequence, so 8.00 s at 25 fps is 200).
-    Output frame k is the first decoded frame whose time is >= start + k / fps, so frames repeat
-    when the source is slower, and variable frame rates are followed. Past the last frame, the
-    last frame stays on screen until the stream's end; a span beyond that raises a MediaError
-    giving the video's length. Pictures are scaled (bicubic) and rotated upright as they are
-    decoded, so no full-size picture is kept. `info` is what `probe(path)` returned, when the
-    caller has it: the file is then not probed again.
+    The frames the reference SelVA loader gives (its demo's `load_video`), turned upright:
+
+    - T = floor(fps * duration) (with the 1e-6 margin of selva.sequence, so 8.00 s at 25 fps is 200).
+    - Output frame k is the first decoded frame whose time is >= target k, compared in float64
+      as the reference does: target 0 is `start`, each next one adds 1 / fps to a running sum.
+      That sum drifts above k / fps (at 25 fps from k = 18 on), so where a source frame falls
+      exactly on a target, the next frame is taken. Slower sources repeat frames; variable
+      frame rates are followed.
+    - Pictures are converted to RGB at full size by PyAV and squashed with torch's antialiased
+      bicubic resize on uint8, which is what torchvision's `v2.Resize((size, size), BICUBIC)`
+      runs on a uint8 tensor on the CPU; then they are rotated upright (the reference ignores
+      rotation). Only one full-size picture is held at a time.
+
+    Past the last frame, the last frame stays on screen until the stream's end (the reference
+    returns fewer frames there); a span beyond that raises a MediaError giving the video's
+    length. `info` is what `probe(path)` returned, when the caller has it: the file is then not
+    probed again.
     """
     if not (duration > 0 and fps > 0 and start >= 0 and 1 <= size <= MAX_SIDE):
         raise MediaError(
@@ -233,25 +243,28 @@ def read_frames(
     count = math.floor(fps * duration + _EPS)
     if count == 0:
         raise MediaError(f"a {duration} s span is shorter than one frame at {fps} fps; ask for a longer span")
-    start_q, fps_q = exact(start), exact(fps)
-    targets = [start_q + Fraction(k) / fps_q for k in range(count)]
-    if targets[-1] >= exact(info.duration):
+    targets = target_times(start, fps, count)
+    if targets[-1] >= info.duration:
         raise MediaError(
-            f"{path.name} is {info.duration:.2f} s long, so it has no picture at {float(targets[-1]):.2f} s "
+            f"{path.name} is {info.duration:.2f} s long, so it has no picture at {targets[-1]:.2f} s "
             f"for the span {start:.2f}-{start + duration:.2f} s; choose a shorter span or an earlier start"
         )
 
     out = torch.empty((count, 3, size, size), dtype=torch.uint8)
-    k, last, last_end = 0, None, Fraction(0)
+    k, last, last_end = 0, None, 0.0
     with open_input(path) as container:
         stream = container.streams.video[video_stream(container, path).index]
         stream.thread_type = "AUTO"  # frame threads: decoding dominates this function
-        for time, frame in frames_from(container, stream, start_q, path):
+        nominal = 1 / exact(info.fps)
+        for time, frame in frames_from(container, stream, exact(start), path):
+            # the double nearest the exact time: PyAV's frame.time (pts * num / den in doubles), as
+            # the reference compares it, when the stream starts at 0
+            seconds = float(time)
             last = frame
-            last_end = time + (Fraction(frame.duration or 0) * stream.time_base or 1 / exact(info.fps))
-            if reaches(time, targets[k], stream):
+            last_end = float(time + (Fraction(frame.duration or 0) * stream.time_base or nominal))
+            if seconds >= targets[k]:
                 picture = _small(frame, size, info.rotation)
-                while k < count and reaches(time, targets[k], stream):
+                while k < count and seconds >= targets[k]:
                     out[k] = picture
                     k += 1
                 if k == count:
@@ -264,16 +277,28 @@ def read_frames(
             k += 1
     if k < count:
         raise MediaError(
-            f"{path.name} stops at {float(last_end):.2f} s although it says it lasts {info.duration:.2f} s "
+            f"{path.name} stops at {last_end:.2f} s although it says it lasts {info.duration:.2f} s "
             "(a truncated or damaged file?); re-export it or choose an earlier span"
         )
     return out
 
 
+def target_times(start: float, fps: float, count: int) -> list[float]:
+    """The times read_frames picks frames for: the reference loader's running float64 sum."""
+    step, times, t = 1 / fps, [], float(start)
+    for _ in range(count):
+        times.append(t)
+        t += step
+    return times
+
+
 def _small(frame: av.VideoFrame, size: int, rotation: int) -> torch.Tensor:
-    """(3, size, size) uint8, squashed (bicubic) inside swscale and turned upright."""
-    small = frame.reformat(width=size, height=size, format="rgb24", interpolation="BICUBIC")
-    picture = torch.from_numpy(small.to_ndarray()).permute(2, 0, 1)
+    """(3, size, size) uint8: full-size RGB from PyAV, squashed in torch, turned upright."""
+    rgb = torch.from_numpy(frame.to_ndarray(format="rgb24"))  # (H, W, 3)
+    # a (1, 3, H, W) view of the (H, W, 3) pixels: channels-last, the layout torch's uint8 kernels take
+    picture = F.interpolate(
+        rgb.permute(2, 0, 1)[None], size=(size, size), mode="bicubic", align_corners=False, antialias=True
+    )[0]
     return torch.rot90(picture, k=rotation // 90, dims=(1, 2)) if rotation else picture  # counter-clockwise
 
 

@@ -14,12 +14,14 @@ import av
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from media_factory import (
     damage_audio,
     frame_index,
     frame_times,
     make_audio_only,
     make_image,
+    make_moving_video,
     make_video,
     truncate,
 )
@@ -240,7 +242,7 @@ def test_read_frames_uses_the_info_it_is_given(src, opened):
     info = media.probe(path)
     opened.clear()
     frames = media.read_frames(path, start=1.0, duration=0.4, size=16, info=info)
-    assert indices(frames) == list(range(25, 35))
+    assert indices(frames) == reference_picks(frame_times(8, 25), start=1.0, fps=25, count=10)
     assert opened == [path.name]  # decoding only; probing would open it once more
     opened.clear()
     media.read_frames(path, start=1.0, duration=0.4, size=16)
@@ -260,34 +262,100 @@ def test_read_frames_refuses_another_files_info(src):
     assert media.read_frames(relative, duration=0.2, size=8, info=info).shape == (5, 3, 8, 8)
 
 
+def reference_picks(times: list[Fraction], *, start: float, fps: float, count: int) -> list[int]:
+    """The source frame the reference loader takes for each output frame.
+
+    It walks a float64 sum from `start` by 1 / fps and takes the first frame whose time (a
+    double) is >= it; past the last frame, read_frames holds the last one.
+    """
+    picks, target = [], float(start)
+    for _ in range(count):
+        picks.append(next((i for i, t in enumerate(times) if float(t) >= target), len(times) - 1))
+        target += 1 / fps
+    return picks
+
+
 def test_read_frames_eight_seconds_is_200_frames(src):
     frames = media.read_frames(src("h264_8s.mp4"), duration=8.0, fps=25, size=32)
     assert frames.shape == (200, 3, 32, 32) and frames.dtype == torch.uint8
-    assert indices(frames) == list(range(200))
+    # 0.04 added up in doubles overshoots 6/25 and, from 18/25 on, every k/25: there the next
+    # frame is taken, as the reference does; the sum passes the last frame (7.96 s), which is held
+    expected = [*range(6), 7, *range(7, 18), *range(19, 200), 199]
+    assert indices(frames) == expected
+    assert expected == reference_picks(frame_times(8, 25), start=0, fps=25, count=200)
 
 
 def test_read_frames_default_size_and_span(src):
     frames = media.read_frames(src("h264_8s.mp4"), start=6.0, duration=1.0)
     assert frames.shape == (25, 3, 224, 224)
-    assert indices(frames) == list(range(150, 175))
+    assert indices(frames) == reference_picks(frame_times(8, 25), start=6.0, fps=25, count=25)
 
 
 def test_read_frames_seeks_to_start_mid_gop(src):
     # start 1.24 s = frame 31, inside the GOP that starts at frame 0 (gop 50)
-    assert indices(media.read_frames(src("h264_8s.mp4"), start=1.24, duration=0.4, size=16)) == list(
-        range(31, 41)
-    )
+    frames = media.read_frames(src("h264_8s.mp4"), start=1.24, duration=0.4, size=16)
+    assert indices(frames)[0] == 31
+    assert indices(frames) == reference_picks(frame_times(8, 25), start=1.24, fps=25, count=10)
 
 
 @pytest.mark.parametrize("name, vfr", [("h264_10fps.mp4", False), ("vfr.mp4", True)])
 def test_read_frames_picks_first_frame_at_or_after_each_target(src, name, vfr):
     times = frame_times(2, 10, vfr)
-    start, duration = Fraction(1, 10), 1.6
-    frames = media.read_frames(src(name), start=float(start), duration=duration, fps=25, size=16)
-    targets = [start + Fraction(k, 25) for k in range(math.floor(25 * duration))]
-    expected = [next(i for i, t in enumerate(times) if t >= target) for target in targets]
+    start, duration = 0.1, 1.6
+    frames = media.read_frames(src(name), start=start, duration=duration, fps=25, size=16)
+    expected = reference_picks(times, start=start, fps=25, count=math.floor(25 * duration))
     assert indices(frames) == expected
     assert len(set(expected)) < len(expected)  # the slower source repeats frames
+
+
+def squash(rgb: np.ndarray, size: int) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, size, size) uint8 as the reference's v2.Resize((size, size), BICUBIC)
+    does it on a uint8 tensor on the CPU: torch's antialiased bicubic on the uint8 pixels."""
+    x = torch.from_numpy(rgb).permute(2, 0, 1)[None]
+    return F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True)[0]
+
+
+def reference_sync_frames(path: Path, duration: float) -> tuple[torch.Tensor, list[int]]:
+    """The reference demo's sync frames (load_video: read_frames at 25 fps, then the resize) and,
+    for each, the index of the source frame it came from; written out here from its rules."""
+    frames, picks, next_time = [], [], 0.0
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        for index, frame in enumerate(f for p in container.demux(stream) for f in p.decode()):
+            if frame.time < 0 or frame.time > duration:
+                continue
+            picture = None
+            while frame.time >= next_time:
+                picture = squash(frame.to_ndarray(format="rgb24"), 224) if picture is None else picture
+                frames.append(picture)
+                picks.append(index)
+                next_time += 1 / 25.0
+    return torch.stack(frames)[: int(25 * duration)], picks[: int(25 * duration)]
+
+
+def test_read_frames_match_the_reference_loader(tmp_path):
+    path = make_moving_video(tmp_path / "moving.mp4", seconds=3.2, size=(640, 360))
+    expected, picks = reference_sync_frames(path, 3.0)
+    ours = media.read_frames(path, duration=3.0)
+    assert ours.shape == expected.shape == (75, 3, 224, 224)
+    assert picks[17:20] == [17, 19, 20]  # the reference's float sum skips a frame, and so must we
+    diff = (ours.int() - expected.int()).abs()
+    assert diff.max() <= 2, diff.flatten(1).max(1).values
+    # the same source frames: each of ours is the reference's pick, and far from the frames around it
+    with av.open(str(path)) as container:
+        pictures = [squash(f.to_ndarray(format="rgb24"), 224).int() for f in container.decode(video=0)]
+    for k, frame in enumerate(ours.int()):
+        around = range(max(picks[k] - 3, 0), min(picks[k] + 4, len(pictures)))
+        distance = {j: int((pictures[j] - frame).abs().max()) for j in around}
+        assert min(distance, key=distance.get) == picks[k]
+        assert sorted(distance.values())[1] > 64, (k, distance)
+
+
+def test_the_reference_squash_is_torchvisions():
+    v2 = pytest.importorskip("torchvision.transforms.v2")
+    rgb = np.random.default_rng(0).integers(0, 256, (90, 160, 3), dtype=np.uint8)
+    resize = v2.Resize((24, 24), interpolation=v2.InterpolationMode.BICUBIC)
+    assert torch.equal(squash(rgb, 24), resize(torch.from_numpy(rgb).permute(2, 0, 1)))
 
 
 def test_read_frames_at_a_lower_rate(src):
