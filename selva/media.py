@@ -1,8 +1,9 @@
 """Video in, audio out: probe a video, decode its frames small, write audio files (PyAV).
 
 Times follow selva/containers.py: seconds from the video stream's first frame, exact
-rationals inside; a target time is k / fps. The mp4 with the new soundtrack is written by
-selva/mux.py.
+rationals inside, except where read_frames picks frames: there it does the reference
+loader's float64 arithmetic (see `read_frames`). The mp4 with the new soundtrack is written
+by selva/mux.py.
 
 Rotation is PyAV's convention: the counter-clockwise degrees (0, 90, 180, 270)
 the stored picture turns for display, from the stream's display matrix. A phone
