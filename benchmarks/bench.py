@@ -15,7 +15,7 @@ hub, loading and text-encoder code, and times:
    vocoder, mux, end to end (pipeline call + mux into an mp4);
 3. a re-roll: same video and prompt, new seed (the text and sync features
    must come from the pipeline's caches);
-4. `selva.media.mux` alone on a synthetic 1080p 8 s h264 clip;
+4. `selva.mux.mux` alone on a synthetic 1080p 8 s h264 clip;
 5. on CUDA, peak allocated memory after load and during each run.
 
 It prints a table and one line `BENCH_JSON {...}` with every number, and
@@ -196,7 +196,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from selva import media
+    from selva.mux import mux
     from selva.pipeline import SelvaPipeline
     from selva.variants import get_variant
 
@@ -300,7 +300,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         mux_times = []
         for i in range(max(args.mux_repeats, 1)):
             t0 = time.perf_counter()
-            media.mux(
+            mux(
                 clip_big,
                 out.audio[0],
                 out.sample_rate,

@@ -1,10 +1,9 @@
-"""Video in, audio out: probe a video, decode its frames small, write audio, mux an mp4 (PyAV).
+"""Video in, audio out: probe a video, decode its frames small, write audio files (PyAV).
 
-Times are seconds from the video stream's first frame (containers such as
-MPEG-TS start their clocks elsewhere), and exact rationals inside: a frame's
-time is its integer pts times the stream's time base, a target time is k / fps.
-A frame counts as reaching a time when it is within half a time-base tick of
-it, because containers round timestamps (WebM to milliseconds: 1/30 s is 33).
+Times follow selva/containers.py: seconds from the video stream's first frame, exact
+rationals inside, except where read_frames picks frames: there it does the reference
+loader's float64 arithmetic (see `read_frames`). The mp4 with the new soundtrack is written
+by selva/mux.py.
 
 Rotation is PyAV's convention: the counter-clockwise degrees (0, 90, 180, 270)
 the stored picture turns for display, from the stream's display matrix. A phone
@@ -17,36 +16,40 @@ in the destination folder and is renamed into place when complete.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import hashlib
 import logging
 import math
 import os
-import uuid
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import av
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from selva.containers import (
+    atomic_write,
+    audio_stream,
+    channel_layout,
+    exact,
+    frames_from,
+    not_media,
+    open_input,
+    seek,
+    video_stream,
+    waveform,
+)
 from selva.spec import MediaError
-
-if TYPE_CHECKING:
-    from selva.mux import mux
 
 log = logging.getLogger(__name__)
 
 MAX_SIDE = 8192  # 8K DCI; larger pictures are almost surely a broken header, and too slow anyway
 _EPS = 1e-6  # same margin as selva.sequence, so frame counts agree with the sequence lengths
+_MIN_VIDEO_SECONDS = Fraction(1, 25)  # shorter than one 25 fps frame: no picture SelVA could use
 _HASH_CHUNK = 1 << 20
-_IMAGE_FORMATS = {"image2", "apng", "webp_pipe"}  # plus every "*_pipe" demuxer (png_pipe, jpeg_pipe...)
 _AUDIO_FORMATS = {".flac": ("flac", "flac"), ".wav": ("wav", "pcm_s16le")}
-_FFMPEG_ERRORS = (av.FFmpegError, OSError, ValueError, UnicodeDecodeError)
 
 
 @dataclass(frozen=True)
@@ -86,24 +89,23 @@ def probe(path: str | Path) -> VideoInfo:
     (proving the stream decodes and giving the display matrix), and for files
     with an index the last frame's bytes must lie inside the file (catching
     interrupted downloads whose header promises more than is there).
+
+    FFmpeg finds some format in most random data (an AVI with no streams, lyrics
+    subtitles, a few milliseconds of CD+G graphics), so a file only counts as
+    media when what it holds decodes: otherwise the error says it is not a media file.
+    Without video, the message says what the file holds (audio only, subtitles only).
+
+    Nothing is cached, so each call costs an open and a first-frame decode (~0.2 s at 1080p):
+    probe a clip once and hand the result to `read_frames` and `mux` as `info=`.
     """
     path = Path(path)
     size = _check_file(path)
-    info = _probe_file(path.resolve(), size, path.stat().st_mtime_ns)
-    return dataclasses.replace(info, path=path)
-
-
-# The pipeline probes a clip before decoding it and the mux probes it again before copying it;
-# remembering a few results (keyed by size and mtime, so an edited file is probed afresh) saves
-# the second open and first-frame decode, which cost ~0.2 s at 1080p.
-@functools.lru_cache(maxsize=32)
-def _probe_file(path: Path, size: int, mtime_ns: int) -> VideoInfo:
-    with _open(path) as container:
-        stream = _video_stream(container, path)
+    with open_input(path) as container:
+        stream = video_stream(container, path)
         tb = stream.time_base
         width, height = stream.codec_context.width, stream.codec_context.height
         if width <= 0 or height <= 0:
-            raise MediaError(f"{path.name} reports no picture size; the file is damaged, re-export it")
+            raise not_media(path, f"its {stream.codec_context.name} video stream has no picture size")
         if max(width, height) > MAX_SIDE:
             raise MediaError(
                 f"{path.name} is {width}x{height}, larger than 8K ({MAX_SIDE} px a side); "
@@ -123,10 +125,13 @@ def _probe_file(path: Path, size: int, mtime_ns: int) -> VideoInfo:
         duration = Fraction(stream.duration) * tb if stream.duration else _demuxed_duration(container, stream)
         if duration <= 0:
             raise MediaError(f"{path.name} has a video stream with no frames; re-export it")
+        if duration < _MIN_VIDEO_SECONDS:
+            # what FFmpeg makes of a few stray bytes it takes for a headerless format (CD+G graphics)
+            raise not_media(path, f"{container.format.name} video of {float(duration) * 1000:.0f} ms")
         # frames / duration where counted (true mean for VFR); FFmpeg's guess otherwise, as MPEG-TS
         # H.264 reports the field rate (50) as its average rate
         fps = Fraction(frames) / duration if frames else (stream.guessed_rate or stream.average_rate or 25)
-        audio = container.streams.audio[0] if container.streams.audio else None
+        audio = audio_stream(container)
         return VideoInfo(
             path=path,
             duration=float(duration),
@@ -144,6 +149,22 @@ def _probe_file(path: Path, size: int, mtime_ns: int) -> VideoInfo:
         )
 
 
+def info_for(path: Path, info: VideoInfo | None) -> VideoInfo:
+    """`info` when the caller already probed `path` (opening it costs a first-frame decode), else a probe."""
+    if info is None:
+        return probe(path)
+    if info.path != path and not _same_file(info.path, path):
+        raise ValueError(f"info describes {info.path}, not {path}: pass what probe({path}) returned")
+    return info
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # either is missing: the open that follows says so
+        return False
+
+
 def _check_file(path: Path) -> int:
     if not path.exists():
         raise MediaError(f"there is no file at {path}; check the path and that the file was uploaded")
@@ -157,44 +178,12 @@ def _check_file(path: Path) -> int:
     return size
 
 
-def _open(path: Path) -> av.container.InputContainer:
-    try:
-        return av.open(str(path), metadata_errors="ignore")
-    except _FFMPEG_ERRORS as e:
-        raise MediaError(
-            f"{path.name} is not a media file FFmpeg can read, or it is damaged or truncated ({e}); "
-            "if it plays elsewhere, convert it to MP4 (H.264)"
-        ) from e
-
-
-def _video_stream(container: av.container.InputContainer, path: Path) -> av.VideoStream:
-    # cover art in music files is a one-picture "video" stream marked attached_pic: not a video
-    streams = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
-    if not streams:
-        if container.streams.audio:
-            codec = container.streams.audio[0].codec_context.name
-            raise MediaError(
-                f"{path.name} contains only audio ({codec}); SelVA needs a video to follow: "
-                "pick the video file itself"
-            )
-        raise MediaError(f"{path.name} has no video stream; pick a video file (MP4, MOV, WebM, MKV)")
-    stream = streams[0]
-    fmt = container.format.name
-    if fmt.endswith("_pipe") or fmt in _IMAGE_FORMATS:
-        raise MediaError(f"{path.name} is a still image ({fmt}); SelVA needs a video (at least 0.64 s)")
-    if stream.codec_context is None:
-        raise MediaError(
-            f"{path.name} uses a video codec this FFmpeg build cannot decode; convert it to MP4 (H.264)"
-        )
-    return stream
-
-
 def _demuxed_duration(container: av.container.InputContainer, stream: av.VideoStream) -> Fraction:
     """End of the last packet minus the first frame's time, reading as little as possible."""
     t0 = stream.start_time or 0
     end = t0
     if container.duration:  # jump close to the end (the last keyframe before it), then demux the rest
-        _seek(container, stream, Fraction(container.duration, av.time_base))
+        seek(container, stream, Fraction(container.duration, av.time_base))
     nominal = round(1 / ((stream.guessed_rate or 25) * stream.time_base))  # for packets without a duration
     for packet in container.demux(stream):
         if packet.pts is not None:
@@ -223,15 +212,27 @@ def read_frames(
     duration: float,
     fps: float = 25,
     size: int = 224,
+    info: VideoInfo | None = None,
 ) -> torch.Tensor:
     """Frames of [start, start + duration] at `fps`, squashed to size x size, as uint8 (T, 3, size, size).
 
-    T = floor(fps * duration) (with the 1e-6 margin of selva.sequence, so 8.00 s at 25 fps is 200).
-    Output frame k is the first decoded frame whose time is >= start + k / fps, so frames repeat
-    when the source is slower, and variable frame rates are followed. Past the last frame, the
-    last frame stays on screen until the stream's end; a span beyond that raises a MediaError
-    giving the video's length. Pictures are scaled (bicubic) and rotated upright as they are
-    decoded, so no full-size picture is kept.
+    The frames the reference SelVA loader gives (its demo's `load_video`), turned upright:
+
+    - T = floor(fps * duration) (with the 1e-6 margin of selva.sequence, so 8.00 s at 25 fps is 200).
+    - Output frame k is the first decoded frame whose time is >= target k, compared in float64
+      as the reference does: target 0 is `start`, each next one adds 1 / fps to a running sum.
+      That sum drifts above k / fps (at 25 fps from k = 18 on), so where a source frame falls
+      exactly on a target, the next frame is taken. Slower sources repeat frames; variable
+      frame rates are followed.
+    - Pictures are converted to RGB at full size by PyAV and squashed with torch's antialiased
+      bicubic resize on uint8, which is what torchvision's `v2.Resize((size, size), BICUBIC)`
+      runs on a uint8 tensor on the CPU; then they are rotated upright (the reference ignores
+      rotation). Only one full-size picture is held at a time.
+
+    Past the last frame, the last frame stays on screen until the stream's end (the reference
+    returns fewer frames there); a span beyond that raises a MediaError giving the video's
+    length. `info` is what `probe(path)` returned, when the caller has it: the file is then not
+    probed again.
     """
     if not (duration > 0 and fps > 0 and start >= 0 and 1 <= size <= MAX_SIDE):
         raise MediaError(
@@ -239,29 +240,32 @@ def read_frames(
             "start must be >= 0, duration and fps > 0, size between 1 and 8192"
         )
     path = Path(path)
-    info = probe(path)
+    info = info_for(path, info)
     count = math.floor(fps * duration + _EPS)
     if count == 0:
         raise MediaError(f"a {duration} s span is shorter than one frame at {fps} fps; ask for a longer span")
-    start_q, fps_q = _exact(start), _exact(fps)
-    targets = [start_q + Fraction(k) / fps_q for k in range(count)]
-    if targets[-1] >= _exact(info.duration):
+    targets = target_times(start, fps, count)
+    if targets[-1] >= info.duration:
         raise MediaError(
-            f"{path.name} is {info.duration:.2f} s long, so it has no picture at {float(targets[-1]):.2f} s "
+            f"{path.name} is {info.duration:.2f} s long, so it has no picture at {targets[-1]:.2f} s "
             f"for the span {start:.2f}-{start + duration:.2f} s; choose a shorter span or an earlier start"
         )
 
     out = torch.empty((count, 3, size, size), dtype=torch.uint8)
-    k, last, last_end = 0, None, Fraction(0)
-    with _open(path) as container:
-        stream = container.streams.video[_video_stream(container, path).index]
+    k, last, last_end = 0, None, 0.0
+    with open_input(path) as container:
+        stream = container.streams.video[video_stream(container, path).index]
         stream.thread_type = "AUTO"  # frame threads: decoding dominates this function
-        for time, frame in _frames_from(container, stream, start_q, path):
+        nominal = 1 / exact(info.fps)
+        for time, frame in frames_from(container, stream, exact(start), path):
+            # the double nearest the exact time: PyAV's frame.time (pts * num / den in doubles), as
+            # the reference compares it, when the stream starts at 0
+            seconds = float(time)
             last = frame
-            last_end = time + (Fraction(frame.duration or 0) * stream.time_base or 1 / _exact(info.fps))
-            if _reaches(time, targets[k], stream):
+            last_end = float(time + (Fraction(frame.duration or 0) * stream.time_base or nominal))
+            if seconds >= targets[k]:
                 picture = _small(frame, size, info.rotation)
-                while k < count and _reaches(time, targets[k], stream):
+                while k < count and seconds >= targets[k]:
                     out[k] = picture
                     k += 1
                 if k == count:
@@ -274,85 +278,32 @@ def read_frames(
             k += 1
     if k < count:
         raise MediaError(
-            f"{path.name} stops at {float(last_end):.2f} s although it says it lasts {info.duration:.2f} s "
+            f"{path.name} stops at {last_end:.2f} s although it says it lasts {info.duration:.2f} s "
             "(a truncated or damaged file?); re-export it or choose an earlier span"
         )
     return out
 
 
+def target_times(start: float, fps: float, count: int) -> list[float]:
+    """The times read_frames picks frames for: the reference loader's running float64 sum."""
+    step, times, t = 1 / fps, [], float(start)
+    for _ in range(count):
+        times.append(t)
+        t += step
+    return times
+
+
 def _small(frame: av.VideoFrame, size: int, rotation: int) -> torch.Tensor:
-    """(3, size, size) uint8, squashed (bicubic) inside swscale and turned upright."""
-    small = frame.reformat(width=size, height=size, format="rgb24", interpolation="BICUBIC")
-    picture = torch.from_numpy(small.to_ndarray()).permute(2, 0, 1)
+    """(3, size, size) uint8: full-size RGB from PyAV, squashed in torch, turned upright."""
+    rgb = torch.from_numpy(frame.to_ndarray(format="rgb24"))  # (H, W, 3)
+    # a (1, 3, H, W) view of the (H, W, 3) pixels: channels-last, the layout torch's uint8 kernels take
+    picture = F.interpolate(
+        rgb.permute(2, 0, 1)[None], size=(size, size), mode="bicubic", align_corners=False, antialias=True
+    )[0]
     return torch.rot90(picture, k=rotation // 90, dims=(1, 2)) if rotation else picture  # counter-clockwise
 
 
-def _exact(x: float | Fraction) -> Fraction:
-    """A float as the short fraction it was written as (0.1 -> 1/10, not 3602879701896397/2**55)."""
-    return Fraction(x).limit_denominator(1_000_000)
-
-
-def _reaches(time: Fraction, target: Fraction, stream: av.VideoStream) -> bool:
-    return time + stream.time_base / 2 >= target
-
-
-def _seek(container: av.container.InputContainer, stream: av.VideoStream, start: Fraction | None) -> None:
-    """Seek to the keyframe at or before `start` (from the first frame), or to the very beginning."""
-    try:
-        if start is None:
-            container.seek(0, backward=True)  # in AV_TIME_BASE: before any stream's first packet
-        else:
-            container.seek((stream.start_time or 0) + math.floor(start / stream.time_base), stream=stream)
-    except av.FFmpegError:  # unseekable (no index): reading simply goes on from the start
-        log.debug("cannot seek in %s; reading from where it is", container.name)
-
-
-def _frames_from(
-    container: av.container.InputContainer, stream: av.VideoStream, start: Fraction, path: Path
-) -> Iterator[tuple[Fraction, av.VideoFrame]]:
-    """Decoded frames from the keyframe at or before `start`, with their times from the first frame."""
-    t0 = stream.start_time or 0
-    for attempt in range(2):
-        # always seek, even to 0: the container may have been read before (mux plans, then copies)
-        _seek(container, stream, start if attempt == 0 else None)
-        first, previous = True, None
-        try:
-            for frame in container.decode(stream):
-                if frame.pts is None:  # rare (raw streams): step on by one nominal frame
-                    time = (previous or Fraction(0)) + 1 / (stream.guessed_rate or 25)
-                else:
-                    time = Fraction(frame.pts - t0) * stream.time_base
-                if first and attempt == 0 and not _reaches(start, time, stream):
-                    break  # the seek overshot (inexact index): start again from the beginning
-                first, previous = False, time
-                yield time, frame
-            else:
-                return
-        except av.FFmpegError as e:
-            raise MediaError(
-                f"{path.name} cannot be decoded past {float(previous or 0):.2f} s ({e}); re-export it"
-            ) from e
-
-
 # -- audio --------------------------------------------------------------------------------------
-
-
-def _waveform(audio: torch.Tensor | np.ndarray) -> np.ndarray:
-    """(N,) or (C, N) audio as float32 (C, N) in [-1, 1], C in {1, 2}."""
-    if isinstance(audio, torch.Tensor):
-        audio = audio.detach().to("cpu", torch.float32).numpy()
-    wave = np.asarray(audio, dtype=np.float32)
-    if wave.ndim == 1:
-        wave = wave[None]
-    if wave.ndim != 2 or wave.shape[0] not in (1, 2) or wave.shape[1] == 0:
-        raise MediaError(f"audio must be shaped (N,) or (C, N) with 1 or 2 channels, got {tuple(wave.shape)}")
-    if not np.isfinite(wave).all():
-        raise MediaError("audio contains NaN or infinite samples; the generation failed, run it again")
-    return np.ascontiguousarray(np.clip(wave, -1.0, 1.0))
-
-
-def _layout(channels: int) -> str:
-    return "mono" if channels == 1 else "stereo"
 
 
 def write_audio(path: str | Path, audio: torch.Tensor | np.ndarray, sample_rate: int) -> Path:
@@ -363,35 +314,18 @@ def write_audio(path: str | Path, audio: torch.Tensor | np.ndarray, sample_rate:
     if int(sample_rate) != sample_rate or sample_rate <= 0:
         raise MediaError(f"sample_rate must be a positive whole number of Hz, got {sample_rate}")
     fmt, codec = _AUDIO_FORMATS[path.suffix.lower()]
-    wave = _waveform(audio)
+    wave = waveform(audio)
     pcm = np.round(wave.T * 32767).astype(np.int16).reshape(1, -1)  # packed s16: samples interleaved
 
     def write(tmp: Path) -> None:
         with av.open(str(tmp), "w", format=fmt) as container:
-            stream = container.add_stream(codec, rate=int(sample_rate), layout=_layout(wave.shape[0]))
-            frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout=_layout(wave.shape[0]))
+            stream = container.add_stream(codec, rate=int(sample_rate), layout=channel_layout(wave.shape[0]))
+            frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout=channel_layout(wave.shape[0]))
             frame.sample_rate, frame.pts = int(sample_rate), 0
             container.mux(stream.encode(frame))
             container.mux(stream.encode())
 
-    return _atomic(path, write)
-
-
-def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    """Run write(tmp) on a hidden file beside `path`, then rename it into place; never leave the tmp."""
-    if not path.parent.is_dir():
-        raise MediaError(f"cannot write {path}: the folder {path.parent} does not exist; create it first")
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.part"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except _FFMPEG_ERRORS as e:
-        raise MediaError(
-            f"could not write {path.name} ({e}); check the folder is writable and has space"
-        ) from e
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write(path, write)
 
 
 def content_hash(path: str | Path) -> str:
@@ -413,14 +347,4 @@ def content_hash(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def __getattr__(name: str) -> object:
-    # mux lives in selva/mux.py (it builds on the helpers above); resolved lazily so that
-    # importing either module first works
-    if name == "mux":
-        from selva.mux import mux
-
-        return mux
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = ["MAX_SIDE", "VideoInfo", "content_hash", "mux", "probe", "read_frames", "write_audio"]
+__all__ = ["MAX_SIDE", "VideoInfo", "content_hash", "info_for", "probe", "read_frames", "write_audio"]

@@ -1,6 +1,6 @@
 """Put generated audio on a span of a video: an mp4 with the video copied (or re-encoded) and AAC sound.
 
-Reached as `selva.media.mux`; times and rotation follow the conventions in selva/media.py.
+Times follow selva/containers.py and rotation selva/media.py.
 """
 
 from __future__ import annotations
@@ -17,18 +17,20 @@ import av
 import numpy as np
 import torch
 
-from selva.media import (
-    _atomic,
-    _exact,
-    _frames_from,
-    _layout,
-    _open,
-    _reaches,
-    _seek,
-    _video_stream,
-    _waveform,
-    probe,
+from selva.containers import (
+    FFMPEG_ERRORS,
+    atomic_write,
+    audio_stream,
+    channel_layout,
+    exact,
+    frames_from,
+    open_input,
+    reaches,
+    seek,
+    video_stream,
+    waveform,
 )
+from selva.media import VideoInfo, info_for
 from selva.spec import MediaError
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ def mux(
     start: float = 0.0,
     duration: float,
     original_audio_gain: float | None = None,
+    info: VideoInfo | None = None,
 ) -> Path:
     """Write an mp4 of the video's [start, start + duration] span with `audio` as its soundtrack.
 
@@ -58,6 +61,8 @@ def mux(
     with silence to the span, encoded as AAC (resampled only where AAC lacks the rate) and starts
     with the first frame. original_audio_gain mixes the video's own soundtrack, at that linear
     gain, under the new audio (None or 0: replace it; ignored when the video has none).
+    `info` is what `probe(video_path)` returned, when the caller has it: the file is then not
+    probed again (it is still opened to plan the copy and to copy).
     Returns `out_path`; on any failure nothing is left there (an existing file stays as it was).
     """
     video_path, out_path = Path(video_path), Path(out_path)
@@ -75,14 +80,14 @@ def mux(
             f"original_audio_gain must be a finite number >= 0 (or None), got {original_audio_gain}"
         )
     sample_rate = int(sample_rate)
-    info = probe(video_path)
-    start_q, end_q = _exact(start), _exact(start) + _exact(duration)
-    if end_q > _exact(info.duration) + 1 / _exact(info.fps):  # one frame of slack for rounding
+    info = info_for(video_path, info)
+    start_q, end_q = exact(start), exact(start) + exact(duration)
+    if end_q > exact(info.duration) + 1 / exact(info.fps):  # one frame of slack for rounding
         raise MediaError(
             f"{video_path.name} is {info.duration:.2f} s long; the span {start:.2f}-{float(end_q):.2f} s "
             "runs past its end: choose a shorter duration or an earlier start"
         )
-    wave = _waveform(audio)
+    wave = waveform(audio)
     n = round(duration * sample_rate)
     wave = np.pad(wave[:, :n], ((0, 0), (0, max(0, n - wave.shape[1]))))  # the span decides the length
     if gain and info.has_audio:
@@ -90,14 +95,14 @@ def mux(
 
     def write(tmp: Path, plan: set[int] | None) -> None:
         options = {"movflags": "+faststart"}  # index first: browsers play it while it loads
-        with _open(video_path) as src, av.open(str(tmp), "w", format="mp4", options=options) as dst:
-            vs = src.streams.video[_video_stream(src, video_path).index]
+        with open_input(video_path) as src, av.open(str(tmp), "w", format="mp4", options=options) as dst:
+            vs = src.streams.video[video_stream(src, video_path).index]
             if plan is not None:
                 video = _copied(src, vs, dst, plan, start_q)
             else:
                 video = _reencoded(src, vs, dst, start_q, end_q, info.rotation, video_path)
             # The fast coder is ~4x quicker than FFmpeg's default and transparent at this bit rate.
-            rate, layout = _aac_rate(sample_rate), _layout(wave.shape[0])
+            rate, layout = _aac_rate(sample_rate), channel_layout(wave.shape[0])
             astream = dst.add_stream("aac", rate=rate, layout=layout, options={"aac_coder": "fast"})
             astream.bit_rate = _AAC_BIT_RATE
             _interleave(dst, video, _aac_packets(astream, wave, sample_rate))
@@ -114,7 +119,7 @@ def mux(
         log.info("%s: re-encoding the span with libx264", video_path.name)
         write(tmp, None)
 
-    return _atomic(out_path, write_copy_or_encode)
+    return atomic_write(out_path, write_copy_or_encode)
 
 
 @functools.cache
@@ -136,7 +141,7 @@ def _packets_from(
     """(pts time, dts time, packet) from the keyframe at or before `start`; times from the first frame."""
     t0 = stream.start_time or 0
     for attempt in range(2):
-        _seek(container, stream, start if attempt == 0 else None)
+        seek(container, stream, start if attempt == 0 else None)
         first = True
         for packet in container.demux(stream):
             if packet.size == 0:  # the demuxer's end-of-stream marker
@@ -144,7 +149,7 @@ def _packets_from(
             if packet.pts is None:
                 raise av.FFmpegError(0, "packet without pts")  # cannot be placed: encode instead
             time = Fraction(packet.pts - t0) * stream.time_base
-            if first and attempt == 0 and not _reaches(start, time, stream):
+            if first and attempt == 0 and not reaches(start, time, stream):
                 break  # the seek overshot (inexact index): start again from the beginning
             first = False
             dts = None if packet.dts is None else Fraction(packet.dts - t0) * stream.time_base
@@ -155,21 +160,21 @@ def _packets_from(
 
 def _copy_plan(path: Path, start: Fraction, end: Fraction) -> set[int] | None:
     """The pts of the packets to copy, or None when a copy cannot give exactly [start, end)."""
-    with _open(path) as src:
-        vs = src.streams.video[_video_stream(src, path).index]
+    with open_input(path) as src:
+        vs = src.streams.video[video_stream(src, path).index]
         if vs.codec_context.name not in _mp4_codecs():
             return None
         chosen: set[int] = set()
         gap = False
         try:
             for time, dts, packet in _packets_from(src, vs, start):
-                if _reaches(time, start, vs) and not _reaches(time, end, vs):
+                if reaches(time, start, vs) and not reaches(time, end, vs):
                     if (not chosen and not packet.is_keyframe) or gap:
                         return None  # a mid-GOP start, or a frame needing a reference outside the span
                     chosen.add(packet.pts)
                 elif chosen:
                     gap = True
-                if dts is not None and _reaches(dts, end, vs):
+                if dts is not None and reaches(dts, end, vs):
                     break  # later packets decode later and show later still: all past the end
         except av.FFmpegError:
             return None
@@ -221,10 +226,10 @@ def _reencoded(
 
     def packets() -> Iterator[av.Packet]:
         shift = None
-        for time, frame in _frames_from(src, vs, start, path):
-            if not _reaches(time, start, vs):
+        for time, frame in frames_from(src, vs, start, path):
+            if not reaches(time, start, vs):
                 continue
-            if _reaches(time, end, vs):
+            if reaches(time, end, vs):
                 break
             shift = frame.pts if shift is None else shift
             picture = frame.reformat(width=out.width, height=out.height, format="yuv420p")
@@ -241,7 +246,7 @@ def _reencoded(
 
 def _aac_packets(stream: av.AudioStream, wave: np.ndarray, sample_rate: int) -> list[av.Packet]:
     # one frame in: PyAV's encoder cuts it into AAC's 1024-sample frames and converts the rate
-    frame = av.AudioFrame.from_ndarray(wave, format="fltp", layout=_layout(wave.shape[0]))
+    frame = av.AudioFrame.from_ndarray(wave, format="fltp", layout=channel_layout(wave.shape[0]))
     frame.sample_rate, frame.pts, frame.time_base = sample_rate, 0, Fraction(1, sample_rate)
     return stream.encode(frame) + stream.encode()
 
@@ -270,26 +275,41 @@ def _original_audio(path: Path, start: Fraction, like: np.ndarray, sample_rate: 
 
     Decoding starts a little before the span; the first decoded frame's timestamp places the
     (assumed gap-free) resampled samples, so WebM's millisecond timestamps cost up to ~1 ms of sync.
+    A soundtrack that fails to decode is a MediaError: mixing half of it would pass unnoticed.
     """
     channels, n = like.shape
     out = np.zeros_like(like)
-    resampler = av.AudioResampler(format="fltp", rate=sample_rate)  # channels are matched below
     offset, chunks, filled = None, [], 0
-    with _open(path) as container:
-        vs = container.streams.video[_video_stream(container, path).index]
-        stream = container.streams.audio[0]
+    reached = float(start)  # the end of the last frame decoded, for the error message
+    with open_input(path) as container:
+        vs = container.streams.video[video_stream(container, path).index]
+        stream = audio_stream(container)
+        if stream is None:  # the file changed since it was probed
+            return out
         # audio and video share the container clock: place samples relative to the first video frame
         v0 = Fraction(vs.start_time or 0) * vs.time_base
-        container.seek(max(0, math.floor((start + v0) / stream.time_base) - 1), stream=stream)
-        for frame in container.decode(stream):
-            if offset is None and frame.pts is not None:
-                offset = round((Fraction(frame.pts) * stream.time_base - v0 - start) * sample_rate)
-            for piece in resampler.resample(frame):
-                chunks.append(piece.to_ndarray())
-                filled += piece.samples
-            if offset is not None and offset + filled >= n:
-                break
-        chunks.extend(piece.to_ndarray() for piece in resampler.resample(None))
+        try:
+            resampler = av.AudioResampler(format="fltp", rate=sample_rate)  # channels are matched below
+            container.seek(max(0, math.floor((start + v0) / stream.time_base) - 1), stream=stream)
+            for frame in container.decode(stream):
+                if frame.pts is not None:
+                    time = Fraction(frame.pts) * stream.time_base - v0
+                    reached = float(time) + frame.samples / frame.sample_rate
+                    if offset is None:
+                        offset = round((time - start) * sample_rate)
+                for piece in resampler.resample(frame):
+                    chunks.append(piece.to_ndarray())
+                    filled += piece.samples
+                if offset is not None and offset + filled >= n:
+                    break
+            chunks.extend(piece.to_ndarray() for piece in resampler.resample(None))
+        except FFMPEG_ERRORS as e:
+            codec = stream.codec_context.name
+            raise MediaError(
+                f"{path.name}'s own soundtrack ({codec}) is damaged: it fails to decode near "
+                f"{max(reached, 0.0):.2f} s ({e}); mix without it (original audio gain 0 / no "
+                "--keep-original-audio), or repair the file by re-encoding its audio"
+            ) from e
     if not chunks or offset is None:
         return out
     samples = np.concatenate(chunks, axis=1)[:, max(0, -offset) :]  # drop what precedes the span

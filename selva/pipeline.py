@@ -88,7 +88,9 @@ class SelvaOutput:
         self, path: str | Path, index: int = 0, *, original_audio_gain: float | None = None
     ) -> Path:
         """Write the source span with candidate `index` as its soundtrack (mp4, video stream copied)."""
-        return media.mux(
+        from selva.mux import mux
+
+        return mux(
             self.video,
             self.audio[index],
             self.sample_rate,

@@ -151,6 +151,41 @@ def make_video(
     return path
 
 
+def make_moving_video(
+    path: str | Path, *, seconds: float = 3.2, fps: int = 25, size: tuple[int, int] = (640, 360)
+) -> Path:
+    """An h264 clip of a drifting colour gradient with a bouncing disc and a sliding bar.
+
+    Every frame differs from its neighbours everywhere, with edges and smooth ramps, so a
+    one-frame shift or another resampling filter shows in every output picture.
+    """
+    path = Path(path)
+    width, height = size
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps, options={"crf": "12", "preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for k in range(round(seconds * fps)):
+            phase = 2 * math.pi * k / (2 * fps)
+            img = np.stack(
+                [
+                    127 + 120 * np.sin(xs / 37 + phase),
+                    127 + 120 * np.cos(ys / 23 - 1.7 * phase),
+                    (xs + ys + 9 * k) % 256,
+                ],
+                axis=-1,
+            )
+            cx, cy = width * (0.5 + 0.4 * math.sin(phase)), height * (0.5 + 0.4 * math.cos(1.3 * phase))
+            img[(xs - cx) ** 2 + (ys - cy) ** 2 < (height / 6) ** 2] = (250, 250, 40)
+            bar = int(k * 7) % width
+            img[:, bar : bar + 12] = 0
+            frame = av.VideoFrame.from_ndarray(np.clip(img, 0, 255).astype(np.uint8), format="rgb24")
+            frame.pts, frame.time_base = k, Fraction(1, fps)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
+
+
 def tone(n: int, rate: int = AUDIO_RATE, channels: int = 2, hz: float = TONE_HZ) -> np.ndarray:
     """(channels, n) float32 sine at 0.5 amplitude."""
     t = np.arange(n) / rate
@@ -194,6 +229,20 @@ def make_image(path: str | Path, *, size: tuple[int, int] = (64, 48)) -> Path:
         container.mux(stream.encode(frame))
         container.mux(stream.encode())
     return path
+
+
+def damage_audio(src: str | Path, dst: str | Path, *, after: float = 0.0) -> Path:
+    """Copy a file with the payload of its audio packets from `after` seconds on zeroed, as a bad
+    disk or a broken transfer would leave it: the container and the video stay intact, and the
+    audio decoder rejects those packets (AAC refuses all-zero frames)."""
+    data = bytearray(Path(src).read_bytes())
+    with av.open(str(src)) as container:
+        stream = container.streams.audio[0]
+        for packet in container.demux(stream):
+            if packet.size and packet.pts is not None and packet.pts * stream.time_base >= after:
+                data[packet.pos : packet.pos + packet.size] = bytes(packet.size)
+    Path(dst).write_bytes(bytes(data))
+    return Path(dst)
 
 
 def truncate(src: str | Path, dst: str | Path, fraction: float = 0.5) -> Path:

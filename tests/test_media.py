@@ -1,8 +1,10 @@
 """selva.media: probe, read_frames, write_audio, mux, content_hash on tiny synthetic files."""
 
+import dataclasses
 import logging
 import math
 import os
+import random
 import subprocess
 import sys
 from fractions import Fraction
@@ -12,16 +14,21 @@ import av
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from media_factory import (
+    damage_audio,
     frame_index,
     frame_times,
     make_audio_only,
     make_image,
+    make_moving_video,
     make_video,
     truncate,
 )
 
+import selva.mux as mux_module
 from selva import media
+from selva.mux import mux
 from selva.spec import MediaError
 
 SR = 16_000
@@ -163,7 +170,7 @@ def test_probe_errors(src, tmp_path, case, problem, fix):
         "missing": lambda: tmp_path / "nope.mp4",
         "folder": lambda: tmp_path,
         "empty": lambda: (tmp_path / "empty.mp4", (tmp_path / "empty.mp4").write_bytes(b""))[0],
-        "garbage": lambda: (tmp_path / "x.mp4", (tmp_path / "x.mp4").write_bytes(os.urandom(5000)))[0],
+        "garbage": lambda: (tmp_path / "x.mp4", (tmp_path / "x.mp4").write_bytes(blob(7, 5000)))[0],
         "truncated": lambda: truncate(src("h264_audio.mp4"), tmp_path / "half.mp4"),
         "truncated_faststart": lambda: truncate(src("faststart.mp4"), tmp_path / "half.mp4"),
         "audio_only": lambda: make_audio_only(tmp_path / "a.m4a"),
@@ -177,37 +184,178 @@ def test_probe_errors(src, tmp_path, case, problem, fix):
     assert problem in str(err.value) and fix in str(err.value)
 
 
+@pytest.fixture
+def opened(monkeypatch) -> list[str]:
+    """The paths av.open is asked to open from now on (writes included)."""
+    paths, real_open = [], av.open
+
+    def counting_open(file, *args, **kwargs):
+        paths.append(Path(str(file)).name)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(av, "open", counting_open)
+    return paths
+
+
+def test_probe_opens_the_file_every_time(src, opened):
+    # no cache: an edited file cannot be described by a stale result
+    path = src("h264_10fps.mp4")
+    opened.clear()
+    assert media.probe(path) == media.probe(path)
+    assert opened == [path.name, path.name]
+
+
+def blob(seed: int, size: int, magic: bytes = b"") -> bytes:
+    return magic + random.Random(seed).randbytes(size)
+
+
+# Real container openings with random bytes after them, so FFmpeg's probes get past the magic.
+MAGIC = {
+    "none": b"",
+    "mp4 ftyp box": b"\0\0\0\x18ftypisom\0\0\2\0isomiso2",
+    "avi": b"RIFF\xa0\x0f\0\0AVI LIST",
+    "wav": b"RIFF\xa0\x0f\0\0WAVEfmt ",
+    "ogg": b"OggS\0\2" + bytes(8),
+    "matroska EBML": b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81\x01",
+    "ID3 tag": b"ID3\3\0\0\0\0\0\0",
+}
+
+
+@pytest.mark.parametrize("magic", MAGIC.values(), ids=MAGIC.keys())
+def test_probe_random_bytes_are_not_media(tmp_path, magic):
+    # FFmpeg takes some of these for an empty AVI, lyrics subtitles, a few ms of CD+G karaoke
+    # graphics or an audio stream; none of that decodes into real media
+    path = tmp_path / "x.mp4"
+    for size in (64, 1000, 5000):
+        for seed in range(200):
+            path.write_bytes(blob(seed, size, magic))
+            with pytest.raises(MediaError) as err:
+                media.probe(path)
+            assert "is not a media file FFmpeg can read" in str(err.value), (seed, size, str(err.value))
+
+
 # -- read_frames ----------------------------------------------------------------------------------
+
+
+def test_read_frames_uses_the_info_it_is_given(src, opened):
+    path = src("h264_8s.mp4")
+    info = media.probe(path)
+    opened.clear()
+    frames = media.read_frames(path, start=1.0, duration=0.4, size=16, info=info)
+    assert indices(frames) == reference_picks(frame_times(8, 25), start=1.0, fps=25, count=10)
+    assert opened == [path.name]  # decoding only; probing would open it once more
+    opened.clear()
+    media.read_frames(path, start=1.0, duration=0.4, size=16)
+    assert opened == [path.name, path.name]
+    # the given description is believed, not checked against the file again
+    short = dataclasses.replace(info, duration=1.0)
+    with pytest.raises(MediaError, match=r"is 1\.00 s long"):
+        media.read_frames(path, start=0.8, duration=0.4, info=short)
+
+
+def test_read_frames_refuses_another_files_info(src):
+    info = media.probe(src("h264_10fps.mp4"))
+    with pytest.raises(ValueError, match="info describes"):
+        media.read_frames(src("h264_8s.mp4"), duration=1.0, info=info)
+    # the same file named another way is fine
+    relative = Path(os.path.relpath(info.path))
+    assert media.read_frames(relative, duration=0.2, size=8, info=info).shape == (5, 3, 8, 8)
+
+
+def reference_picks(times: list[Fraction], *, start: float, fps: float, count: int) -> list[int]:
+    """The source frame the reference loader takes for each output frame.
+
+    It walks a float64 sum from `start` by 1 / fps and takes the first frame whose time (a
+    double) is >= it; past the last frame, read_frames holds the last one.
+    """
+    picks, target = [], float(start)
+    for _ in range(count):
+        picks.append(next((i for i, t in enumerate(times) if float(t) >= target), len(times) - 1))
+        target += 1 / fps
+    return picks
 
 
 def test_read_frames_eight_seconds_is_200_frames(src):
     frames = media.read_frames(src("h264_8s.mp4"), duration=8.0, fps=25, size=32)
     assert frames.shape == (200, 3, 32, 32) and frames.dtype == torch.uint8
-    assert indices(frames) == list(range(200))
+    # 0.04 added up in doubles overshoots 6/25 and, from 18/25 on, every k/25: there the next
+    # frame is taken, as the reference does; the sum passes the last frame (7.96 s), which is held
+    expected = [*range(6), 7, *range(7, 18), *range(19, 200), 199]
+    assert indices(frames) == expected
+    assert expected == reference_picks(frame_times(8, 25), start=0, fps=25, count=200)
 
 
 def test_read_frames_default_size_and_span(src):
     frames = media.read_frames(src("h264_8s.mp4"), start=6.0, duration=1.0)
     assert frames.shape == (25, 3, 224, 224)
-    assert indices(frames) == list(range(150, 175))
+    assert indices(frames) == reference_picks(frame_times(8, 25), start=6.0, fps=25, count=25)
 
 
 def test_read_frames_seeks_to_start_mid_gop(src):
     # start 1.24 s = frame 31, inside the GOP that starts at frame 0 (gop 50)
-    assert indices(media.read_frames(src("h264_8s.mp4"), start=1.24, duration=0.4, size=16)) == list(
-        range(31, 41)
-    )
+    frames = media.read_frames(src("h264_8s.mp4"), start=1.24, duration=0.4, size=16)
+    assert indices(frames)[0] == 31
+    assert indices(frames) == reference_picks(frame_times(8, 25), start=1.24, fps=25, count=10)
 
 
 @pytest.mark.parametrize("name, vfr", [("h264_10fps.mp4", False), ("vfr.mp4", True)])
 def test_read_frames_picks_first_frame_at_or_after_each_target(src, name, vfr):
     times = frame_times(2, 10, vfr)
-    start, duration = Fraction(1, 10), 1.6
-    frames = media.read_frames(src(name), start=float(start), duration=duration, fps=25, size=16)
-    targets = [start + Fraction(k, 25) for k in range(math.floor(25 * duration))]
-    expected = [next(i for i, t in enumerate(times) if t >= target) for target in targets]
+    start, duration = 0.1, 1.6
+    frames = media.read_frames(src(name), start=start, duration=duration, fps=25, size=16)
+    expected = reference_picks(times, start=start, fps=25, count=math.floor(25 * duration))
     assert indices(frames) == expected
     assert len(set(expected)) < len(expected)  # the slower source repeats frames
+
+
+def squash(rgb: np.ndarray, size: int) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, size, size) uint8 as the reference's v2.Resize((size, size), BICUBIC)
+    does it on a uint8 tensor on the CPU: torch's antialiased bicubic on the uint8 pixels."""
+    x = torch.from_numpy(rgb).permute(2, 0, 1)[None]
+    return F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True)[0]
+
+
+def reference_sync_frames(path: Path, duration: float) -> tuple[torch.Tensor, list[int]]:
+    """The reference demo's sync frames (load_video: read_frames at 25 fps, then the resize) and,
+    for each, the index of the source frame it came from; written out here from its rules."""
+    frames, picks, next_time = [], [], 0.0
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        for index, frame in enumerate(f for p in container.demux(stream) for f in p.decode()):
+            if frame.time < 0 or frame.time > duration:
+                continue
+            picture = None
+            while frame.time >= next_time:
+                picture = squash(frame.to_ndarray(format="rgb24"), 224) if picture is None else picture
+                frames.append(picture)
+                picks.append(index)
+                next_time += 1 / 25.0
+    return torch.stack(frames)[: int(25 * duration)], picks[: int(25 * duration)]
+
+
+def test_read_frames_match_the_reference_loader(tmp_path):
+    path = make_moving_video(tmp_path / "moving.mp4", seconds=3.2, size=(640, 360))
+    expected, picks = reference_sync_frames(path, 3.0)
+    ours = media.read_frames(path, duration=3.0)
+    assert ours.shape == expected.shape == (75, 3, 224, 224)
+    assert picks[17:20] == [17, 19, 20]  # the reference's float sum skips a frame, and so must we
+    diff = (ours.int() - expected.int()).abs()
+    assert diff.max() <= 2, diff.flatten(1).max(1).values
+    # the same source frames: each of ours is the reference's pick, and far from the frames around it
+    with av.open(str(path)) as container:
+        pictures = [squash(f.to_ndarray(format="rgb24"), 224).int() for f in container.decode(video=0)]
+    for k, frame in enumerate(ours.int()):
+        around = range(max(picks[k] - 3, 0), min(picks[k] + 4, len(pictures)))
+        distance = {j: int((pictures[j] - frame).abs().max()) for j in around}
+        assert min(distance, key=distance.get) == picks[k]
+        assert sorted(distance.values())[1] > 64, (k, distance)
+
+
+def test_the_reference_squash_is_torchvisions():
+    v2 = pytest.importorskip("torchvision.transforms.v2")
+    rgb = np.random.default_rng(0).integers(0, 256, (90, 160, 3), dtype=np.uint8)
+    resize = v2.Resize((24, 24), interpolation=v2.InterpolationMode.BICUBIC)
+    assert torch.equal(squash(rgb, 24), resize(torch.from_numpy(rgb).permute(2, 0, 1)))
 
 
 def test_read_frames_at_a_lower_rate(src):
@@ -257,7 +405,7 @@ def test_read_frames_bad_arguments(src):
 
 def test_mux_copies_video_bit_exact(src, tmp_path):
     source = src("h264_audio.mp4")
-    out = media.mux(source, silence(2.0), SR, tmp_path / "out.mp4", duration=2.0)
+    out = mux(source, silence(2.0), SR, tmp_path / "out.mp4", duration=2.0)
     with av.open(str(out)) as c:
         assert [s.type for s in c.streams] == ["video", "audio"]
         video, audio = c.streams.video[0], c.streams.audio[0]
@@ -272,7 +420,7 @@ def test_mux_copies_video_bit_exact(src, tmp_path):
 def test_mux_copies_from_a_keyframe(src, tmp_path, caplog):
     source = src("h264_audio.mp4")  # keyframes every 10 frames: 0.4 s is frame 10
     with caplog.at_level(logging.INFO, logger="selva.mux"):
-        out = media.mux(source, silence(1.2), SR, tmp_path / "out.mp4", start=0.4, duration=1.2)
+        out = mux(source, silence(1.2), SR, tmp_path / "out.mp4", start=0.4, duration=1.2)
     assert "copying 30 video packets" in caplog.text
     assert [bytes(p) for p in video_packets(out)] == [bytes(p) for p in video_packets(source)[10:40]]
     assert decoded_indices(out) == list(range(10, 40))
@@ -281,7 +429,7 @@ def test_mux_copies_from_a_keyframe(src, tmp_path, caplog):
 def test_mux_reencodes_a_mid_gop_span(src, tmp_path, caplog):
     source = src("h264_audio.mp4")
     with caplog.at_level(logging.INFO, logger="selva.mux"):
-        out = media.mux(source, silence(1.0), SR, tmp_path / "out.mp4", start=0.52, duration=1.0)
+        out = mux(source, silence(1.0), SR, tmp_path / "out.mp4", start=0.52, duration=1.0)
     assert "re-encoding" in caplog.text
     assert decoded_indices(out) == list(range(13, 38))
     with av.open(str(out)) as c:
@@ -294,20 +442,20 @@ def test_mux_reencodes_a_mid_gop_span(src, tmp_path, caplog):
 def test_mux_reencodes_when_bframes_cross_the_end(src, tmp_path, caplog):
     # frames 0-20 (0.84 s): frame 20 decodes after frame 22, which lies outside the span
     with caplog.at_level(logging.INFO, logger="selva.mux"):
-        out = media.mux(src("bframes.mp4"), silence(0.84), SR, tmp_path / "a.mp4", duration=0.84)
+        out = mux(src("bframes.mp4"), silence(0.84), SR, tmp_path / "a.mp4", duration=0.84)
     assert "re-encoding" in caplog.text
     assert decoded_indices(out) == list(range(21))
     # the closed GOP at frame 12 copies cleanly when the span ends on one
-    out = media.mux(src("bframes.mp4"), silence(0.48), SR, tmp_path / "b.mp4", start=0.48, duration=0.48)
+    out = mux(src("bframes.mp4"), silence(0.48), SR, tmp_path / "b.mp4", start=0.48, duration=0.48)
     assert [bytes(p) for p in video_packets(out)] == [
         bytes(p) for p in video_packets(src("bframes.mp4"))[12:24]
     ]
 
 
 def test_mux_vp9_copies_into_mp4_and_vp8_is_reencoded(src, tmp_path):
-    out = media.mux(src("vp9_audio.webm"), silence(2.0), SR, tmp_path / "vp9.mp4", duration=2.0)
+    out = mux(src("vp9_audio.webm"), silence(2.0), SR, tmp_path / "vp9.mp4", duration=2.0)
     assert [bytes(p) for p in video_packets(out)] == [bytes(p) for p in video_packets(src("vp9_audio.webm"))]
-    out = media.mux(src("vp8.webm"), silence(1.0), SR, tmp_path / "vp8.mp4", duration=1.0)
+    out = mux(src("vp8.webm"), silence(1.0), SR, tmp_path / "vp8.mp4", duration=1.0)
     with av.open(str(out)) as c:
         assert [s.codec_context.name for s in c.streams] == ["h264", "aac"]
         assert c.streams.video[0].start_time == 0 and c.streams.audio[0].start_time == 0
@@ -315,34 +463,48 @@ def test_mux_vp9_copies_into_mp4_and_vp8_is_reencoded(src, tmp_path):
 
 
 def test_mux_mpeg4_is_copied(src, tmp_path):
-    out = media.mux(src("mpeg4.mp4"), silence(1.0), SR, tmp_path / "out.mp4", duration=1.0)
+    out = mux(src("mpeg4.mp4"), silence(1.0), SR, tmp_path / "out.mp4", duration=1.0)
     assert [bytes(p) for p in video_packets(out)] == [bytes(p) for p in video_packets(src("mpeg4.mp4"))]
 
 
 @pytest.mark.parametrize("start", [0.0, 0.2])  # a copy, then a mid-GOP re-encode
 def test_mux_keeps_rotation(src, tmp_path, start):
-    out = media.mux(src("rot270.mp4"), silence(0.6), SR, tmp_path / "out.mp4", start=start, duration=0.6)
+    out = mux(src("rot270.mp4"), silence(0.6), SR, tmp_path / "out.mp4", start=start, duration=0.6)
     assert media.probe(out).rotation == 270
 
 
 def test_mux_vfr_span(src, tmp_path):
-    out = media.mux(src("vfr.mp4"), silence(1.9), SR, tmp_path / "out.mp4", duration=1.9)
+    out = mux(src("vfr.mp4"), silence(1.9), SR, tmp_path / "out.mp4", duration=1.9)
     assert decoded_indices(out) == list(range(20))
     with av.open(str(out)) as c:
         # the last frame lasts 0.1 s, so the picture ends within one (slow) frame of the sound
         assert abs(stream_seconds(c.streams.video[0]) - stream_seconds(c.streams.audio[0])) <= 0.1
 
 
+def test_mux_uses_the_info_it_is_given(src, tmp_path, opened):
+    source = src("h264_audio.mp4")
+    info = media.probe(source)
+    opened.clear()
+    mux(source, silence(1.0), SR, tmp_path / "a.mp4", duration=1.0, info=info)
+    assert opened.count(source.name) == 2  # plan the copy, then copy; probing would open it once more
+    opened.clear()
+    mux(source, silence(1.0), SR, tmp_path / "b.mp4", duration=1.0)
+    assert opened.count(source.name) == 3
+    short = dataclasses.replace(info, duration=0.5)
+    with pytest.raises(MediaError, match=r"is 0\.50 s long"):
+        mux(source, silence(1.0), SR, tmp_path / "c.mp4", duration=1.0, info=short)
+
+
 def test_mux_fits_audio_to_the_span(src, tmp_path):
     # longer audio is cut, stereo stays stereo, a rate AAC lacks is converted
     wave = torch.zeros(2, 3 * 12_345)
-    out = media.mux(src("h264_10fps.mp4"), wave, 12_345, tmp_path / "out.mp4", duration=1.0)
+    out = mux(src("h264_10fps.mp4"), wave, 12_345, tmp_path / "out.mp4", duration=1.0)
     with av.open(str(out)) as c:
         audio = c.streams.audio[0]
         assert audio.rate == 16_000 and audio.layout.nb_channels == 2
         assert stream_seconds(audio) == pytest.approx(1.0, abs=0.1)
     # shorter audio is padded with silence
-    out = media.mux(src("h264_10fps.mp4"), silence(0.5), SR, tmp_path / "pad.mp4", duration=1.0)
+    out = mux(src("h264_10fps.mp4"), silence(0.5), SR, tmp_path / "pad.mp4", duration=1.0)
     with av.open(str(out)) as c:
         assert stream_seconds(c.streams.audio[0]) == pytest.approx(1.0, abs=0.1)
 
@@ -350,7 +512,7 @@ def test_mux_fits_audio_to_the_span(src, tmp_path):
 @pytest.mark.parametrize("start", [0.0, 0.52])
 def test_mux_mixes_the_original_sound(src, tmp_path, start):
     source = src("h264_audio.mp4")  # a 440 Hz tone at 0.5 from t = 0
-    out = media.mux(
+    out = mux(
         source, silence(1.0), SR, tmp_path / "mix.mp4", start=start, duration=1.0, original_audio_gain=0.5
     )
     with av.open(str(out)) as c:
@@ -363,12 +525,12 @@ def test_mux_mixes_the_original_sound(src, tmp_path, start):
     want = 2 * np.pi * 440 * (start + skip / rate)
     assert abs((phase - want + np.pi) % (2 * np.pi) - np.pi) < 0.1
     # without the gain the original is replaced
-    out = media.mux(source, silence(1.0), SR, tmp_path / "new.mp4", start=start, duration=1.0)
+    out = mux(source, silence(1.0), SR, tmp_path / "new.mp4", start=start, duration=1.0)
     assert np.abs(decode_audio(out)[0]).max() < 0.01
 
 
 def test_mux_mix_from_webm(src, tmp_path):
-    out = media.mux(
+    out = mux(
         src("vp9_audio.webm"),
         silence(1.0, 2),
         SR,
@@ -381,43 +543,67 @@ def test_mux_mix_from_webm(src, tmp_path):
     assert amplitude == pytest.approx(0.5, abs=0.05)
 
 
+@pytest.mark.parametrize("after", [0.0, 1.0])
+def test_mux_with_a_damaged_original_soundtrack(src, tmp_path, after):
+    source = damage_audio(src("h264_audio.mp4"), tmp_path / "damaged.mp4", after=after)
+    assert media.probe(source).has_audio  # the damage shows only once the audio is decoded
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"previous result")
+    with pytest.raises(MediaError) as err:
+        mux(source, silence(2.0), SR, out, duration=2.0, original_audio_gain=0.5)
+    message = str(err.value)
+    assert "soundtrack (aac) is damaged" in message and f"near {after:.2f} s" in message
+    assert "mix without it" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged.mp4", "out.mp4"]
+    assert out.read_bytes() == b"previous result"
+    # replacing the sound needs none of it
+    mux(source, silence(2.0), SR, out, duration=2.0)
+    assert decoded_indices(out) == list(range(50))
+
+
 def test_mux_errors(src, tmp_path):
     source = src("h264_10fps.mp4")
     with pytest.raises(MediaError, match=r"is 2\.00 s long.*shorter duration or an earlier start"):
-        media.mux(source, silence(1.0), SR, tmp_path / "o.mp4", start=1.5, duration=1.0)
+        mux(source, silence(1.0), SR, tmp_path / "o.mp4", start=1.5, duration=1.0)
     with pytest.raises(MediaError, match=r"name the output \.mp4"):
-        media.mux(source, silence(1.0), SR, tmp_path / "o.mkv", duration=1.0)
+        mux(source, silence(1.0), SR, tmp_path / "o.mkv", duration=1.0)
     with pytest.raises(MediaError, match="does not exist; create it first"):
-        media.mux(source, silence(1.0), SR, tmp_path / "no" / "o.mp4", duration=1.0)
+        mux(source, silence(1.0), SR, tmp_path / "no" / "o.mp4", duration=1.0)
     with pytest.raises(MediaError, match="NaN"):
-        media.mux(source, np.full(SR, np.nan, np.float32), SR, tmp_path / "o.mp4", duration=1.0)
+        mux(source, np.full(SR, np.nan, np.float32), SR, tmp_path / "o.mp4", duration=1.0)
     with pytest.raises(MediaError, match="1 or 2 channels"):
-        media.mux(source, np.zeros((3, SR), np.float32), SR, tmp_path / "o.mp4", duration=1.0)
+        mux(source, np.zeros((3, SR), np.float32), SR, tmp_path / "o.mp4", duration=1.0)
     with pytest.raises(MediaError, match="original_audio_gain"):
-        media.mux(source, silence(1.0), SR, tmp_path / "o.mp4", duration=1.0, original_audio_gain=-1)
+        mux(source, silence(1.0), SR, tmp_path / "o.mp4", duration=1.0, original_audio_gain=-1)
     with pytest.raises(MediaError, match="only audio"):
-        media.mux(make_audio_only(tmp_path / "a.m4a"), silence(1.0), SR, tmp_path / "o.mp4", duration=1.0)
+        mux(make_audio_only(tmp_path / "a.m4a"), silence(1.0), SR, tmp_path / "o.mp4", duration=1.0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.m4a"]
 
 
 def test_mux_failure_leaves_no_partial_file(src, tmp_path, monkeypatch):
-    import selva.mux
-
     out = tmp_path / "out.mp4"
     out.write_bytes(b"previous result")
 
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(selva.mux, "_aac_packets", full_disk)
+    monkeypatch.setattr(mux_module, "_aac_packets", full_disk)
     with pytest.raises(MediaError, match="could not write out.mp4.*has space"):
-        media.mux(src("h264_10fps.mp4"), silence(1.0), SR, out, duration=1.0)
+        mux(src("h264_10fps.mp4"), silence(1.0), SR, out, duration=1.0)
     assert [p.name for p in tmp_path.iterdir()] == ["out.mp4"]
     assert out.read_bytes() == b"previous result"
 
 
-def test_mux_importable_first():
-    code = "import selva.mux, selva.media; assert selva.media.mux is selva.mux.mux"
+def test_modules_import_downwards():
+    # mux builds on media, both on containers: importing one never loads a module above it
+    code = (
+        "import sys\n"
+        "import selva.containers\n"
+        "assert 'selva.media' not in sys.modules and 'selva.mux' not in sys.modules\n"
+        "import selva.media\n"
+        "assert 'selva.mux' not in sys.modules\n"
+        "import selva.mux\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
 
 
