@@ -356,7 +356,8 @@ class SelvaPipeline:
             )
 
             def compute_sync() -> torch.Tensor:
-                return self._sync_features(video, start, lengths, positive, stage, timings)
+                chunk = SYNC_CHUNK_SEGMENTS if duration > TRAINED_DURATION + 1e-6 else lengths.sync_segments
+                return self._sync_features(video, start, lengths, positive, stage, timings, chunk=chunk)
 
             sync_f = self.sync_cache.get_or_compute(key, compute_sync)
 
@@ -382,6 +383,7 @@ class SelvaPipeline:
                 )
                 where = {
                     "window": batch[0].index,
+                    "window_count": len(batch),
                     "windows": len(windows),
                     "pass": number,
                     "passes": len(batches),
@@ -479,6 +481,8 @@ class SelvaPipeline:
         positive: PromptFeatures,
         stage: StageCallback,
         timings: dict[str, float],
+        *,
+        chunk: int,
     ) -> torch.Tensor:
         """Sync features (1, S * 8, D) of the whole span, decoding at most one chunk of frames at a time.
 
@@ -487,7 +491,6 @@ class SelvaPipeline:
         chunks' features side by side are the features of the whole span.
         """
         segments = lengths.sync_segments
-        chunk = segments if lengths.duration <= TRAINED_DURATION + 1e-6 else SYNC_CHUNK_SEGMENTS
         parts = []
         stage("decode")
         for first in range(0, segments, chunk):

@@ -334,7 +334,7 @@ def test_prompt_conditions_textsynch_and_the_negative_never_reaches_it(pipe, cli
         ({"start": None}, "start must be 0 s or later, got None"),
         ({"duration": "8"}, "duration must be positive"),
         ({"duration": 0}, "duration must be positive"),
-        ({"duration": 31}, "over the limit of 30 s"),
+        ({"duration": 601}, "over the limit of 600 s"),
         ({"start": 3.5}, "at or past the end of the 3.00 s video"),
         ({"duration": 5.0}, "runs past the end of the 3.00 s video; use at most 3.00 s"),
         ({"start": 2.7}, "needs at least 0.64 s of video"),
