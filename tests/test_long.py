@@ -35,7 +35,7 @@ def test_windows_sit_on_the_stride_grid_overlap_and_cover_the_span(duration, ove
     assert 8.0 <= last.duration < 8.0 + STRIDE_SECONDS
     assert last.start + last.duration == pytest.approx(duration)
     assert last.start_sample + last.num_samples == round(duration * SR)  # exact total sample count
-    for a, b in zip(windows, windows[1:]):
+    for a, b in zip(windows, windows[1:], strict=False):
         assert a.start + a.duration - b.start >= overlap - 1e-9
 
 
@@ -145,7 +145,7 @@ def test_a_30_second_clip_runs_in_windows_with_progress_and_reuses_its_sync_feat
         (1, out.windows - 1, 1),
     ]
     report = ProgressReport(lambda fraction, desc: shown.append((fraction, desc)), steps=2)
-    for i, state in zip([0, 1, 0, 1], states):
+    for i, state in zip([0, 1, 0, 1], states, strict=True):
         report.step(pipe, i, 0.0, state)
     n = out.windows
     assert [d for _, d in shown] == [
