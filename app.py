@@ -313,7 +313,10 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
                             value=0,
                             step=0.1,
                             label="Duration (s)",
-                            info=f"0 = auto: the rest of the clip, up to {spec.TRAINED_DURATION:g} s",
+                            # Past 8 s the span runs in overlapping 8 s windows; with no video a
+                            # Duration above 0 makes sound from the prompt alone.
+                            info=f"0 = auto: the whole clip, up to {slot.max_duration:g} s; "
+                            "with no video, the seconds of sound to make from the prompt alone",
                         )
                         start = gr.Number(
                             value=spec.START.default,

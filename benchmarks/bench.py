@@ -160,7 +160,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="untimed runs before the first timed one (default: 1; with a different prompt, caches cleared)",
     )
-    p.add_argument("--duration", type=float, default=8.0, help="clip length in seconds (default 8)")
+    p.add_argument(
+        "--duration",
+        action="append",
+        metavar="SEC[,SEC...]",
+        help="clip length(s) in seconds, repeatable or a comma list, e.g. 8,30,60 (default 8): one run each",
+    )
     p.add_argument("--size", default="640x360", help="benchmark clip WxH (default 640x360)")
     p.add_argument("--fps", type=int, default=25)
     p.add_argument("--mux-size", default="1920x1080", help="clip size for the mux-only timing")
@@ -190,6 +195,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         setattr(args, name, (w, h))
     if args.steps < 1:
         p.error("--steps must be at least 1")
+    try:
+        args.durations = [float(x) for item in args.duration or ["8"] for x in item.split(",") if x.strip()]
+    except ValueError:
+        p.error("--duration takes seconds, e.g. 8 or 8,30,60")
+    if not args.durations or min(args.durations) <= 0:
+        p.error("--duration must be above 0")
+    args.duration = args.durations[0]
     return args
 
 
@@ -447,15 +459,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The benchmark never downloads: every file is built locally or given with --weights-dir.
     previous = os.environ.get("HF_HUB_OFFLINE")
     os.environ["HF_HUB_OFFLINE"] = "1"
+    results = []
     try:
-        result = run_benchmark(args)
+        # One run per length; each loads afresh, so its peak RSS is that length's alone.
+        for seconds in args.durations:
+            args.duration = seconds
+            result = run_benchmark(args)
+            print(format_table(result))
+            print(JSON_PREFIX + json.dumps(result, sort_keys=True), flush=True)
+            results.append(result)
     finally:
         if previous is None:
             os.environ.pop("HF_HUB_OFFLINE", None)
         else:
             os.environ["HF_HUB_OFFLINE"] = previous
-    print(format_table(result))
-    print(JSON_PREFIX + json.dumps(result, sort_keys=True), flush=True)
+    if len(results) > 1:
+        print("\nper length: first run, re-roll, peak RSS")
+        for r in results:
+            print(
+                f"  {r['clip']['duration']:>7g} s  {r['first']['e2e']:8.2f} s  {r['reroll']['e2e']:8.2f} s  "
+                f"{r['peak_rss_end'] / GB:6.2f} GB"
+            )
     return 0
 
 

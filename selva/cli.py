@@ -84,9 +84,8 @@ def _ranged(limit: spec.Limit, *, cast: type = float, open_below: bool = False):
             kind = "a whole number" if cast is int else "a number"
             raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
         if open_below and not limit.minimum < value <= limit.maximum:
-            raise argparse.ArgumentTypeError(
-                f"must be above {_show(limit.minimum)} and at most {_show(limit.maximum)}, got {text}"
-            )
+            most = f" and at most {_show(limit.maximum)}" if limit.maximum < math.inf else ""
+            raise argparse.ArgumentTypeError(f"must be above {_show(limit.minimum)}{most}, got {text}")
         if not limit.minimum <= value <= limit.maximum:
             if limit.maximum == math.inf:
                 raise argparse.ArgumentTypeError(f"must be {_show(limit.minimum)} or more, got {text}")
@@ -106,9 +105,9 @@ samples_arg = _ranged(spec.NUM_SAMPLES, cast=int)
 cfg_arg = _ranged(spec.CFG_STRENGTH)
 seed_arg = _ranged(spec.SEED, cast=int)
 start_arg = _ranged(spec.START)
-duration_arg = _ranged(
-    spec.Limit("duration", "Duration", 0.0, spec.DEFAULT_MAX_DURATION, None), open_below=True
-)
+# No upper bound here: the cap is --max-duration's, and the pipeline words that refusal.
+duration_arg = _ranged(spec.Limit("duration", "Duration", 0.0, math.inf, None), open_below=True)
+max_duration_arg = _ranged(spec.Limit("max_duration", "Max duration", 0.0, math.inf, None), open_below=True)
 gain_arg = _ranged(spec.Limit("gain", "Gain", 0.0, math.inf, None))
 
 
@@ -124,9 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"selva {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    about = "Write OUT/<stem>.flac and OUT/<stem>.mp4 per video (OUT/<stem>_<k>.* with --samples)."
+    about = (
+        "Write OUT/<stem>.flac and OUT/<stem>.mp4 per video (OUT/<stem>_<k>.* with --samples).\n"
+        "With no VIDEO, make --duration seconds of sound from the prompt alone: OUT may then\n"
+        "be the audio file itself (x.flac, x.wav) or a folder."
+    )
     p = sub.add_parser("generate", help="sonify videos with one prompt", description=about, **shared)
-    p.add_argument("videos", nargs="+", type=Path, metavar="VIDEO")
+    p.add_argument("videos", nargs="*", type=Path, metavar="VIDEO")
     p.add_argument("--prompt", required=True, metavar="TEXT", help="the sound to make, e.g. 'dog barking'")
     _generation_options(p)
 
@@ -162,7 +165,16 @@ def _generation_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cfg", type=cfg_arg, default=4.5, metavar="X", help="guidance (default: %(default)s)")
     g.add_argument("--seed", type=seed_arg, metavar="N", help="default: random (logged)")
     g.add_argument("--samples", type=samples_arg, default=1, metavar="N", help="candidates per clip")
-    g.add_argument("--duration", type=duration_arg, metavar="SEC", help="default: the rest, up to 8 s")
+    g.add_argument(
+        "--duration", type=duration_arg, metavar="SEC", help="default: the rest of the video, up to the cap"
+    )
+    g.add_argument(
+        "--max-duration",
+        type=max_duration_arg,
+        default=spec.DEFAULT_MAX_DURATION,
+        metavar="SEC",
+        help="longest span (default: %(default)g s; past 8 s it runs in overlapping 8 s windows)",
+    )
     g.add_argument("--start", type=start_arg, default=0.0, metavar="SEC", help="default: 0")
     g.add_argument(
         "--keep-original-audio", type=gain_arg, metavar="GAIN", help="mix in the video's own audio at GAIN"
@@ -189,7 +201,7 @@ def _common_options(p: argparse.ArgumentParser) -> None:
 
 @dataclass
 class Item:
-    video: Path
+    video: Path | None  # None: sound from the prompt alone
     prompt: str
     where: str  # how messages name it: the path, or "LIST.csv line 4"
     negative: str = ""
@@ -200,7 +212,11 @@ class Item:
 
 
 def items_for(videos: list[Path], args: argparse.Namespace) -> list[Item]:
-    """One clip per video, every setting from the options."""
+    """One clip per video, every setting from the options; none: one clip from the prompt alone."""
+    if not videos:
+        if args.duration is None:
+            raise InputError("give a VIDEO, or --duration SEC to make sound from the prompt alone")
+        return [Item(None, args.prompt, f"prompt {args.prompt!r}", **_defaults(args))]
     missing = [str(v) for v in videos if not v.is_file()]
     if missing:
         raise InputError(f"no such video: {', '.join(missing)}")
@@ -237,7 +253,9 @@ def items_from_csv(path: Path, args: argparse.Namespace) -> list[Item]:
         if not row.get("video"):
             raise InputError(f"{where}: the video cell is empty")
         fields = _defaults(args)
-        for column, convert in (("seed", seed_arg), ("start", start_arg), ("duration", duration_arg)):
+        # A row's duration is checked against this run's cap now, before any model loads.
+        capped = _ranged(spec.Limit("duration", "Duration", 0.0, args.max_duration, None), open_below=True)
+        for column, convert in (("seed", seed_arg), ("start", start_arg), ("duration", capped)):
             if row.get(column):
                 try:
                     fields[column] = convert(row[column])
@@ -269,9 +287,9 @@ def assign_names(items: list[Item]) -> None:
 
     Names depend only on the list, so a rerun finds the same files and resumes.
     """
-    stems = Counter(item.video.stem for item in items)
+    stems = Counter(_stem(item) for item in items)
     for item in items:
-        stem = item.video.stem
+        stem = _stem(item)
         item.name = stem if stems[stem] == 1 else f"{stem}-{_slug(item.prompt)}"
     names = Counter(item.name for item in items)
     for i, item in enumerate(items, 1):
@@ -281,14 +299,28 @@ def assign_names(items: list[Item]) -> None:
         raise InputError("two clips would write the same output names; rename one of the videos")
 
 
+def _stem(item: Item) -> str:
+    return item.name or (item.video.stem if item.video is not None else _slug(item.prompt))
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40].strip("-") or "prompt"
 
 
-def output_paths(item: Item, args: argparse.Namespace) -> list[tuple[Path, Path]]:
-    """(audio, video) per candidate; the `_k` suffix appears only with --samples > 1."""
+def output_paths(item: Item, args: argparse.Namespace) -> list[tuple[Path, Path | None]]:
+    """(audio, video) per candidate; the `_k` suffix appears only with --samples > 1.
+
+    Sound from the prompt alone has no video to write: its video path is None.
+    """
     stems = [item.name] if args.samples == 1 else [f"{item.name}_{k}" for k in range(1, args.samples + 1)]
-    return [(args.out / f"{s}.{args.format}", args.out / f"{s}.mp4") for s in stems]
+    return [
+        (args.out / f"{s}.{args.format}", args.out / f"{s}.mp4" if item.video is not None else None)
+        for s in stems
+    ]
+
+
+def _written(item: Item, args: argparse.Namespace) -> list[Path]:
+    return [p for pair in output_paths(item, args) for p in pair if p is not None]
 
 
 # -- running ----------------------------------------------------------------------------------------
@@ -313,13 +345,13 @@ class Summary:
 def run_items(items: list[Item], args: argparse.Namespace, *, skip_existing: bool) -> int:
     assign_names(items)
     for item in items:
-        for path in (p for pair in output_paths(item, args) for p in pair):
-            if path.resolve() == item.video.resolve():
+        for path in _written(item, args):
+            if item.video is not None and path.resolve() == item.video.resolve():
                 raise InputError(f"{path} would overwrite its input video; choose another --out")
     summary = Summary()
     pending = items
     if skip_existing:
-        pending = [i for i in items if not all(p.is_file() for pair in output_paths(i, args) for p in pair)]
+        pending = [i for i in items if not all(p.is_file() for p in _written(i, args))]
         summary.skipped = len(items) - len(pending)
         if summary.skipped:
             log.info("skipping %d clip(s) whose outputs exist in %s", summary.skipped, args.out)
@@ -383,6 +415,7 @@ def load_pipeline(args: argparse.Namespace):
         offload=args.offload,
         weights_dir=args.weights_dir,
         revision=args.revision,
+        max_duration=args.max_duration,
     )
     pipe.set_progress_bar_config(disable=args.quiet or None, file=sys.stderr, dynamic_ncols=True)
     log.info("models ready in %.1f s", time.perf_counter() - started)
@@ -391,7 +424,7 @@ def load_pipeline(args: argparse.Namespace):
 
 def generate_one(pipe, item: Item, args: argparse.Namespace) -> Callable[[], None]:
     """Generate and save one clip; returns the call that logs what was written."""
-    if not item.video.is_file():
+    if item.video is not None and not item.video.is_file():
         raise MediaError(f"no such video: {item.video}")
     out = pipe(
         item.video,
@@ -408,7 +441,8 @@ def generate_one(pipe, item: Item, args: argparse.Namespace) -> Callable[[], Non
     for k, (audio_path, video_path) in enumerate(output_paths(item, args)):
         # Audio first, mp4 last: an item counts as done once its last file exists.
         written.append(out.save_audio(audio_path, k))
-        written.append(out.save_video(video_path, k, original_audio_gain=args.keep_original_audio))
+        if video_path is not None:
+            written.append(out.save_video(video_path, k, original_audio_gain=args.keep_original_audio))
     span = f"{out.start:.2f}-{out.start + out.duration:.2f} s"
     names = ", ".join(str(p) for p in written)
     return lambda: log.info("%s -> %s (seed %d, %s)", item.where, names, out.seed, span)
@@ -418,7 +452,13 @@ def generate_one(pipe, item: Item, args: argparse.Namespace) -> Callable[[], Non
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    return run_items(items_for(args.videos, args), args, skip_existing=False)
+    items = items_for(args.videos, args)
+    if not args.videos and args.out.suffix.lower() in (".flac", ".wav"):
+        # Sound from the prompt alone, written to the file --out names rather than into a folder.
+        items[0].name = args.out.stem
+        args.format = args.out.suffix.lower()[1:]
+        args.out = args.out.parent
+    return run_items(items, args, skip_existing=False)
 
 
 def cmd_batch(args: argparse.Namespace) -> int:

@@ -23,6 +23,7 @@ between devices under one lock, so with offloading on, their uses take turns.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
@@ -40,7 +41,7 @@ from selva import device as devices
 from selva import media, sampling
 from selva.cache import LRUCache
 from selva.loading import release_freed_memory
-from selva.sequence import SYNC_FPS, SYNC_SIZE, SequenceLengths
+from selva.sequence import SEGMENT_STRIDE, SYNC_FPS, SYNC_SIZE, SequenceLengths
 from selva.spec import (
     DEFAULT_MAX_DURATION,
     MIN_DURATION,
@@ -49,7 +50,9 @@ from selva.spec import (
     CancelToken,
     GenerationRequest,
     InputError,
+    MediaError,
 )
+from selva.windows import DEFAULT_WINDOW_OVERLAP, Window, join_windows, plan_windows
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +69,12 @@ StageCallback = Callable[[str], None]
 # one at a time 9.0 s and 90 MB of activations, all at once 16.5 s and 700 MB (glibc maps and
 # page-faults every block over 32 MB afresh). Accelerators take all segments at once.
 CPU_SEGMENT_CHUNK = 1
+# Past one window, frames are decoded and fed to TextSynch this many segments at a time (24 segments
+# are 200 frames, 8 s: 30 MB of 224 px frames), so memory grows with the chunk, not the clip.
+SYNC_CHUNK_SEGMENTS = 24
+# Windows x candidates per flow batch (CFG doubles it): enough to keep an accelerator busy, bounded
+# so a 10 minute clip (90 windows) does not need 90 windows of activations at once.
+WINDOW_BATCH = 16
 
 
 @dataclass
@@ -77,8 +86,10 @@ class SelvaOutput:
     seed: int  # candidate k was drawn from seed + k
     duration: float
     start: float
-    video: Path
+    video: Path | None  # None when the audio came from the prompt alone
     timings: dict[str, float] = field(default_factory=dict)
+    windows: int = 1  # 8 s windows the span was generated in
+    info: media.VideoInfo | None = None  # the call's probe of `video`, reused when muxing
 
     def save_audio(self, path: str | Path, index: int = 0) -> Path:
         """Write candidate `index` as FLAC or WAV (chosen by the suffix)."""
@@ -88,6 +99,11 @@ class SelvaOutput:
         self, path: str | Path, index: int = 0, *, original_audio_gain: float | None = None
     ) -> Path:
         """Write the source span with candidate `index` as its soundtrack (mp4, video stream copied)."""
+        if self.video is None:
+            raise MediaError(
+                "this audio was generated from the prompt alone, so there is no video to put it in; "
+                "use save_audio instead"
+            )
         from selva.mux import mux
 
         return mux(
@@ -98,6 +114,7 @@ class SelvaOutput:
             start=self.start,
             duration=self.duration,
             original_audio_gain=original_audio_gain,
+            info=self.info,
         )
 
 
@@ -130,6 +147,7 @@ class SelvaPipeline:
         offload: bool = False,
         max_duration: float = DEFAULT_MAX_DURATION,
         cache_size: int = 16,
+        window_overlap: float = DEFAULT_WINDOW_OVERLAP,
     ):
         self.variant = variant
         self.text_synch = text_synch
@@ -144,6 +162,8 @@ class SelvaPipeline:
         # wait on the CPU and visit the accelerator only while they run.
         self.offload = offload
         self.max_duration = max_duration
+        plan_windows(0.0, 16000, overlap=window_overlap)  # refuses a bad overlap now, not per call
+        self.window_overlap = window_overlap
         self.prompt_cache: LRUCache[PromptFeatures] = LRUCache(cache_size)
         self.sync_cache: LRUCache[torch.Tensor] = LRUCache(cache_size)
         self._offload_lock = threading.RLock()  # one offloaded network moves at a time
@@ -160,6 +180,7 @@ class SelvaPipeline:
         weights_dir: str | Path | None = None,
         revision: str | None = None,
         max_duration: float = DEFAULT_MAX_DURATION,
+        window_overlap: float = DEFAULT_WINDOW_OVERLAP,
     ) -> SelvaPipeline:
         """Locate (download if needed), verify and load every component of `variant`.
 
@@ -211,6 +232,7 @@ class SelvaPipeline:
             dtype=run_in,
             offload=offload_on,
             max_duration=max_duration,
+            window_overlap=window_overlap,
         )
 
     @property
@@ -232,7 +254,7 @@ class SelvaPipeline:
     @torch.inference_mode()
     def __call__(
         self,
-        video: str | Path,
+        video: str | Path | None,
         prompt: str,
         negative_prompt: str = "",
         *,
@@ -242,11 +264,17 @@ class SelvaPipeline:
         duration: float | None = None,
         start: float = 0.0,
         num_samples: int = 1,
+        window_overlap: float | None = None,
         callback_on_step_end: StepCallback | None = None,
         callback_on_stage: StageCallback | None = None,
         cancel: CancelToken | None = None,
     ) -> SelvaOutput:
         """Generate `num_samples` soundtracks for `video` that follow `prompt`.
+
+        `video=None` makes sound from the prompt alone; `duration` is then required.
+        Spans over 8 s run in overlapping 8 s windows (`window_overlap` seconds,
+        default the pipeline's) joined by a crossfade; step callbacks then also
+        get "window", "windows", "pass" and "passes" in their state dict.
 
         `callback_on_stage(name)` is called as each of `STAGES` begins;
         `callback_on_step_end(pipe, i, t, {"latents": x})` after flow step i
@@ -270,6 +298,7 @@ class SelvaPipeline:
             callback_on_step_end=callback_on_step_end,
             callback_on_stage=callback_on_stage,
             cancel=cancel,
+            window_overlap=window_overlap,
         )
 
     @torch.inference_mode()
@@ -280,6 +309,7 @@ class SelvaPipeline:
         callback_on_step_end: StepCallback | None = None,
         callback_on_stage: StageCallback | None = None,
         cancel: CancelToken | None = None,
+        window_overlap: float | None = None,
     ) -> SelvaOutput:
         """`__call__` for a ready-made `GenerationRequest` (its `variant` is not looked at)."""
         timings: dict[str, float] = {}
@@ -293,19 +323,24 @@ class SelvaPipeline:
 
         # 1. Check the inputs.
         req = request.checked(max_duration=self.max_duration)
-        video = Path(req.video)
+        video = Path(req.video) if req.video is not None else None
         seed = random.randrange(2**31) if req.seed is None else req.seed
         steps, num_samples = req.steps, req.num_samples
+        overlap = self.window_overlap if window_overlap is None else window_overlap
+        sr = self.variant.sample_rate
 
-        # 2. Probe the video and settle the span.
-        stage("probe")
-        with self._timed(timings, "probe"):
-            info = media.probe(video)
+        # 2. Probe the video and settle the span (from the prompt alone: the asked duration).
         start = float(req.start)
-        duration = self.resolve_duration(info.duration, start, req.duration)
-        lengths = SequenceLengths.from_duration(
-            duration, sample_rate=self.variant.sample_rate, hop_length=self.variant.hop_length
-        )
+        info = None
+        if video is not None:
+            stage("probe")
+            with self._timed(timings, "probe"):
+                info = media.probe(video)
+            duration = self.resolve_duration(info.duration, start, req.duration)
+        else:
+            duration = self.resolve_duration(math.inf, 0.0, req.duration)
+        windows = plan_windows(duration, sr, overlap=overlap)
+        lengths = SequenceLengths.from_duration(duration, sample_rate=sr, hop_length=self.variant.hop_length)
 
         # 3. Encode the prompts.
         stage("text")
@@ -314,50 +349,78 @@ class SelvaPipeline:
             negative = req.negative_prompt
             negative_clip = self.encode_prompt(negative).clip if negative.strip() else None
 
-        # 4. Sync features: decode the span and run TextSynch, unless cached.
-        key = (media.content_hash(video), req.prompt, round(start, 4), round(duration, 4), self.variant.name)
-
-        def compute_sync() -> torch.Tensor:
-            stage("decode")
-            with self._timed(timings, "decode"):
-                frames = media.read_frames(
-                    video, start=start, duration=duration, fps=SYNC_FPS, size=SYNC_SIZE
-                )[: lengths.sync_frames]
-            stage("text_synch")
-            with self._timed(timings, "text_synch"):
-                return self.encode_video(frames.unsqueeze(0), positive.t5, positive.t5_mask)
-
-        sync_f = self.sync_cache.get_or_compute(key, compute_sync)
-
-        # 5. Starting noise, drawn on the CPU so a seed means the same noise on every device.
-        x0 = self.prepare_latents(num_samples, lengths.latent_len, seed)
-
-        # 6. Flow from noise to data, both guidance branches in one batch.
-        cond, uncond = self.prepare_conditions(
-            sync_f, positive.clip, negative_clip, num_samples=num_samples, lengths=lengths
-        )
-        stage("flow")
-        with self._timed(timings, "flow"):
-            latent = self.denoise(
-                x0,
-                cond,
-                uncond,
-                steps=steps,
-                cfg_strength=req.cfg_strength,
-                callback_on_step_end=callback_on_step_end,
-                cancel=cancel,
+        # 4. Sync features of the whole span, once (every window takes its slice), unless cached.
+        sync_f = None  # from the prompt alone: the learned empty sync sequence
+        if video is not None:
+            key = (
+                media.content_hash(video),
+                req.prompt,
+                round(start, 4),
+                round(duration, 4),
+                self.variant.name,
             )
-        timings["flow_per_step"] = timings["flow"] / steps
+
+            def compute_sync() -> torch.Tensor:
+                chunk = SYNC_CHUNK_SEGMENTS if duration > TRAINED_DURATION + 1e-6 else lengths.sync_segments
+                return self._sync_features(info, start, lengths, positive, stage, timings, chunk=chunk)
+
+            sync_f = self.sync_cache.get_or_compute(key, compute_sync)
+
+        # 5-6. Noise and flow, window by window in batches of windows x candidates.
+        noise = self._window_noise(windows, num_samples, seed)
+        batches = _window_batches(windows, max(1, WINDOW_BATCH // num_samples))
+        stage("flow")
+        latents: list[torch.Tensor] = []
+        with self._timed(timings, "flow"):
+            for number, batch in enumerate(batches):
+                win_lengths = SequenceLengths.from_duration(
+                    batch[0].duration, sample_rate=sr, hop_length=self.variant.hop_length
+                )
+                rows = len(batch) * num_samples  # window-major: row w * num_samples + k
+                x0 = torch.cat([noise[w.index] for w in batch]).to(self.device)
+                window_sync = None
+                if sync_f is not None:
+                    window_sync = torch.cat([sync_f[:, w.sync_slice] for w in batch]).repeat_interleave(
+                        num_samples, dim=0
+                    )
+                cond, uncond = self.prepare_conditions(
+                    window_sync, positive.clip, negative_clip, num_samples=rows, lengths=win_lengths
+                )
+                where = {
+                    "window": batch[0].index,
+                    "window_count": len(batch),
+                    "windows": len(windows),
+                    "pass": number,
+                    "passes": len(batches),
+                }
+                latents.append(
+                    self.denoise(
+                        x0,
+                        cond,
+                        uncond,
+                        steps=steps,
+                        cfg_strength=req.cfg_strength,
+                        callback_on_step_end=callback_on_step_end,
+                        cancel=cancel,
+                        state=where,
+                    )
+                )
+        timings["flow_per_step"] = timings["flow"] / (steps * len(batches))
 
         # 7. Latents -> mel -> waveform. Past the flow a cancel is too late: the work is nearly done.
         if callback_on_stage is not None:
             callback_on_stage("vae")
-        mel = self.decode_latents(latent, timings)
+        mels = [self.decode_latents(latent, timings) for latent in latents]
         if callback_on_stage is not None:
             callback_on_stage("vocoder")
+        pieces: list[torch.Tensor] = []
         with self._timed(timings, "vocoder"):
-            audio = self.vocode(mel)
-        audio = audio[:, : round(duration * self.variant.sample_rate)].float().cpu().clamp(-1, 1)
+            for batch, mel in zip(batches, mels, strict=True):
+                audio = self.vocode(mel).float().cpu()
+                pieces += [audio[k * num_samples : (k + 1) * num_samples] for k in range(len(batch))]
+        ordered = [w for batch in batches for w in batch]
+        pieces = [p for _, p in sorted(zip(ordered, pieces, strict=True), key=lambda wp: wp[0].index)]
+        audio = join_windows(pieces, windows, round(duration * sr)).clamp(-1, 1)
         # TextSynch's and the vocoder's activations are hundreds of MB; glibc keeps such freed
         # blocks in the heap, and an idle app would hold its worst request's peak for good.
         release_freed_memory()
@@ -365,18 +428,20 @@ class SelvaPipeline:
         timings["total"] = time.perf_counter() - t_total
         return SelvaOutput(
             audio=audio,
-            sample_rate=self.variant.sample_rate,
+            sample_rate=sr,
             seed=seed,
             duration=duration,
             start=start,
             video=video,
             timings=timings,
+            windows=len(windows),
+            info=info,
         )
 
     # -- steps ---------------------------------------------------------------------------------
 
     def resolve_duration(self, video_duration: float, start: float, duration: float | None) -> float:
-        """The span to sonify: as asked, or min(what is left after `start`, 8 s)."""
+        """The span to sonify: as asked, or what is left after `start` up to `max_duration`."""
         left = video_duration - start
         if left <= 0:
             raise InputError(
@@ -384,7 +449,7 @@ class SelvaPipeline:
                 "pick a start inside the video"
             )
         if duration is None:
-            duration = min(left, TRAINED_DURATION, self.max_duration)
+            duration = min(left, self.max_duration)
         elif duration > left + 1.0 / SYNC_FPS:
             raise InputError(
                 f"duration {duration:.2f} s from start {start:.2f} s runs past the end of the "
@@ -414,6 +479,63 @@ class SelvaPipeline:
 
         return self.prompt_cache.get_or_compute(prompt, compute)
 
+    def _sync_features(
+        self,
+        info: media.VideoInfo,
+        start: float,
+        lengths: SequenceLengths,
+        positive: PromptFeatures,
+        stage: StageCallback,
+        timings: dict[str, float],
+        *,
+        chunk: int,
+    ) -> torch.Tensor:
+        """Sync features (1, S * 8, D) of the whole span, decoding at most one chunk of frames at a time.
+
+        Segments overlap by 8 frames, so a chunk of n segments reads its (n - 1) * 8 + 16 frames
+        starting at its first segment's frame; TextSynch sees every segment on its own, so the
+        chunks' features side by side are the features of the whole span.
+        """
+        segments = lengths.sync_segments
+        parts = []
+        stage("decode")
+        for first in range(0, segments, chunk):
+            count = min(chunk, segments - first)
+            frame0 = first * SEGMENT_STRIDE
+            frames_n = (count - 1) * SEGMENT_STRIDE + SEGMENT_FRAMES
+            if count == segments:  # the whole span in one read: today's single pass, every frame kept
+                frame0, frames_n = 0, lengths.sync_frames
+            with self._timed(timings, "decode"):
+                frames = media.read_frames(
+                    info.path,
+                    info=info,
+                    start=start + frame0 / SYNC_FPS,
+                    duration=frames_n / SYNC_FPS,
+                    fps=SYNC_FPS,
+                    size=SYNC_SIZE,
+                )[:frames_n]
+            if first == 0:
+                stage("text_synch")
+            with self._timed(timings, "text_synch"):
+                parts.append(self.encode_video(frames.unsqueeze(0), positive.t5, positive.t5_mask))
+            del frames
+        return torch.cat(parts, dim=1)
+
+    def _window_noise(self, windows: list[Window], num_samples: int, seed: int) -> list[torch.Tensor]:
+        """Per window, noise (num_samples, L_w, C): candidate k's windows come in order from seed + k.
+
+        The first window's noise is `prepare_latents`' noise, so a span of one window is today's call.
+        """
+        latent_dim = self.generator.config.latent_dim
+        gens = [torch.Generator().manual_seed(seed + k) for k in range(num_samples)]
+        out = []
+        for w in windows:
+            n = SequenceLengths.from_duration(
+                w.duration, sample_rate=self.variant.sample_rate, hop_length=self.variant.hop_length
+            ).latent_len
+            out.append(torch.cat([torch.randn((1, n, latent_dim), generator=g) for g in gens]))
+        return out
+
     def encode_video(self, frames: torch.Tensor, t5: torch.Tensor, t5_mask: torch.Tensor) -> torch.Tensor:
         """uint8 or [-1, 1] frames (B, T, 3, 224, 224) -> sync features (B, S * 8, D)."""
         if frames.dtype == torch.uint8:
@@ -439,7 +561,7 @@ class SelvaPipeline:
 
     def prepare_conditions(
         self,
-        sync_f: torch.Tensor,
+        sync_f: torch.Tensor | None,
         clip_text_f: torch.Tensor,
         negative_clip_text_f: torch.Tensor | None,
         *,
@@ -452,12 +574,17 @@ class SelvaPipeline:
         uses the learned empty CLIP sequence, the prompt's CLIP text and the
         sync features; the unconditional one the learned empty sequences and
         the negative prompt's CLIP text (the negative prompt never reaches TextSynch).
+        `sync_f` has one row or `num_samples`; None (no video) means the learned empty sync sequence.
         """
         gen = self.generator
         empty_clip = gen.empty_clip_feat.expand(num_samples, lengths.clip_len, -1)
+        if sync_f is None:
+            sync_f = gen.empty_sync_feat.expand(1, lengths.sync_len, -1)
+        if sync_f.shape[0] == 1:
+            sync_f = sync_f.expand(num_samples, -1, -1)
         cond = gen.preprocess_conditions(
             empty_clip.to(self.dtype),
-            sync_f.expand(num_samples, -1, -1).to(self.dtype),
+            sync_f.to(self.dtype),
             clip_text_f.expand(num_samples, -1, -1).to(self.dtype),
             latent_len=lengths.latent_len,
         )
@@ -483,11 +610,13 @@ class SelvaPipeline:
         cfg_strength: float,
         callback_on_step_end: StepCallback | None = None,
         cancel: CancelToken | None = None,
+        state: dict[str, Any] | None = None,
     ) -> torch.Tensor:
         """Euler flow matching from t=0 (noise) to t=1 (normalised latents).
 
         The state is kept in float32 while the network runs in the pipeline's
-        dtype: rounding the state to bf16 at every step would add up.
+        dtype: rounding the state to bf16 at every step would add up. `state`'s entries
+        (which windows run) are passed to the step callback beside the latents.
         """
         # At cfg 1 the unconditional branch has no weight: skip it.
         guided = cfg_strength != 1.0
@@ -507,7 +636,7 @@ class SelvaPipeline:
                 v = cfg_strength * v_cond + (1.0 - cfg_strength) * v_uncond
             x = sampling.euler_step(x, v, t, t_next)
             if callback_on_step_end is not None:
-                changed = callback_on_step_end(self, i, float(t_next), {"latents": x})
+                changed = callback_on_step_end(self, i, float(t_next), {**(state or {}), "latents": x})
                 if changed and "latents" in changed:
                     x = changed["latents"]
         return self.generator.unnormalize(x)
@@ -540,6 +669,17 @@ class SelvaPipeline:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+
+
+def _window_batches(windows: list[Window], size: int) -> list[list[Window]]:
+    """Windows of equal length grouped into flow batches of at most `size` (one batch per length run)."""
+    batches: list[list[Window]] = []
+    for w in windows:
+        if batches and len(batches[-1]) < size and batches[-1][0].duration == w.duration:
+            batches[-1].append(w)
+        else:
+            batches.append([w])
+    return batches
 
 
 @contextmanager

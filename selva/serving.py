@@ -253,7 +253,7 @@ class OutputStore:
 class GenerationResult:
     """What one request made: files in an `OutputStore` folder, the info line and the seed used."""
 
-    videos: tuple[str, ...]  # one mp4 per candidate
+    videos: tuple[str, ...]  # one mp4 per candidate; none for sound from the prompt alone
     audio_files: tuple[str, ...]  # a FLAC and a WAV per candidate
     info: str
     seed: int
@@ -321,13 +321,15 @@ class GenerationService:
         self, req: GenerationRequest, out: SelvaOutput, pipe: SelvaPipeline, load_seconds: float
     ) -> GenerationResult:
         folder = self.outputs.new_folder()
-        stem = f"{_slug(Path(req.video).stem, 24)}_{_slug(req.prompt, 32)}_seed{out.seed}"
+        source = Path(req.video).stem if req.video is not None else "prompt"
+        stem = f"{_slug(source, 24)}_{_slug(req.prompt, 32)}_seed{out.seed}"
         videos: list[str] = []
         audio_files: list[str] = []
         count = out.audio.shape[0]
         for k in range(count):
             name = stem if count == 1 else f"{stem}_{k + 1}"
-            videos.append(str(out.save_video(folder / f"{name}.mp4", k)))
+            if out.video is not None:
+                videos.append(str(out.save_video(folder / f"{name}.mp4", k)))
             audio_files += [str(out.save_audio(folder / f"{name}.{ext}", k)) for ext in ("flac", "wav")]
         info = info_line(out, pipe, load_seconds)
         return GenerationResult(
@@ -367,10 +369,25 @@ class ProgressReport:
             self.progress(1.0, desc="Done")
 
     def step(self, pipe: object, index: int, t: float, state: dict) -> None:
-        if self.progress is not None:
-            done = index + 1
-            fraction = self.STAGES["flow"][0] + self.FLOW_SHARE * done / self.steps
-            self.progress(fraction, desc=f"Generating: step {done}/{self.steps}")
+        """One flow step done; past 8 s also which window (batch of windows) of how many runs.
+
+        Windows run batched, so one flow pass may carry several windows at once:
+        the bar then names the first window of the pass ("windows 1-3/12").
+        """
+        if self.progress is None:
+            return
+        done = index + 1
+        passes, number = state.get("passes", 1), state.get("pass", 0)
+        overall = (number * self.steps + done) / (passes * self.steps)
+        fraction = self.STAGES["flow"][0] + self.FLOW_SHARE * overall
+        where = ""
+        windows = state.get("windows", 1)
+        if windows > 1:
+            first = state["window"] + 1
+            last = first + state.get("window_count", 1) - 1
+            span = f"window {first}/{windows}" if last == first else f"windows {first}-{last}/{windows}"
+            where = f"{span}, "
+        self.progress(fraction, desc=f"Generating: {where}step {done}/{self.steps}")
 
 
 _STAGES = {

@@ -118,7 +118,8 @@ TRAINED_DURATION = 8.0  # seconds; SelVA was trained on 8 s clips and sonifies u
 SYNC_FPS = 25  # TextSynch reads 25 frames a second ...
 SEGMENT_FRAMES = 16  # ... in segments of 16 frames, so a span needs at least 16 of them
 MIN_DURATION = SEGMENT_FRAMES / SYNC_FPS
-DEFAULT_MAX_DURATION = 30.0
+# Longer spans run as overlapping 8 s windows (selva.windows); the cap bounds one request's work.
+DEFAULT_MAX_DURATION = 600.0
 MAX_PROMPT_CHARS = 2000
 
 
@@ -202,11 +203,12 @@ class GenerationRequest:
     """One generation: what to sonify and how. Plain and picklable (ZeroGPU pickles it).
 
     `seed=None` draws a random seed, `duration=None` sonifies what is left of
-    the video after `start`, up to `TRAINED_DURATION`; `variant=None` is the
-    server's resident or default variant.
+    the video after `start`, up to the server's `max_duration`; `variant=None`
+    is the server's resident or default variant. `video=None` makes sound from
+    the prompt alone and then needs a `duration`.
     """
 
-    video: str | Path
+    video: str | Path | None
     prompt: str
     negative_prompt: str = ""
     steps: int = int(STEPS.default)
@@ -229,6 +231,12 @@ class GenerationRequest:
         if not _is_number(self.start) or self.start < 0:
             raise InputError(f"start must be 0 s or later, got {self.start!r}")
         check_duration(self.duration, max_duration)
+        if self.video is None and self.duration is None:
+            raise InputError("without a video, give a duration: how many seconds of sound to make")
+        if self.video is not None and not isinstance(self.video, (str, Path)):
+            raise InputError(
+                f"video must be a file path (or None for sound from the prompt alone), got {self.video!r}"
+            )
         if self.variant is not None and not isinstance(self.variant, str):
             raise InputError(f"variant must be a name such as {DEFAULT_VARIANT!r}, got {self.variant!r}")
         return self
@@ -253,15 +261,19 @@ class GenerationRequest:
 
         Forms send whole numbers as floats and leave fields empty: empty means
         the default, a seed of -1 (any negative) means random and a duration of
-        0 means automatic. Messages speak to a person at the form.
+        0 means automatic. Messages speak to a person at the form. No video with a
+        Duration above 0 means sound from the prompt alone.
         """
-        if not video:
-            raise InputError("Upload a video first: drop a clip (mp4, mov, webm...) on the Video box.")
+        if not video and not _number(duration, None, 0.0):
+            raise InputError(
+                "Upload a video first: drop a clip (mp4, mov, webm...) on the Video box, "
+                "or set Duration above 0 to make sound from the prompt alone."
+            )
         if not prompt or not prompt.strip():
             raise InputError("Type the sound you want in Prompt, e.g. 'dog barking'.")
         seed_value = _whole(seed, SEED, -1)
         request = cls(
-            video=str(video),
+            video=str(video) if video else None,
             prompt=prompt.strip(),
             negative_prompt=(negative_prompt or "").strip(),
             steps=STEPS.check(_whole(steps, STEPS, STEPS.default), by_label=True),

@@ -125,7 +125,7 @@ def test_missing_list_exits_2(capsys, tmp_path):
         ("video,prompt,sed\na.mp4,dog,1\n", "unknown column(s) sed"),
         ("video,prompt,seed\na.mp4,dog,1\nb.mp4,cat,one\n", "line 3: seed expected a whole number"),
         ("video,prompt,start\na.mp4,dog,-2\n", "line 2: start must be 0 or more"),
-        ("video,prompt,duration\na.mp4,dog,1e9\n", "line 2: duration must be above 0 and at most 30"),
+        ("video,prompt,duration\na.mp4,dog,1e9\n", "line 2: duration must be above 0 and at most 600"),
         ("video,prompt\na.mp4,\n", "line 2: the prompt cell is empty"),
         ("video,prompt\n,dog\n", "line 2: the video cell is empty"),
         ("video,prompt\n", "has no rows"),

@@ -334,7 +334,7 @@ def test_prompt_conditions_textsynch_and_the_negative_never_reaches_it(pipe, cli
         ({"start": None}, "start must be 0 s or later, got None"),
         ({"duration": "8"}, "duration must be positive"),
         ({"duration": 0}, "duration must be positive"),
-        ({"duration": 31}, "over the limit of 30 s"),
+        ({"duration": 601}, "over the limit of 600 s"),
         ({"start": 3.5}, "at or past the end of the 3.00 s video"),
         ({"duration": 5.0}, "runs past the end of the 3.00 s video; use at most 3.00 s"),
         ({"start": 2.7}, "needs at least 0.64 s of video"),
@@ -390,3 +390,21 @@ def test_saving_to_a_bad_place_leaves_nothing(pipe, clip3s, tmp_path):
     with pytest.raises(MediaError):
         out.save_audio(tmp_path / "a.ogg")
     assert list(Path(tmp_path).iterdir()) == []
+
+
+def test_one_probe_per_clip(pipe, clip3s, tmp_path, monkeypatch):
+    """The call's probe is handed to frame reading and to the mux; none of them probes again."""
+    from selva import media
+
+    probed = []
+    real_probe = media.probe
+
+    def counting_probe(path):
+        probed.append(Path(path))
+        return real_probe(path)
+
+    monkeypatch.setattr(media, "probe", counting_probe)
+    pipe.clear_caches()
+    out = pipe(clip3s, "dog barking", steps=1, seed=1)
+    out.save_video(tmp_path / "a.mp4")
+    assert probed == [clip3s] and out.info is not None and out.info.path == clip3s
