@@ -1,0 +1,106 @@
+"""selva/stems.py and selva/tracks.py: several sources at once, the mix and the multi-track mp4."""
+
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from media_factory import make_video
+
+from selva.spec import GenerationRequest, InputError
+from selva.stems import Stem, generate_stems, mix_waves, save_stems, stems_from_form, stems_info
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    return make_video(tmp_path_factory.mktemp("stems_media") / "clip.mp4", seconds=1.0)
+
+
+@pytest.fixture(scope="module")
+def clip_with_sound(tmp_path_factory) -> Path:
+    return make_video(tmp_path_factory.mktemp("stems_media") / "sound.mp4", seconds=1.0, audio=True)
+
+
+def decoded_tracks(path: Path) -> list[tuple[dict, bool, np.ndarray]]:
+    """(metadata, is default, samples) per audio track, in file order."""
+    with av.open(str(path)) as f:
+        streams = list(f.streams.audio)
+        # FFmpeg's mp4 muxer stores `title` as the udta "name" box, read back as "name".
+        info = [(dict(s.metadata), bool(s.disposition & av.stream.Disposition.default)) for s in streams]
+    out = []
+    for k, (meta, default) in enumerate(info):
+        with av.open(str(path)) as f:
+            wave = np.concatenate([fr.to_ndarray()[0] for fr in f.decode(f.streams.audio[k])])
+        out.append((meta, default, wave))
+    return out
+
+
+def test_mix_is_the_gained_sum_and_never_clips():
+    a = np.array([0.5, -0.25, 0.1], dtype=np.float32)
+    b = np.array([0.2, 0.5, 0.0], dtype=np.float32)
+    mix, db = mix_waves([a, b], [1.0, 0.5])
+    np.testing.assert_allclose(mix, a + 0.5 * b, rtol=1e-6)
+    assert db == 0.0
+    loud, db = mix_waves([a, b], [2.0, 2.0])  # peak 1.4: scaled down to 1.0
+    np.testing.assert_allclose(loud, (2 * a + 2 * b) / 1.4, rtol=1e-6)
+    assert np.abs(loud).max() == pytest.approx(1.0) and db == pytest.approx(20 * np.log10(1 / 1.4))
+
+
+def test_form_rows_skip_empty_prompts_and_check_gains():
+    stems = stems_from_form([("dog barking", "", 1.0), ("", "x", 1.0), (" car engine ", "wind", None)])
+    assert stems == [Stem("dog barking"), Stem("car engine", "wind", 1.0)]
+    with pytest.raises(InputError, match="stem 1: Gain must be a number from 0 to 2"):
+        stems_from_form([("rain", "", 3.0)])
+    with pytest.raises(InputError, match="at least one stem"):
+        stems_from_form([("", "", 1.0)])
+    with pytest.raises(InputError, match="1 to 4 stems"):
+        generate_stems(None, GenerationRequest("v.mp4", ""), [Stem("a")] * 5)
+
+
+def test_stems_end_to_end(app_pipe, clip, tmp_path):
+    """Two stems: seeds seed + k, each reproducible alone, the mix and every track in the files."""
+    base = GenerationRequest(clip, "", steps=2, seed=40)
+    stems = [Stem("dog barking", gain=1.5), Stem("car engine", "wind", gain=0.5)]
+    out = generate_stems(app_pipe, base, stems)
+    assert out.seeds == [40, 41] and out.original is None
+
+    for stem, seed, wave in zip(stems, out.seeds, out.audio, strict=True):
+        alone = app_pipe(clip, stem.prompt, stem.negative_prompt, steps=2, seed=seed)
+        np.testing.assert_array_equal(alone.audio[0].numpy(), wave)
+
+    expected, db = mix_waves(out.audio, [1.5, 0.5])
+    np.testing.assert_allclose(out.mix, expected, rtol=1e-6)
+    assert np.abs(out.mix).max() <= 1.0 and out.normalised_db == db
+    info = stems_info(out)
+    assert "1. 'dog barking' seed 40 gain 1.5" in info and "2. 'car engine' seed 41" in info
+    assert ("mix normalised by" in info) == (db != 0.0)
+
+    files = save_stems(out, tmp_path, "clip")
+    assert [p.name for p in files.stem_audio] == ["clip_1-dog-barking.flac", "clip_2-car-engine.flac"]
+    assert files.mix_audio.is_file() and files.seeds == (40, 41)
+    with av.open(str(files.mix_video)) as f:
+        assert len(f.streams.audio) == 1 and len(f.streams.video) == 1
+    tracks = decoded_tracks(files.tracks_video)
+    assert [meta.get("name") for meta, _, _ in tracks] == ["mix", "dog barking", "car engine"]
+    assert [meta.get("handler_name") for meta, _, _ in tracks] == ["mix", "dog barking", "car engine"]
+    assert [default for _, default, _ in tracks] == [True, False, False]
+    with av.open(str(files.tracks_video)) as f, av.open(str(files.mix_video)) as g:
+        assert len(f.streams.video) == 1
+        assert [p.size for p in f.demux(video=0)] == [p.size for p in g.demux(video=0)]  # copied as is
+    # Each stem's track carries that stem (AAC, so compare loosely against the other stem).
+    for k, wave in enumerate(out.audio):
+        got = tracks[k + 1][2]
+        n = min(got.size, wave.size)
+        assert np.abs(got[:n] - wave[:n]).mean() < np.abs(got[:n] - out.audio[1 - k][:n]).mean()
+
+
+def test_original_soundtrack_is_mixed_and_kept_as_a_track(app_pipe, clip_with_sound, tmp_path):
+    base = GenerationRequest(clip_with_sound, "", steps=2, seed=3)
+    out = generate_stems(app_pipe, base, [Stem("dog barking", gain=0.5)], original_audio_gain=0.8)
+    assert out.original is not None and np.abs(out.original).max() > 0.05
+    expected, _ = mix_waves([out.audio[0], out.original], [0.5, 0.8])
+    np.testing.assert_allclose(out.mix, expected, rtol=1e-6)
+    assert "original audio at 0.8" in stems_info(out)
+    files = save_stems(out, tmp_path, "sound")
+    titles = [meta.get("name") for meta, _, _ in decoded_tracks(files.tracks_video)]
+    assert titles == ["mix", "dog barking", "original"]
