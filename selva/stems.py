@@ -108,9 +108,7 @@ class StemsOutput:
         return self.seeds[0]
 
 
-def mix_waves(
-    waves: Sequence[np.ndarray], gains: Sequence[float]
-) -> tuple[np.ndarray, float]:
+def mix_waves(waves: Sequence[np.ndarray], gains: Sequence[float]) -> tuple[np.ndarray, float]:
     """(the gained sum scaled to peak at most 1.0, the scaling in dB: 0.0 when none was needed)."""
     import numpy as np
 
@@ -208,7 +206,12 @@ def save_stems(out: StemsOutput, folder: str | Path, name: str, *, audio_format:
         stem_files.append(media.write_audio(path, wave, out.sample_rate))
     mix_audio = media.write_audio(folder / f"{name}_mix.{audio_format}", out.mix, out.sample_rate)
     mix_video = media.mux(
-        out.video, out.mix, out.sample_rate, folder / f"{name}_mix.mp4", start=out.start, duration=out.duration
+        out.video,
+        out.mix,
+        out.sample_rate,
+        folder / f"{name}_mix.mp4",
+        start=out.start,
+        duration=out.duration,
     )
     extra = [(stem.prompt, wave) for stem, wave in zip(out.stems, out.audio, strict=True)]
     if out.original is not None:

@@ -88,9 +88,10 @@ def write_multitrack(
     mixed_mp4, out_path = Path(mixed_mp4), Path(out_path)
     tmp = out_path.parent / f".{out_path.name}.{uuid.uuid4().hex[:8]}.part"
     try:
-        with av.open(str(mixed_mp4)) as src, av.open(
-            str(tmp), "w", format="mp4", options={"movflags": "+faststart"}
-        ) as dst:
+        with (
+            av.open(str(mixed_mp4)) as src,
+            av.open(str(tmp), "w", format="mp4", options={"movflags": "+faststart"}) as dst,
+        ):
             copied: list[av.Packet] = []
             mapping = {}
             for stream in (*src.streams.video, *src.streams.audio):
