@@ -22,6 +22,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,10 +34,12 @@ from selva.serving import (
     GenerationService,
     OutputStore,
     PipelineSlot,
+    StemsResult,
     dtype_name,
     parse_request,
 )
 from selva.spec import GenerationCancelled, SelvaError, WeightsError, is_out_of_memory
+from selva.stems import stems_from_form
 
 if TYPE_CHECKING:
     from selva.pipeline import SelvaPipeline
@@ -56,6 +59,7 @@ EXAMPLE_SEED = 2025  # cached examples are reproducible
 MAX_UPLOAD = "500mb"  # a minute of 4K phone video; longer clips should be cut first
 QUEUE_SIZE = 32  # requests waiting beyond this are turned away with a "queue full" message
 ZEROGPU_SECONDS = 120  # the longest a ZeroGPU call may hold the GPU (an 8 s clip takes ~10 s on an A100)
+HISTORY_SIZE = 20  # earlier stems results kept per browser session (their files live ~1 h)
 DELETE_CACHE = (1800, 3600)  # every 30 min, drop served files older than an hour
 
 PROMPT_HELP = """\
@@ -107,10 +111,24 @@ class Studio:
         start: float | None,
         variant: str | None,
         num_samples: float,
+        original_audio_gain: float | None = 0.0,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 (gradio injects it: the default marks the parameter)
         request: gr.Request | None = None,
     ) -> tuple[Any, ...]:
-        """The Generate button and the `/generate` API.
+        """Generate audio for a video that follows the prompted source (the `/generate` API).
+
+        Args:
+            video: the video file (mp4, mov, webm...).
+            prompt: the sound to make; also picks which visible source it follows, e.g. "dog barking".
+            negative_prompt: a sound to steer away from, e.g. "wind noise" (may be empty).
+            steps: flow steps, 1-100 (25 is typical).
+            cfg_strength: guidance, 1-10 (4.5 is typical).
+            seed: -1 for random; the seed used is in the info line.
+            duration: seconds to sonify; 0 = the rest of the clip, up to 8 s.
+            start: where the span begins, in seconds.
+            variant: model variant name, or empty for the server's.
+            num_samples: candidates, 1-4 (one video each).
+            original_audio_gain: the video's own soundtrack under the new audio, 0-2 (0 replaces it).
 
         Returns one mp4 path per candidate (None for unused players), the FLAC and WAV
         files, the info line, and the seed used (kept in the page for "Reuse last seed").
@@ -129,7 +147,10 @@ class Studio:
                 num_samples,
                 max_duration=self.slot.max_duration,
             )
-            result = self.service.run(req, progress, session=_session(request))
+            gain = spec.ORIGINAL_AUDIO_GAIN.check(float(original_audio_gain or 0.0), by_label=True)
+            result = self.service.run(
+                req, progress, session=_session(request), original_audio_gain=gain or None
+            )
         # Plain paths (None for unused players), so API callers get files, not component updates;
         # the Candidates slider shows and hides the players.
         videos = [*result.videos, *[None] * (MAX_CANDIDATES - len(result.videos))]
@@ -154,6 +175,82 @@ class Studio:
             result = self.service.run(req, progress, session=_session(request))
         return result.videos[0], list(result.audio_files), result.info
 
+    def generate_stems(
+        self,
+        video: str | None,
+        prompt_1: str | None,
+        negative_1: str | None,
+        gain_1: float | None,
+        prompt_2: str | None,
+        negative_2: str | None,
+        gain_2: float | None,
+        prompt_3: str | None,
+        negative_3: str | None,
+        gain_3: float | None,
+        prompt_4: str | None,
+        negative_4: str | None,
+        gain_4: float | None,
+        steps: float,
+        cfg_strength: float,
+        seed: float,
+        duration: float | None,
+        start: float | None,
+        variant: str | None,
+        original_audio_gain: float | None = 0.0,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008
+        request: gr.Request | None = None,
+    ) -> tuple[Any, ...]:
+        """Generate up to 4 sounds for one video, one per prompt, and their mix (the `/stems` API).
+
+        Each stem follows the source its prompt names; stem k uses seed + k. Stems
+        with an empty prompt are skipped. The mix is the sum of the stems at their
+        gains (0-2) plus the original soundtrack at original_audio_gain, scaled down
+        if it would clip.
+
+        Args:
+            video: the video file.
+            prompt_1: the first stem's sound, e.g. "dog barking" (required).
+            negative_1: a sound the first stem steers away from (may be empty).
+            gain_1: the first stem's level in the mix, 0-2.
+            prompt_2: the second stem's sound (empty: none).
+            negative_2: its negative prompt.
+            gain_2: its level.
+            prompt_3: the third stem's sound (empty: none).
+            negative_3: its negative prompt.
+            gain_3: its level.
+            prompt_4: the fourth stem's sound (empty: none).
+            negative_4: its negative prompt.
+            gain_4: its level.
+            steps: flow steps, 1-100.
+            cfg_strength: guidance, 1-10.
+            seed: -1 for random; stem k uses seed + k.
+            duration: seconds to sonify; 0 = automatic.
+            start: where the span begins, in seconds.
+            variant: model variant name, or empty for the server's.
+            original_audio_gain: the video's own soundtrack in the mix, 0-2.
+
+        Returns the mixed mp4, the multi-track mp4 (mix + one track per stem), the mix
+        FLAC, one FLAC per stem (None for unused ones) and the info line with the seeds.
+        """
+        rows = [
+            (prompt_1, negative_1, gain_1),
+            (prompt_2, negative_2, gain_2),
+            (prompt_3, negative_3, gain_3),
+            (prompt_4, negative_4, gain_4),
+        ]
+        with user_errors(_upload_dirs(video)):
+            stems = stems_from_form(rows)
+            # The first stem's prompt only passes the form check: each stem brings its own.
+            base = parse_request(
+                video, stems[0].prompt, "", steps, cfg_strength, seed, duration, start, variant, 1,
+                max_duration=self.slot.max_duration,
+            )  # fmt: skip
+            gain = spec.ORIGINAL_AUDIO_GAIN.check(float(original_audio_gain or 0.0), by_label=True)
+            result = self.service.run_stems(
+                base, stems, progress, session=_session(request), original_audio_gain=gain
+            )
+        return stems_outputs(result)[:-1] + (result,)
+
     def cancel(self, request: gr.Request | None = None) -> None:
         if self.slot.cancel(_session(request)):
             gr.Info("Cancelling after the current step...")
@@ -168,6 +265,59 @@ class Studio:
             resident = pipe.variant.name
             return f"`{variant}` loads on the next Generate, replacing `{resident}` (one model at a time)."
         return f"`{variant}` loads on the first Generate."
+
+
+def stems_outputs(result: StemsResult | None) -> tuple[Any, ...]:
+    """A stems result as the values of its players: mix mp4, tracks mp4, mix, 4 stems, info, labels.
+
+    The last item is the four stem players' labels (prompt and seed), as updates.
+    """
+    if result is None:
+        return (None, None, None, *[None] * spec.MAX_STEMS, "", [gr.update()] * spec.MAX_STEMS)
+    audio = [*result.stem_audio, *[None] * (spec.MAX_STEMS - len(result.stem_audio))]
+    labels = [
+        gr.update(label=f"Stem {k + 1}: {result.prompts[k]} (seed {result.seeds[k]})", visible=True)
+        if k < len(result.prompts)
+        else gr.update(label=f"Stem {k + 1}", visible=False)
+        for k in range(spec.MAX_STEMS)
+    ]
+    return (result.mix_video, result.tracks_video, result.mix_audio, *audio, result.info, labels)
+
+
+def remember(
+    history: list[StemsResult] | None, result: StemsResult | None, *served: str | None
+) -> tuple[Any, ...]:
+    """Add `result` to this session's earlier results; the list shows the newest first.
+
+    `served` are the players' values after the run: gradio's cached copies of the
+    files (mix mp4, tracks mp4, mix, stems), which outlive our short-lived ones.
+    """
+    history = list(history or [])
+    if result is not None:
+        if len(served) == 3 + spec.MAX_STEMS and all(served[: 3 + len(result.stem_audio)]):
+            mix_video, tracks_video, mix_audio, *stem_audio = served
+            result = replace(
+                result,
+                mix_video=mix_video,
+                tracks_video=tracks_video,
+                mix_audio=mix_audio,
+                stem_audio=tuple(stem_audio[: len(result.stem_audio)]),
+            )
+        history.insert(0, result)
+        del history[HISTORY_SIZE:]
+    choices = [(f"{len(history) - k}. {r.label}", k) for k, r in enumerate(history)]
+    labels = stems_outputs(result)[-1]
+    return (history, gr.update(choices=choices, value=0 if history else None), *labels)
+
+
+def recall(history: list[StemsResult] | None, index: int | None) -> tuple[Any, ...]:
+    """The players' values for earlier result `index` (as listed by `remember`)."""
+    history = history or []
+    known = index is not None and 0 <= int(index) < len(history)
+    *values, labels = stems_outputs(history[int(index)] if known else None)
+    # The stem players take their file and their label (prompt and seed) in one update.
+    players = [{**label, "value": value} for label, value in zip(labels, values[3:-1], strict=True)]
+    return (*values[:3], *players, values[-1])
 
 
 @contextmanager
@@ -249,6 +399,98 @@ def _slider(limit: spec.Limit, *, step: float, info: str | None = None) -> gr.Sl
     return gr.Slider(
         limit.minimum, limit.maximum, value=limit.default, step=step, label=limit.label, info=info
     )
+
+
+def _stems_accordion() -> dict[str, Any]:
+    """The stems editor and its players: up to MAX_STEMS rows of prompt, negative prompt and gain."""
+    ui: dict[str, Any] = {"rows": [], "prompts": [], "negatives": [], "gains": [], "players": []}
+    with gr.Accordion("Stems: several sources at once", open=False, elem_id="stems"):
+        gr.Markdown(
+            "One sound per prompt on the same span, each following its own source, and their mix. "
+            "Uses the video and the settings above; stem k gets seed + k."
+        )
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=300):
+                for k in range(spec.MAX_STEMS):
+                    with gr.Row(visible=k < 2) as row:
+                        ui["prompts"].append(
+                            gr.Textbox(
+                                label=f"Stem {k + 1} prompt", max_lines=2, elem_id=f"stem-prompt-{k + 1}"
+                            )
+                        )
+                        ui["negatives"].append(gr.Textbox(label="Negative", max_lines=2))
+                        ui["gains"].append(
+                            gr.Slider(
+                                spec.STEM_GAIN.minimum,
+                                spec.STEM_GAIN.maximum,
+                                value=spec.STEM_GAIN.default,
+                                step=0.05,
+                                label=spec.STEM_GAIN.label,
+                                min_width=120,
+                            )
+                        )
+                    ui["rows"].append(row)
+                ui["count"] = gr.State(2)
+                with gr.Row():
+                    ui["add"] = gr.Button("Add stem", size="sm")
+                    ui["remove"] = gr.Button("Remove stem", size="sm")
+                ui["run"] = gr.Button("Generate stems", variant="primary", elem_id="generate-stems")
+                ui["history"] = gr.Dropdown(
+                    choices=[], value=None, label="Earlier results (this session)", interactive=True
+                )
+            with gr.Column(scale=1, min_width=300):
+                ui["mix_video"] = gr.Video(label="Mix", interactive=False, height=260, elem_id="stems-mix")
+                ui["tracks"] = gr.File(label="Multi-track mp4 (mix + one track per stem)", interactive=False)
+                ui["mix_audio"] = gr.Audio(label="Mix audio", type="filepath", interactive=False)
+                for k in range(spec.MAX_STEMS):
+                    ui["players"].append(
+                        gr.Audio(label=f"Stem {k + 1}", type="filepath", interactive=False, visible=k < 2)
+                    )
+                ui["info"] = gr.Textbox(label="Stems info", interactive=False, lines=2, elem_id="stems-info")
+        ui["result"] = gr.State(None)
+        ui["past"] = gr.State([])
+    return ui
+
+
+def _wire_stems(studio: Studio, ui: dict[str, Any], video: list, settings: list) -> None:
+    """The stems editor's events: add/remove rows, Generate stems (`/stems`), earlier results."""
+    rows, prompts = ui["rows"], ui["prompts"]
+
+    def resize(count: int, delta: int) -> tuple[Any, ...]:
+        count = max(1, min(spec.MAX_STEMS, int(count) + delta))
+        # A removed row's prompt is emptied: hidden rows still send their values, and empty ones are skipped.
+        cleared = [gr.update() if k < count else "" for k in range(spec.MAX_STEMS)]
+        return (count, *[gr.update(visible=k < count) for k in range(spec.MAX_STEMS)], *cleared)
+
+    for button, delta in ((ui["add"], 1), (ui["remove"], -1)):
+        button.click(
+            lambda c, d=delta: resize(c, d),
+            ui["count"],
+            [ui["count"], *rows, *prompts],
+            queue=False,
+            api_visibility="private",
+        )
+    stem_inputs = [x for k in range(spec.MAX_STEMS) for x in (prompts[k], ui["negatives"][k], ui["gains"][k])]
+    outputs = [ui["mix_video"], ui["tracks"], ui["mix_audio"], *ui["players"], ui["info"]]
+    event = ui["run"].click(
+        studio.generate_stems,
+        inputs=[*video, *stem_inputs, *settings],
+        outputs=[*outputs, ui["result"]],
+        api_name="stems",
+        api_description="Generate up to 4 sounds for one video, one per prompt, and their mix.",
+        concurrency_limit=1,
+        concurrency_id="gpu",
+        show_progress_on=ui["mix_video"],
+    )
+    served = [ui["mix_video"], ui["tracks"], ui["mix_audio"], *ui["players"]]
+    event.success(
+        remember,
+        [ui["past"], ui["result"], *served],
+        [ui["past"], ui["history"], *ui["players"]],
+        queue=False,
+        api_visibility="private",
+    )
+    ui["history"].input(recall, [ui["past"], ui["history"]], outputs, queue=False, api_visibility="private")
 
 
 def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bool = True) -> gr.Blocks:
@@ -334,6 +576,11 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
                             )
                             reuse = gr.Button("Reuse last seed", size="sm")
                         num_samples = _slider(spec.NUM_SAMPLES, step=1, info="one video each")
+                    original_level = _slider(
+                        spec.ORIGINAL_AUDIO_GAIN,
+                        step=0.05,
+                        info="the video's own sound under the new audio (0 = replace it)",
+                    )
             with gr.Column(scale=1):
                 players = [
                     gr.Video(
@@ -352,9 +599,11 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
                     elem_id="downloads",
                 )
                 info = gr.Textbox(label="Info", interactive=False, lines=2, elem_id="info")
+        stems_ui = _stems_accordion()
         last_seed = gr.State(None)
 
         inputs = [video, prompt, negative, steps, cfg, seed, duration, start, variant, num_samples]
+        inputs.append(original_level)
         outputs = [*players, downloads, info]
         event = gr.on(
             [run.click, prompt.submit, negative.submit],
@@ -381,6 +630,8 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
         )
         # Refresh the status after a run: the first one loads the model.
         event.then(studio.describe, variant, status, queue=False, api_visibility="private")
+
+        _wire_stems(studio, stems_ui, [video], [steps, cfg, seed, duration, start, variant, original_level])
 
         if examples and (rows := load_examples()):
             gr.Examples(

@@ -3,10 +3,12 @@
 from pathlib import Path
 
 import av
+import gradio as gr
 import numpy as np
 import pytest
 from media_factory import make_video
 
+from selva import tracks
 from selva.spec import GenerationRequest, InputError
 from selva.stems import Stem, generate_stems, mix_waves, save_stems, stems_from_form, stems_info
 
@@ -104,3 +106,69 @@ def test_original_soundtrack_is_mixed_and_kept_as_a_track(app_pipe, clip_with_so
     files = save_stems(out, tmp_path, "sound")
     titles = [meta.get("name") for meta, _, _ in decoded_tracks(files.tracks_video)]
     assert titles == ["mix", "dog barking", "original"]
+
+
+# -- the serving layer and the app ----------------------------------------------------------------------
+
+
+def test_original_audio_level_on_the_main_generate(app_pipe, clip_with_sound):
+    """The app's Generate mixes the original soundtrack at the chosen level (0 replaces it)."""
+    import app
+
+    studio = app.Studio(app.PipelineSlot.wrap(app_pipe))
+
+    def mp4_audio(level: float) -> np.ndarray:
+        video, *_, info, seed = studio.generate(
+            str(clip_with_sound), "dog barking", "", 2, 4.5, 9, 0, 0, None, 1, level, progress=None
+        )
+        assert ("original audio at" in info) == bool(level)
+        with av.open(video) as f:
+            return np.concatenate([fr.to_ndarray()[0] for fr in f.decode(audio=0)])
+
+    replaced, kept = mp4_audio(0.0), mp4_audio(1.0)
+    n = min(replaced.size, kept.size)
+    original = tracks.original_audio(clip_with_sound, 0.0, 1.0, app_pipe.sample_rate)
+    # Same seed, so the difference between the two soundtracks is the original at gain 1 (AAC-coded).
+    diff = kept[:n] - replaced[:n]
+    assert np.corrcoef(diff[: original.size], original[: min(n, original.size)])[0, 1] > 0.9
+    with pytest.raises(gr.Error, match="Original audio level must be a number from 0 to 2"):
+        studio.generate(str(clip_with_sound), "dog", "", 2, 4.5, 9, 0, 0, None, 1, 5.0, progress=None)
+
+
+def test_stems_handler_history_and_recall(app_pipe, clip_with_sound):
+    import app
+
+    studio = app.Studio(app.PipelineSlot.wrap(app_pipe))
+    rows = ["dog barking", "", 1.0, "car engine", "wind", 0.5, "", "", 1.0, "", "", 1.0]
+    *values, result = studio.generate_stems(
+        str(clip_with_sound), *rows, 2, 4.5, 20, 0, 0, None, 0.5, progress=None
+    )  # fmt: skip
+    mix_video, tracks_video, mix_audio, *players, info = values
+    assert result.seeds == (20, 21) and players[2:] == [None, None]
+    assert "seed 20" in info and "seed 21" in info and "original audio at 0.5" in info
+    titles = [meta.get("name") for meta, _, _ in decoded_tracks(Path(tracks_video))]
+    assert titles == ["mix", "dog barking", "car engine", "original"]
+
+    past, listing, *labels = app.remember([], result, *values[:7])
+    assert len(past) == 1 and listing["choices"] == [("1. dog barking + car engine (seed 20)", 0)]
+    assert labels[1]["label"] == "Stem 2: car engine (seed 21)" and labels[2]["visible"] is False
+    again = app.recall(past, 0)
+    assert again[0] == mix_video and again[3]["value"] == players[0] and again[-1] == info
+
+    with pytest.raises(gr.Error, match="at least one stem"):
+        studio.generate_stems(str(clip_with_sound), *[""] * 12, 2, 4.5, 1, 0, 0, None, 0, progress=None)
+
+
+def test_stems_endpoint_from_gradio_client(app_server, clip):
+    from gradio_client import Client, handle_file
+
+    client = Client(app_server.url, verbose=False)
+    assert "/stems" in client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    rows = ["dog barking", "", 1.0, "car engine", "", 1.0, "", "", 1.0, "", "", 1.0]
+    mix_video, tracks_video, mix_audio, *stems, info = client.predict(
+        handle_file(str(clip)), *rows, 2, 4.5, 5, 0, 0, "tiny_16k", 0, api_name="/stems"
+    )  # fmt: skip
+    assert "seed 5" in info and "seed 6" in info
+    assert Path(stems[0]).suffix == ".flac" and stems[2] is None and stems[3] is None
+    with av.open(str(tracks_video)) as f:
+        assert len(f.streams.audio) == 3
