@@ -110,6 +110,7 @@ duration_arg = _ranged(
     spec.Limit("duration", "Duration", 0.0, spec.DEFAULT_MAX_DURATION, None), open_below=True
 )
 gain_arg = _ranged(spec.Limit("gain", "Gain", 0.0, math.inf, None))
+stem_gain_arg = _ranged(spec.STEM_GAIN)
 
 
 # -- the parser ---------------------------------------------------------------------------------
@@ -124,11 +125,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"selva {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    about = "Write OUT/<stem>.flac and OUT/<stem>.mp4 per video (OUT/<stem>_<k>.* with --samples)."
+    about = (
+        "Write OUT/<stem>.flac and OUT/<stem>.mp4 per video (OUT/<stem>_<k>.* with --samples).\n"
+        "With several --prompt: OUT/<stem>_<k>-<prompt>.flac per stem, OUT/<stem>_mix.flac and .mp4,\n"
+        "and OUT/<stem>_tracks.mp4 (the mix as default track, one track per stem, 'original')."
+    )
     p = sub.add_parser("generate", help="sonify videos with one prompt", description=about, **shared)
     p.add_argument("videos", nargs="+", type=Path, metavar="VIDEO")
-    p.add_argument("--prompt", required=True, metavar="TEXT", help="the sound to make, e.g. 'dog barking'")
-    _generation_options(p)
+    p.add_argument(
+        "--prompt",
+        required=True,
+        action="append",
+        metavar="TEXT",
+        help="the sound to make, e.g. 'dog barking'; repeat for stems (up to 4) and a mix",
+    )
+    _generation_options(p, repeatable=True)
+    p.add_argument(
+        "--gain",
+        type=stem_gain_arg,
+        action="append",
+        metavar="GAIN",
+        help="with several --prompt: each stem's level in the mix, in order (default: 1 each)",
+    )
 
     about = (
         "LIST.csv has the columns video and prompt, and optionally negative, seed, start and\n"
@@ -154,9 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _generation_options(p: argparse.ArgumentParser) -> None:
+def _generation_options(p: argparse.ArgumentParser, *, repeatable: bool = False) -> None:
     g = p.add_argument_group("generation")
-    g.add_argument("--negative", metavar="TEXT", help="sound to steer away from, e.g. 'wind noise'")
+    g.add_argument(
+        "--negative",
+        action="append" if repeatable else "store",
+        metavar="TEXT",
+        help="sound to steer away from, e.g. 'wind noise'"
+        + ("; one per --prompt for stems" if repeatable else ""),
+    )
     g.add_argument("--out", type=Path, default=Path("outputs"), metavar="DIR", help="default: %(default)s")
     g.add_argument("--steps", type=steps_arg, default=25, metavar="N", help="flow steps (default: 25)")
     g.add_argument("--cfg", type=cfg_arg, default=4.5, metavar="X", help="guidance (default: %(default)s)")
@@ -393,6 +417,8 @@ def generate_one(pipe, item: Item, args: argparse.Namespace) -> Callable[[], Non
     """Generate and save one clip; returns the call that logs what was written."""
     if not item.video.is_file():
         raise MediaError(f"no such video: {item.video}")
+    if getattr(args, "stems", None):
+        return generate_stems_one(pipe, item, args)
     out = pipe(
         item.video,
         item.prompt,
@@ -418,7 +444,45 @@ def generate_one(pipe, item: Item, args: argparse.Namespace) -> Callable[[], Non
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from selva.stems import Stem, check_stems
+
+    prompts, negatives, gains = args.prompt, args.negative or [], args.gain or []
+    if len(prompts) == 1 and not gains:
+        if len(negatives) > 1:
+            raise InputError("give one --negative per --prompt")
+        args.prompt, args.negative = prompts[0], (negatives[0] if negatives else None)
+        args.stems = None
+        return run_items(items_for(args.videos, args), args, skip_existing=False)
+    # Several prompts: stems. Negatives and gains pair with the prompts in order.
+    for flag, values in (("--negative", negatives), ("--gain", gains)):
+        if values and len(values) != len(prompts):
+            raise InputError(f"give {flag} once per --prompt ({len(prompts)}) or not at all")
+    if args.samples != 1:
+        raise InputError("--samples works with one --prompt; with stems each stem is one generation")
+    args.stems = check_stems(
+        Stem(prompt, negatives[k] if negatives else "", gains[k] if gains else 1.0)
+        for k, prompt in enumerate(prompts)
+    )
+    args.prompt, args.negative = prompts[0], None
     return run_items(items_for(args.videos, args), args, skip_existing=False)
+
+
+def generate_stems_one(pipe, item: Item, args: argparse.Namespace) -> Callable[[], None]:
+    """Generate and save every stem of `args.stems` and their mix for one clip."""
+    from selva.stems import generate_stems, save_stems, stems_info
+
+    base = spec.GenerationRequest(
+        item.video, item.prompt, steps=args.steps, cfg_strength=args.cfg, seed=item.seed,
+        duration=item.duration, start=item.start,
+    )  # fmt: skip
+    gain = args.keep_original_audio or 0.0
+    if gain > spec.ORIGINAL_AUDIO_GAIN.maximum:
+        raise InputError(f"--keep-original-audio with stems is at most {spec.ORIGINAL_AUDIO_GAIN.maximum:g}")
+    out = generate_stems(pipe, base, args.stems, original_audio_gain=gain)
+    files = save_stems(out, args.out, item.name, audio_format=args.format)
+    written = [*files.stem_audio, files.mix_audio, files.mix_video, files.tracks_video]
+    names = ", ".join(str(p) for p in written)
+    return lambda: log.info("%s -> %s (%s)", item.where, names, stems_info(out))
 
 
 def cmd_batch(args: argparse.Namespace) -> int:

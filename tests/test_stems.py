@@ -172,3 +172,28 @@ def test_stems_endpoint_from_gradio_client(app_server, clip):
     assert Path(stems[0]).suffix == ".flac" and stems[2] is None and stems[3] is None
     with av.open(str(tracks_video)) as f:
         assert len(f.streams.audio) == 3
+
+
+# -- the command line ---------------------------------------------------------------------------------
+
+
+def test_cli_writes_stems_and_the_mix(tiny_hub, clip, tmp_path):
+    from selva import cli
+
+    out = tmp_path / "out"
+    code = cli.main([
+        "generate", str(clip), "--prompt", "dog barking", "--prompt", "car engine",
+        "--gain", "1", "--gain", "0.5",
+        "--negative", "", "--negative", "wind", "--seed", "8", "--steps", "2", "--variant", "tiny_16k",
+        "--device", "cpu", "--precision", "fp32", "--out", str(out), "-q",
+    ])  # fmt: skip
+    assert code == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [
+        "clip_1-dog-barking.flac", "clip_2-car-engine.flac",
+        "clip_mix.flac", "clip_mix.mp4", "clip_tracks.mp4",
+    ]  # fmt: skip
+    titles = [meta.get("name") for meta, _, _ in decoded_tracks(out / "clip_tracks.mp4")]
+    assert titles == ["mix", "dog barking", "car engine"]
+    # Mismatched pairs are a usage error before any model loads.
+    assert cli.main(["generate", str(clip), "--prompt", "a", "--prompt", "b", "--gain", "1", "-q"]) == 2
