@@ -651,13 +651,18 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
     return demo
 
 
-def launch_options() -> dict[str, Any]:
+def launch_options(*, mcp: bool = False) -> dict[str, Any]:
     """What `launch` needs besides host and port.
 
     Only the examples folder is served from disk (outputs live in the temp dir,
     which gradio allows); uploads are capped well above any clip SelVA can use.
+    `mcp` also serves the named endpoints as MCP tools at /gradio_api/mcp/ (their
+    docstrings describe them to the model calling them).
     """
-    return {"allowed_paths": [str(EXAMPLES_DIR)], "max_file_size": MAX_UPLOAD}
+    options: dict[str, Any] = {"allowed_paths": [str(EXAMPLES_DIR)], "max_file_size": MAX_UPLOAD}
+    if mcp:
+        options["mcp_server"] = True
+    return options
 
 
 # -- command line ------------------------------------------------------------------------------------
@@ -691,6 +696,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--lazy-load", action="store_true", help="load the models on the first request instead of at start-up"
     )
+    parser.add_argument(
+        "--mcp",
+        action="store_true",
+        help="also serve the generate and stems endpoints as MCP tools (needs gradio[mcp])",
+    )
     return parser
 
 
@@ -716,7 +726,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 3 if isinstance(exc, WeightsError) else 2  # the exit codes of the `selva` command
         print(f"Loaded {args.variant} on {slot.pipe.device} in {seconds:.1f} s.", flush=True)
     demo = build_demo(slot)
-    demo.launch(share=args.share, server_name=args.server_name, server_port=args.port, **launch_options())
+    demo.launch(
+        share=args.share,
+        server_name=args.server_name,
+        server_port=args.port,
+        **launch_options(mcp=args.mcp),
+    )
     return 0
 
 

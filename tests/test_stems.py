@@ -197,3 +197,43 @@ def test_cli_writes_stems_and_the_mix(tiny_hub, clip, tmp_path):
     assert titles == ["mix", "dog barking", "car engine"]
     # Mismatched pairs are a usage error before any model loads.
     assert cli.main(["generate", str(clip), "--prompt", "a", "--prompt", "b", "--gain", "1", "-q"]) == 2
+
+
+# -- MCP (gradio[mcp]): python app.py --mcp ---------------------------------------------------------------
+
+
+def test_mcp_lists_generate_and_stems_with_their_descriptions(app_pipe):
+    pytest.importorskip("mcp", reason="needs gradio[mcp] (requirements-dev.txt)")
+    import asyncio
+    import socket
+
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamablehttp_client
+
+    import app
+
+    assert app.build_parser().parse_args(["--mcp"]).mcp
+    demo = app.build_demo(app_pipe, examples=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    options = app.launch_options(mcp=True)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **options)
+
+    async def listed() -> dict:
+        url = f"http://127.0.0.1:{port}/gradio_api/mcp/"
+        async with streamablehttp_client(url) as (read, write, _), ClientSession(read, write) as session:
+            await session.initialize()
+            return {tool.name: tool for tool in (await session.list_tools()).tools}
+
+    try:
+        tools = asyncio.run(listed())
+    finally:
+        demo.close()
+    assert {"generate", "generate_stems"} <= set(tools)
+    assert "follows the prompted source" in tools["generate"].description
+    stems = tools["generate_stems"]
+    assert "one per prompt" in stems.description
+    properties = stems.inputSchema["properties"]
+    assert {"video", "prompt_1", "gain_4", "original_audio_gain"} <= set(properties)
+    assert "level in the mix" in properties["gain_1"].get("description", "")
