@@ -137,6 +137,7 @@ def test_original_audio_level_on_the_main_generate(app_pipe, clip_with_sound):
 
 def test_stems_handler_history_and_recall(app_pipe, clip_with_sound):
     import app
+    import stems_ui
 
     studio = app.Studio(app.PipelineSlot.wrap(app_pipe))
     rows = ["dog barking", "", 1.0, "car engine", "wind", 0.5, "", "", 1.0, "", "", 1.0]
@@ -149,10 +150,10 @@ def test_stems_handler_history_and_recall(app_pipe, clip_with_sound):
     titles = [meta.get("name") for meta, _, _ in decoded_tracks(Path(tracks_video))]
     assert titles == ["mix", "dog barking", "car engine", "original"]
 
-    past, listing, *labels = app.remember([], result, *values[:7])
+    past, listing, *labels = stems_ui.remember([], result, *values[:7])
     assert len(past) == 1 and listing["choices"] == [("1. dog barking + car engine (seed 20)", 0)]
     assert labels[1]["label"] == "Stem 2: car engine (seed 21)" and labels[2]["visible"] is False
-    again = app.recall(past, 0)
+    again = stems_ui.recall(past, 0)
     assert again[0] == mix_video and again[3]["value"] == players[0] and again[-1] == info
 
     with pytest.raises(gr.Error, match="at least one stem"):
