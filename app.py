@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
+import stems_ui
 from selva import spec
 from selva.serving import (
     MAX_CANDIDATES,
@@ -37,6 +38,7 @@ from selva.serving import (
     parse_request,
 )
 from selva.spec import GenerationCancelled, SelvaError, WeightsError, is_out_of_memory
+from selva.stems import stems_from_form
 
 if TYPE_CHECKING:
     from selva.pipeline import SelvaPipeline
@@ -107,10 +109,24 @@ class Studio:
         start: float | None,
         variant: str | None,
         num_samples: float,
+        original_audio_gain: float | None = 0.0,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 (gradio injects it: the default marks the parameter)
         request: gr.Request | None = None,
     ) -> tuple[Any, ...]:
-        """The Generate button and the `/generate` API.
+        """Generate audio for a video that follows the prompted source (the `/generate` API).
+
+        Args:
+            video: the video file (mp4, mov, webm...).
+            prompt: the sound to make; also picks which visible source it follows, e.g. "dog barking".
+            negative_prompt: a sound to steer away from, e.g. "wind noise" (may be empty).
+            steps: flow steps, 1-100 (25 is typical).
+            cfg_strength: guidance, 1-10 (4.5 is typical).
+            seed: -1 for random; the seed used is in the info line.
+            duration: seconds to sonify; 0 = the rest of the clip, up to 8 s.
+            start: where the span begins, in seconds.
+            variant: model variant name, or empty for the server's.
+            num_samples: candidates, 1-4 (one video each).
+            original_audio_gain: the video's own soundtrack under the new audio, 0-2 (0 replaces it).
 
         Returns one mp4 path per candidate (None for unused players), the FLAC and WAV
         files, the info line, and the seed used (kept in the page for "Reuse last seed").
@@ -129,7 +145,10 @@ class Studio:
                 num_samples,
                 max_duration=self.slot.max_duration,
             )
-            result = self.service.run(req, progress, session=_session(request))
+            gain = spec.ORIGINAL_AUDIO_GAIN.check(float(original_audio_gain or 0.0), by_label=True)
+            result = self.service.run(
+                req, progress, session=_session(request), original_audio_gain=gain or None
+            )
         # Plain paths (None for unused players), so API callers get files, not component updates;
         # the Candidates slider shows and hides the players.
         videos = [*result.videos, *[None] * (MAX_CANDIDATES - len(result.videos))]
@@ -153,6 +172,82 @@ class Studio:
             ).checked(max_duration=self.slot.max_duration)
             result = self.service.run(req, progress, session=_session(request))
         return result.videos[0], list(result.audio_files), result.info
+
+    def generate_stems(
+        self,
+        video: str | None,
+        prompt_1: str | None,
+        negative_1: str | None,
+        gain_1: float | None,
+        prompt_2: str | None,
+        negative_2: str | None,
+        gain_2: float | None,
+        prompt_3: str | None,
+        negative_3: str | None,
+        gain_3: float | None,
+        prompt_4: str | None,
+        negative_4: str | None,
+        gain_4: float | None,
+        steps: float,
+        cfg_strength: float,
+        seed: float,
+        duration: float | None,
+        start: float | None,
+        variant: str | None,
+        original_audio_gain: float | None = 0.0,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008
+        request: gr.Request | None = None,
+    ) -> tuple[Any, ...]:
+        """Generate up to 4 sounds for one video, one per prompt, and their mix (the `/stems` API).
+
+        Each stem follows the source its prompt names; stem k uses seed + k. Stems
+        with an empty prompt are skipped. The mix is the sum of the stems at their
+        gains (0-2) plus the original soundtrack at original_audio_gain, scaled down
+        if it would clip.
+
+        Args:
+            video: the video file.
+            prompt_1: the first stem's sound, e.g. "dog barking" (required).
+            negative_1: a sound the first stem steers away from (may be empty).
+            gain_1: the first stem's level in the mix, 0-2.
+            prompt_2: the second stem's sound (empty: none).
+            negative_2: its negative prompt.
+            gain_2: its level.
+            prompt_3: the third stem's sound (empty: none).
+            negative_3: its negative prompt.
+            gain_3: its level.
+            prompt_4: the fourth stem's sound (empty: none).
+            negative_4: its negative prompt.
+            gain_4: its level.
+            steps: flow steps, 1-100.
+            cfg_strength: guidance, 1-10.
+            seed: -1 for random; stem k uses seed + k.
+            duration: seconds to sonify; 0 = automatic.
+            start: where the span begins, in seconds.
+            variant: model variant name, or empty for the server's.
+            original_audio_gain: the video's own soundtrack in the mix, 0-2.
+
+        Returns the mixed mp4, the multi-track mp4 (mix + one track per stem), the mix
+        FLAC, one FLAC per stem (None for unused ones) and the info line with the seeds.
+        """
+        rows = [
+            (prompt_1, negative_1, gain_1),
+            (prompt_2, negative_2, gain_2),
+            (prompt_3, negative_3, gain_3),
+            (prompt_4, negative_4, gain_4),
+        ]
+        with user_errors(_upload_dirs(video)):
+            stems = stems_from_form(rows)
+            # The first stem's prompt only passes the form check: each stem brings its own.
+            base = parse_request(
+                video, stems[0].prompt, "", steps, cfg_strength, seed, duration, start, variant, 1,
+                max_duration=self.slot.max_duration,
+            )  # fmt: skip
+            gain = spec.ORIGINAL_AUDIO_GAIN.check(float(original_audio_gain or 0.0), by_label=True)
+            result = self.service.run_stems(
+                base, stems, progress, session=_session(request), original_audio_gain=gain
+            )
+        return stems_ui.stems_outputs(result)[:-1] + (result,)
 
     def cancel(self, request: gr.Request | None = None) -> None:
         if self.slot.cancel(_session(request)):
@@ -337,6 +432,11 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
                             )
                             reuse = gr.Button("Reuse last seed", size="sm")
                         num_samples = _slider(spec.NUM_SAMPLES, step=1, info="one video each")
+                    original_level = _slider(
+                        spec.ORIGINAL_AUDIO_GAIN,
+                        step=0.05,
+                        info="the video's own sound under the new audio (0 = replace it)",
+                    )
             with gr.Column(scale=1):
                 players = [
                     gr.Video(
@@ -355,9 +455,11 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
                     elem_id="downloads",
                 )
                 info = gr.Textbox(label="Info", interactive=False, lines=2, elem_id="info")
+        stems_widgets = stems_ui.stems_accordion()
         last_seed = gr.State(None)
 
         inputs = [video, prompt, negative, steps, cfg, seed, duration, start, variant, num_samples]
+        inputs.append(original_level)
         outputs = [*players, downloads, info]
         event = gr.on(
             [run.click, prompt.submit, negative.submit],
@@ -385,6 +487,10 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
         # Refresh the status after a run: the first one loads the model.
         event.then(studio.describe, variant, status, queue=False, api_visibility="private")
 
+        stems_ui.wire_stems(
+            studio, stems_widgets, [video], [steps, cfg, seed, duration, start, variant, original_level]
+        )
+
         if examples and (rows := load_examples()):
             gr.Examples(
                 rows,
@@ -403,13 +509,18 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
     return demo
 
 
-def launch_options() -> dict[str, Any]:
+def launch_options(*, mcp: bool = False) -> dict[str, Any]:
     """What `launch` needs besides host and port.
 
     Only the examples folder is served from disk (outputs live in the temp dir,
     which gradio allows); uploads are capped well above any clip SelVA can use.
+    `mcp` also serves the named endpoints as MCP tools at /gradio_api/mcp/ (their
+    docstrings describe them to the model calling them).
     """
-    return {"allowed_paths": [str(EXAMPLES_DIR)], "max_file_size": MAX_UPLOAD}
+    options: dict[str, Any] = {"allowed_paths": [str(EXAMPLES_DIR)], "max_file_size": MAX_UPLOAD}
+    if mcp:
+        options["mcp_server"] = True
+    return options
 
 
 # -- command line ------------------------------------------------------------------------------------
@@ -443,6 +554,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--lazy-load", action="store_true", help="load the models on the first request instead of at start-up"
     )
+    parser.add_argument(
+        "--mcp",
+        action="store_true",
+        help="also serve the generate and stems endpoints as MCP tools (needs gradio[mcp])",
+    )
     return parser
 
 
@@ -468,7 +584,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 3 if isinstance(exc, WeightsError) else 2  # the exit codes of the `selva` command
         print(f"Loaded {args.variant} on {slot.pipe.device} in {seconds:.1f} s.", flush=True)
     demo = build_demo(slot)
-    demo.launch(share=args.share, server_name=args.server_name, server_port=args.port, **launch_options())
+    demo.launch(
+        share=args.share,
+        server_name=args.server_name,
+        server_port=args.port,
+        **launch_options(mcp=args.mcp),
+    )
     return 0
 
 

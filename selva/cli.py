@@ -109,6 +109,7 @@ start_arg = _ranged(spec.START)
 duration_arg = _ranged(spec.Limit("duration", "Duration", 0.0, math.inf, None), open_below=True)
 max_duration_arg = _ranged(spec.Limit("max_duration", "Max duration", 0.0, math.inf, None), open_below=True)
 gain_arg = _ranged(spec.Limit("gain", "Gain", 0.0, math.inf, None))
+stem_gain_arg = _ranged(spec.STEM_GAIN)
 
 
 # -- the parser ---------------------------------------------------------------------------------
@@ -126,12 +127,27 @@ def build_parser() -> argparse.ArgumentParser:
     about = (
         "Write OUT/<stem>.flac and OUT/<stem>.mp4 per video (OUT/<stem>_<k>.* with --samples).\n"
         "With no VIDEO, make --duration seconds of sound from the prompt alone: OUT may then\n"
-        "be the audio file itself (x.flac, x.wav) or a folder."
+        "be the audio file itself (x.flac, x.wav) or a folder.\n"
+        "With several --prompt: OUT/<stem>_<k>-<prompt>.flac per stem, OUT/<stem>_mix.flac and .mp4,\n"
+        "and OUT/<stem>_tracks.mp4 (the mix as default track, one track per stem, 'original')."
     )
     p = sub.add_parser("generate", help="sonify videos with one prompt", description=about, **shared)
     p.add_argument("videos", nargs="*", type=Path, metavar="VIDEO")
-    p.add_argument("--prompt", required=True, metavar="TEXT", help="the sound to make, e.g. 'dog barking'")
-    _generation_options(p)
+    p.add_argument(
+        "--prompt",
+        required=True,
+        action="append",
+        metavar="TEXT",
+        help="the sound to make, e.g. 'dog barking'; repeat for stems (up to 4) and a mix",
+    )
+    _generation_options(p, repeatable=True)
+    p.add_argument(
+        "--gain",
+        type=stem_gain_arg,
+        action="append",
+        metavar="GAIN",
+        help="with several --prompt: each stem's level in the mix, in order (default: 1 each)",
+    )
 
     about = (
         "LIST.csv has the columns video and prompt, and optionally negative, seed, start and\n"
@@ -157,9 +173,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _generation_options(p: argparse.ArgumentParser) -> None:
+def _generation_options(p: argparse.ArgumentParser, *, repeatable: bool = False) -> None:
     g = p.add_argument_group("generation")
-    g.add_argument("--negative", metavar="TEXT", help="sound to steer away from, e.g. 'wind noise'")
+    g.add_argument(
+        "--negative",
+        action="append" if repeatable else "store",
+        metavar="TEXT",
+        help="sound to steer away from, e.g. 'wind noise'"
+        + ("; one per --prompt for stems" if repeatable else ""),
+    )
     g.add_argument("--out", type=Path, default=Path("outputs"), metavar="DIR", help="default: %(default)s")
     g.add_argument("--steps", type=steps_arg, default=25, metavar="N", help="flow steps (default: 25)")
     g.add_argument("--cfg", type=cfg_arg, default=4.5, metavar="X", help="guidance (default: %(default)s)")
@@ -426,6 +448,8 @@ def generate_one(pipe, item: Item, args: argparse.Namespace) -> Callable[[], Non
     """Generate and save one clip; returns the call that logs what was written."""
     if item.video is not None and not item.video.is_file():
         raise MediaError(f"no such video: {item.video}")
+    if getattr(args, "stems", None):
+        return generate_stems_one(pipe, item, args)
     out = pipe(
         item.video,
         item.prompt,
@@ -452,13 +476,53 @@ def generate_one(pipe, item: Item, args: argparse.Namespace) -> Callable[[], Non
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    items = items_for(args.videos, args)
-    if not args.videos and args.out.suffix.lower() in (".flac", ".wav"):
-        # Sound from the prompt alone, written to the file --out names rather than into a folder.
-        items[0].name = args.out.stem
-        args.format = args.out.suffix.lower()[1:]
-        args.out = args.out.parent
-    return run_items(items, args, skip_existing=False)
+    from selva.stems import Stem, check_stems
+
+    prompts, negatives, gains = args.prompt, args.negative or [], args.gain or []
+    if len(prompts) == 1 and not gains:
+        if len(negatives) > 1:
+            raise InputError("give one --negative per --prompt")
+        args.prompt, args.negative = prompts[0], (negatives[0] if negatives else None)
+        args.stems = None
+        items = items_for(args.videos, args)
+        if not args.videos and args.out.suffix.lower() in (".flac", ".wav"):
+            # Sound from the prompt alone, written to the file --out names rather than into a folder.
+            items[0].name = args.out.stem
+            args.format = args.out.suffix.lower()[1:]
+            args.out = args.out.parent
+        return run_items(items, args, skip_existing=False)
+    # Several prompts: stems. Negatives and gains pair with the prompts in order.
+    for flag, values in (("--negative", negatives), ("--gain", gains)):
+        if values and len(values) != len(prompts):
+            raise InputError(f"give {flag} once per --prompt ({len(prompts)}) or not at all")
+    if not args.videos:
+        raise InputError("stems follow a video: give the VIDEO (sound from text alone takes one --prompt)")
+    if args.samples != 1:
+        raise InputError("--samples works with one --prompt; with stems each stem is one generation")
+    args.stems = check_stems(
+        Stem(prompt, negatives[k] if negatives else "", gains[k] if gains else 1.0)
+        for k, prompt in enumerate(prompts)
+    )
+    args.prompt, args.negative = prompts[0], None
+    return run_items(items_for(args.videos, args), args, skip_existing=False)
+
+
+def generate_stems_one(pipe, item: Item, args: argparse.Namespace) -> Callable[[], None]:
+    """Generate and save every stem of `args.stems` and their mix for one clip."""
+    from selva.stems import generate_stems, save_stems, stems_info
+
+    base = spec.GenerationRequest(
+        item.video, item.prompt, steps=args.steps, cfg_strength=args.cfg, seed=item.seed,
+        duration=item.duration, start=item.start,
+    )  # fmt: skip
+    gain = args.keep_original_audio or 0.0
+    if gain > spec.ORIGINAL_AUDIO_GAIN.maximum:
+        raise InputError(f"--keep-original-audio with stems is at most {spec.ORIGINAL_AUDIO_GAIN.maximum:g}")
+    out = generate_stems(pipe, base, args.stems, original_audio_gain=gain)
+    files = save_stems(out, args.out, item.name, audio_format=args.format)
+    written = [*files.stem_audio, files.mix_audio, files.mix_video, files.tracks_video]
+    names = ", ".join(str(p) for p in written)
+    return lambda: log.info("%s -> %s (%s)", item.where, names, stems_info(out))
 
 
 def cmd_batch(args: argparse.Namespace) -> int:

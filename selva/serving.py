@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +31,7 @@ from selva.spec import (
     DEFAULT_MAX_DURATION,
     DEFAULT_VARIANT,
     NUM_SAMPLES,
+    ORIGINAL_AUDIO_GAIN,
     CancelToken,
     GenerationRequest,
 )
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     import torch
 
     from selva.pipeline import SelvaOutput, SelvaPipeline
+    from selva.stems import Stem, StemsOutput
 
 log = logging.getLogger(__name__)
 
@@ -278,21 +280,31 @@ class GenerationService:
         self.slot = slot
         self.outputs = outputs or OutputStore()
         self._infer = on_gpu(self._infer_here) if on_gpu is not None else self._infer_here
+        wrap = on_gpu or (lambda fn: fn)
+        self._infer_stems = wrap(self._infer_stems_here)
 
     def run(
-        self, req: GenerationRequest, progress: ProgressFn | None = None, *, session: str = "local"
+        self,
+        req: GenerationRequest,
+        progress: ProgressFn | None = None,
+        *,
+        session: str = "local",
+        original_audio_gain: float | None = None,
     ) -> GenerationResult:
         """Generate `req` (waiting for a job in flight) and write an mp4, a FLAC and a WAV per candidate.
 
         `session` names the visitor: only they can cancel the job (`PipelineSlot.cancel`),
         which ends it with `GenerationCancelled`, also while it still waits for its turn.
+        `original_audio_gain` mixes the video's own soundtrack under the new audio in the mp4s.
         """
+        if original_audio_gain:
+            ORIGINAL_AUDIO_GAIN.check(original_audio_gain, by_label=True)
         token = self.slot.job(session)
         try:
             out, pipe, load_seconds = self._generate(req, progress, token)
         finally:
             self.slot.done(session, token)
-        return self._save(req, out, pipe, load_seconds)
+        return self._save(req, out, pipe, load_seconds, original_audio_gain)
 
     def _generate(
         self, req: GenerationRequest, progress: ProgressFn | None, token: CancelToken
@@ -318,7 +330,12 @@ class GenerationService:
         return out
 
     def _save(
-        self, req: GenerationRequest, out: SelvaOutput, pipe: SelvaPipeline, load_seconds: float
+        self,
+        req: GenerationRequest,
+        out: SelvaOutput,
+        pipe: SelvaPipeline,
+        load_seconds: float,
+        original_audio_gain: float | None = None,
     ) -> GenerationResult:
         folder = self.outputs.new_folder()
         source = Path(req.video).stem if req.video is not None else "prompt"
@@ -329,12 +346,106 @@ class GenerationService:
         for k in range(count):
             name = stem if count == 1 else f"{stem}_{k + 1}"
             if out.video is not None:
-                videos.append(str(out.save_video(folder / f"{name}.mp4", k)))
+                gain = original_audio_gain or None
+                videos.append(str(out.save_video(folder / f"{name}.mp4", k, original_audio_gain=gain)))
             audio_files += [str(out.save_audio(folder / f"{name}.{ext}", k)) for ext in ("flac", "wav")]
         info = info_line(out, pipe, load_seconds)
+        if original_audio_gain:
+            info += f" · original audio at {original_audio_gain:g}"
         return GenerationResult(
             videos=tuple(videos), audio_files=tuple(audio_files), info=info, seed=out.seed
         )
+
+
+    # -- several sources at once (selva.stems) ----------------------------------------------------
+
+    def run_stems(
+        self,
+        base: GenerationRequest,
+        stems: Sequence[Stem],
+        progress: ProgressFn | None = None,
+        *,
+        session: str = "local",
+        original_audio_gain: float = 0.0,
+    ) -> StemsResult:
+        """Generate each stem on `base`'s span (stem k with seed + k), mix them and save every file.
+
+        One job: it holds the pipeline for all its stems and is cancelled as a whole.
+        """
+        from selva.stems import check_stems
+
+        stems = check_stems(stems)
+        ORIGINAL_AUDIO_GAIN.check(original_audio_gain, by_label=True)
+        token = self.slot.job(session)
+        try:
+            if progress is not None and self.slot.lock.locked():
+                progress(0.0, desc="Waiting for the job in progress to finish")
+            with self.slot.lock:
+                token.raise_if_cancelled()
+                pipe, load_seconds = self.slot.get(base.variant, progress)
+                out = self._infer_stems(base, list(stems), float(original_audio_gain), progress, token)
+        finally:
+            self.slot.done(session, token)
+        from selva.stems import save_stems, stems_info
+
+        folder = self.outputs.new_folder()
+        files = save_stems(out, folder, f"{_slug(Path(base.video).stem, 24)}_seed{out.seed}")
+        info = stems_info(out) + f" · {pipe.variant.name} on {pipe.device} ({dtype_name(pipe.dtype)})"
+        if load_seconds:
+            info += f" · model loaded in {load_seconds:.1f} s"
+        return StemsResult(
+            mix_video=str(files.mix_video),
+            tracks_video=str(files.tracks_video),
+            mix_audio=str(files.mix_audio),
+            stem_audio=tuple(str(p) for p in files.stem_audio),
+            prompts=tuple(s.prompt for s in out.stems),
+            seeds=files.seeds,
+            info=info,
+        )
+
+    def _infer_stems_here(
+        self,
+        base: GenerationRequest,
+        stems: list[Stem],
+        original_audio_gain: float,
+        progress: ProgressFn | None,
+        token: CancelToken,
+    ) -> StemsOutput:
+        from selva.stems import generate_stems
+
+        pipe = self.slot.pipe
+        assert pipe is not None  # loaded by run_stems under the lock
+        report = StemsProgress(progress, base.steps)
+        out = generate_stems(
+            pipe,
+            base,
+            stems,
+            original_audio_gain=original_audio_gain,
+            callback_on_stage=report.stage,
+            callback_on_step_end=report.step,
+            on_stem=report.begin,
+            cancel=token,
+        )
+        report.finish()
+        return out
+
+
+@dataclass(frozen=True)
+class StemsResult:
+    """What one stems request made: file paths in an `OutputStore` folder, the seeds and the info line."""
+
+    mix_video: str  # the span with the mix as its soundtrack
+    tracks_video: str  # mix (default track) + one track per stem (+ "original")
+    mix_audio: str
+    stem_audio: tuple[str, ...]  # one FLAC per stem, at its gain
+    prompts: tuple[str, ...]
+    seeds: tuple[int, ...]  # stem k: seed + k
+    info: str
+
+    @property
+    def label(self) -> str:
+        """How a list of earlier results names this one."""
+        return " + ".join(self.prompts) + f" (seed {self.seeds[0]})"
 
 
 # -- reporting ---------------------------------------------------------------------------------------
@@ -388,6 +499,26 @@ class ProgressReport:
             span = f"window {first}/{windows}" if last == first else f"windows {first}-{last}/{windows}"
             where = f"{span}, "
         self.progress(fraction, desc=f"Generating: {where}step {done}/{self.steps}")
+
+
+class StemsProgress(ProgressReport):
+    """`ProgressReport` over several stems: stem k of n fills the k-th n-th of the bar."""
+
+    def __init__(self, progress: ProgressFn | None, steps: int):
+        super().__init__(self._scaled if progress is not None else None, steps)
+        self.outer = progress
+        self.index, self.count = 0, 1
+
+    def begin(self, index: int, count: int) -> None:
+        self.index, self.count = index, count
+
+    def _scaled(self, fraction: float, desc: str = "") -> None:
+        assert self.outer is not None
+        if fraction >= 1.0:
+            self.outer(1.0, desc=desc)
+            return
+        label = f"Stem {self.index + 1}/{self.count}: {desc}"
+        self.outer((self.index + fraction) / self.count, desc=label)
 
 
 _STAGES = {

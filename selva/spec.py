@@ -163,6 +163,11 @@ NUM_SAMPLES = Limit("num_samples", "Candidates", 1, 4, 1, integer=True)
 # torch generator for every candidate k.
 SEED = Limit("seed", "Seed", 0, 2**32 - 1, None, integer=True)
 START = Limit("start", "Start (s)", 0.0, math.inf, 0.0)
+# Several sources at once (selva.stems): each stem is a full generation, so a handful at most.
+MAX_STEMS = 4
+STEM_GAIN = Limit("gain", "Gain", 0.0, 2.0, 1.0)
+# The video's own soundtrack under the new audio: 0 replaces it, 1 keeps it at its level.
+ORIGINAL_AUDIO_GAIN = Limit("original_audio_gain", "Original audio level", 0.0, 2.0, 0.0)
 
 
 def check_duration(duration: object, max_duration: float) -> float | None:

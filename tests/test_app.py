@@ -138,7 +138,10 @@ def test_blocks_offer_every_control_with_its_default(app_pipe, tmp_path, monkeyp
     assert variant["value"] == "tiny_16k"  # the resident pipeline's
     assert {"small_16k", "small_44k", "tiny_44k"} <= {value for _, value in variant["choices"]}
     assert "Audio downloads (FLAC and WAV)" in by_label and "Info" in by_label
-    assert sum(1 for c in config["components"] if c["type"] == "video") == 1 + app.MAX_CANDIDATES
+    # the input, one player per candidate, and the stems mix
+    assert sum(1 for c in config["components"] if c["type"] == "video") == 2 + app.MAX_CANDIDATES
+    level = by_label["Original audio level"]
+    assert (level["minimum"], level["maximum"], level["value"]) == (0, 2, 0)
 
     # One named endpoint; it shares the "gpu" queue slot, one job at a time.
     named = [fn for fn in demo.fns.values() if fn.api_name == "generate"]

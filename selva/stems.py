@@ -1,0 +1,241 @@
+"""Several sources at once: one generation per stem on the same span, and a mix of them.
+
+Each `Stem` is a prompt (which also picks the motion its sound follows), an
+optional negative prompt and a gain. Stem k runs with seed + k, so any stem can
+be reproduced alone by a single-prompt call with that seed. The span is decoded
+per stem (the pipeline's sync cache is keyed by prompt, so TextSynch runs once
+per prompt, as it must); re-rolls of the same stems hit the caches.
+
+The mix is the gained sum of the stems, plus the video's own soundtrack at
+`original_audio_gain`; it never clips: a mix peaking over 1.0 is scaled down
+to peak at 1.0 and the info line says by how much.
+
+    out = generate_stems(pipe, GenerationRequest("dog.mp4", "", seed=7),
+                         [Stem("dog barking"), Stem("car engine", gain=0.5)])
+    files = save_stems(out, Path("outputs"), "dog")
+
+Importing this module loads neither torch nor a model (the server imports it).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from selva.spec import (
+    MAX_STEMS,
+    ORIGINAL_AUDIO_GAIN,
+    STEM_GAIN,
+    CancelToken,
+    GenerationRequest,
+    InputError,
+    check_prompt,
+)
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from selva.pipeline import SelvaPipeline, StageCallback, StepCallback
+
+
+@dataclass(frozen=True)
+class Stem:
+    """One source of a multi-source generation."""
+
+    prompt: str
+    negative_prompt: str = ""
+    gain: float = float(STEM_GAIN.default)
+
+    def checked(self, index: int = 0) -> Stem:
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise InputError(f"stem {index + 1} needs a prompt, e.g. 'dog barking'")
+        check_prompt(f"stem {index + 1} prompt", self.prompt)
+        check_prompt(f"stem {index + 1} negative prompt", self.negative_prompt)
+        STEM_GAIN.check(self.gain)
+        return self
+
+
+def check_stems(stems: Sequence[Stem]) -> list[Stem]:
+    """1 to MAX_STEMS checked stems."""
+    stems = list(stems)
+    if not 1 <= len(stems) <= MAX_STEMS:
+        raise InputError(f"give 1 to {MAX_STEMS} stems (one prompt each), got {len(stems)}")
+    return [stem.checked(k) for k, stem in enumerate(stems)]
+
+
+def stems_from_form(rows: Sequence[tuple[str | None, str | None, float | None]]) -> list[Stem]:
+    """(prompt, negative, gain) rows from a form -> stems; rows with an empty prompt are skipped."""
+    stems = []
+    for prompt, negative, gain in rows:
+        if not prompt or not prompt.strip():
+            continue
+        value = STEM_GAIN.default if gain is None or gain == "" else float(gain)
+        k = len(stems)
+        try:
+            STEM_GAIN.check(value, by_label=True)
+        except InputError as e:
+            raise InputError(f"stem {k + 1}: {e}") from None
+        stems.append(Stem(prompt.strip(), (negative or "").strip(), value))
+    if not stems:
+        raise InputError("Type a prompt for at least one stem, e.g. 'dog barking'.")
+    return check_stems(stems)
+
+
+@dataclass
+class StemsOutput:
+    """What one multi-source call produced: mono waves (N,) float32 in [-1, 1]."""
+
+    stems: list[Stem]
+    audio: list[np.ndarray]  # stem k, before its gain
+    seeds: list[int]  # stem k was drawn from seeds[k] == seed + k
+    mix: np.ndarray  # gained sum (with the original soundtrack), normalised if it peaked over 1
+    original: np.ndarray | None  # the video's soundtrack over the span, at unit gain
+    original_audio_gain: float
+    normalised_db: float  # 0.0, or the (negative) gain applied to keep the mix from clipping
+    sample_rate: int
+    start: float
+    duration: float
+    video: Path
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def seed(self) -> int:
+        return self.seeds[0]
+
+
+def mix_waves(waves: Sequence[np.ndarray], gains: Sequence[float]) -> tuple[np.ndarray, float]:
+    """(the gained sum scaled to peak at most 1.0, the scaling in dB: 0.0 when none was needed)."""
+    import numpy as np
+
+    mix = np.zeros_like(np.asarray(waves[0], dtype=np.float32))
+    for wave, gain in zip(waves, gains, strict=True):
+        mix += np.float32(gain) * np.asarray(wave, dtype=np.float32)
+    peak = float(np.abs(mix).max(initial=0.0))
+    if peak <= 1.0:
+        return mix, 0.0
+    return (mix / np.float32(peak)).astype(np.float32), 20.0 * math.log10(1.0 / peak)
+
+
+def generate_stems(
+    pipe: SelvaPipeline,
+    base: GenerationRequest,
+    stems: Sequence[Stem],
+    *,
+    original_audio_gain: float = 0.0,
+    callback_on_step_end: StepCallback | None = None,
+    callback_on_stage: StageCallback | None = None,
+    on_stem: Callable[[int, int], None] | None = None,
+    cancel: CancelToken | None = None,
+) -> StemsOutput:
+    """Generate every stem on `base`'s span and settings (its prompts are ignored), then mix them.
+
+    `base.seed=None` draws one seed; stem k uses seed + k. `on_stem(k, count)`
+    is called as stem k starts (for progress bars).
+    """
+    from selva import tracks
+
+    stems = check_stems(stems)
+    ORIGINAL_AUDIO_GAIN.check(original_audio_gain)
+    seed = random.randrange(2**31) if base.seed is None else base.seed
+    waves, seeds, timings = [], [], {}
+    out = None
+    for k, stem in enumerate(stems):
+        if on_stem is not None:
+            on_stem(k, len(stems))
+        req = replace(
+            base,
+            prompt=stem.prompt,
+            negative_prompt=stem.negative_prompt,
+            seed=seed + k,
+            num_samples=1,
+        )
+        out = pipe.generate(
+            req, callback_on_step_end=callback_on_step_end, callback_on_stage=callback_on_stage, cancel=cancel
+        )
+        waves.append(out.audio[0].numpy())
+        seeds.append(out.seed)
+        for name, seconds in out.timings.items():
+            timings[name] = timings.get(name, 0.0) + seconds
+    assert out is not None  # check_stems guarantees one stem at least
+    original = tracks.original_audio(out.video, out.start, out.duration, out.sample_rate)
+    layers, gains = list(waves), [s.gain for s in stems]
+    if original is not None and original_audio_gain:
+        layers.append(original)
+        gains.append(original_audio_gain)
+    mix, normalised_db = mix_waves(layers, gains)
+    return StemsOutput(
+        stems=stems,
+        audio=waves,
+        seeds=seeds,
+        mix=mix,
+        original=original,
+        original_audio_gain=float(original_audio_gain),
+        normalised_db=normalised_db,
+        sample_rate=out.sample_rate,
+        start=out.start,
+        duration=out.duration,
+        video=out.video,
+        timings=timings,
+    )
+
+
+@dataclass(frozen=True)
+class StemsFiles:
+    """Where `save_stems` wrote each file."""
+
+    mix_video: Path  # the span with the mix as its soundtrack (video stream copied)
+    tracks_video: Path  # the mix as default track, one track per stem, and "original" if it has one
+    mix_audio: Path
+    stem_audio: tuple[Path, ...]  # stem k, at its gain, unnormalised
+    seeds: tuple[int, ...]
+
+
+def save_stems(out: StemsOutput, folder: str | Path, name: str, *, audio_format: str = "flac") -> StemsFiles:
+    """Write `name`_mix.mp4, `name`_tracks.mp4, `name`_mix.FMT and `name`_K-prompt.FMT per stem."""
+    from selva import media, tracks
+    from selva.mux import mux
+
+    folder = Path(folder)
+    stem_files = []
+    for k, (stem, wave) in enumerate(zip(out.stems, out.audio, strict=True)):
+        path = folder / f"{name}_{k + 1}-{slug(stem.prompt)}.{audio_format}"
+        stem_files.append(media.write_audio(path, wave, out.sample_rate))
+    mix_audio = media.write_audio(folder / f"{name}_mix.{audio_format}", out.mix, out.sample_rate)
+    mix_video = mux(
+        out.video,
+        out.mix,
+        out.sample_rate,
+        folder / f"{name}_mix.mp4",
+        start=out.start,
+        duration=out.duration,
+    )
+    extra = [(stem.prompt, wave) for stem, wave in zip(out.stems, out.audio, strict=True)]
+    if out.original is not None:
+        extra.append(("original", out.original))
+    tracks_video = tracks.write_multitrack(mix_video, extra, out.sample_rate, folder / f"{name}_tracks.mp4")
+    return StemsFiles(mix_video, tracks_video, mix_audio, tuple(stem_files), tuple(out.seeds))
+
+
+def stems_info(out: StemsOutput) -> str:
+    """Seeds per stem, the span, and whether the mix was normalised, in one line."""
+    parts = [", ".join(f"{k + 1}. {s.prompt!r} seed {seed} gain {s.gain:g}"
+                       for k, (s, seed) in enumerate(zip(out.stems, out.seeds, strict=True)))]  # fmt: skip
+    parts.append(f"{out.duration:.2f} s from {out.start:.2f} s at {out.sample_rate / 1000:g} kHz")
+    if out.original is not None and out.original_audio_gain:
+        parts.append(f"original audio at {out.original_audio_gain:g}")
+    if out.normalised_db:
+        parts.append(f"mix normalised by {out.normalised_db:.1f} dB")
+    else:
+        parts.append("mix not normalised (peak under 1.0)")
+    if "total" in out.timings:
+        parts.append(f"total {out.timings['total']:.2f} s")
+    return " · ".join(parts)
+
+
+def slug(text: str, limit: int = 32) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-") or "stem"

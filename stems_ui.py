@@ -1,0 +1,165 @@
+"""SelVA Studio's stems editor (UI only): up to 4 prompts for one video, their players and mix.
+
+Built into the Blocks by `app.build_demo`; the work runs in `selva.serving.GenerationService.run_stems`
+through `app.Studio.generate_stems`. Kept apart from app.py so each stays small.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import gradio as gr
+
+from selva import spec
+from selva.serving import StemsResult
+
+if TYPE_CHECKING:
+    from app import Studio
+
+HISTORY_SIZE = 20  # earlier stems results kept per browser session (their files live ~1 h)
+
+
+def stems_outputs(result: StemsResult | None) -> tuple[Any, ...]:
+    """A stems result as the values of its players: mix mp4, tracks mp4, mix, 4 stems, info, labels.
+
+    The last item is the four stem players' labels (prompt and seed), as updates.
+    """
+    if result is None:
+        return (None, None, None, *[None] * spec.MAX_STEMS, "", [gr.update()] * spec.MAX_STEMS)
+    audio = [*result.stem_audio, *[None] * (spec.MAX_STEMS - len(result.stem_audio))]
+    labels = [
+        gr.update(label=f"Stem {k + 1}: {result.prompts[k]} (seed {result.seeds[k]})", visible=True)
+        if k < len(result.prompts)
+        else gr.update(label=f"Stem {k + 1}", visible=False)
+        for k in range(spec.MAX_STEMS)
+    ]
+    return (result.mix_video, result.tracks_video, result.mix_audio, *audio, result.info, labels)
+
+
+def remember(
+    history: list[StemsResult] | None, result: StemsResult | None, *served: str | None
+) -> tuple[Any, ...]:
+    """Add `result` to this session's earlier results; the list shows the newest first.
+
+    `served` are the players' values after the run: gradio's cached copies of the
+    files (mix mp4, tracks mp4, mix, stems), which outlive our short-lived ones.
+    """
+    history = list(history or [])
+    if result is not None:
+        if len(served) == 3 + spec.MAX_STEMS and all(served[: 3 + len(result.stem_audio)]):
+            mix_video, tracks_video, mix_audio, *stem_audio = served
+            result = replace(
+                result,
+                mix_video=mix_video,
+                tracks_video=tracks_video,
+                mix_audio=mix_audio,
+                stem_audio=tuple(stem_audio[: len(result.stem_audio)]),
+            )
+        history.insert(0, result)
+        del history[HISTORY_SIZE:]
+    choices = [(f"{len(history) - k}. {r.label}", k) for k, r in enumerate(history)]
+    labels = stems_outputs(result)[-1]
+    return (history, gr.update(choices=choices, value=0 if history else None), *labels)
+
+
+def recall(history: list[StemsResult] | None, index: int | None) -> tuple[Any, ...]:
+    """The players' values for earlier result `index` (as listed by `remember`)."""
+    history = history or []
+    known = index is not None and 0 <= int(index) < len(history)
+    *values, labels = stems_outputs(history[int(index)] if known else None)
+    # The stem players take their file and their label (prompt and seed) in one update.
+    players = [{**label, "value": value} for label, value in zip(labels, values[3:-1], strict=True)]
+    return (*values[:3], *players, values[-1])
+
+
+def stems_accordion() -> dict[str, Any]:
+    """The stems editor and its players: up to MAX_STEMS rows of prompt, negative prompt and gain."""
+    ui: dict[str, Any] = {"rows": [], "prompts": [], "negatives": [], "gains": [], "players": []}
+    with gr.Accordion("Stems: several sources at once", open=False, elem_id="stems"):
+        gr.Markdown(
+            "One sound per prompt on the same span, each following its own source, and their mix. "
+            "Uses the video and the settings above; stem k gets seed + k."
+        )
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=300):
+                for k in range(spec.MAX_STEMS):
+                    with gr.Row(visible=k < 2) as row:
+                        ui["prompts"].append(
+                            gr.Textbox(
+                                label=f"Stem {k + 1} prompt", max_lines=2, elem_id=f"stem-prompt-{k + 1}"
+                            )
+                        )
+                        ui["negatives"].append(gr.Textbox(label="Negative", max_lines=2))
+                        ui["gains"].append(
+                            gr.Slider(
+                                spec.STEM_GAIN.minimum,
+                                spec.STEM_GAIN.maximum,
+                                value=spec.STEM_GAIN.default,
+                                step=0.05,
+                                label=spec.STEM_GAIN.label,
+                                min_width=120,
+                            )
+                        )
+                    ui["rows"].append(row)
+                ui["count"] = gr.State(2)
+                with gr.Row():
+                    ui["add"] = gr.Button("Add stem", size="sm")
+                    ui["remove"] = gr.Button("Remove stem", size="sm")
+                ui["run"] = gr.Button("Generate stems", variant="primary", elem_id="generate-stems")
+                ui["history"] = gr.Dropdown(
+                    choices=[], value=None, label="Earlier results (this session)", interactive=True
+                )
+            with gr.Column(scale=1, min_width=300):
+                ui["mix_video"] = gr.Video(label="Mix", interactive=False, height=260, elem_id="stems-mix")
+                ui["tracks"] = gr.File(label="Multi-track mp4 (mix + one track per stem)", interactive=False)
+                ui["mix_audio"] = gr.Audio(label="Mix audio", type="filepath", interactive=False)
+                for k in range(spec.MAX_STEMS):
+                    ui["players"].append(
+                        gr.Audio(label=f"Stem {k + 1}", type="filepath", interactive=False, visible=k < 2)
+                    )
+                ui["info"] = gr.Textbox(label="Stems info", interactive=False, lines=2, elem_id="stems-info")
+        ui["result"] = gr.State(None)
+        ui["past"] = gr.State([])
+    return ui
+
+
+def wire_stems(studio: Studio, ui: dict[str, Any], video: list, settings: list) -> None:
+    """The stems editor's events: add/remove rows, Generate stems (`/stems`), earlier results."""
+    rows, prompts = ui["rows"], ui["prompts"]
+
+    def resize(count: int, delta: int) -> tuple[Any, ...]:
+        count = max(1, min(spec.MAX_STEMS, int(count) + delta))
+        # A removed row's prompt is emptied: hidden rows still send their values, and empty ones are skipped.
+        cleared = [gr.update() if k < count else "" for k in range(spec.MAX_STEMS)]
+        return (count, *[gr.update(visible=k < count) for k in range(spec.MAX_STEMS)], *cleared)
+
+    for button, delta in ((ui["add"], 1), (ui["remove"], -1)):
+        button.click(
+            lambda c, d=delta: resize(c, d),
+            ui["count"],
+            [ui["count"], *rows, *prompts],
+            queue=False,
+            api_visibility="private",
+        )
+    stem_inputs = [x for k in range(spec.MAX_STEMS) for x in (prompts[k], ui["negatives"][k], ui["gains"][k])]
+    outputs = [ui["mix_video"], ui["tracks"], ui["mix_audio"], *ui["players"], ui["info"]]
+    event = ui["run"].click(
+        studio.generate_stems,
+        inputs=[*video, *stem_inputs, *settings],
+        outputs=[*outputs, ui["result"]],
+        api_name="stems",
+        api_description="Generate up to 4 sounds for one video, one per prompt, and their mix.",
+        concurrency_limit=1,
+        concurrency_id="gpu",
+        show_progress_on=ui["mix_video"],
+    )
+    served = [ui["mix_video"], ui["tracks"], ui["mix_audio"], *ui["players"]]
+    event.success(
+        remember,
+        [ui["past"], ui["result"], *served],
+        [ui["past"], ui["history"], *ui["players"]],
+        queue=False,
+        api_visibility="private",
+    )
+    ui["history"].input(recall, [ui["past"], ui["history"]], outputs, queue=False, api_visibility="private")

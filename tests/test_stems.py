@@ -1,0 +1,240 @@
+"""selva/stems.py and selva/tracks.py: several sources at once, the mix and the multi-track mp4."""
+
+from pathlib import Path
+
+import av
+import gradio as gr
+import numpy as np
+import pytest
+from media_factory import make_video
+
+from selva import tracks
+from selva.spec import GenerationRequest, InputError
+from selva.stems import Stem, generate_stems, mix_waves, save_stems, stems_from_form, stems_info
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    return make_video(tmp_path_factory.mktemp("stems_media") / "clip.mp4", seconds=1.0)
+
+
+@pytest.fixture(scope="module")
+def clip_with_sound(tmp_path_factory) -> Path:
+    return make_video(tmp_path_factory.mktemp("stems_media") / "sound.mp4", seconds=1.0, audio=True)
+
+
+def decoded_tracks(path: Path) -> list[tuple[dict, bool, np.ndarray]]:
+    """(metadata, is default, samples) per audio track, in file order."""
+    with av.open(str(path)) as f:
+        streams = list(f.streams.audio)
+        # FFmpeg's mp4 muxer stores `title` as the udta "name" box, read back as "name".
+        info = [(dict(s.metadata), bool(s.disposition & av.stream.Disposition.default)) for s in streams]
+    out = []
+    for k, (meta, default) in enumerate(info):
+        with av.open(str(path)) as f:
+            wave = np.concatenate([fr.to_ndarray()[0] for fr in f.decode(f.streams.audio[k])])
+        out.append((meta, default, wave))
+    return out
+
+
+def test_mix_is_the_gained_sum_and_never_clips():
+    a = np.array([0.5, -0.25, 0.1], dtype=np.float32)
+    b = np.array([0.2, 0.5, 0.0], dtype=np.float32)
+    mix, db = mix_waves([a, b], [1.0, 0.5])
+    np.testing.assert_allclose(mix, a + 0.5 * b, rtol=1e-6)
+    assert db == 0.0
+    loud, db = mix_waves([a, b], [2.0, 2.0])  # peak 1.4: scaled down to 1.0
+    np.testing.assert_allclose(loud, (2 * a + 2 * b) / 1.4, rtol=1e-6)
+    assert np.abs(loud).max() == pytest.approx(1.0) and db == pytest.approx(20 * np.log10(1 / 1.4))
+
+
+def test_form_rows_skip_empty_prompts_and_check_gains():
+    stems = stems_from_form([("dog barking", "", 1.0), ("", "x", 1.0), (" car engine ", "wind", None)])
+    assert stems == [Stem("dog barking"), Stem("car engine", "wind", 1.0)]
+    with pytest.raises(InputError, match="stem 1: Gain must be a number from 0 to 2"):
+        stems_from_form([("rain", "", 3.0)])
+    with pytest.raises(InputError, match="at least one stem"):
+        stems_from_form([("", "", 1.0)])
+    with pytest.raises(InputError, match="1 to 4 stems"):
+        generate_stems(None, GenerationRequest("v.mp4", ""), [Stem("a")] * 5)
+
+
+def test_stems_end_to_end(app_pipe, clip, tmp_path):
+    """Two stems: seeds seed + k, each reproducible alone, the mix and every track in the files."""
+    base = GenerationRequest(clip, "", steps=2, seed=40)
+    stems = [Stem("dog barking", gain=1.5), Stem("car engine", "wind", gain=0.5)]
+    out = generate_stems(app_pipe, base, stems)
+    assert out.seeds == [40, 41] and out.original is None
+
+    for stem, seed, wave in zip(stems, out.seeds, out.audio, strict=True):
+        alone = app_pipe(clip, stem.prompt, stem.negative_prompt, steps=2, seed=seed)
+        np.testing.assert_array_equal(alone.audio[0].numpy(), wave)
+
+    expected, db = mix_waves(out.audio, [1.5, 0.5])
+    np.testing.assert_allclose(out.mix, expected, rtol=1e-6)
+    assert np.abs(out.mix).max() <= 1.0 and out.normalised_db == db
+    info = stems_info(out)
+    assert "1. 'dog barking' seed 40 gain 1.5" in info and "2. 'car engine' seed 41" in info
+    assert ("mix normalised by" in info) == (db != 0.0)
+
+    files = save_stems(out, tmp_path, "clip")
+    assert [p.name for p in files.stem_audio] == ["clip_1-dog-barking.flac", "clip_2-car-engine.flac"]
+    assert files.mix_audio.is_file() and files.seeds == (40, 41)
+    with av.open(str(files.mix_video)) as f:
+        assert len(f.streams.audio) == 1 and len(f.streams.video) == 1
+    tracks = decoded_tracks(files.tracks_video)
+    assert [meta.get("name") for meta, _, _ in tracks] == ["mix", "dog barking", "car engine"]
+    assert [meta.get("handler_name") for meta, _, _ in tracks] == ["mix", "dog barking", "car engine"]
+    assert [default for _, default, _ in tracks] == [True, False, False]
+    with av.open(str(files.tracks_video)) as f, av.open(str(files.mix_video)) as g:
+        assert len(f.streams.video) == 1
+        assert [p.size for p in f.demux(video=0)] == [p.size for p in g.demux(video=0)]  # copied as is
+    # Each stem's track carries that stem (AAC, so compare loosely against the other stem).
+    for k, wave in enumerate(out.audio):
+        got = tracks[k + 1][2]
+        n = min(got.size, wave.size)
+        assert np.abs(got[:n] - wave[:n]).mean() < np.abs(got[:n] - out.audio[1 - k][:n]).mean()
+
+
+def test_original_soundtrack_is_mixed_and_kept_as_a_track(app_pipe, clip_with_sound, tmp_path):
+    base = GenerationRequest(clip_with_sound, "", steps=2, seed=3)
+    out = generate_stems(app_pipe, base, [Stem("dog barking", gain=0.5)], original_audio_gain=0.8)
+    assert out.original is not None and np.abs(out.original).max() > 0.05
+    expected, _ = mix_waves([out.audio[0], out.original], [0.5, 0.8])
+    np.testing.assert_allclose(out.mix, expected, rtol=1e-6)
+    assert "original audio at 0.8" in stems_info(out)
+    files = save_stems(out, tmp_path, "sound")
+    titles = [meta.get("name") for meta, _, _ in decoded_tracks(files.tracks_video)]
+    assert titles == ["mix", "dog barking", "original"]
+
+
+# -- the serving layer and the app ----------------------------------------------------------------------
+
+
+def test_original_audio_level_on_the_main_generate(app_pipe, clip_with_sound):
+    """The app's Generate mixes the original soundtrack at the chosen level (0 replaces it)."""
+    import app
+
+    studio = app.Studio(app.PipelineSlot.wrap(app_pipe))
+
+    def mp4_audio(level: float) -> np.ndarray:
+        video, *_, info, seed = studio.generate(
+            str(clip_with_sound), "dog barking", "", 2, 4.5, 9, 0, 0, None, 1, level, progress=None
+        )
+        assert ("original audio at" in info) == bool(level)
+        with av.open(video) as f:
+            return np.concatenate([fr.to_ndarray()[0] for fr in f.decode(audio=0)])
+
+    replaced, kept = mp4_audio(0.0), mp4_audio(1.0)
+    n = min(replaced.size, kept.size)
+    original = tracks.original_audio(clip_with_sound, 0.0, 1.0, app_pipe.sample_rate)
+    # Same seed, so the difference between the two soundtracks is the original at gain 1 (AAC-coded).
+    diff = kept[:n] - replaced[:n]
+    assert np.corrcoef(diff[: original.size], original[: min(n, original.size)])[0, 1] > 0.9
+    with pytest.raises(gr.Error, match="Original audio level must be a number from 0 to 2"):
+        studio.generate(str(clip_with_sound), "dog", "", 2, 4.5, 9, 0, 0, None, 1, 5.0, progress=None)
+
+
+def test_stems_handler_history_and_recall(app_pipe, clip_with_sound):
+    import app
+    import stems_ui
+
+    studio = app.Studio(app.PipelineSlot.wrap(app_pipe))
+    rows = ["dog barking", "", 1.0, "car engine", "wind", 0.5, "", "", 1.0, "", "", 1.0]
+    *values, result = studio.generate_stems(
+        str(clip_with_sound), *rows, 2, 4.5, 20, 0, 0, None, 0.5, progress=None
+    )  # fmt: skip
+    mix_video, tracks_video, mix_audio, *players, info = values
+    assert result.seeds == (20, 21) and players[2:] == [None, None]
+    assert "seed 20" in info and "seed 21" in info and "original audio at 0.5" in info
+    titles = [meta.get("name") for meta, _, _ in decoded_tracks(Path(tracks_video))]
+    assert titles == ["mix", "dog barking", "car engine", "original"]
+
+    past, listing, *labels = stems_ui.remember([], result, *values[:7])
+    assert len(past) == 1 and listing["choices"] == [("1. dog barking + car engine (seed 20)", 0)]
+    assert labels[1]["label"] == "Stem 2: car engine (seed 21)" and labels[2]["visible"] is False
+    again = stems_ui.recall(past, 0)
+    assert again[0] == mix_video and again[3]["value"] == players[0] and again[-1] == info
+
+    with pytest.raises(gr.Error, match="at least one stem"):
+        studio.generate_stems(str(clip_with_sound), *[""] * 12, 2, 4.5, 1, 0, 0, None, 0, progress=None)
+
+
+def test_stems_endpoint_from_gradio_client(app_server, clip):
+    from gradio_client import Client, handle_file
+
+    client = Client(app_server.url, verbose=False)
+    assert "/stems" in client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    rows = ["dog barking", "", 1.0, "car engine", "", 1.0, "", "", 1.0, "", "", 1.0]
+    mix_video, tracks_video, mix_audio, *stems, info = client.predict(
+        handle_file(str(clip)), *rows, 2, 4.5, 5, 0, 0, "tiny_16k", 0, api_name="/stems"
+    )  # fmt: skip
+    assert "seed 5" in info and "seed 6" in info
+    assert Path(stems[0]).suffix == ".flac" and stems[2] is None and stems[3] is None
+    with av.open(str(tracks_video)) as f:
+        assert len(f.streams.audio) == 3
+
+
+# -- the command line ---------------------------------------------------------------------------------
+
+
+def test_cli_writes_stems_and_the_mix(tiny_hub, clip, tmp_path):
+    from selva import cli
+
+    out = tmp_path / "out"
+    code = cli.main([
+        "generate", str(clip), "--prompt", "dog barking", "--prompt", "car engine",
+        "--gain", "1", "--gain", "0.5",
+        "--negative", "", "--negative", "wind", "--seed", "8", "--steps", "2", "--variant", "tiny_16k",
+        "--device", "cpu", "--precision", "fp32", "--out", str(out), "-q",
+    ])  # fmt: skip
+    assert code == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [
+        "clip_1-dog-barking.flac", "clip_2-car-engine.flac",
+        "clip_mix.flac", "clip_mix.mp4", "clip_tracks.mp4",
+    ]  # fmt: skip
+    titles = [meta.get("name") for meta, _, _ in decoded_tracks(out / "clip_tracks.mp4")]
+    assert titles == ["mix", "dog barking", "car engine"]
+    # Mismatched pairs are a usage error before any model loads.
+    assert cli.main(["generate", str(clip), "--prompt", "a", "--prompt", "b", "--gain", "1", "-q"]) == 2
+
+
+# -- MCP (gradio[mcp]): python app.py --mcp ---------------------------------------------------------------
+
+
+def test_mcp_lists_generate_and_stems_with_their_descriptions(app_pipe):
+    pytest.importorskip("mcp", reason="needs gradio[mcp] (requirements-dev.txt)")
+    import asyncio
+    import socket
+
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamablehttp_client
+
+    import app
+
+    assert app.build_parser().parse_args(["--mcp"]).mcp
+    demo = app.build_demo(app_pipe, examples=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    options = app.launch_options(mcp=True)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **options)
+
+    async def listed() -> dict:
+        url = f"http://127.0.0.1:{port}/gradio_api/mcp/"
+        async with streamablehttp_client(url) as (read, write, _), ClientSession(read, write) as session:
+            await session.initialize()
+            return {tool.name: tool for tool in (await session.list_tools()).tools}
+
+    try:
+        tools = asyncio.run(listed())
+    finally:
+        demo.close()
+    assert {"generate", "generate_stems"} <= set(tools)
+    assert "follows the prompted source" in tools["generate"].description
+    stems = tools["generate_stems"]
+    assert "one per prompt" in stems.description
+    properties = stems.inputSchema["properties"]
+    assert {"video", "prompt_1", "gain_4", "original_audio_gain"} <= set(properties)
+    assert "level in the mix" in properties["gain_1"].get("description", "")
