@@ -202,6 +202,12 @@ def run_ray(
     from selva.variants import get_variant
 
     variant = get_variant(args.variant)  # a misspelt variant fails before Ray starts
+    if args.ray == "local":
+        from selva import hub
+
+        # The actors share this machine's cache: fetching (and checking) once here means missing
+        # weights fail before Ray starts, and N actors never download the same files at once.
+        hub.resolve(variant, weights_dir=args.weights_dir, revision=args.revision)
     try:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -228,9 +234,32 @@ def run_ray(
         except KeyboardInterrupt:
             _print_summary(summary, args)  # finished clips are on disk; say so before exiting
             raise
+        except Exception as exc:
+            # An actor that cannot load (weights missing on a node) surfaces wrapped in Ray's
+            # errors; the CLI's own error gives its exit code and one readable line.
+            cause = selva_cause(exc)
+            if cause is None:
+                raise
+            _print_summary(summary, args)
+            raise cause from None
     summary.failed.sort()  # results arrive in any order; the table should not
     _print_summary(summary, args)
     return 1 if summary.failed else 0
+
+
+def selva_cause(exc: BaseException) -> SelvaError | None:
+    """The SelvaError inside a Ray error (RayTaskError.cause, __cause__ or __context__), if any."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, SelvaError):
+            return current
+        todo += [getattr(current, "cause", None), current.__cause__, current.__context__]
+    return None
 
 
 def _stream(

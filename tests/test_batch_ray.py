@@ -137,3 +137,12 @@ def test_ray_refuses_shard(tiny_hub, clips, tmp_path, capsys):
         capsys, "batch", clips / "jobs.csv", "--ray", "--shard", "0/2", "--out", tmp_path, *FAST
     )
     assert code == 2 and "--shard and --ray" in err
+
+
+def test_ray_missing_weights_fail_before_ray_starts(tiny_hub, clips, tmp_path, capsys):
+    # Offline, a revision the cache does not hold means no weights at all.
+    argv = ["batch", clips / "jobs.csv", "--ray", "--revision", "no-such-tag", "--out", tmp_path, *FAST]
+    code, _, err = run(capsys, *argv)
+    assert code == 3, err
+    assert "Traceback" not in err
+    assert "actor(s)" not in err  # Ray never started: its pool is logged once it is up
