@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", metavar="TEXT", help="prompt for a folder, or for CSV rows without one")
     p.add_argument("--overwrite", action="store_true", help="redo clips whose outputs already exist")
     _generation_options(p)
+    from selva.distributed import add_batch_options
+
+    add_batch_options(p)
 
     about = (
         "Download and verify every file a variant needs (for Docker images and Spaces builds).\n"
@@ -364,8 +367,14 @@ class Summary:
         return "\n".join(lines)
 
 
-def run_items(items: list[Item], args: argparse.Namespace, *, skip_existing: bool) -> int:
+def plan_items(
+    items: list[Item], args: argparse.Namespace, *, skip_existing: bool
+) -> tuple[list[Item], Summary]:
+    """Name the clips, take this process's shard, and drop those whose outputs exist."""
+    from selva.distributed import select_shard
+
     assign_names(items)
+    items = select_shard(items, args)  # after naming: names depend on the whole list, not the shard
     for item in items:
         for path in _written(item, args):
             if item.video is not None and path.resolve() == item.video.resolve():
@@ -377,6 +386,11 @@ def run_items(items: list[Item], args: argparse.Namespace, *, skip_existing: boo
         summary.skipped = len(items) - len(pending)
         if summary.skipped:
             log.info("skipping %d clip(s) whose outputs exist in %s", summary.skipped, args.out)
+    return pending, summary
+
+
+def run_items(items: list[Item], args: argparse.Namespace, *, skip_existing: bool) -> int:
+    pending, summary = plan_items(items, args, skip_existing=skip_existing)
     if pending:  # a finished batch reruns without loading any model
         from selva.variants import get_variant
 
@@ -533,6 +547,10 @@ def cmd_batch(args: argparse.Namespace) -> int:
         items = items_from_csv(source, args)
     else:
         raise InputError(f"no such CSV file or folder: {source}")
+    if args.ray is not None:
+        from selva.batch_ray import run_ray  # Ray is imported only here
+
+        return run_ray(items, args, skip_existing=not args.overwrite)
     return run_items(items, args, skip_existing=not args.overwrite)
 
 
