@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 MAX_SIDE = 8192  # 8K DCI; larger pictures are almost surely a broken header, and too slow anyway
 _EPS = 1e-6  # same margin as selva.sequence, so frame counts agree with the sequence lengths
+_SQUASH_BATCH_BYTES = 32 << 20  # full-size RGB pictures held before a resize: 5 at 1080p, 1 at 4K
 _MIN_VIDEO_SECONDS = Fraction(1, 25)  # shorter than one 25 fps frame: no picture SelVA could use
 _HASH_CHUNK = 1 << 20
 _AUDIO_FORMATS = {".flac": ("flac", "flac"), ".wav": ("wav", "pcm_s16le")}
@@ -252,6 +253,7 @@ def read_frames(
         )
 
     out = torch.empty((count, 3, size, size), dtype=torch.uint8)
+    squash = _Squasher(out, size, info.rotation)
     k, last, last_end = 0, None, 0.0
     with open_input(path) as container:
         stream = container.streams.video[video_stream(container, path).index]
@@ -264,24 +266,24 @@ def read_frames(
             last = frame
             last_end = float(time + (Fraction(frame.duration or 0) * stream.time_base or nominal))
             if seconds >= targets[k]:
-                picture = _small(frame, size, info.rotation)
+                first = k
                 while k < count and seconds >= targets[k]:
-                    out[k] = picture
                     k += 1
+                squash.add(frame, first, k)
                 if k == count:
-                    return out
+                    return squash.flush()
     # the stream ended: its last picture stays on screen until that frame's end
     if last is not None and targets[k] < last_end:
-        picture = _small(last, size, info.rotation)
+        first = k
         while k < count and targets[k] < last_end:
-            out[k] = picture
             k += 1
+        squash.add(last, first, k)
     if k < count:
         raise MediaError(
             f"{path.name} stops at {last_end:.2f} s although it says it lasts {info.duration:.2f} s "
             "(a truncated or damaged file?); re-export it or choose an earlier span"
         )
-    return out
+    return squash.flush()
 
 
 def target_times(start: float, fps: float, count: int) -> list[float]:
@@ -293,14 +295,41 @@ def target_times(start: float, fps: float, count: int) -> list[float]:
     return times
 
 
-def _small(frame: av.VideoFrame, size: int, rotation: int) -> torch.Tensor:
-    """(3, size, size) uint8: full-size RGB from PyAV, squashed in torch, turned upright."""
-    rgb = torch.from_numpy(frame.to_ndarray(format="rgb24"))  # (H, W, 3)
-    # a (1, 3, H, W) view of the (H, W, 3) pixels: channels-last, the layout torch's uint8 kernels take
-    picture = F.interpolate(
-        rgb.permute(2, 0, 1)[None], size=(size, size), mode="bicubic", align_corners=False, antialias=True
-    )[0]
-    return torch.rot90(picture, k=rotation // 90, dims=(1, 2)) if rotation else picture  # counter-clockwise
+class _Squasher:
+    """Fills out[first:end] with a frame squashed to size x size (full-size RGB from PyAV, torch's
+    antialiased bicubic on uint8), turned upright.
+
+    Pictures wait in batches of up to _SQUASH_BATCH_BYTES of RGB: resized one at a time between
+    decoded frames, torch's worker threads and FFmpeg's decoder threads kept waking each other
+    (on 2 cores, 8 s at 25 fps cost 1.09 s of CPU instead of 0.83 s at 360p, 4.2 s instead of
+    3.5 s at 1080p). A batch gives the same pictures as one at a time.
+    """
+
+    def __init__(self, out: torch.Tensor, size: int, rotation: int) -> None:
+        self.out, self.size, self.rotation = out, size, rotation
+        self.pending: list[tuple[np.ndarray, int, int]] = []
+        self.bytes = 0
+
+    def add(self, frame: av.VideoFrame, first: int, end: int) -> None:
+        rgb = frame.to_ndarray(format="rgb24")  # (H, W, 3)
+        self.pending.append((rgb, first, end))
+        self.bytes += rgb.nbytes
+        if self.bytes >= _SQUASH_BATCH_BYTES:
+            self.flush()
+
+    def flush(self) -> torch.Tensor:
+        if self.pending:
+            # (N, 3, H, W) view of (N, H, W, 3) pixels: channels-last, the layout torch's uint8 kernels take
+            batch = torch.from_numpy(np.stack([rgb for rgb, _, _ in self.pending])).permute(0, 3, 1, 2)
+            small = F.interpolate(
+                batch, size=(self.size, self.size), mode="bicubic", align_corners=False, antialias=True
+            )
+            if self.rotation:
+                small = torch.rot90(small, k=self.rotation // 90, dims=(2, 3))  # counter-clockwise
+            for picture, (_, first, end) in zip(small, self.pending, strict=True):
+                self.out[first:end] = picture
+            self.pending, self.bytes = [], 0
+        return self.out
 
 
 # -- audio --------------------------------------------------------------------------------------
