@@ -147,7 +147,15 @@ def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """(B, H, N, hd) q, k, v -> (B, N, H * hd)."""
+    """(B, H, N, hd) q, k, v -> (B, N, H * hd).
+
+    SDPA's fused CUDA kernels (flash, memory-efficient) need each head's channels
+    at stride 1, else it falls back to the slow math path. A fused block's v
+    comes straight out of the interleaved qkv projection (channel stride 3), so
+    it is copied here; q and k (normed, rotated) and the joint blocks'
+    concatenations are contiguous already, and contiguous() leaves them as they are.
+    """
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     out = F.scaled_dot_product_attention(q, k, v)
     return out.transpose(1, 2).flatten(2)
 

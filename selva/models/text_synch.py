@@ -291,8 +291,9 @@ class CrossAttention(nn.Module):
         q = self.q_proj(x).view(B, N, H, hs).transpose(1, 2)  # (B, H, N, hs)
         # kv_proj interleaves k and v per channel: its output is laid out (H, hs, 2)
         kv = self.kv_proj(text).view(B, -1, H, hs, 2)
-        k, v = kv.permute(4, 0, 2, 1, 3)  # each (B, H, L, hs)
-        q, k = self.q_norm(q), self.k_norm(k)
+        k, v = kv.permute(4, 0, 2, 1, 3)  # each (B, H, L, hs), channel stride 2
+        # SDPA's fused CUDA kernels need channel stride 1 (the norm copies k anyway); v is a few tokens.
+        q, k, v = self.q_norm(q), self.k_norm(k), v.contiguous()
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=text_mask[:, None, None, :])
         return out.transpose(1, 2).reshape(B, N, C)
 
