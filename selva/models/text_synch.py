@@ -399,12 +399,22 @@ class TextSynch(nn.Module):
         for start in range(0, B * S, chunk):
             rows = torch.arange(start, min(start + chunk, B * S), device=video.device)  # (b, s) flattened
             item, seg = rows // S, rows % S
-            x = self.vfeat_extractor.encode(segments[item, seg])  # (n, 3, F, H, W) -> (n, t*h*w, D)
-            text_rows, mask_rows = text[item], text_mask[item]  # each segment sees its own item's text
-            for block in self.synch_text_cross_blocks:
-                x = block(x, text_rows, mask_rows)
-            out.append(self.vfeat_extractor.pool(x))  # (n, t, D)
+            # each segment sees its own item's text
+            out.append(self.encode_segments(segments[item, seg], text[item], text_mask[item]))  # (n, t, D)
         return torch.cat(out).view(B, S * mf.num_temporal, mf.embed_dim)  # (B, S*t, D)
+
+    def encode_segments(
+        self, segments: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Segments (n, 3, F, H, W), projected text (n, L', D) and mask (n, L') -> features (n, t, D).
+
+        The whole network for a batch of segments, apart from the Python that
+        cuts and batches them: the unit `selva.compile` compiles.
+        """
+        x = self.vfeat_extractor.encode(segments)  # (n, t*h*w, D)
+        for block in self.synch_text_cross_blocks:
+            x = block(x, text, text_mask)
+        return self.vfeat_extractor.pool(x)  # (n, t, D)
 
     def _check_inputs(
         self, video: torch.Tensor, text_f: torch.Tensor, text_mask: torch.Tensor, segment_chunk: int | None
