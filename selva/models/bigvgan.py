@@ -249,8 +249,9 @@ def snake_resample(x: torch.Tensor, p: PreparedActivation) -> torch.Tensor:
     come from two depthwise filters over the input, the snake acts on each
     phase alone (it is elementwise), and the strided down filter is the sum
     of its even taps over phase 0 and its odd taps over phase 1. Nothing is
-    interleaved, padded twice or scaled separately, which on two CPU cores
-    halved the time of this function against the three modules in a row.
+    interleaved, padded twice or scaled separately: measured on the CPU, an
+    activation takes 0.5 to 0.65 of the three modules' time in a row, and the
+    real-size 16 kHz vocoder about 0.8 (its dense convolutions are the rest).
 
     The downsampler pads the 2x signal by repeating its end samples; here
     those are the few phase samples at each end, overwritten with the end
