@@ -93,8 +93,13 @@ def compile_networks(
     *,
     device: torch.device | str,
     mode: str | None = None,
+    backend: str = "inductor",
 ) -> CompilePlan:
     """Compile the given networks in place for `device` (see the module notes); None skips one.
+
+    `backend` other than inductor (e.g. "eager", "aot_eager": dynamo's tracing
+    alone, to tell a tracing problem from a code-generation one, and quick to
+    smoke-test) ignores the modes and records no CUDA graphs.
 
     Call it after the networks are on their device and in their dtype: the
     vocoder's fused activations are prepared here, for the dtype and device of
@@ -105,18 +110,31 @@ def compile_networks(
     plan = compile_plan(device, mode)
     tune_backends(device)
     _raise_recompile_limit(RECOMPILE_LIMIT)
+    inductor = backend == "inductor"
+
+    def compile_(module: nn.Module, name: str, mode: str, cuda_graphs: bool = False) -> None:
+        _compile_method(
+            module,
+            name,
+            backend=backend,
+            mode=mode if inductor else None,
+            dynamic=plan.dynamic,
+            cuda_graphs=cuda_graphs and inductor,
+        )
+
     if generator is not None:
-        _compile_method(generator, "forward", plan.generator_mode, plan.dynamic, cuda_graphs=plan.cuda_graphs)
+        compile_(generator, "forward", plan.generator_mode, cuda_graphs=plan.cuda_graphs)
     if text_synch is not None:
-        _compile_method(text_synch, "encode_segments", plan.mode, plan.dynamic)
+        compile_(text_synch, "encode_segments", plan.mode)
     if vocoder is not None:
         prepare = getattr(vocoder, "prepare", None)
         if prepare is not None:
             prepare()  # build the fused tensors eagerly: the compiled graph only reads them
-        _compile_method(vocoder, "forward", plan.mode, plan.dynamic)
+        compile_(vocoder, "forward", plan.mode)
     log.info(
-        "compiled for %s: generator mode %r, others %r, dynamic=%s",
+        "compiled for %s with %s: generator mode %r, others %r, dynamic=%s",
         plan.device_type,
+        backend,
         plan.generator_mode,
         plan.mode,
         plan.dynamic,
@@ -124,7 +142,7 @@ def compile_networks(
     return plan
 
 
-def compile_pipeline(pipe: Any, *, mode: str | None = None) -> CompilePlan:
+def compile_pipeline(pipe: Any, *, mode: str | None = None, backend: str = "inductor") -> CompilePlan:
     """`compile_networks` on a loaded `SelvaPipeline`'s generator, TextSynch and vocoder.
 
     An offloaded vocoder moves between the CPU and the GPU around every use,
@@ -133,7 +151,9 @@ def compile_pipeline(pipe: Any, *, mode: str | None = None) -> CompilePlan:
     vocoder = None if pipe.offload else pipe.vocoder
     if pipe.offload:
         log.info("vocoder offloaded between uses: left uncompiled")
-    return compile_networks(pipe.generator, pipe.text_synch, vocoder, device=pipe.device, mode=mode)
+    return compile_networks(
+        pipe.generator, pipe.text_synch, vocoder, device=pipe.device, mode=mode, backend=backend
+    )
 
 
 def is_compiled(module: nn.Module, method: str = "forward") -> bool:
@@ -142,12 +162,18 @@ def is_compiled(module: nn.Module, method: str = "forward") -> bool:
 
 
 def _compile_method(
-    module: nn.Module, name: str, mode: str, dynamic: bool | None, *, cuda_graphs: bool = False
+    module: nn.Module,
+    name: str,
+    *,
+    backend: str,
+    mode: str | None,
+    dynamic: bool | None,
+    cuda_graphs: bool,
 ) -> None:
     if is_compiled(module, name):
         return
     eager = getattr(module, name)
-    compiled = torch.compile(eager, mode=mode, dynamic=dynamic)
+    compiled = torch.compile(eager, backend=backend, mode=mode, dynamic=dynamic)
     if cuda_graphs:
         compiled = _replayed(compiled)
     # An instance attribute shadows the class method: hooks, `config` and the other methods stay as they were.
