@@ -128,6 +128,18 @@ def stopwatch(out: dict[str, float], name: str, sync: Callable[[], None] | None 
         out[name] = time.perf_counter() - start
 
 
+def dtype_reason(device: Any, requested: str, used: Any) -> str:
+    """Why the run is in its precision: asked for, or `selva.device`'s default and its reason."""
+    from selva import device as devices
+
+    asked = devices.parse_dtype(requested)
+    if asked is None:
+        return devices.explain_dtype(device, devices.probe_capabilities())
+    if asked != used:
+        return f"{requested} asked for (--dtype), unsupported here: {used} instead"
+    return f"{requested}: asked for (--dtype)"
+
+
 def cpu_name() -> str:
     """The CPU's model name (platform.processor() is often empty on Linux)."""
     with contextlib.suppress(OSError):
@@ -153,7 +165,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--dtype", default="auto", help="auto (the app's choice), bf16, fp16 or fp32")
     p.add_argument("--offload", default="auto", help="auto, keep_in_vram or offload_to_cpu")
     p.add_argument("--steps", type=int, default=25, help="Euler steps (default 25)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the generator and TextSynch")
+    p.add_argument(
+        "--compile", action="store_true", help="selva.compile: the generator, TextSynch and the vocoder"
+    )
     p.add_argument(
         "--warmup",
         type=int,
@@ -255,9 +269,10 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     cuda_after_load = torch.cuda.max_memory_allocated(device) if cuda else None
 
     if args.compile:
-        # In place (nn.Module.compile), so the pipeline's attribute look-ups (config, helpers) still work.
-        pipe.generator.compile()
-        pipe.text_synch.compile()
+        from selva.compile import compile_pipeline
+
+        # In place, so the pipeline's attribute look-ups (config, helpers) still work.
+        compile_pipeline(pipe)
 
     with tempfile.TemporaryDirectory(prefix="selva-bench-") as tmp_name:
         tmp = Path(tmp_name)
@@ -328,6 +343,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if cuda else cpu_name(),
         "dtype": str(pipe.dtype).removeprefix("torch."),
+        "dtype_reason": dtype_reason(device, args.dtype, pipe.dtype),
         "offload": pipe.offload,
         "steps": args.steps,
         "compile": args.compile,
@@ -402,6 +418,7 @@ def format_table(r: dict[str, Any]) -> str:
         f"torch {r['torch']}",
         f"clip {r['clip']['size']} {r['clip']['fps']} fps {r['clip']['duration']:g} s; "
         f"warm-up runs: {r['warmup_runs']}",
+        f"precision: {r['dtype_reason']}",
         "",
         f"load: {r['load_s']:.2f} s; RSS before {gb(r['rss_before_load'])}, peak after load "
         f"{gb(r['peak_rss_after_load'])}, parameters {gb(r['param_bytes'])} "

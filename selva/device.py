@@ -152,6 +152,24 @@ def default_dtype(device: torch.device, caps: Capabilities) -> torch.dtype:
     return torch.bfloat16 if caps.cpu_bf16 else torch.float32
 
 
+def explain_dtype(device: torch.device | str, caps: Capabilities) -> str:
+    """Why `default_dtype` picks what it picks on `device`, in one line (for logs and benchmarks)."""
+    device = torch.device(device)
+    dtype = _name(default_dtype(device, caps))
+    if device.type == "cuda":
+        if caps.cuda_bf16:
+            return f"{dtype}: the GPU has native bf16 (Ampere or later), with float32's range"
+        return f"{dtype}: the GPU has no native bf16 (before Ampere), so half precision is fp16"
+    if device.type == "mps":
+        if caps.mps_bf16:
+            return f"{dtype}: MPS has bf16 kernels (macOS 14 or later)"
+        return f"{dtype}: MPS on this macOS has no bf16 kernels, so half precision is fp16"
+    flags = sorted(caps.cpu_flags & CPU_BF16_FLAGS)
+    if flags:
+        return f"{dtype}: the CPU has native bf16 arithmetic ({', '.join(flags)}), about twice fp32's speed"
+    return f"{dtype}: the CPU has no native bf16 (no avx512_bf16/amx_bf16), where bf16 is emulated and slower"
+
+
 def choose_dtype(
     device: torch.device | str,
     requested: str | torch.dtype | None = None,

@@ -241,3 +241,59 @@ def test_44k_vocoder_is_real_size_only_for_the_real_vae(builder, tiny_hub):
     assert {k: v for k, v in tiny.items() if k != "upsample_initial_channel"} == {
         k: v for k, v in real.items() if k != "upsample_initial_channel"
     }
+
+
+# -- benchmarks/gpu.py, smoke-run on the CPU ---------------------------------------------------------
+
+GPU_PHASES = [
+    ("env", None),
+    ("matmul", None),
+    ("build", None),
+    ("load", None),
+    *[(p, mode) for mode in ("eager", "compiled") for p in ("compile", "warmup", "stages", "e2e", "check")],
+    ("done", None),
+]
+GPU_PHASES.remove(("compile", "eager"))
+
+
+def test_gpu_benchmark_smoke_run_reports_every_phase(benchmarks_importable, tiny_hub, tmp_path, capsys):
+    gpu = importlib.import_module("benchmarks.gpu")
+    out = tmp_path / "out" / "gpu.jsonl"
+    # The eager backend: dynamo traces the networks as on the GPU, without minutes of C++ compiles.
+    argv = ["--smoke", "--variants", TINY_16K, "--cache-dir", str(tmp_path), "--json-out", str(out)]
+    assert gpu.main([*argv, "--compile-backend", "eager", "--build-in-process"]) == 0
+    printed = capsys.readouterr().out
+
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    # every phase's line is printed and written as it happens (a timed-out run keeps the earlier ones)
+    assert rows == [json.loads(line.removeprefix(gpu.JSON_PREFIX)) for line in printed.splitlines()
+                    if line.startswith(gpu.JSON_PREFIX)]  # fmt: skip
+    assert [(r["phase"], r.get("mode")) for r in rows] == GPU_PHASES
+    by = {(r["phase"], r.get("mode")): r for r in rows}
+    assert by[("env", None)]["dtype"] == "float32" and by[("env", None)]["dtype_reason"]
+    assert by[("matmul", None)]["tflops"] > 0
+    assert by[("compile", "compiled")]["plan"]["dynamic"] is True  # the CPU plan
+    for mode in ("eager", "compiled"):
+        stages = by[("stages", mode)]
+        assert set(stages["seconds"]) == set(gpu.STAGES) and all(t >= 0 for t in stages["seconds"].values())
+        assert stages["steps"] == 2 and stages["steps_per_s"] > 0 and stages["audio_finite"]
+        e2e = by[("e2e", mode)]
+        assert not e2e["first"]["sync_cache_hit"] and e2e["reroll"]["sync_cache_hit"]
+        check = by[("check", mode)]
+        # the same float32 CPU arithmetic on both sides: no distance at all
+        assert check["all_ok"] and set(check["stages"]) == {"sync_features", "latent", "mel", "audio"}
+        assert all(s["rel_l2"] < 1e-5 for s in check["stages"].values())
+    assert by[("done", None)]["errors"] == 0
+    assert f"| {TINY_16K} | compiled |" in printed  # the summary table
+
+
+def test_gpu_benchmark_keeps_going_after_a_failed_phase(benchmarks_importable, tmp_path, capsys):
+    gpu = importlib.import_module("benchmarks.gpu")
+    out = tmp_path / "gpu.jsonl"
+    # An unknown variant fails its build phase; the run still ends with its summary.
+    argv = ["--smoke", "--variants", "no_such_variant", "--cache-dir", str(tmp_path), "--json-out", str(out)]
+    assert gpu.main(argv) == 1
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["phase"] for r in rows] == ["env", "matmul", "build", "done"]
+    assert "no_such_variant" in rows[2]["error"] and rows[-1]["errors"] == 1
+    assert "error in build" in capsys.readouterr().out

@@ -1,12 +1,23 @@
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
 from parity import load_fixture, meta_tensors
 
 from selva.loading import build_from_checkpoint
-from selva.models.bigvgan import BIGVGAN_PRESETS, BigVGAN, BigVGANConfig, kaiser_sinc_filter
+from selva.models.bigvgan import (
+    BIGVGAN_PRESETS,
+    Activation1d,
+    BigVGAN,
+    BigVGANConfig,
+    DownSample1d,
+    SnakeBeta,
+    UpSample1d,
+    kaiser_sinc_filter,
+    snake_coefficients,
+)
 
 MANIFEST_16K = 'ext_weights/best_netG.pt (under key "generator")'
 PARAM_G, PARAM_V = ".parametrizations.weight.original0", ".parametrizations.weight.original1"
@@ -129,11 +140,75 @@ def test_default_filters_are_unit_gain_lowpass():
     assert taps.argmax() in (5, 6)
 
 
+# Relative L2 distance to the float32 reference allowed per precision: about twice what the tiny
+# fixtures' random weights give (float16 0.03, bfloat16 0.076), far below a broken cast.
+HALF_TOLERANCE = {torch.float16: 0.08, torch.bfloat16: 0.15}
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("name", ["bigvgan_16k", "bigvgan_v2_44k"])
-def test_bfloat16_forward(fixtures_dir, name):
+def test_half_precision_is_finite_and_near_float32(fixtures_dir, name, dtype):
     fx = load_fixture(fixtures_dir, name)
-    net = build_from_checkpoint(BigVGAN, BigVGANConfig.from_dict(fx["config"]), fx["state_dict"])
-    net = net.to(torch.bfloat16)
-    wav = vocode(net, fx["inputs"]["mel"].to(torch.bfloat16))
-    assert wav.dtype == torch.bfloat16
+    net = build_from_checkpoint(BigVGAN, BigVGANConfig.from_dict(fx["config"]), fx["state_dict"], dtype=dtype)
+    wav = vocode(net, fx["inputs"]["mel"].to(dtype))
+    assert wav.dtype == dtype
     assert torch.isfinite(wav).all()
+    expected = fx["outputs"]["wav"]
+    assert (wav.float() - expected).norm() / expected.norm() < HALF_TOLERANCE[dtype]
+
+
+def test_snake_coefficients_stay_finite_in_float16():
+    # Log-scale betas whose exp is 0 or subnormal in float16, where 1e-9 also rounds to 0.
+    beta = torch.tensor([-30.0, -12.0, 0.0, 3.0])
+    assert torch.isinf(1 / (beta.half().exp() + 1e-9)).any()  # the formula as written, in float16
+    alpha, inverse = snake_coefficients(torch.zeros(4), beta, logscale=True, dtype=torch.float16)
+    assert inverse.dtype == torch.float16 and torch.isfinite(inverse).all()
+    assert inverse[0] == inverse[1] == torch.finfo(torch.float16).max
+    torch.testing.assert_close(inverse[2:].float(), (-beta[2:]).exp(), rtol=1e-3, atol=0)
+    torch.testing.assert_close(alpha, torch.ones(4, dtype=torch.float16))
+
+    act = SnakeBeta(4)
+    with torch.no_grad():
+        act.beta.copy_(beta)
+    x = torch.linspace(-3, 3, 32).expand(1, 4, 32)
+    assert torch.isfinite(act.half()(x.half())).all()
+
+
+@pytest.mark.parametrize("activation", ["snakebeta", "snake"])
+@pytest.mark.parametrize("kernel_size", [12, 8])
+@pytest.mark.parametrize("length", [1, 2, 7, 50])
+def test_fused_activation_is_the_three_modules_in_a_row(activation, kernel_size, length):
+    """The polyphase path equals upsample -> snake -> downsample, the replicated ends included."""
+    torch.manual_seed(length)
+    config = dataclasses.replace(BIGVGAN_PRESETS["16k"], activation=activation)
+    act = Activation1d(6, config)
+    act.upsample, act.downsample = UpSample1d(kernel_size=kernel_size), DownSample1d(kernel_size=kernel_size)
+    with torch.no_grad():
+        for t in (*act.act.parameters(), act.upsample.filter, act.downsample.lowpass.filter):
+            t.normal_()
+    act = act.double()
+    x = torch.randn(2, 6, length, dtype=torch.float64)
+    torch.testing.assert_close(act(x), act.reference_forward(x), atol=1e-12, rtol=1e-12)
+
+
+def test_prepared_activations_follow_casts_and_loads(fixtures_dir):
+    fx = load_fixture(fixtures_dir, "bigvgan_16k")
+    config = BigVGANConfig.from_dict(fx["config"])
+    net = build_from_checkpoint(BigVGAN, config, fx["state_dict"])
+    mel = fx["inputs"]["mel"].float()[..., :8]
+    net.prepare()
+    before = vocode(net, mel)
+
+    net.to(torch.float64)
+    assert all(m._prepared is None for m in net.modules() if isinstance(m, Activation1d))
+    wav = vocode(net, mel.double())
+    assert wav.dtype == torch.float64
+    assert (wav.float() - before).norm() / before.norm() < 1e-3  # float32 rounding: 2e-4
+    net.float()
+
+    # Another checkpoint into the same module (every alpha doubled): the prepared tensors are rebuilt.
+    changed = {k: v + math.log(2) if k.endswith(".alpha") else v for k, v in net.state_dict().items()}
+    net.load_state_dict(changed)
+    after = vocode(net, mel)
+    torch.testing.assert_close(after, vocode(build_from_checkpoint(BigVGAN, config, changed), mel))
+    assert not torch.allclose(before, after)

@@ -5,7 +5,7 @@ from functools import cache
 
 import pytest
 import torch
-from parity import meta_tensors
+from parity import meta_tensors, sdpa_channel_strides
 
 from selva import sampling
 from selva.loading import build_from_checkpoint
@@ -182,6 +182,15 @@ def test_bfloat16_forward():
         v = gen(torch.cat([latent, latent]), torch.full((2,), 0.25, dtype=torch.bfloat16), both)
     assert v.dtype == torch.bfloat16 and v.shape == (2, 63, TINY.latent_dim)
     assert torch.isfinite(v).all()
+
+
+def test_attention_inputs_have_unit_channel_stride():
+    gen = Generator(TINY).eval()
+    (clip_f, sync_f, text_f), latent = tiny_inputs(gen, 1, 63, 16, torch.float32)
+    with torch.no_grad(), sdpa_channel_strides() as strides:
+        cond = gen.preprocess_conditions(clip_f, sync_f, text_f, latent_len=63)
+        gen(latent, torch.full((1,), 0.5), cond)
+    assert strides == [(1, 1, 1)] * TINY.depth  # one attention per joint and per fused block
 
 
 def test_euler_timesteps_and_step():

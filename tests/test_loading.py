@@ -17,6 +17,7 @@ from selva.device import (
     choose_device,
     choose_dtype,
     choose_offload,
+    explain_dtype,
     parse_cpu_flags,
     parse_dtype,
     parse_offload,
@@ -212,6 +213,7 @@ def test_tiny_hub_vae_reproduces_the_pipeline_fixture(tiny_hub, fixtures_dir):
 
 CPUINFO = "processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 amx_bf16\n"  # as in /proc/cpuinfo
 AMX_CPU = Capabilities(cpu_flags=parse_cpu_flags(CPUINFO))
+AVX512_BF16_CPU = Capabilities(cpu_flags=frozenset({"fpu", "avx2", "avx512f", "avx512_bf16"}))  # no AMX
 OLD_CPU = Capabilities(cpu_flags=frozenset({"fpu", "avx2"}))
 AMPERE = Capabilities(cuda=True, cuda_bf16=True, cpu_flags=OLD_CPU.cpu_flags)
 TURING = Capabilities(cuda=True, cuda_bf16=False)
@@ -244,6 +246,7 @@ def test_device_choice():
         ("mps", MAC_14, torch.bfloat16),
         ("mps", MAC_13, torch.float16),
         ("cpu", AMX_CPU, torch.bfloat16),  # measured: 49 s bf16 vs 93 s fp32
+        ("cpu", AVX512_BF16_CPU, torch.bfloat16),
         ("cpu", OLD_CPU, torch.float32),
     ],
 )
@@ -252,6 +255,25 @@ def test_default_precision(device, caps, expected):
         warnings.simplefilter("error")
         assert choose_dtype(device, None, caps) == expected
         assert choose_dtype(device, "auto", caps) == expected
+
+
+@pytest.mark.parametrize(
+    "device, caps, starts, says",
+    [
+        ("cuda", AMPERE, "bf16:", "native bf16"),
+        ("cuda", TURING, "fp16:", "no native bf16"),
+        ("mps", MAC_14, "bf16:", "bf16 kernels"),
+        ("mps", MAC_13, "fp16:", "no bf16 kernels"),
+        ("cpu", AMX_CPU, "bf16:", "amx_bf16, avx512_bf16"),
+        ("cpu", AVX512_BF16_CPU, "bf16:", "(avx512_bf16)"),
+        ("cpu", OLD_CPU, "fp32:", "emulated"),
+        ("cpu", Capabilities(), "fp32:", "no native bf16"),  # no /proc/cpuinfo (macOS, containers)
+    ],
+)
+def test_the_precision_choice_is_explained(device, caps, starts, says):
+    why = explain_dtype(device, caps)
+    assert why.startswith(starts) and says in why
+    assert parse_dtype(starts.removesuffix(":")) == choose_dtype(device, None, caps)  # explains the choice
 
 
 @pytest.mark.parametrize(

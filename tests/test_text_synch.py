@@ -3,7 +3,7 @@ import logging
 
 import pytest
 import torch
-from parity import meta_tensors
+from parity import meta_tensors, sdpa_channel_strides
 
 from selva.loading import build_from_checkpoint
 from selva.models.text_synch import TEXT_SYNCH_PRESETS, TextSynch, TextSynchConfig
@@ -57,6 +57,14 @@ def test_bfloat16_forward(fx, net):
         sync_f = net16(video, fx["inputs"]["text_f"], fx["inputs"]["text_mask"])
     assert sync_f.dtype == torch.bfloat16 and sync_f.shape == (2, 8, 64)
     assert torch.isfinite(sync_f).all()
+
+
+def test_attention_inputs_have_unit_channel_stride(fx, net):
+    video = fx["inputs"]["video"][:1, :16].float()
+    with torch.no_grad(), sdpa_channel_strides() as strides:
+        net(video, fx["inputs"]["text_f"][:1], fx["inputs"]["text_mask"][:1])
+    assert len(strides) > 2 * net.config.motionformer.depth  # divided attention, cross-attention, pooling
+    assert set(strides) == {(1, 1, 1)}
 
 
 def test_real_size_matches_manifest(fixtures_dir):

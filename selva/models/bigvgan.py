@@ -26,7 +26,7 @@ checkpoints need a key remap anyway. Worth revisiting if a release fixes those.
 import logging
 import math
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -174,19 +174,43 @@ class DownSample1d(nn.Module):
         return self.lowpass(x)  # (B, C, T / ratio)
 
 
+def snake_coefficients(
+    alpha: torch.Tensor, beta: torch.Tensor, *, logscale: bool, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (alpha, 1 / (beta + eps)) of a snake activation, computed in float32 (or float64),
+    cast to `dtype`.
+
+    Taken in float32 because in float16 the eps (1e-9) rounds to zero and a small
+    exp(beta) underflows too, so dividing in float16 can divide by zero. The
+    reciprocal is clamped to the largest finite value of `dtype` (beta below
+    about -11 in float16): inf would turn the sin^2 = 0 points into NaN.
+    """
+    work = torch.promote_types(dtype, torch.float32)
+    alpha, beta = alpha.to(work), beta.to(work)
+    if logscale:
+        alpha, beta = alpha.exp(), beta.exp()
+    limit = torch.finfo(dtype).max
+    inverse = (beta + SNAKE_EPS).reciprocal().clamp(max=limit)
+    return alpha.clamp(max=limit).to(dtype), inverse.to(dtype)
+
+
 class Snake(nn.Module):
-    """x + sin^2(alpha x) / alpha, one alpha per channel."""
+    """x + sin^2(alpha x) / alpha, one alpha per channel.
+
+    `forward` is the plain definition; `Activation1d` runs the same arithmetic fused with the resampling.
+    """
 
     def __init__(self, channels: int, logscale: bool = True):
         super().__init__()
         self.logscale = logscale
         self.alpha = nn.Parameter(torch.zeros(channels) if logscale else torch.ones(channels))
 
+    def coefficients(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        return snake_coefficients(self.alpha, self.alpha, logscale=self.logscale, dtype=dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        alpha = self.alpha[None, :, None]  # (1, C, 1)
-        if self.logscale:
-            alpha = alpha.exp()
-        return x + torch.sin(x * alpha).pow(2) / (alpha + SNAKE_EPS)
+        alpha, inverse = (c[None, :, None] for c in self.coefficients(x.dtype))  # (1, C, 1)
+        return x + torch.sin(x * alpha).pow(2) * inverse
 
 
 class SnakeBeta(nn.Module):
@@ -198,15 +222,71 @@ class SnakeBeta(nn.Module):
         self.alpha = nn.Parameter(torch.zeros(channels) if logscale else torch.ones(channels))
         self.beta = nn.Parameter(torch.zeros(channels) if logscale else torch.ones(channels))
 
+    def coefficients(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        return snake_coefficients(self.alpha, self.beta, logscale=self.logscale, dtype=dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        alpha, beta = self.alpha[None, :, None], self.beta[None, :, None]  # (1, C, 1)
-        if self.logscale:
-            alpha, beta = alpha.exp(), beta.exp()
-        return x + torch.sin(x * alpha).pow(2) / (beta + SNAKE_EPS)
+        alpha, inverse = (c[None, :, None] for c in self.coefficients(x.dtype))  # (1, C, 1)
+        return x + torch.sin(x * alpha).pow(2) * inverse
+
+
+class PreparedActivation(NamedTuple):
+    """An `Activation1d`'s tensors in the form its fused path uses, for one dtype and device.
+
+    W = kernel_size / 2 taps per phase; phase 0 / 1 are the even / odd samples of the 2x signal.
+    """
+
+    up: tuple[torch.Tensor, torch.Tensor]  # (C, 1, W) each: taps making phase 0 / 1, the 2x gain included
+    down: tuple[torch.Tensor, torch.Tensor]  # (C, 1, W) each: the down filter's taps on phase 0 / 1
+    alpha: torch.Tensor  # (1, C, 1)
+    inverse: torch.Tensor  # (1, C, 1): 1 / (beta + eps)
+
+
+def snake_resample(x: torch.Tensor, p: PreparedActivation) -> torch.Tensor:
+    """downsample(snake(upsample(x))) for x (B, C, T), without building the 2x signal.
+
+    Both resamplers are polyphase: the upsampler's even and odd output samples
+    come from two depthwise filters over the input, the snake acts on each
+    phase alone (it is elementwise), and the strided down filter is the sum
+    of its even taps over phase 0 and its odd taps over phase 1. Nothing is
+    interleaved, padded twice or scaled separately: measured on the CPU, an
+    activation takes 0.5 to 0.65 of the three modules' time in a row, and the
+    real-size 16 kHz vocoder about 0.8 (its dense convolutions are the rest).
+
+    The downsampler pads the 2x signal by repeating its end samples; here
+    those are the few phase samples at each end, overwritten with the end
+    values. Works on its own intermediates in place (inference only).
+    """
+    B, C, T = x.shape
+    width = p.up[0].shape[-1]
+    pad = width - 1  # the upsampler's replicate padding; also where the 2x signal starts in the phases
+    x = F.pad(x, (pad, pad), mode="replicate")
+    z = [F.conv1d(x, taps, groups=C) for taps in p.up]  # 2 x (B, C, T + pad): the 2x signal's phases
+    # Phase q sample i is 2x sample 2i + q - pad: before 0 and past 2T - 1 it must repeat the end value.
+    # 2x sample 0 is phase pad % 2, index pad // 2; 2x sample 2T - 1 (= 2i + q at 2T - 1 + pad) is phase
+    # (pad - 1) % 2, index T + (pad - 1) // 2. Spelt so that only T varies (compiled with a dynamic T).
+    i = pad // 2
+    first_value = z[pad % 2][..., i : i + 1]
+    i = T + (pad - 1) // 2
+    last_value = z[(pad - 1) % 2][..., i : i + 1]
+    for q in (0, 1):
+        z[q][..., : (pad + 1 - q) // 2] = first_value
+        z[q][..., T + (pad - 1 - q) // 2 + 1 :] = last_value
+    for phase in z:  # x + sin^2(alpha x) / beta, in place
+        periodic = torch.mul(phase, p.alpha).sin_().square_()
+        phase.addcmul_(periodic, p.inverse)
+    y = F.conv1d(z[0], p.down[0], groups=C)  # (B, C, T)
+    return y.add_(F.conv1d(z[1], p.down[1], groups=C))
 
 
 class Activation1d(nn.Module):
-    """Upsample 2x, apply the periodic activation, low-pass and downsample 2x."""
+    """Upsample 2x, apply the periodic activation, low-pass and downsample 2x.
+
+    The submodules hold the checkpoint's tensors and define the arithmetic
+    (`reference_forward`); `forward` runs it fused (`snake_resample`) from
+    tensors prepared once per dtype and device, dropped when the module is
+    moved, cast or loaded.
+    """
 
     def __init__(self, channels: int, config: BigVGANConfig):
         super().__init__()
@@ -214,9 +294,50 @@ class Activation1d(nn.Module):
         self.act = act(channels, config.snake_logscale)
         self.upsample = UpSample1d()
         self.downsample = DownSample1d()
+        if self.upsample.ratio != 2 or self.downsample.lowpass.stride != 2:
+            raise ValueError("the fused activation resamples by 2 only")
+        self._prepared: PreparedActivation | None = None
+        self.register_load_state_dict_post_hook(Activation1d._forget_prepared)
+
+    def prepare(self, dtype: torch.dtype, device: torch.device | str) -> PreparedActivation:
+        """Filters and snake coefficients for `snake_resample`, made in float32, then cast; cached."""
+        # Kept for calls outside the inference_mode call that may build it (as the rotary tables).
+        with torch.inference_mode(False), torch.no_grad():
+            channels = self.act.alpha.shape[0]
+            work = torch.promote_types(dtype, torch.float32)
+            up = self.upsample.filter.to(work).flatten()
+            down = self.downsample.lowpass.filter.to(work).flatten()
+
+            def depthwise(taps: torch.Tensor) -> torch.Tensor:
+                return taps.expand(channels, 1, -1).contiguous().to(device, dtype)
+
+            alpha, inverse = self.act.coefficients(dtype)
+            self._prepared = PreparedActivation(
+                # convolution order (flipped), times the gain of 2 restoring the energy of the zeros
+                up=(depthwise(2 * up[0::2].flip(0)), depthwise(2 * up[1::2].flip(0))),
+                down=(depthwise(down[0::2]), depthwise(down[1::2])),
+                alpha=alpha.to(device).view(1, -1, 1),
+                inverse=inverse.to(device).view(1, -1, 1),
+            )
+        return self._prepared
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self._prepared
+        if p is None or p.alpha.dtype != x.dtype or p.alpha.device != x.device:
+            p = self.prepare(x.dtype, x.device)
+        return snake_resample(x, p)
+
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The unfused definition: three passes over the 2x signal."""
         return self.downsample(self.act(self.upsample(x)))
+
+    def _apply(self, fn, recurse=True):
+        self._prepared = None  # .to(), .half(), .cuda() ... replace the tensors it was made from
+        return super()._apply(fn, recurse)
+
+    @staticmethod
+    def _forget_prepared(module: "Activation1d", incompatible_keys: Any) -> None:
+        module._prepared = None
 
 
 # ---------------------------------------------------------------------------
@@ -269,6 +390,17 @@ class BigVGAN(nn.Module):
         self.activation_post = Activation1d(ch, config)
         self.conv_post = nn.Conv1d(ch, 1, 7, padding=3, bias=config.use_bias_at_final)
         self.register_load_state_dict_pre_hook(BigVGAN._load_hook)
+
+    def prepare(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:
+        """Build every activation's fused tensors now (default: the weights' dtype and device).
+
+        Forward does it lazily on first use; calling this first keeps that work
+        (and its Python) out of a timed or compiled first call.
+        """
+        weight = self.conv_pre.weight
+        for module in self.modules():
+            if isinstance(module, Activation1d):
+                module.prepare(dtype or weight.dtype, device or weight.device)
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         K = len(self.config.resblock_kernel_sizes)

@@ -120,21 +120,33 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale) + shift
 
 
-@lru_cache(maxsize=32)
-def rope_table(length: int, head_dim: int, scale: float, device: torch.device) -> torch.Tensor:
-    """(length, head_dim / 2, 2) cos/sin of the rotary angles, float32.
+def rope_angles(length: int, head_dim: int, scale: float, device: torch.device) -> torch.Tensor:
+    """(length, head_dim / 2, 2) cos/sin of the rotary angles, float32 (as in training).
 
     `scale` stretches the frequencies, so a shorter stream (CLIP at 8 fps)
     covers the same angles over the clip as the latents do.
-    Computed in float32 as in training; cached per length and device, never stored in the module.
     """
+    pos = torch.arange(length, dtype=torch.float32, device=device)
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim
+    freqs = (1.0 / ROPE_THETA**exponents) * scale
+    angles = pos[:, None] * freqs[None]  # (N, hd / 2)
+    return torch.stack([angles.cos(), angles.sin()], dim=-1)
+
+
+@lru_cache(maxsize=32)
+def rope_table(length: int, head_dim: int, scale: float, device: torch.device) -> torch.Tensor:
+    """`rope_angles`, cached per length and device; never stored in the module."""
     # A cached table must stay usable outside the inference_mode call that may have created it.
     with torch.inference_mode(False):
-        pos = torch.arange(length, dtype=torch.float32, device=device)
-        exponents = torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim
-        freqs = (1.0 / ROPE_THETA**exponents) * scale
-        angles = pos[:, None] * freqs[None]  # (N, hd / 2)
-        return torch.stack([angles.cos(), angles.sin()], dim=-1)
+        return rope_angles(length, head_dim, scale, device)
+
+
+def rotary(length: int, head_dim: int, scale: float, device: torch.device) -> torch.Tensor:
+    """The rotary table for a forward: cached when eager, computed in the graph when compiled
+    (a compiled graph cannot consult a Python cache, and the table fuses into its first use)."""
+    if torch.compiler.is_compiling():
+        return rope_angles(length, head_dim, scale, device)
+    return rope_table(length, head_dim, scale, device)
 
 
 def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
@@ -147,7 +159,15 @@ def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """(B, H, N, hd) q, k, v -> (B, N, H * hd)."""
+    """(B, H, N, hd) q, k, v -> (B, N, H * hd).
+
+    SDPA's fused CUDA kernels (flash, memory-efficient) need each head's channels
+    at stride 1, else it falls back to the slow math path. A fused block's v
+    comes straight out of the interleaved qkv projection (channel stride 3), so
+    it is copied here; q and k (normed, rotated) and the joint blocks'
+    concatenations are contiguous already, and contiguous() leaves them as they are.
+    """
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     out = F.scaled_dot_product_attention(q, k, v)
     return out.transpose(1, 2).flatten(2)
 
@@ -412,9 +432,9 @@ class Generator(nn.Module):
             )
         clip_len = conditions.clip_f.shape[1]
         head_dim, device = self.config.head_dim, latent.device
-        latent_rope = rope_table(latent_len, head_dim, 1.0, device)
+        latent_rope = rotary(latent_len, head_dim, 1.0, device)
         # CLIP positions are stretched so both streams span the same angles over the clip.
-        clip_rope = rope_table(clip_len, head_dim, latent_len / clip_len, device)
+        clip_rope = rotary(clip_len, head_dim, latent_len / clip_len, device)
 
         t = t.expand(batch) if t.ndim == 0 else t
         global_c = self.global_cond_mlp(conditions.clip_f_c + conditions.text_f_c)  # (B, D)

@@ -290,8 +290,9 @@ class CrossAttention(nn.Module):
         q = self.q_proj(x).view(B, N, H, hs).transpose(1, 2)  # (B, H, N, hs)
         # kv_proj interleaves k and v per channel: its output is laid out (H, hs, 2)
         kv = self.kv_proj(text).view(B, -1, H, hs, 2)
-        k, v = kv.permute(4, 0, 2, 1, 3)  # each (B, H, L, hs)
-        q, k = self.q_norm(q), self.k_norm(k)
+        k, v = kv.permute(4, 0, 2, 1, 3)  # each (B, H, L, hs), channel stride 2
+        # SDPA's fused CUDA kernels need channel stride 1 (the norm copies k anyway); v is a few tokens.
+        q, k, v = self.q_norm(q), self.k_norm(k), v.contiguous()
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=text_mask[:, None, None, :])
         return out.transpose(1, 2).reshape(B, N, C)
 
@@ -392,12 +393,22 @@ class TextSynch(nn.Module):
         for start in range(0, B * S, chunk):
             rows = torch.arange(start, min(start + chunk, B * S), device=video.device)  # (b, s) flattened
             item, seg = rows // S, rows % S
-            x = self.vfeat_extractor.encode(segments[item, seg])  # (n, 3, F, H, W) -> (n, t*h*w, D)
-            text_rows, mask_rows = text[item], text_mask[item]  # each segment sees its own item's text
-            for block in self.synch_text_cross_blocks:
-                x = block(x, text_rows, mask_rows)
-            out.append(self.vfeat_extractor.pool(x))  # (n, t, D)
+            # each segment sees its own item's text
+            out.append(self.encode_segments(segments[item, seg], text[item], text_mask[item]))  # (n, t, D)
         return torch.cat(out).view(B, S * mf.num_temporal, mf.embed_dim)  # (B, S*t, D)
+
+    def encode_segments(
+        self, segments: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Segments (n, 3, F, H, W), projected text (n, L', D) and mask (n, L') -> features (n, t, D).
+
+        The whole network for a batch of segments, apart from the Python that
+        cuts and batches them: the unit `selva.compile` compiles.
+        """
+        x = self.vfeat_extractor.encode(segments)  # (n, t*h*w, D)
+        for block in self.synch_text_cross_blocks:
+            x = block(x, text, text_mask)
+        return self.vfeat_extractor.pool(x)  # (n, t, D)
 
     def _check_inputs(
         self, video: torch.Tensor, text_f: torch.Tensor, text_mask: torch.Tensor, segment_chunk: int | None

@@ -1,0 +1,157 @@
+"""selva.compile on the CPU (inductor): compiled networks give the eager outputs, and a second
+duration runs on the first compile.
+
+The networks are the smallest that still have every kind of block (joint and
+fused DiT blocks; a divided space-time block, the text cross-attention and the
+pooling; upsampler, AMP block and fused anti-aliased activations), with
+freshly initialised weights: compiling is what is tested here, parity with
+the reference is tested elsewhere. Each compile takes a while on two cores, so each network compiles once.
+"""
+
+import shutil
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from selva.compile import CUDA_GRAPH_MODE, compile_networks, compile_pipeline, compile_plan, is_compiled
+from selva.models.bigvgan import BigVGAN, BigVGANConfig
+from selva.models.generator import Generator, GeneratorConfig
+from selva.models.text_synch import MotionFormerConfig, TextSynch, TextSynchConfig
+from selva.sequence import SequenceLengths
+
+TINY_GENERATOR = GeneratorConfig(
+    latent_dim=8, clip_dim=16, sync_dim=12, text_dim=24, hidden_dim=32, depth=2, fused_depth=1, num_heads=2
+)
+TINY_TEXT_SYNCH = TextSynchConfig(
+    text_dim=24, motionformer=MotionFormerConfig(embed_dim=32, depth=1, num_heads=2, img_size=32)
+)
+TINY_VOCODER = BigVGANConfig(
+    num_mels=8,
+    upsample_rates=(4, 2),
+    upsample_kernel_sizes=(8, 4),
+    upsample_initial_channel=16,
+    resblock_kernel_sizes=(3,),
+    resblock_dilation_sizes=((1, 3),),
+)
+TOLERANCE = dict(atol=1e-4, rtol=1e-4)
+
+needs_compiler = pytest.mark.skipif(
+    not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")),
+    reason="inductor compiles C++ on the CPU: no C++ compiler found",
+)
+
+
+def compiles() -> int:
+    """Graphs dynamo has compiled in this process so far."""
+    return counters["stats"]["unique_graphs"]
+
+
+def random_snakes(vocoder: BigVGAN) -> BigVGAN:
+    """Per-channel snake parameters (they start equal), so broadcasting over channels is exercised."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in vocoder.named_parameters():
+            if name.endswith((".alpha", ".beta")):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return vocoder.eval()
+
+
+def test_compile_plans():
+    cuda = compile_plan("cuda")
+    assert (cuda.generator_mode, cuda.mode, cuda.dynamic, cuda.cuda_graphs) == (
+        CUDA_GRAPH_MODE,
+        "default",
+        None,
+        True,
+    )
+    assert not compile_plan("cuda", "max-autotune-no-cudagraphs").cuda_graphs
+    cpu = compile_plan("cpu")
+    assert (cpu.generator_mode, cpu.dynamic, cpu.cuda_graphs) == ("default", True, False)
+    assert compile_plan("cpu", CUDA_GRAPH_MODE).generator_mode == "default"  # no CUDA graphs off CUDA
+    assert compile_plan("mps", "max-autotune").generator_mode == "max-autotune"
+
+
+def test_compile_pipeline_leaves_an_offloaded_vocoder_eager():
+    # Nothing is compiled before a first call, so this costs no compile time.
+    pipe = SimpleNamespace(
+        generator=Generator(TINY_GENERATOR),
+        text_synch=TextSynch(TINY_TEXT_SYNCH),
+        vocoder=BigVGAN(TINY_VOCODER),
+        device=torch.device("cpu"),
+        offload=True,
+    )
+    compile_pipeline(pipe)
+    assert is_compiled(pipe.generator) and is_compiled(pipe.text_synch, "encode_segments")
+    assert not is_compiled(pipe.vocoder)
+    forward = pipe.generator.forward
+    compile_pipeline(pipe)  # twice is once
+    assert pipe.generator.forward is forward
+
+
+def generator_inputs(gen: Generator, duration: float, seed: int):
+    """Both CFG branches in one batch, as the pipeline runs them, at `duration`'s lengths."""
+    cfg = gen.config
+    n = SequenceLengths.from_duration(duration, sample_rate=16000, hop_length=256)
+    g = torch.Generator().manual_seed(seed)
+    cond = gen.preprocess_conditions(
+        torch.randn(1, n.clip_len, cfg.clip_dim, generator=g),
+        torch.randn(1, n.sync_len, cfg.sync_dim, generator=g),
+        torch.randn(1, 77, cfg.text_dim, generator=g),
+        latent_len=n.latent_len,
+    )
+    both = cond.cat(gen.empty_conditions(1, latent_len=n.latent_len, clip_len=n.clip_len))
+    latent = torch.randn(1, n.latent_len, cfg.latent_dim, generator=g)
+    return torch.cat([latent, latent]), torch.full((2,), 0.3), both
+
+
+@needs_compiler
+def test_compiled_generator_matches_eager_at_two_durations():
+    gen = Generator(TINY_GENERATOR).eval()
+    inputs = [generator_inputs(gen, 2.0, 0), generator_inputs(gen, 1.5, 1)]
+    with torch.inference_mode():
+        eager = [gen(*x) for x in inputs]
+        compile_networks(gen, None, None, device="cpu")
+        before = compiles()
+        for x, expected in zip(inputs, eager, strict=True):
+            torch.testing.assert_close(gen(*x), expected, **TOLERANCE)
+    assert compiles() == before + 1  # one graph, dynamic in the sequence lengths
+
+
+@needs_compiler
+def test_compiled_text_synch_matches_eager_at_two_durations():
+    ts = TextSynch(TINY_TEXT_SYNCH).eval()
+    size = TINY_TEXT_SYNCH.motionformer.img_size
+    g = torch.Generator().manual_seed(0)
+    # 32 and 24 frames (3 and 2 segments), prompts of 7 and 9 T5 tokens
+    inputs = [
+        (torch.randn(1, frames, 3, size, size, generator=g), torch.randn(1, words, 24, generator=g))
+        for frames, words in ((32, 7), (24, 9))
+    ]
+    with torch.inference_mode():
+
+        def run(video, text):
+            # one segment at a time, as the pipeline runs it on the CPU
+            return ts(video, text, torch.ones(text.shape[:2], dtype=torch.bool), segment_chunk=1)
+
+        eager = [run(*x) for x in inputs]
+        compile_networks(None, ts, None, device="cpu")
+        before = compiles()
+        for x, expected in zip(inputs, eager, strict=True):
+            torch.testing.assert_close(run(*x), expected, **TOLERANCE)
+    assert compiles() == before + 1
+
+
+@needs_compiler
+def test_compiled_vocoder_matches_eager_at_two_durations():
+    voc = random_snakes(BigVGAN(TINY_VOCODER))
+    g = torch.Generator().manual_seed(0)
+    mels = [torch.randn(1, TINY_VOCODER.num_mels, frames, generator=g) for frames in (20, 13)]
+    with torch.inference_mode():
+        eager = [voc(mel) for mel in mels]
+        compile_networks(None, None, voc, device="cpu")
+        before = compiles()
+        for mel, expected in zip(mels, eager, strict=True):
+            torch.testing.assert_close(voc(mel), expected, **TOLERANCE)
+    assert compiles() == before + 1
