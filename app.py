@@ -552,6 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-duration", type=float, metavar="SEC", help="longest span one request may ask for"
     )
     parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the networks (fastest on CUDA)"
+    )
+    parser.add_argument(
         "--lazy-load", action="store_true", help="load the models on the first request instead of at start-up"
     )
     parser.add_argument(
@@ -573,6 +576,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         weights_dir=args.weights_dir,
         revision=args.revision,
         max_duration=args.max_duration,
+        compile=args.compile,
     )
     if not args.lazy_load:
         print(f"Loading {args.variant} (downloads the weights on first run)...", flush=True)

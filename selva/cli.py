@@ -210,6 +210,7 @@ def _generation_options(p: argparse.ArgumentParser, *, repeatable: bool = False)
     g.add_argument("--device", metavar="DEV", help="cuda, cuda:1, mps or cpu (default: the best one)")
     g.add_argument("--precision", choices=PRECISIONS, default="auto", help="default: auto")
     g.add_argument("--offload", choices=OFFLOADS, default="auto", help="text encoders wait on the CPU")
+    g.add_argument("--compile", action="store_true", help="torch.compile the networks (fastest on CUDA)")
     _common_options(p)
 
 
@@ -452,6 +453,7 @@ def load_pipeline(args: argparse.Namespace):
         weights_dir=args.weights_dir,
         revision=args.revision,
         max_duration=args.max_duration,
+        compile=args.compile,
     )
     pipe.set_progress_bar_config(disable=args.quiet or None, file=sys.stderr, dynamic_ncols=True)
     log.info("models ready in %.1f s", time.perf_counter() - started)

@@ -181,8 +181,13 @@ class SelvaPipeline:
         revision: str | None = None,
         max_duration: float = DEFAULT_MAX_DURATION,
         window_overlap: float = DEFAULT_WINDOW_OVERLAP,
+        compile: bool = False,
     ) -> SelvaPipeline:
         """Locate (download if needed), verify and load every component of `variant`.
+
+        `compile=True` compiles the generator, TextSynch and the vocoder (see
+        `selva.compile`: CUDA graphs for the generator on CUDA); the first calls
+        of each new length are then slow while they compile.
 
         `device` and `dtype` default to the fastest safe choice for this machine
         (see `selva.device`); `weights_dir` (or SELVA_WEIGHTS_DIR) is a local
@@ -220,7 +225,7 @@ class SelvaPipeline:
         )
         generator = network("generator", run_on)
         text_synch = network("text_synch", run_on)
-        return cls(
+        pipe = cls(
             variant=spec,
             text_synch=text_synch,
             generator=generator,
@@ -234,6 +239,11 @@ class SelvaPipeline:
             max_duration=max_duration,
             window_overlap=window_overlap,
         )
+        if compile:
+            from selva.compile import compile_pipeline
+
+            compile_pipeline(pipe)
+        return pipe
 
     @property
     def sample_rate(self) -> int:

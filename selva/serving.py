@@ -105,6 +105,7 @@ class PipelineSlot:
         revision: str | None = None,
         max_duration: float | None = None,
         pipe: SelvaPipeline | None = None,
+        compile: bool = False,
     ):
         self.default_variant = variant
         self.device = device
@@ -113,6 +114,7 @@ class PipelineSlot:
         self.weights_dir = weights_dir
         self.revision = revision
         self._max_duration = max_duration
+        self.compile = compile  # torch.compile each pipeline this slot loads
         self.pipe = pipe
         self.lock = threading.Lock()
         self._jobs: dict[str, set[CancelToken]] = {}  # session -> tokens of its queued or running jobs
@@ -163,6 +165,7 @@ class PipelineSlot:
             offload=self.offload,
             weights_dir=self.weights_dir,
             revision=self.revision,
+            compile=self.compile,
         )
         if self._max_duration is not None:
             kwargs["max_duration"] = self._max_duration

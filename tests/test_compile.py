@@ -155,3 +155,4 @@ def test_compiled_vocoder_matches_eager_at_two_durations():
         for mel, expected in zip(mels, eager, strict=True):
             torch.testing.assert_close(voc(mel), expected, **TOLERANCE)
     assert compiles() == before + 1
+
