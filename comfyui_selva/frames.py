@@ -21,6 +21,7 @@ from fractions import Fraction
 import torch
 import torch.nn.functional as F
 
+from selva.media import target_times
 from selva.sequence import SYNC_FPS, SYNC_SIZE
 
 from .stages import InputError
@@ -59,8 +60,15 @@ def clip_seconds(num_frames: int, fps: float) -> float:
 
 def source_indices(num_frames: int, fps: float, count: int, rate: int = SYNC_FPS) -> list[int]:
     """Which source frame each of `count` output frames at `rate` shows (see the module notes)."""
-    step = exact(fps) / rate  # source frames per output frame
-    return [min(math.ceil(k * step), num_frames - 1) for k in range(count)]
+    # The same float64 rule as selva.media.read_frames: a running sum of 1 / rate as the target
+    # times, and the first source frame whose time j / fps reaches each.
+    fps = float(fps)
+    out, j = [], 0
+    for t in target_times(0.0, rate, count):
+        while j < num_frames - 1 and j / fps < t:
+            j += 1
+        out.append(j)
+    return out
 
 
 def to_sync_frames(images: torch.Tensor, indices: list[int], size: int = SYNC_SIZE) -> torch.Tensor:

@@ -214,6 +214,7 @@ def read_frames(
     fps: float = 25,
     size: int = 224,
     info: VideoInfo | None = None,
+    skip: int = 0,
 ) -> torch.Tensor:
     """Frames of [start, start + duration] at `fps`, squashed to size x size, as uint8 (T, 3, size, size).
 
@@ -233,7 +234,8 @@ def read_frames(
     Past the last frame, the last frame stays on screen until the stream's end (the reference
     returns fewer frames there); a span beyond that raises a MediaError giving the video's
     length. `info` is what `probe(path)` returned, when the caller has it: the file is then not
-    probed again.
+    probed again. `skip` leaves out the span's first frames but keeps their place in the running
+    sum, so a span read in pieces gets exactly the frames one read of it gets.
     """
     if not (duration > 0 and fps > 0 and start >= 0 and 1 <= size <= MAX_SIDE):
         raise MediaError(
@@ -245,7 +247,10 @@ def read_frames(
     count = math.floor(fps * duration + _EPS)
     if count == 0:
         raise MediaError(f"a {duration} s span is shorter than one frame at {fps} fps; ask for a longer span")
-    targets = target_times(start, fps, count)
+    if not 0 <= skip < count:
+        raise MediaError(f"cannot skip {skip} of the span's {count} frames")
+    targets = target_times(start, fps, count)[skip:]
+    count = len(targets)
     if targets[-1] >= info.duration:
         raise MediaError(
             f"{path.name} is {info.duration:.2f} s long, so it has no picture at {targets[-1]:.2f} s "
@@ -259,7 +264,7 @@ def read_frames(
         stream = container.streams.video[video_stream(container, path).index]
         stream.thread_type = "AUTO"  # frame threads: decoding dominates this function
         nominal = 1 / exact(info.fps)
-        for time, frame in frames_from(container, stream, exact(start), path):
+        for time, frame in frames_from(container, stream, exact(targets[0]), path):
             # the double nearest the exact time: PyAV's frame.time (pts * num / den in doubles), as
             # the reference compares it, when the stream starts at 0
             seconds = float(time)

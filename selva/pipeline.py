@@ -519,8 +519,9 @@ class SelvaPipeline:
                 frames = media.read_frames(
                     info.path,
                     info=info,
-                    start=start + frame0 / SYNC_FPS,
-                    duration=frames_n / SYNC_FPS,
+                    start=start,
+                    skip=frame0,  # the span's own frame times, as one read would pick them
+                    duration=(frame0 + frames_n) / SYNC_FPS,
                     fps=SYNC_FPS,
                     size=SYNC_SIZE,
                 )[:frames_n]

@@ -7,7 +7,7 @@ import pytest
 import torch
 from media_factory import make_video
 
-from selva import cli
+from selva import cli, media
 from selva.pipeline import SelvaPipeline
 from selva.sequence import SEGMENT_STRIDE, SYNC_FPS, SequenceLengths
 from selva.serving import ProgressReport
@@ -120,7 +120,7 @@ def test_chunked_text_synch_equals_one_pass(pipe, tmp_path):
     clip = make_video(tmp_path / "c.mp4", seconds=3.0, size=(64, 48))
     lengths = SequenceLengths.from_duration(3.0, sample_rate=SR, hop_length=256)
     prompt = pipe.encode_prompt("dog barking")
-    args = (clip, 0.0, lengths, prompt, lambda name: None, {})
+    args = (media.probe(clip), 0.0, lengths, prompt, lambda name: None, {})
     whole = pipe._sync_features(*args, chunk=lengths.sync_segments)
     chunked = pipe._sync_features(*args, chunk=2)
     torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
