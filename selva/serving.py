@@ -52,34 +52,8 @@ OUTPUT_KEEP_SECONDS = 600  # our copies only need to live until the front end ha
 # -- requests ----------------------------------------------------------------------------------------
 
 
-def parse_request(
-    video: str | None,
-    prompt: str | None,
-    negative_prompt: str | None,
-    steps: float | None,
-    cfg_strength: float | None,
-    seed: float | None,
-    duration: float | None,
-    start: float | None,
-    variant: str | None,
-    num_samples: float | None,
-    *,
-    max_duration: float = DEFAULT_MAX_DURATION,
-) -> GenerationRequest:
-    """Widget values (or an API caller's) -> a checked `GenerationRequest` (see `selva.spec`)."""
-    return GenerationRequest.from_form(
-        video,
-        prompt,
-        negative_prompt,
-        steps,
-        cfg_strength,
-        seed,
-        duration,
-        start,
-        variant,
-        num_samples,
-        max_duration=max_duration,
-    )
+# Widget values (or an API caller's) -> a checked `GenerationRequest`: the spec's form parser.
+parse_request = GenerationRequest.from_form
 
 
 # -- the resident pipeline ---------------------------------------------------------------------------

@@ -39,6 +39,16 @@ def fresh_tiny_hub(tmp_path, fixtures_dir, monkeypatch):
     return hub
 
 
+@pytest.fixture(scope="module")
+def pipe(tiny_hub):
+    """A tiny_16k pipeline (CPU, fp32) of the test module's own: its caches are the module's."""
+    from selva.pipeline import SelvaPipeline
+
+    pipe = SelvaPipeline.from_pretrained("tiny_16k", device="cpu", dtype="fp32")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 # -- the app (app.py): shared by tests/test_app.py and tests/test_browser.py -------------------------
 
 

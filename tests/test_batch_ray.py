@@ -109,7 +109,6 @@ def test_two_shards_write_every_clip_once(tiny_hub, clips, tmp_path, capsys):
 
 
 def test_ray_batch_writes_all_reports_broken_and_resumes(tiny_hub, clips, tmp_path, capsys):
-    pytest.importorskip("ray.data")
     with_broken = clips / "with_broken.csv"
     with_broken.write_text((clips / "jobs.csv").read_text() + "broken.mp4,dog barking,4\n")
     out_dir = tmp_path / "out"

@@ -8,10 +8,8 @@ freshly initialised weights: compiling is what is tested here, parity with
 the reference is tested elsewhere. Each compile takes a while on two cores, so each network compiles once.
 """
 
-import shutil
 from types import SimpleNamespace
 
-import pytest
 import torch
 from torch._dynamo.utils import counters
 
@@ -37,10 +35,6 @@ TINY_VOCODER = BigVGANConfig(
 )
 TOLERANCE = dict(atol=1e-4, rtol=1e-4)
 
-needs_compiler = pytest.mark.skipif(
-    not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")),
-    reason="inductor compiles C++ on the CPU: no C++ compiler found",
-)
 
 
 def compiles() -> int:
@@ -106,7 +100,6 @@ def generator_inputs(gen: Generator, duration: float, seed: int):
     return torch.cat([latent, latent]), torch.full((2,), 0.3), both
 
 
-@needs_compiler
 def test_compiled_generator_matches_eager_at_two_durations():
     gen = Generator(TINY_GENERATOR).eval()
     inputs = [generator_inputs(gen, 2.0, 0), generator_inputs(gen, 1.5, 1)]
@@ -119,7 +112,6 @@ def test_compiled_generator_matches_eager_at_two_durations():
     assert compiles() == before + 1  # one graph, dynamic in the sequence lengths
 
 
-@needs_compiler
 def test_compiled_text_synch_matches_eager_at_two_durations():
     ts = TextSynch(TINY_TEXT_SYNCH).eval()
     size = TINY_TEXT_SYNCH.motionformer.img_size
@@ -143,7 +135,6 @@ def test_compiled_text_synch_matches_eager_at_two_durations():
     assert compiles() == before + 1
 
 
-@needs_compiler
 def test_compiled_vocoder_matches_eager_at_two_durations():
     voc = random_snakes(BigVGAN(TINY_VOCODER))
     g = torch.Generator().manual_seed(0)

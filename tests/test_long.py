@@ -8,7 +8,6 @@ import torch
 from media_factory import make_video
 
 from selva import cli, media
-from selva.pipeline import SelvaPipeline
 from selva.sequence import SEGMENT_STRIDE, SYNC_FPS, SequenceLengths
 from selva.serving import ProgressReport
 from selva.spec import CancelToken, GenerationCancelled, GenerationRequest, InputError, MediaError
@@ -102,13 +101,6 @@ def test_one_window_passes_through_untouched():
 
 
 # -- the pipeline -----------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny_hub):
-    pipe = SelvaPipeline.from_pretrained("tiny_16k", device="cpu", dtype="fp32")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 @pytest.fixture(scope="module")

@@ -73,13 +73,6 @@ def test_pipeline_reproduces_the_reference_end_to_end(parity, parity_pipe):
 
 
 @pytest.fixture(scope="module")
-def pipe(tiny_hub):
-    pipe = SelvaPipeline.from_pretrained("tiny_16k", device="cpu", dtype="fp32")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-@pytest.fixture(scope="module")
 def clip3s(tmp_path_factory):
     return make_video(tmp_path_factory.mktemp("media") / "clip.mp4", seconds=3.0, audio=True)
 

@@ -204,7 +204,6 @@ def test_cli_writes_stems_and_the_mix(tiny_hub, clip, tmp_path):
 
 
 def test_mcp_lists_generate_and_stems_with_their_descriptions(app_pipe):
-    pytest.importorskip("mcp", reason="needs gradio[mcp] (requirements-dev.txt)")
     import asyncio
     import socket
 
