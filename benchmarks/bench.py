@@ -257,6 +257,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     peak_after_load = peak_rss()
     rss_after_load = current_rss()
     pipe.set_progress_bar_config(disable=True)
+    pipe.exact_timings = True  # stage timings as device time: wait for the GPU after each stage
     device = pipe.device
     cuda = device.type == "cuda"
 

@@ -105,8 +105,7 @@ def generate(
             f"the features hold {sync.shape[1]} sync tokens but {duration:.2f} s needs {lengths.sync_len}; "
             "extract features from a longer span"
         )
-    positive = pipe.encode_prompt(prompt)
-    negative_clip = pipe.encode_prompt(negative_prompt).clip if negative_prompt.strip() else None
+    positive, negative_clip = pipe.encode_prompts(prompt, negative_prompt)
     # TextSynch sees each 16-frame segment on its own, so the first tokens of a longer span are
     # exactly the tokens of a shorter one.
     sync_f = sync[:, : lengths.sync_len].to(pipe.device)

@@ -40,19 +40,19 @@ from tqdm.auto import tqdm
 from selva import device as devices
 from selva import media, sampling
 from selva.cache import LRUCache
+from selva.frame_feed import FrameFeed
 from selva.loading import release_freed_memory
-from selva.sequence import SEGMENT_STRIDE, SYNC_FPS, SYNC_SIZE, SequenceLengths
+from selva.sequence import SYNC_FPS, SequenceLengths
 from selva.spec import (
     DEFAULT_MAX_DURATION,
     MIN_DURATION,
     SEGMENT_FRAMES,
-    TRAINED_DURATION,
     CancelToken,
     GenerationRequest,
     InputError,
     MediaError,
 )
-from selva.windows import DEFAULT_WINDOW_OVERLAP, Window, join_windows, plan_windows
+from selva.windows import DEFAULT_WINDOW_OVERLAP, join_windows, plan_windows, window_batches, window_noise
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,9 @@ StageCallback = Callable[[str], None]
 # one at a time 9.0 s and 90 MB of activations, all at once 16.5 s and 700 MB (glibc maps and
 # page-faults every block over 32 MB afresh). Accelerators take all segments at once.
 CPU_SEGMENT_CHUNK = 1
-# Past one window, frames are decoded and fed to TextSynch this many segments at a time (24 segments
-# are 200 frames, 8 s: 30 MB of 224 px frames), so memory grows with the chunk, not the clip.
+# Frames are decoded and fed to TextSynch this many segments at a time: 24 segments are 200 frames
+# (8 s, 30 MB at 224 px), so a span of one window is one TextSynch pass, as before windows, and a
+# longer one holds one chunk at a time (plus the next, decoding), never the clip.
 SYNC_CHUNK_SEGMENTS = 24
 # Windows x candidates per flow batch (CFG doubles it): enough to keep an accelerator busy, bounded
 # so a 10 minute clip (90 windows) does not need 90 windows of activations at once.
@@ -164,9 +165,14 @@ class SelvaPipeline:
         self.max_duration = max_duration
         plan_windows(0.0, 16000, overlap=window_overlap)  # refuses a bad overlap now, not per call
         self.window_overlap = window_overlap
-        self.prompt_cache: LRUCache[PromptFeatures] = LRUCache(cache_size)
+        # ("t5", prompt) -> (states, mask); ("clip", prompt) -> states
+        self.prompt_cache: LRUCache[Any] = LRUCache(cache_size)
         self.sync_cache: LRUCache[torch.Tensor] = LRUCache(cache_size)
         self._offload_lock = threading.RLock()  # one offloaded network moves at a time
+        # True: wait for the device at the end of every timed stage, so `SelvaOutput.timings` are
+        # device times (benchmarks). Off by default: each wait leaves the GPU idle while the host
+        # queues the next stage, and on CUDA the timings are then host times.
+        self.exact_timings = False
         self._progress_bar_config: dict = {}
 
     @classmethod
@@ -239,9 +245,10 @@ class SelvaPipeline:
             max_duration=max_duration,
             window_overlap=window_overlap,
         )
-        if compile:
-            from selva.compile import compile_pipeline
+        from selva.compile import compile_pipeline, tune_backends
 
+        tune_backends(run_on)  # cuDNN autotuning on CUDA, compiled or not
+        if compile:
             compile_pipeline(pipe)
         return pipe
 
@@ -352,33 +359,35 @@ class SelvaPipeline:
         windows = plan_windows(duration, sr, overlap=overlap)
         lengths = SequenceLengths.from_duration(duration, sample_rate=sr, hop_length=self.variant.hop_length)
 
-        # 3. Encode the prompts.
-        stage("text")
-        with self._timed(timings, "text"):
-            positive = self.encode_prompt(req.prompt)
-            negative = req.negative_prompt
-            negative_clip = self.encode_prompt(negative).clip if negative.strip() else None
+        # 3. Encode the prompts, while a worker thread decodes the span's frames (unless cached).
+        key = self._sync_key(video, req.prompt, start, duration) if video is not None else None
+        feed = None
+        if key is not None and key not in self.sync_cache:
+            feed = self._frame_feed(info, start, lengths)
+        try:
+            stage("text")
+            with self._timed(timings, "text"):
+                positive, negative_clip = self.encode_prompts(req.prompt, req.negative_prompt)
 
-        # 4. Sync features of the whole span, once (every window takes its slice), unless cached.
-        sync_f = None  # from the prompt alone: the learned empty sync sequence
-        if video is not None:
-            key = (
-                media.content_hash(video),
-                req.prompt,
-                round(start, 4),
-                round(duration, 4),
-                self.variant.name,
-            )
+            # 4. Sync features of the whole span, once (every window takes its slice).
+            sync_f = None  # from the prompt alone: the learned empty sync sequence
+            if key is not None:
 
-            def compute_sync() -> torch.Tensor:
-                chunk = SYNC_CHUNK_SEGMENTS if duration > TRAINED_DURATION + 1e-6 else lengths.sync_segments
-                return self._sync_features(info, start, lengths, positive, stage, timings, chunk=chunk)
+                def compute_sync() -> torch.Tensor:
+                    with feed or self._frame_feed(info, start, lengths) as frames:
+                        return self.encode_span(
+                            frames, [positive], stage=stage, timings=timings, cancel=cancel
+                        )[0]
 
-            sync_f = self.sync_cache.get_or_compute(key, compute_sync)
+                sync_f = self.sync_cache.get_or_compute(key, compute_sync)
+        finally:
+            if feed is not None:
+                feed.close()
 
         # 5-6. Noise and flow, window by window in batches of windows x candidates.
-        noise = self._window_noise(windows, num_samples, seed)
-        batches = _window_batches(windows, max(1, WINDOW_BATCH // num_samples))
+        latent_dim, hop = self.generator.config.latent_dim, self.variant.hop_length
+        noise = window_noise(windows, num_samples, seed, latent_dim=latent_dim, hop_length=hop)
+        batches = window_batches(windows, max(1, WINDOW_BATCH // num_samples))
         stage("flow")
         latents: list[torch.Tensor] = []
         with self._timed(timings, "flow"):
@@ -475,84 +484,136 @@ class SelvaPipeline:
 
     def encode_prompt(self, prompt: str) -> PromptFeatures:
         """T5 and CLIP text features of one prompt, cached."""
+        return self.encode_prompts(prompt)[0]
 
-        def compute() -> PromptFeatures:
-            with self._resident(self.t5):
-                t5, t5_mask = self.t5([prompt])
-            with self._resident(self.clip):
-                clip = self.clip([prompt])
-            return PromptFeatures(
-                t5=t5.to(self.device, self.dtype),
-                t5_mask=t5_mask.to(self.device),
-                clip=clip.to(self.device, self.dtype),
+    def encode_prompts(
+        self, prompt: str, negative_prompt: str = ""
+    ) -> tuple[PromptFeatures, torch.Tensor | None]:
+        """The prompt's T5 and CLIP features, and the negative prompt's CLIP features (None if blank).
+
+        The negative prompt never reaches TextSynch, so it gets no T5 pass; the CLIP prompts
+        not cached yet are encoded in one batch (CLIP pads every prompt to 77 tokens, so a
+        row of a batch is that prompt's features, up to float rounding). Both are cached per prompt.
+        """
+        negative = negative_prompt if negative_prompt.strip() else None
+        wanted = list(dict.fromkeys(p for p in (prompt, negative) if p is not None))
+        missing = [p for p in wanted if ("clip", p) not in self.prompt_cache]
+        fresh: dict[str, torch.Tensor] = {}
+        if missing:
+            fresh = dict(zip(missing, self._encode_clip(missing).split(1), strict=True))
+
+        def clip_of(p: str) -> torch.Tensor:
+            return self.prompt_cache.get_or_compute(
+                ("clip", p), lambda: fresh[p] if p in fresh else self._encode_clip([p])
             )
 
-        return self.prompt_cache.get_or_compute(prompt, compute)
+        def compute_t5() -> tuple[torch.Tensor, torch.Tensor]:
+            with self._resident(self.t5):
+                t5, t5_mask = self.t5([prompt])
+            return t5.to(self.device, self.dtype), t5_mask.to(self.device)
 
-    def _sync_features(
+        t5, t5_mask = self.prompt_cache.get_or_compute(("t5", prompt), compute_t5)
+        positive = PromptFeatures(t5=t5, t5_mask=t5_mask, clip=clip_of(prompt))
+        return positive, (clip_of(negative) if negative is not None else None)
+
+    def _encode_clip(self, prompts: list[str]) -> torch.Tensor:
+        with self._resident(self.clip):
+            return self.clip(prompts).to(self.device, self.dtype)  # (B, 77, D)
+
+    def sync_features(
         self,
-        info: media.VideoInfo,
-        start: float,
-        lengths: SequenceLengths,
-        positive: PromptFeatures,
-        stage: StageCallback,
-        timings: dict[str, float],
+        video: str | Path,
+        prompts: list[str],
         *,
-        chunk: int,
-    ) -> torch.Tensor:
-        """Sync features (1, S * 8, D) of the whole span, decoding at most one chunk of frames at a time.
+        start: float = 0.0,
+        duration: float | None = None,
+        cancel: CancelToken | None = None,
+    ) -> list[torch.Tensor]:
+        """Sync features (1, S * 8, D) of one span for each prompt, decoding the span once.
 
-        Segments overlap by 8 frames, so a chunk of n segments reads its (n - 1) * 8 + 16 frames
-        starting at its first segment's frame; TextSynch sees every segment on its own, so the
-        chunks' features side by side are the features of the whole span.
+        Cached as a call's are, so calls with these prompts on this span skip decoding and
+        TextSynch (`selva.stems` runs this first, then one call per stem).
         """
-        segments = lengths.sync_segments
-        parts = []
-        stage("decode")
-        for first in range(0, segments, chunk):
-            count = min(chunk, segments - first)
-            frame0 = first * SEGMENT_STRIDE
-            frames_n = (count - 1) * SEGMENT_STRIDE + SEGMENT_FRAMES
-            if count == segments:  # the whole span in one read: today's single pass, every frame kept
-                frame0, frames_n = 0, lengths.sync_frames
-            with self._timed(timings, "decode"):
-                frames = media.read_frames(
-                    info.path,
-                    info=info,
-                    start=start,
-                    skip=frame0,  # the span's own frame times, as one read would pick them
-                    duration=(frame0 + frames_n) / SYNC_FPS,
-                    fps=SYNC_FPS,
-                    size=SYNC_SIZE,
-                )[:frames_n]
-            if first == 0:
+        info = media.probe(video)
+        duration = self.resolve_duration(info.duration, start, duration)
+        lengths = SequenceLengths.from_duration(
+            duration, sample_rate=self.variant.sample_rate, hop_length=self.variant.hop_length
+        )
+        keys = [self._sync_key(Path(video), p, start, duration) for p in prompts]
+        todo = list(
+            dict.fromkeys(p for p, key in zip(prompts, keys, strict=True) if key not in self.sync_cache)
+        )
+        fresh: dict[str, torch.Tensor] = {}
+
+        def encode(todo: list[str]) -> None:
+            with self._frame_feed(info, start, lengths) as frames:
+                features = self.encode_span(frames, [self.encode_prompt(p) for p in todo], cancel=cancel)
+                fresh.update(zip(todo, features, strict=True))
+
+        if todo:
+            encode(todo)
+
+        def compute(p: str) -> torch.Tensor:
+            if p not in fresh:  # evicted by another thread since the look-up above
+                encode([p])
+            return fresh[p]
+
+        return [
+            self.sync_cache.get_or_compute(key, lambda p=p: compute(p))
+            for p, key in zip(prompts, keys, strict=True)
+        ]
+
+    def encode_span(
+        self,
+        frames: FrameFeed,
+        prompts: list[PromptFeatures],
+        *,
+        stage: StageCallback | None = None,
+        timings: dict[str, float] | None = None,
+        cancel: CancelToken | None = None,
+    ) -> list[torch.Tensor]:
+        """Sync features (1, S * 8, D) of a whole span for each prompt, from its frames chunk by chunk.
+
+        TextSynch sees every segment on its own, so the chunks' features side by side are the
+        features of one pass; each chunk is encoded for every prompt before the next is taken.
+        `cancel` is looked at before each chunk.
+        """
+        timings = {} if timings is None else timings
+        parts: list[list[torch.Tensor]] = [[] for _ in prompts]
+        if stage is not None:
+            stage("decode")
+        for first, chunk in frames:
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            if stage is not None and first == 0:
                 stage("text_synch")
             with self._timed(timings, "text_synch"):
-                parts.append(self.encode_video(frames.unsqueeze(0), positive.t5, positive.t5_mask))
-            del frames
-        return torch.cat(parts, dim=1)
+                for part, p in zip(parts, prompts, strict=True):
+                    part.append(self.encode_video(chunk.unsqueeze(0), p.t5, p.t5_mask))
+        timings["decode"] = timings.get("decode", 0.0) + frames.decode_seconds
+        return [torch.cat(part, dim=1) for part in parts]
 
-    def _window_noise(self, windows: list[Window], num_samples: int, seed: int) -> list[torch.Tensor]:
-        """Per window, noise (num_samples, L_w, C): candidate k's windows come in order from seed + k.
+    def _sync_key(self, video: Path, prompt: str, start: float, duration: float) -> tuple:
+        return (media.content_hash(video), prompt, round(start, 4), round(duration, 4), self.variant.name)
 
-        The first window's noise is `prepare_latents`' noise, so a span of one window is today's call.
-        """
-        latent_dim = self.generator.config.latent_dim
-        gens = [torch.Generator().manual_seed(seed + k) for k in range(num_samples)]
-        out = []
-        for w in windows:
-            n = SequenceLengths.from_duration(
-                w.duration, sample_rate=self.variant.sample_rate, hop_length=self.variant.hop_length
-            ).latent_len
-            out.append(torch.cat([torch.randn((1, n, latent_dim), generator=g) for g in gens]))
-        return out
+    def _frame_feed(self, info: media.VideoInfo, start: float, lengths: SequenceLengths) -> FrameFeed:
+        return FrameFeed(
+            info,
+            start=start,
+            lengths=lengths,
+            chunk_segments=SYNC_CHUNK_SEGMENTS,
+            pin_memory=self.device.type == "cuda",
+        )
 
     def encode_video(self, frames: torch.Tensor, t5: torch.Tensor, t5_mask: torch.Tensor) -> torch.Tensor:
         """uint8 or [-1, 1] frames (B, T, 3, 224, 224) -> sync features (B, S * 8, D)."""
+        # uint8 crosses to the device (a quarter of float32's bytes; asynchronously from pinned
+        # memory) and is converted there.
+        frames = frames.to(self.device, non_blocking=frames.is_pinned())
         if frames.dtype == torch.uint8:
             # Squashed 224 px frames, scaled to [-1, 1] as Synchformer was trained.
-            frames = frames.to(self.device, torch.float32).div_(127.5).sub_(1.0)
-        frames = frames.to(self.device, self.dtype)
+            frames = frames.to(torch.float32).div_(127.5).sub_(1.0)
+        frames = frames.to(self.dtype)
         t5 = t5.to(self.device, self.dtype)
         chunk = CPU_SEGMENT_CHUNK if self.device.type == "cpu" else None
         return self.text_synch(frames, t5, t5_mask.to(self.device), segment_chunk=chunk)
@@ -677,20 +738,9 @@ class SelvaPipeline:
         try:
             yield
         finally:
-            if self.device.type == "cuda":
+            if self.exact_timings and self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
-
-
-def _window_batches(windows: list[Window], size: int) -> list[list[Window]]:
-    """Windows of equal length grouped into flow batches of at most `size` (one batch per length run)."""
-    batches: list[list[Window]] = []
-    for w in windows:
-        if batches and len(batches[-1]) < size and batches[-1][0].duration == w.duration:
-            batches[-1].append(w)
-        else:
-            batches.append([w])
-    return batches
 
 
 @contextmanager

@@ -3,8 +3,9 @@
 Each `Stem` is a prompt (which also picks the motion its sound follows), an
 optional negative prompt and a gain. Stem k runs with seed + k, so any stem can
 be reproduced alone by a single-prompt call with that seed. The span is decoded
-per stem (the pipeline's sync cache is keyed by prompt, so TextSynch runs once
-per prompt, as it must); re-rolls of the same stems hit the caches.
+once and TextSynch runs once per prompt on it (`SelvaPipeline.sync_features`),
+before the stems are generated from the cached features; re-rolls of the same
+stems hit the caches.
 
 The mix is the gained sum of the stems, plus the video's own soundtrack at
 `original_audio_gain`; it never clips: a mix peaking over 1.0 is scaled down
@@ -143,6 +144,12 @@ def generate_stems(
     ORIGINAL_AUDIO_GAIN.check(original_audio_gain)
     seed = random.randrange(2**31) if base.seed is None else base.seed
     waves, seeds, timings = [], [], {}
+    if base.video is not None:
+        # Every stem's sync features from one decode of the span; the calls below find them cached.
+        if callback_on_stage is not None:
+            callback_on_stage("decode")
+        prompts = [s.prompt for s in stems]
+        pipe.sync_features(base.video, prompts, start=base.start, duration=base.duration, cancel=cancel)
     out = None
     for k, stem in enumerate(stems):
         if on_stem is not None:

@@ -8,7 +8,7 @@ whole span's tokens, and one TextSynch pass over the span serves every window.
 A start on a stride is also a whole number of audio samples at 16 kHz and
 44.1 kHz, so the windows' audio lines up sample for sample.
 
-Only the crossfade touches tensors; the plan is plain arithmetic.
+The plan is plain arithmetic; the per-window noise and the crossfade make tensors.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from selva.sequence import SEGMENT_FRAMES, SEGMENT_STRIDE, SYNC_FPS, TOKENS_PER_SEGMENT
+from selva.sequence import SEGMENT_FRAMES, SEGMENT_STRIDE, SYNC_FPS, TOKENS_PER_SEGMENT, SequenceLengths
 from selva.spec import TRAINED_DURATION, InputError
 
 DEFAULT_WINDOW_OVERLAP = 1.0  # seconds; long enough to hide a seam, short enough to cost little
@@ -130,3 +130,33 @@ def join_windows(pieces: list[torch.Tensor], windows: list[Window], total_sample
 
 def _rms(x: torch.Tensor) -> torch.Tensor:
     return x.pow(2).mean(dim=1).sqrt()
+
+
+def window_noise(
+    windows: list[Window], num_samples: int, seed: int, *, latent_dim: int, hop_length: int
+) -> list[torch.Tensor]:
+    """Per window, noise (num_samples, L_w, C): candidate k's windows come in order from seed + k.
+
+    One CPU generator per candidate, so the same seed gives the same noise on every device,
+    any candidate can be reproduced alone, and the first window's noise is a one-window
+    call's noise: a span of one window is exactly the plain call.
+    """
+    gens = [torch.Generator().manual_seed(seed + k) for k in range(num_samples)]
+    out = []
+    for w in windows:
+        n = SequenceLengths.from_duration(
+            w.duration, sample_rate=w.sample_rate, hop_length=hop_length
+        ).latent_len
+        out.append(torch.cat([torch.randn((1, n, latent_dim), generator=g) for g in gens]))
+    return out
+
+
+def window_batches(windows: list[Window], size: int) -> list[list[Window]]:
+    """Windows of equal length grouped into flow batches of at most `size` (one batch per length run)."""
+    batches: list[list[Window]] = []
+    for w in windows:
+        if batches and len(batches[-1]) < size and batches[-1][0].duration == w.duration:
+            batches[-1].append(w)
+        else:
+            batches.append([w])
+    return batches

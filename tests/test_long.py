@@ -8,6 +8,7 @@ import torch
 from media_factory import make_video
 
 from selva import cli, media
+from selva.frame_feed import FrameFeed
 from selva.sequence import SEGMENT_STRIDE, SYNC_FPS, SequenceLengths
 from selva.serving import ProgressReport
 from selva.spec import CancelToken, GenerationCancelled, GenerationRequest, InputError, MediaError
@@ -112,9 +113,15 @@ def test_chunked_text_synch_equals_one_pass(pipe, tmp_path):
     clip = make_video(tmp_path / "c.mp4", seconds=3.0, size=(64, 48))
     lengths = SequenceLengths.from_duration(3.0, sample_rate=SR, hop_length=256)
     prompt = pipe.encode_prompt("dog barking")
-    args = (media.probe(clip), 0.0, lengths, prompt, lambda name: None, {})
-    whole = pipe._sync_features(*args, chunk=lengths.sync_segments)
-    chunked = pipe._sync_features(*args, chunk=2)
+    info = media.probe(clip)
+    with FrameFeed(info, start=0.0, lengths=lengths, chunk_segments=lengths.sync_segments) as frames:
+        whole = pipe.encode_span(frames, [prompt])[0]
+    with FrameFeed(info, start=0.0, lengths=lengths, chunk_segments=2) as frames:
+        chunked = pipe.encode_span(frames, [prompt])[0]
+    one_pass = pipe.encode_video(
+        media.read_frames(clip, duration=3.0).unsqueeze(0), prompt.t5, prompt.t5_mask
+    )
+    torch.testing.assert_close(whole, one_pass, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
 
 

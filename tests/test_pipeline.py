@@ -401,3 +401,69 @@ def test_one_probe_per_clip(pipe, clip3s, tmp_path, monkeypatch):
     out = pipe(clip3s, "dog barking", steps=1, seed=1)
     out.save_video(tmp_path / "a.mp4")
     assert probed == [clip3s] and out.info is not None and out.info.path == clip3s
+
+
+class PromptLog:
+    """The prompt lists a text encoder's forward is called with (the real encoder still runs)."""
+
+    def __init__(self, encoder: torch.nn.Module):
+        self.batches: list[list[str]] = []
+        self._handle = encoder.register_forward_hook(lambda m, args, out: self.batches.append(list(args[0])))
+
+    def remove(self):
+        self._handle.remove()
+
+
+def test_the_negative_prompt_gets_no_t5_and_both_clip_prompts_go_in_one_batch(pipe, clip3s):
+    pipe.clear_caches()
+    t5, clip = PromptLog(pipe.t5), PromptLog(pipe.clip)
+    try:
+        out = pipe(clip3s, "dog barking", "wind noise", steps=1, seed=3)
+        assert t5.batches == [["dog barking"]]
+        assert clip.batches == [["dog barking", "wind noise"]]
+        # Each row of the batch is that prompt's features, as encoded alone.
+        positive, negative = pipe.encode_prompts("dog barking", "wind noise")
+        torch.testing.assert_close(negative, pipe.clip(["wind noise"]), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(positive.clip, pipe.clip(["dog barking"]), rtol=1e-5, atol=1e-6)
+
+        # A re-roll with a new negative prompt encodes only that prompt, with CLIP only.
+        t5.batches.clear(), clip.batches.clear()
+        again = pipe(clip3s, "dog barking", "traffic", steps=1, seed=3)
+        assert t5.batches == [] and clip.batches == [["traffic"]]
+        assert not torch.equal(out.audio, again.audio)
+    finally:
+        t5.remove(), clip.remove()
+
+
+def test_frames_start_decoding_before_the_text_encoders_run(pipe, clip3s, monkeypatch):
+    import selva.pipeline as pipeline_module
+
+    events: list[str] = []
+
+    class RecordedFeed(pipeline_module.FrameFeed):
+        def __init__(self, *args, **kwargs):
+            events.append("feed")
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline_module, "FrameFeed", RecordedFeed)
+    pipe.clear_caches()
+    pipe(clip3s, "dog barking", steps=1, seed=0, callback_on_stage=events.append)
+    assert events[:4] == ["probe", "feed", "text", "decode"]
+    # Cached sync features: nothing is decoded.
+    events.clear()
+    pipe(clip3s, "dog barking", steps=1, seed=1, callback_on_stage=events.append)
+    assert "feed" not in events and "decode" not in events
+
+
+def test_a_cancel_during_text_synch_stops_before_the_next_chunk(pipe, tmp_path):
+    clip = make_video(tmp_path / "long.mp4", seconds=20.0)  # past one window: chunks of 24 segments
+    token = CancelToken()
+    pipe.clear_caches()
+    counter = CallCounter(pipe.text_synch)
+    counter_hook = pipe.text_synch.register_forward_hook(lambda *a: token.cancel())
+    try:
+        with pytest.raises(GenerationCancelled):
+            pipe(clip, "dog barking", steps=1, seed=0, cancel=token)
+        assert counter.calls == 1  # the first chunk ran, the second never started
+    finally:
+        counter.remove(), counter_hook.remove()

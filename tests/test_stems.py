@@ -237,3 +237,22 @@ def test_mcp_lists_generate_and_stems_with_their_descriptions(app_pipe):
     properties = stems.inputSchema["properties"]
     assert {"video", "prompt_1", "gain_4", "original_audio_gain"} <= set(properties)
     assert "level in the mix" in properties["gain_1"].get("description", "")
+
+
+def test_stems_decode_the_span_once_and_run_text_synch_once_per_prompt(app_pipe, clip, monkeypatch):
+    from selva import media
+
+    reads, real = [], media.iter_frames
+    monkeypatch.setattr(media, "iter_frames", lambda *a, **k: reads.append(a) or real(*a, **k))
+    calls = []
+    hook = app_pipe.text_synch.register_forward_hook(lambda m, args, out: calls.append(out.shape))
+    app_pipe.clear_caches()
+    try:
+        stems = [Stem("dog barking"), Stem("car engine"), Stem("rain", "wind")]
+        generate_stems(app_pipe, GenerationRequest(clip, "", steps=1, seed=5), stems)
+        assert len(reads) == 1 and len(calls) == 3
+        # The same stems again: every feature is cached.
+        generate_stems(app_pipe, GenerationRequest(clip, "", steps=1, seed=6), stems)
+        assert len(reads) == 1 and len(calls) == 3
+    finally:
+        hook.remove()
