@@ -29,7 +29,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,17 +41,21 @@ from selva import media, sampling
 from selva.cache import LRUCache
 from selva.frame_feed import FrameFeed
 from selva.loading import release_freed_memory
-from selva.sequence import SYNC_FPS, SequenceLengths
+from selva.outputs import PromptFeatures, SelvaOutput
+from selva.sequence import SequenceLengths
 from selva.spec import (
     DEFAULT_MAX_DURATION,
-    MIN_DURATION,
-    SEGMENT_FRAMES,
     CancelToken,
     GenerationRequest,
-    InputError,
-    MediaError,
 )
-from selva.windows import DEFAULT_WINDOW_OVERLAP, join_windows, plan_windows, window_batches, window_noise
+from selva.windows import (
+    DEFAULT_WINDOW_OVERLAP,
+    join_windows,
+    plan_windows,
+    resolve_span,
+    window_batches,
+    window_noise,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,54 +79,6 @@ SYNC_CHUNK_SEGMENTS = 24
 # Windows x candidates per flow batch (CFG doubles it): enough to keep an accelerator busy, bounded
 # so a 10 minute clip (90 windows) does not need 90 windows of activations at once.
 WINDOW_BATCH = 16
-
-
-@dataclass
-class SelvaOutput:
-    """What one call produced."""
-
-    audio: torch.Tensor  # (num_samples, N) float32 on the CPU, in [-1, 1]
-    sample_rate: int
-    seed: int  # candidate k was drawn from seed + k
-    duration: float
-    start: float
-    video: Path | None  # None when the audio came from the prompt alone
-    timings: dict[str, float] = field(default_factory=dict)
-    windows: int = 1  # 8 s windows the span was generated in
-    info: media.VideoInfo | None = None  # the call's probe of `video`, reused when muxing
-
-    def save_audio(self, path: str | Path, index: int = 0) -> Path:
-        """Write candidate `index` as FLAC or WAV (chosen by the suffix)."""
-        return media.write_audio(path, self.audio[index], self.sample_rate)
-
-    def save_video(
-        self, path: str | Path, index: int = 0, *, original_audio_gain: float | None = None
-    ) -> Path:
-        """Write the source span with candidate `index` as its soundtrack (mp4, video stream copied)."""
-        if self.video is None:
-            raise MediaError(
-                "this audio was generated from the prompt alone, so there is no video to put it in; "
-                "use save_audio instead"
-            )
-        from selva.mux import mux
-
-        return mux(
-            self.video,
-            self.audio[index],
-            self.sample_rate,
-            path,
-            start=self.start,
-            duration=self.duration,
-            original_audio_gain=original_audio_gain,
-            info=self.info,
-        )
-
-
-@dataclass
-class PromptFeatures:
-    t5: torch.Tensor  # (1, L, D_t5) T5 encoder states, for TextSynch
-    t5_mask: torch.Tensor  # (1, L) bool
-    clip: torch.Tensor  # (1, 77, D_clip) CLIP text states, for the generator
 
 
 class SelvaPipeline:
@@ -199,55 +154,15 @@ class SelvaPipeline:
         (see `selva.device`); `weights_dir` (or SELVA_WEIGHTS_DIR) is a local
         folder in the reference layout, used with no network at all.
         """
-        from selva import hub
-        from selva.loading import build_network
-        from selva.text import ClipTextEncoder, T5TextEncoder
-        from selva.variants import get_variant
+        from selva.components import load_components
 
-        spec = get_variant(variant)
-        run_on = devices.choose_device(device)
-        run_in = devices.choose_dtype(run_on, dtype)
-        paths = hub.resolve(spec, weights_dir=weights_dir, revision=revision)
-        per_param = torch.finfo(run_in).bits // 8
-        offload_on = devices.choose_offload(offload, run_on, resident_bytes=spec.resident_bytes(per_param))
-        # Offloaded parts wait on the CPU and visit the accelerator only while they run.
-        guest_device = torch.device("cpu") if offload_on else run_on
-
-        def network(role: str, on: torch.device) -> nn.Module:
-            return build_network(spec, role, paths, device=on, dtype=run_in)
-
-        # Loading briefly needs more than the weights: a weight-norm fold holds the file's float32
-        # pages and its float32 result at once, transformers maps all of T5. Those loads go
-        # first, while little else is resident; the others cast tensor by tensor and add
-        # almost nothing over their own weights.
-        vocoder = network("vocoder", guest_device)
-        vae = network("vae", run_on)
-        t5 = T5TextEncoder.from_pretrained(
-            spec.t5.repo, device=guest_device, dtype=run_in, local_dir=paths["t5"], spec=spec.t5
+        parts = load_components(
+            variant, device=device, dtype=dtype, offload=offload, weights_dir=weights_dir, revision=revision
         )
-        release_freed_memory()
-        clip = ClipTextEncoder.from_pretrained(
-            spec.clip.repo, device=guest_device, dtype=run_in, local_dir=paths["clip"], spec=spec.clip
-        )
-        generator = network("generator", run_on)
-        text_synch = network("text_synch", run_on)
-        pipe = cls(
-            variant=spec,
-            text_synch=text_synch,
-            generator=generator,
-            vae=vae,
-            vocoder=vocoder,
-            t5=t5,
-            clip=clip,
-            device=run_on,
-            dtype=run_in,
-            offload=offload_on,
-            max_duration=max_duration,
-            window_overlap=window_overlap,
-        )
+        pipe = cls(**parts, max_duration=max_duration, window_overlap=window_overlap)
         from selva.compile import compile_pipeline, tune_backends
 
-        tune_backends(run_on)  # cuDNN autotuning on CUDA, compiled or not
+        tune_backends(pipe.device)  # cuDNN autotuning on CUDA, compiled or not
         if compile:
             compile_pipeline(pipe)
         return pipe
@@ -461,26 +376,7 @@ class SelvaPipeline:
 
     def resolve_duration(self, video_duration: float, start: float, duration: float | None) -> float:
         """The span to sonify: as asked, or what is left after `start` up to `max_duration`."""
-        left = video_duration - start
-        if left <= 0:
-            raise InputError(
-                f"start {start:.2f} s is at or past the end of the {video_duration:.2f} s video; "
-                "pick a start inside the video"
-            )
-        if duration is None:
-            duration = min(left, self.max_duration)
-        elif duration > left + 1.0 / SYNC_FPS:
-            raise InputError(
-                f"duration {duration:.2f} s from start {start:.2f} s runs past the end of the "
-                f"{video_duration:.2f} s video; use at most {left:.2f} s or leave it automatic"
-            )
-        duration = min(duration, left)
-        if duration * SYNC_FPS + 1e-6 < SEGMENT_FRAMES:
-            raise InputError(
-                f"the span is {duration:.2f} s but SelVA needs at least {MIN_DURATION:.2f} s of video "
-                f"(16 frames at {SYNC_FPS} fps); use a longer clip or an earlier start"
-            )
-        return duration
+        return resolve_span(video_duration, start, duration, max_duration=self.max_duration)
 
     def encode_prompt(self, prompt: str) -> PromptFeatures:
         """T5 and CLIP text features of one prompt, cached."""

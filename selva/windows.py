@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from selva.sequence import SEGMENT_FRAMES, SEGMENT_STRIDE, SYNC_FPS, TOKENS_PER_SEGMENT, SequenceLengths
-from selva.spec import TRAINED_DURATION, InputError
+from selva.spec import MIN_DURATION, TRAINED_DURATION, InputError
 
 DEFAULT_WINDOW_OVERLAP = 1.0  # seconds; long enough to hide a seam, short enough to cost little
 STRIDE_SECONDS = SEGMENT_STRIDE / SYNC_FPS  # 0.32 s: the grid window starts sit on
@@ -160,3 +160,33 @@ def window_batches(windows: list[Window], size: int) -> list[list[Window]]:
         else:
             batches.append([w])
     return batches
+
+
+def resolve_span(
+    video_duration: float, start: float, duration: float | None, *, max_duration: float
+) -> float:
+    """The seconds to sonify from `start`: as asked, or what is left of the video up to `max_duration`.
+
+    Refuses a start past the end, a duration running past it (by more than a frame) and spans
+    shorter than one TextSynch segment, each with the fix in its message.
+    """
+    left = video_duration - start
+    if left <= 0:
+        raise InputError(
+            f"start {start:.2f} s is at or past the end of the {video_duration:.2f} s video; "
+            "pick a start inside the video"
+        )
+    if duration is None:
+        duration = min(left, max_duration)
+    elif duration > left + 1.0 / SYNC_FPS:
+        raise InputError(
+            f"duration {duration:.2f} s from start {start:.2f} s runs past the end of the "
+            f"{video_duration:.2f} s video; use at most {left:.2f} s or leave it automatic"
+        )
+    duration = min(duration, left)
+    if duration * SYNC_FPS + _EPS < SEGMENT_FRAMES:
+        raise InputError(
+            f"the span is {duration:.2f} s but SelVA needs at least {MIN_DURATION:.2f} s of video "
+            f"(16 frames at {SYNC_FPS} fps); use a longer clip or an earlier start"
+        )
+    return duration
