@@ -59,9 +59,14 @@ WARMUP_PROMPT = "a car engine revving"  # a different prompt, so the timed first
 GB = 1000**3
 MB = 1000**2
 
-# The issue's targets; checked by running this benchmark, never by timed tests.
-TARGET_CUDA_E2E_S = 1.0  # one H100, bf16, 8 s clip, warm models: decode to muxed mp4
-TARGET_REROLL_RATIO = 0.6  # re-roll / first run, end to end
+# The issues' targets (#14 "Fast everywhere" for speed); checked by running this benchmark, never by
+# timed tests. The CPU's targets against the reference implementation (time and peak RSS of a first
+# run) are measured side by side by `benchmarks/vs_reference.py`.
+# One H100/H200 in bf16, 8 s clip from a 640x360 source, warm models: decode to muxed mp4, per variant.
+TARGET_CUDA_E2E_S = {"small_16k": 0.5, "large_44k": 0.8}
+TARGET_CUDA_REROLL_S = 0.2  # same GPU: a re-roll (cached features, new seed), end to end
+TARGET_GPU_REL_L2 = 3e-2  # GPU bf16 stage outputs against the CPU's float32 ones (benchmarks/gpu.py)
+TARGET_REROLL_RATIO = 0.4  # CPU: re-roll / first run, end to end
 TARGET_RSS_OVER_PARAMS = 1.5 * GB  # peak RSS after load minus the bytes of the loaded parameters
 TARGET_MUX_1080P_S = 0.3
 
@@ -391,7 +396,9 @@ def check_targets(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
     def target(value: float, limit: float) -> dict[str, Any]:
         return {"value": value, "limit": limit, "met": value <= limit}
 
-    out = {"reroll_ratio": target(r["reroll_ratio"], TARGET_REROLL_RATIO)}
+    out = {}
+    if r["device"].startswith("cpu"):
+        out["reroll_ratio"] = target(r["reroll_ratio"], TARGET_REROLL_RATIO)
     if r["mux_1080p"]["size"] == "1920x1080":
         out["mux_1080p_s"] = target(r["mux_1080p"]["median_s"], TARGET_MUX_1080P_S)
     if r["device"].startswith("cpu"):
@@ -400,8 +407,11 @@ def check_targets(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
         # only paged in when first used, so right after loading they can be far below their size.
         over = r["rss_after_first_run"] - r["param_bytes"]
         out["rss_after_first_run_over_params_bytes"] = target(over, TARGET_RSS_OVER_PARAMS)
-    if r["device"].startswith("cuda") and r["dtype"] == "bfloat16":
-        out["cuda_e2e_s"] = target(r["first"]["e2e"], TARGET_CUDA_E2E_S)
+    clip = r["clip"]
+    if r["device"].startswith("cuda") and r["dtype"] == "bfloat16" and clip["duration"] == 8:
+        if r["variant"] in TARGET_CUDA_E2E_S and clip["size"] == "640x360":
+            out["cuda_e2e_s"] = target(r["first"]["e2e"], TARGET_CUDA_E2E_S[r["variant"]])
+        out["cuda_reroll_s"] = target(r["reroll"]["e2e"], TARGET_CUDA_REROLL_S)
     return out
 
 

@@ -49,14 +49,23 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .bench import DEFAULT_CACHE, PROMPT, WARMUP_PROMPT, cpu_name, dtype_reason, loaded_bytes, stopwatch
+from .bench import (
+    DEFAULT_CACHE,
+    PROMPT,
+    TARGET_GPU_REL_L2,
+    WARMUP_PROMPT,
+    cpu_name,
+    dtype_reason,
+    loaded_bytes,
+    stopwatch,
+)
 from .build_weights import BuildSpec, bench_variant, ensure_weights, is_built, log
 from .clips import ensure_clip
 
 JSON_PREFIX = "GPU_JSON "
 DEFAULT_VARIANTS = ("small_16k", "large_44k")
 CFG_STRENGTH = 4.5
-TOLERANCE = 3e-2  # relative L2 of a device's bf16 stage output against the CPU's float32 one
+TOLERANCE = TARGET_GPU_REL_L2  # relative L2 of a device's bf16 stage output against the CPU's float32 one
 STAGES = (
     "encode_prompt",
     "decode",

@@ -297,3 +297,26 @@ def test_gpu_benchmark_keeps_going_after_a_failed_phase(benchmarks_importable, t
     assert [r["phase"] for r in rows] == ["env", "matmul", "build", "done"]
     assert "no_such_variant" in rows[2]["error"] and rows[-1]["errors"] == 1
     assert "error in build" in capsys.readouterr().out
+
+
+def test_targets_on_a_gpu_are_per_variant_and_absolute(bench):
+    """Issue #14 on one H100/H200 in bf16: e2e per variant (8 s, 640x360 source), re-roll in seconds."""
+    run = {
+        "device": "cuda:0",
+        "dtype": "bfloat16",
+        "variant": "large_44k",
+        "clip": {"size": "640x360", "duration": 8.0},
+        "first": {"e2e": 0.7},
+        "reroll": {"e2e": 0.25},
+        "reroll_ratio": 0.36,
+        "mux_1080p": {"size": "1920x1080", "median_s": 0.1},
+    }
+    targets = bench.check_targets(run)
+    assert targets.keys() == {"cuda_e2e_s", "cuda_reroll_s", "mux_1080p_s"}  # the CPU's ratio is the CPU's
+    assert targets["cuda_e2e_s"] == {"value": 0.7, "limit": 0.8, "met": True}
+    assert targets["cuda_reroll_s"] == {"value": 0.25, "limit": 0.2, "met": False}
+    small = bench.check_targets({**run, "variant": "small_16k"})
+    assert small["cuda_e2e_s"]["limit"] == 0.5 and not small["cuda_e2e_s"]["met"]
+    assert "cuda_e2e_s" not in bench.check_targets({**run, "clip": {"size": "1920x1080", "duration": 8.0}})
+    assert bench.check_targets({**run, "dtype": "float32"}).keys() == {"mux_1080p_s"}
+
