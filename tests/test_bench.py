@@ -320,3 +320,107 @@ def test_targets_on_a_gpu_are_per_variant_and_absolute(bench):
     assert "cuda_e2e_s" not in bench.check_targets({**run, "clip": {"size": "1920x1080", "duration": 8.0}})
     assert bench.check_targets({**run, "dtype": "float32"}).keys() == {"mux_1080p_s"}
 
+
+# -- benchmarks/vs_reference.py, without the reference ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def vs_reference(benchmarks_importable):
+    return importlib.import_module("benchmarks.vs_reference")
+
+
+def test_vs_reference_refuses_without_the_reference(vs_reference, tmp_path, capsys):
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    assert vs_reference.main(cache) == 2
+    assert "--reference-dir and --reference-python are both required" in capsys.readouterr().err
+
+    checkout = tmp_path / "selva"
+    args = [*cache, "--reference-dir", str(checkout), "--reference-python", str(tmp_path / "venv/bin/python")]
+    assert vs_reference.main(args) == 2
+    assert f"--reference-dir {checkout} is not a folder" in capsys.readouterr().err
+
+    (checkout / "selva/utils").mkdir(parents=True)
+    assert vs_reference.main(args) == 2
+    assert "lacks demo.py, selva/utils/eval_utils.py" in capsys.readouterr().err
+
+    (checkout / "demo.py").write_text("")
+    (checkout / "selva/utils/eval_utils.py").write_text("")
+    assert vs_reference.main(args) == 2
+    assert "venv/bin/python is not an executable file" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()  # refused before building or running anything
+
+
+def test_vs_reference_measures_a_child(vs_reference, tmp_path):
+    """Wall time, CPU time and peak RSS come from wait4; the output is kept with arrival times."""
+    import sys
+
+    code = "x = bytearray(300 * 1000 * 1000); x[::4096] = b'1' * len(x[::4096]); print('done', flush=True)"
+    run = vs_reference.run_child(
+        "child",
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=vs_reference.child_env(),
+        log_path=tmp_path / "log",
+    )
+    assert run.rc == 0 and run.peak_rss > 300 * 1000 * 1000 and run.wall_s > 0 and run.cpu_s > 0
+    assert [line for _, line in run.lines] == ["done"] and "done" in (tmp_path / "log").read_text()
+    with pytest.raises(RuntimeError, match="exit 3"):
+        vs_reference.run_child(
+            "bad",
+            [sys.executable, "-c", "raise SystemExit(3)"],
+            cwd=tmp_path,
+            env={},
+            log_path=tmp_path / "l2",
+        )
+
+
+def test_vs_reference_md5_memo_passes_random_files(vs_reference, tiny_hub, tmp_path, monkeypatch):
+    """Our CLI skips the MD5 sums of random files through selva.hub's own memo of verified files."""
+    from selva.hub import local_path, resolve
+    from selva.spec import WeightsError
+    from selva.variants import get_variant
+
+    weights = tiny_hub.write_weights_dir(tmp_path / "weights", TINY_16K)
+    generator = local_path(weights, get_variant(TINY_16K).generator_file)
+    generator.write_bytes(generator.read_bytes() + b"random")  # no longer the registered MD5
+    monkeypatch.setenv("SELVA_STATE_DIR", str(tmp_path / "empty"))
+    with pytest.raises(WeightsError, match="does not match its MD5"):
+        resolve(TINY_16K, weights_dir=weights, offline=True)
+    memo = vs_reference.write_md5_memo(tmp_path / "state", weights, TINY_16K)
+    monkeypatch.setenv("SELVA_STATE_DIR", str(memo.parent))
+    assert resolve(TINY_16K, weights_dir=weights, offline=True)["generator"] == generator
+
+
+def test_vs_reference_hub_snapshot_reads_offline(vs_reference, tmp_path):
+    """The reference's text encoders find the benchmark's files through the Hub cache layout."""
+    from huggingface_hub import hf_hub_download
+
+    source = tmp_path / "flan-t5-base"
+    source.mkdir()
+    (source / "config.json").write_text('{"d_model": 768}')
+    (source / "model.safetensors").write_bytes(b"\0" * 1000)
+    cache = tmp_path / "hf" / "hub"
+    files = {f.name: f for f in source.iterdir()}
+    for _ in range(2):  # preparing twice replaces the links
+        vs_reference.hub_snapshot(cache, "google/flan-t5-base", files)
+    for name, f in files.items():
+        path = hf_hub_download("google/flan-t5-base", name, cache_dir=cache, local_files_only=True)
+        assert Path(path).read_bytes() == f.read_bytes()
+        assert Path(path).resolve() == f.resolve()  # nothing copied
+
+
+def test_vs_reference_synchformer_is_the_video_encoders_motionformer(vs_reference, fixtures_dir):
+    """The plain Synchformer file the reference loads (never used by SelVA) has the keys and shapes of
+    the vfeat_extractor entries of video_enc_sup_5.pth: the subset written for it is the real layout."""
+    import torch
+
+    from selva.loading import network_config
+    from selva.models.text_synch import TextSynch
+    from selva.variants import get_variant
+
+    manifest = json.loads((fixtures_dir / "manifests.json").read_text())["files"]
+    real = {k: tuple(v["shape"]) for k, v in manifest["ext_weights/synchformer_state_dict.pth"].items()}
+    with torch.device("meta"):
+        video_enc = TextSynch(network_config(get_variant("small_16k"), "text_synch")).state_dict()
+    state = vs_reference.synchformer_state(video_enc)
+    assert {k: tuple(v.shape) for k, v in state.items()} == real

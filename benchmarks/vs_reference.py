@@ -1,0 +1,716 @@
+"""Side by side with the reference implementation on this machine's CPU (issue #14's CPU targets).
+
+The targets are relative to the reference SelVA code (`jnwnlee/selva`) run on the
+same machine: `selva generate` on an 8 s clip at our default precision must take
+at most 0.35x the wall time of the reference demo in float32 and at most 0.5x its
+peak RSS, and a re-roll at most 0.4x of a first run. This command measures that.
+
+It never imports the reference: it runs two commands as child processes,
+alternately, on the same synthetic 8 s clip (`benchmarks/clips.py`) and the same
+real-size random weights (`benchmarks/build_weights.py`), and times each child
+whole (start, imports, load, generate, write audio and mp4):
+
+- ours: `python -m selva generate CLIP --prompt P --weights-dir W --steps N --seed S --out DIR`
+  at the default precision and, for comparison, `--precision fp32`;
+- the reference: its `demo.py --video CLIP --prompt P --num_steps N --cfg_strength X --seed S
+  --full_precision` with the reference's own Python (a separate environment), in a
+  working folder where `weights/` and `ext_weights/` point at the same random files and
+  a Hugging Face cache (`HF_HUB_OFFLINE=1`) holds `google/flan-t5-base` and
+  `apple/DFN5B-CLIP-ViT-H-14-384` as snapshots of those files;
+- the re-roll ratio from `python -m benchmarks.bench` (a first run and a re-roll in one
+  process: the re-roll reuses the cached text and sync features).
+
+Each child's wall time, CPU time (user + system) and peak RSS come from `os.wait4`
+(the child and any children it waited for); the 1-minute load average is sampled
+while it runs. The result is a table and one line `VS_REFERENCE_JSON {...}`.
+
+Random weights cannot match the real files' MD5 sums, so both sides skip them:
+
+- ours: `SELVA_STATE_DIR` points at a folder of our own whose checksum memo
+  (`verified_md5.json`, the record `selva.hub` keeps after hashing a file once)
+  lists the random files under their registered MD5, as a user's second start finds it;
+- the reference: its demo calls `download_model_if_needed` for each file, which
+  hashes it and downloads on a mismatch; the child is started through a few
+  lines (`REFERENCE_BOOTSTRAP`) that replace that function with a no-op before
+  running `demo.py` unchanged, and time the reference's stages by wrapping its
+  public functions (load_video, the text encoders, TextSynch, the ODE, VAE, vocoder).
+
+The reference's `FeaturesUtils` also loads the plain Synchformer
+(`ext_weights/synchformer_state_dict.pth`), which SelVA never uses; its keys and
+shapes are those of the `vfeat_extractor.*` entries of `video_enc_sup_5.pth`
+(`shared/fixtures/parity/manifests.json`), so that subset of the random file is written for it.
+
+Usage (from the repository root; the reference checkout and its environment stay outside the repo):
+
+    python -m benchmarks.vs_reference --reference-dir /work/ref/selva \\
+        --reference-python /work/ref/venv/bin/python [--rounds 2]
+
+Run it on an otherwise idle machine and never beside another large job: the
+reference in float32 peaks near 10 GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .bench import DEFAULT_CACHE, GB, PROMPT, TARGET_REROLL_RATIO, cpu_name
+from .bench import JSON_PREFIX as BENCH_PREFIX
+from .build_weights import ROOT, BuildSpec, bench_variant, ensure_weights, log
+from .clips import ensure_clip
+
+JSON_PREFIX = "VS_REFERENCE_JSON "
+STAGES_PREFIX = "REF_STAGES "
+
+# Issue #14, CPU: ours at the default precision against the reference's float32 run, same machine.
+TARGET_TIME_RATIO = 0.35
+TARGET_RSS_RATIO = 0.5
+
+# The reference's repo ids, as its FeaturesUtils asks for them, and the bench folder holding each.
+REFERENCE_HUB_REPOS = {
+    "google/flan-t5-base": "flan-t5-base",
+    "apple/DFN5B-CLIP-ViT-H-14-384": "DFN5B-CLIP-ViT-H-14-384",
+}
+SYNCHFORMER_FILE = "synchformer_state_dict.pth"
+SYNCHFORMER_PREFIX = "vfeat_extractor."
+
+# Runs in the reference's Python (`-c`), with sys.argv[1] = its checkout and the rest demo.py's
+# arguments. It changes nothing in the checkout: the download-or-verify step becomes a no-op (the
+# files are in place, and random ones cannot match the MD5 sums), and the reference's stage
+# functions are wrapped with a timer; then demo.py runs as `__main__`.
+REFERENCE_BOOTSTRAP = r"""
+import functools, json, runpy, sys, time
+t_start = time.perf_counter()
+ref_dir = sys.argv[1]
+sys.path.insert(0, ref_dir)
+sys.argv = [ref_dir + '/demo.py', *sys.argv[2:]]
+import selva.utils.eval_utils as eu
+from selva.model.flow_matching import FlowMatching
+from selva.model.networks_video_enc import TextSynch
+from selva.model.utils.features_utils import FeaturesUtils
+t_imported = time.perf_counter()
+eu.download_model_if_needed = lambda path: None
+seconds, marks = {}, {}
+
+def timed(owner, name, stage):
+    fn = getattr(owner, name)
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        t0 = time.perf_counter()
+        marks.setdefault(stage, t0)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - t0
+    setattr(owner, name, wrapper)
+
+timed(eu, 'load_video', 'decode')
+timed(FeaturesUtils, 'encode_text_clip', 'text')
+timed(FeaturesUtils, 'encode_text_t5', 'text')
+timed(TextSynch, 'encode_video_with_sync', 'text_synch')
+timed(FlowMatching, 'to_data', 'flow')
+timed(FeaturesUtils, 'decode', 'vae')
+timed(FeaturesUtils, 'vocode', 'vocoder')
+timed(eu, 'generate', 'generate')
+timed(eu, 'make_video', 'mux')
+try:
+    runpy.run_path(sys.argv[0], run_name='__main__')
+finally:
+    seconds['imports'] = t_imported - t_start
+    if 'decode' in marks:
+        seconds['load'] = marks['decode'] - t_imported
+    seconds['in_process'] = time.perf_counter() - t_start
+    print('REF_STAGES ' + json.dumps(seconds), file=sys.stderr, flush=True)
+"""
+
+
+# -- checks -----------------------------------------------------------------------------------------
+
+
+class Refusal(Exception):
+    """What is missing for a side-by-side run, said plainly."""
+
+
+def check_reference(reference_dir: Path | None, reference_python: Path | None) -> tuple[Path, Path]:
+    """The reference checkout and its Python, or a `Refusal` saying what is missing and how to get it."""
+    how = (
+        "a checkout of the reference SelVA code (github.com/jnwnlee/selva) and a Python environment "
+        "with what its demo.py imports, both outside this repository, e.g. "
+        "--reference-dir /work/ref/selva --reference-python /work/ref/venv/bin/python "
+        "(see benchmarks/README.md, 'Side by side with the reference')"
+    )
+    if reference_dir is None or reference_python is None:
+        raise Refusal(f"--reference-dir and --reference-python are both required: {how}")
+    reference_dir = reference_dir.expanduser()
+    missing = [p for p in ("demo.py", "selva/utils/eval_utils.py") if not (reference_dir / p).is_file()]
+    if not reference_dir.is_dir() or missing:
+        what = "is not a folder" if not reference_dir.is_dir() else f"lacks {', '.join(missing)}"
+        raise Refusal(f"--reference-dir {reference_dir} {what}; it must be {how}")
+    if reference_dir.resolve() == ROOT or ROOT in reference_dir.resolve().parents:
+        raise Refusal(
+            f"--reference-dir {reference_dir} is inside this repository; keep the reference outside"
+        )
+    reference_python = reference_python.expanduser()
+    if not reference_python.is_file() or not os.access(reference_python, os.X_OK):
+        raise Refusal(f"--reference-python {reference_python} is not an executable file; it must be {how}")
+    return reference_dir, reference_python
+
+
+# -- the reference's working folder -----------------------------------------------------------------
+
+
+def synchformer_state(video_enc_state: dict[str, Any]) -> dict[str, Any]:
+    """The plain Synchformer's state dict: the `vfeat_extractor.*` entries of video_enc_sup_5.pth."""
+    return {k: v for k, v in video_enc_state.items() if k.startswith(SYNCHFORMER_PREFIX)}
+
+
+def write_synchformer(video_enc: Path, dest: Path) -> None:
+    """Write `synchformer_state(video_enc)` to `dest` (in a child process: it needs torch)."""
+    import torch
+
+    state = synchformer_state(torch.load(video_enc, map_location="cpu", mmap=True, weights_only=True))
+    tmp = dest.with_name(dest.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, dest)
+
+
+def _link(link: Path, target: Path) -> None:
+    """`link` -> `target`, replacing whatever `link` was."""
+    if link.is_symlink() or link.is_file():
+        link.unlink()
+    elif link.is_dir():
+        shutil.rmtree(link)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(target)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def hub_snapshot(hub_cache: Path, repo: str, files: dict[str, Path]) -> Path:
+    """Files as a Hugging Face cache snapshot of `repo` (the layout huggingface_hub reads offline).
+
+    `models--org--name/refs/main` names a commit; `snapshots/<commit>/<file>` links to
+    `blobs/<sha256>`, which links to the file itself (nothing is copied).
+    """
+    folder = hub_cache / ("models--" + repo.replace("/", "--"))
+    commit = hashlib.sha1(repo.encode()).hexdigest()  # any 40 hex digits; fixed per repo
+    for name, target in files.items():
+        blob = folder / "blobs" / _sha256(target)
+        _link(blob, target.resolve())
+        _link(
+            folder / "snapshots" / commit / name,
+            Path(os.path.relpath(blob, (folder / "snapshots" / commit / name).parent)),
+        )
+    (folder / "refs").mkdir(parents=True, exist_ok=True)
+    (folder / "refs" / "main").write_text(commit)
+    return folder / "snapshots" / commit
+
+
+def prepare_reference_dir(run_dir: Path, weights: Path) -> Path:
+    """The reference's working folder: `weights/`, `ext_weights/` and `hf/` pointing at `weights`.
+
+    Rebuilt only when the weights folder's BUILT.json changes.
+    """
+    marker = run_dir / "PREPARED.json"
+    stamp = {"weights": str(weights), "built": (weights / "BUILT.json").read_text()}
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(marker.read_text()) == stamp:
+            return run_dir
+    log(f"preparing the reference's working folder {run_dir}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    marker.unlink(missing_ok=True)
+    _link(run_dir / "weights", weights / "weights")
+    ext = run_dir / "ext_weights"
+    if ext.is_symlink():
+        ext.unlink()
+    ext.mkdir(exist_ok=True)
+    for f in (weights / "ext_weights").iterdir():
+        _link(ext / f.name, f)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    cmd = [sys.executable, "-m", "benchmarks.vs_reference", "--write-synchformer",
+           str(weights / "weights" / "video_enc_sup_5.pth"), str(ext / SYNCHFORMER_FILE)]  # fmt: skip
+    subprocess.run(cmd, cwd=ROOT, env=env, check=True)
+    hub_cache = run_dir / "hf" / "hub"
+    for repo, name in REFERENCE_HUB_REPOS.items():
+        hub_snapshot(hub_cache, repo, {f.name: f for f in sorted((weights / name).iterdir()) if f.is_file()})
+    marker.write_text(json.dumps(stamp))
+    return run_dir
+
+
+# -- our side: the checksum memo --------------------------------------------------------------------
+
+
+def write_md5_memo(state_dir: Path, weights: Path, variant: str) -> Path:
+    """`selva.hub`'s memo of verified files, listing the random ones under their registered MD5.
+
+    `selva.hub.verify_md5` hashes a file once and then trusts this record while the
+    file's size and modification time stay the same; pointing `SELVA_STATE_DIR` here makes
+    the random files pass as a user's verified real ones do on every start after the first.
+    """
+    from selva.hub import local_path, required_files
+
+    memo = {}
+    for f in required_files(variant):
+        path = local_path(weights, f)
+        if f.md5 is None or not path.is_file():
+            continue
+        real = path.resolve()
+        st = real.stat()
+        memo[str(real)] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "md5": f.md5}
+    state_dir.mkdir(parents=True, exist_ok=True)
+    out = state_dir / "verified_md5.json"
+    out.write_text(json.dumps(memo, indent=0, sort_keys=True))
+    return out
+
+
+# -- running a child --------------------------------------------------------------------------------
+
+
+@dataclass
+class ChildRun:
+    """One child process: what ran and what it cost."""
+
+    name: str
+    cmd: list[str]
+    rc: int = 0
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    peak_rss: int = 0
+    loadavg_before: float = 0.0
+    loadavg_after: float = 0.0
+    loadavg_max: float = 0.0
+    lines: list[tuple[float, str]] = field(default_factory=list)
+    log: str = ""
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "rc": self.rc,
+            "wall_s": self.wall_s,
+            "cpu_s": self.cpu_s,
+            "peak_rss": self.peak_rss,
+            "loadavg_1min": {
+                "before": self.loadavg_before,
+                "after": self.loadavg_after,
+                "max": self.loadavg_max,
+            },
+            "log": self.log,
+        }
+
+
+def run_child(name: str, cmd: list[str], *, cwd: Path, env: dict[str, str], log_path: Path) -> ChildRun:
+    """Run `cmd`, keep its output (with arrival times) in `log_path`; wall, CPU and peak RSS by wait4."""
+    run = ChildRun(name, cmd, log=str(log_path))
+    run.loadavg_before = run.loadavg_max = os.getloadavg()[0]
+    shown = " ".join("<bootstrap>" if "\n" in c else c for c in cmd)
+    log(f"{name}: {shown} (1-min load average {run.loadavg_before:.2f})")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    done = threading.Event()
+
+    def sample_load() -> None:
+        while not done.wait(2.0):
+            run.loadavg_max = max(run.loadavg_max, os.getloadavg()[0])
+
+    sampler = threading.Thread(target=sample_load, daemon=True)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    )
+    sampler.start()
+    with log_path.open("w") as out:
+        out.write(f"$ {shown}\n")
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            t = time.perf_counter() - t0
+            run.lines.append((t, line.rstrip("\n")))
+            out.write(f"[{t:8.2f}] {line}")
+            out.flush()
+    _, status, usage = os.wait4(proc.pid, 0)
+    run.wall_s = time.perf_counter() - t0
+    proc.returncode = run.rc = os.waitstatus_to_exitcode(status)
+    done.set()
+    sampler.join()
+    run.cpu_s = usage.ru_utime + usage.ru_stime
+    run.peak_rss = usage.ru_maxrss * 1024  # KiB on Linux
+    run.loadavg_after = os.getloadavg()[0]
+    log(
+        f"{name}: rc {run.rc}, {run.wall_s:.1f} s wall, {run.cpu_s:.1f} s CPU, "
+        f"peak RSS {run.peak_rss / GB:.2f} GB, load average {run.loadavg_after:.2f}"
+    )
+    if run.rc != 0:
+        tail = "\n".join(line for _, line in run.lines[-15:])
+        raise RuntimeError(f"{name} failed (exit {run.rc}); its log: {log_path}\n{tail}")
+    return run
+
+
+def warm_page_cache(paths: Sequence[Path]) -> None:
+    """Read every file once, so neither side pays for a cold disk (both read the same weights)."""
+    for path in paths:
+        for f in sorted(path.rglob("*")) if path.is_dir() else [path]:
+            if f.is_file():
+                with f.open("rb") as fh:
+                    while fh.read(1 << 24):
+                        pass
+
+
+# -- the two sides ----------------------------------------------------------------------------------
+
+
+def ours_cmd(args: argparse.Namespace, clip: Path, weights: Path, out: Path, precision: str) -> list[str]:
+    cmd = [
+        sys.executable, "-m", "selva", "generate", str(clip), "--prompt", args.prompt,
+        "--weights-dir", str(weights), "--variant", args.variant, "--steps", str(args.steps),
+        "--cfg", str(args.cfg), "--seed", str(args.seed), "--device", "cpu", "--out", str(out),
+    ]  # fmt: skip
+    return cmd if precision == "auto" else [*cmd, "--precision", precision]
+
+
+def reference_cmd(
+    args: argparse.Namespace, reference_dir: Path, python: Path, clip: Path, out: Path
+) -> list[str]:
+    cmd = [
+        str(python), "-c", REFERENCE_BOOTSTRAP, str(reference_dir.resolve()),
+        "--variant", args.variant, "--video", str(clip), "--prompt", args.prompt,
+        "--duration", f"{args.duration:g}", "--num_steps", str(args.steps),
+        "--cfg_strength", str(args.cfg), "--seed", str(args.seed), "--output", str(out),
+    ]  # fmt: skip
+    return [*cmd, "--full_precision"] if args.reference_precision == "fp32" else cmd
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment both sides run in: CPU only, offline, unbuffered; no PYTHONPATH of ours."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(
+        CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1",
+        PYTHONUNBUFFERED="1",
+    )  # fmt: skip
+    env.update(extra)
+    return env
+
+
+def reference_stages(run: ChildRun) -> dict[str, float]:
+    for _, line in reversed(run.lines):
+        if STAGES_PREFIX in line:
+            return json.loads(line.split(STAGES_PREFIX, 1)[1])
+    return {}
+
+
+def ours_stages(run: ChildRun) -> dict[str, float]:
+    """What `selva generate` says about itself: the load time it logs, the time its log line came."""
+    out: dict[str, float] = {}
+    for t, line in run.lines:
+        if m := re.search(r"models ready in ([0-9.]+) s", line):
+            out["load"] = float(m.group(1))
+            out["models_ready_at"] = t
+        elif "loading" in line and "models" in line and "imports" not in out:
+            out["imports"] = t
+    if "models_ready_at" in out:
+        out["generate_and_save"] = run.wall_s - out["models_ready_at"]
+    return out
+
+
+def bench_json(run: ChildRun) -> dict[str, Any]:
+    for _, line in reversed(run.lines):
+        if line.startswith(BENCH_PREFIX):
+            return json.loads(line.removeprefix(BENCH_PREFIX))
+    raise RuntimeError(f"no {BENCH_PREFIX.strip()} line in {run.log}")
+
+
+def versions(reference_dir: Path, python: Path) -> dict[str, Any]:
+    """Commits and library versions on both sides."""
+
+    def git_head(folder: Path) -> str | None:
+        with contextlib.suppress(OSError, subprocess.CalledProcessError):
+            return subprocess.run(
+                ["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+            ).stdout.strip()
+        return None
+
+    probe = (
+        "import importlib.metadata as m, json, platform, torch\n"
+        "names = ['torch', 'torchvision', 'torchaudio', 'transformers', 'open_clip_torch', 'numpy', 'av']\n"
+        "def v(n):\n"
+        "    try: return m.version(n)\n"
+        "    except m.PackageNotFoundError: return None\n"
+        "print(json.dumps({'python': platform.python_version(), 'threads': torch.get_num_threads(),\n"
+        "                  'cpu_capability': torch.backends.cpu.get_cpu_capability(),\n"
+        "                  **{n: v(n) for n in names}}))\n"
+    )
+
+    def libs(py: Path | str) -> dict[str, Any]:
+        done = subprocess.run([str(py), "-c", probe], capture_output=True, text=True, env=child_env())
+        try:
+            return json.loads(done.stdout.strip().splitlines()[-1])
+        except (IndexError, ValueError):
+            return {"error": done.stderr.strip()[-500:]}
+
+    return {
+        "ours": {"commit": git_head(ROOT), **libs(sys.executable)},
+        "reference": {"commit": git_head(reference_dir), **libs(python)},
+    }
+
+
+# -- the run ----------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.vs_reference",
+        description="selva generate against the reference demo.py on this machine's CPU (see the docstring).",
+    )
+    p.add_argument(
+        "--reference-dir", type=Path, help="checkout of github.com/jnwnlee/selva (outside this repo)"
+    )
+    p.add_argument("--reference-python", type=Path, help="the Python of the reference's own environment")
+    p.add_argument("--rounds", type=int, default=2, help="rounds, each running every side once (default 2)")
+    p.add_argument(
+        "--variant", default="small_16k", help="default small_16k (the reference's demo has only it)"
+    )
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--cfg", type=float, default=4.5)
+    p.add_argument("--seed", type=int, default=42, help="default 42, the reference demo's")
+    p.add_argument("--prompt", default=PROMPT)
+    p.add_argument("--duration", type=float, default=8.0, help="clip length in seconds (default 8)")
+    p.add_argument("--size", default="640x360", help="clip WxH (default 640x360)")
+    p.add_argument("--fps", type=int, default=25)
+    p.add_argument(
+        "--ours-precision",
+        default="auto,fp32",
+        help="comma list of our precisions; the first is judged against the targets (default auto,fp32)",
+    )
+    p.add_argument(
+        "--reference-precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="fp32 (--full_precision, the targets' baseline) or the demo's default bf16",
+    )
+    p.add_argument("--no-bench", action="store_true", help="skip benchmarks.bench (no re-roll ratio)")
+    p.add_argument("--no-warm-cache", action="store_true", help="do not read the weights before each run")
+    p.add_argument(
+        "--cache-dir", type=Path, default=DEFAULT_CACHE, help=f"built weights and clips ({DEFAULT_CACHE})"
+    )
+    p.add_argument(
+        "--out-dir", type=Path, default=None, help="logs and outputs (default: CACHE/vs-reference/runs/TIME)"
+    )
+    p.add_argument("--write-synchformer", nargs=2, type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    try:
+        args.size = tuple(int(x) for x in args.size.lower().split("x"))
+        if len(args.size) != 2:
+            raise ValueError
+    except ValueError:
+        p.error("--size must be WxH, e.g. 640x360")
+    args.ours_precision = [x.strip() for x in args.ours_precision.split(",") if x.strip()]
+    if not args.ours_precision or set(args.ours_precision) - {"auto", "bf16", "fp16", "fp32"}:
+        p.error("--ours-precision takes auto, bf16, fp16 or fp32, comma separated")
+    if args.rounds < 1 or args.steps < 1 or args.duration <= 0:
+        p.error("--rounds and --steps must be at least 1, --duration above 0")
+    return args
+
+
+def ratio(a: float, b: float) -> float | None:
+    return a / b if b else None
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    reference_dir, reference_python = check_reference(args.reference_dir, args.reference_python)
+    variant = bench_variant(args.variant)
+    weights = ensure_weights(BuildSpec(variant, args.cache_dir / variant.name, clip_visual=True))
+    w, h = args.size
+    clip = ensure_clip(
+        args.cache_dir / "media", width=w, height=h, fps=args.fps, duration=args.duration, bitrate=1_500_000
+    )
+    base = args.cache_dir / "vs-reference" / variant.name
+    ref_dir = prepare_reference_dir(base / "reference-cwd", weights)
+    memo = write_md5_memo(base / "ours-state", weights, args.variant)
+    out_dir = args.out_dir or args.cache_dir / "vs-reference" / "runs" / time.strftime("%Y%m%d-%H%M%S")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log(f"logs and outputs in {out_dir}")
+
+    info = versions(reference_dir, reference_python)
+    ref_env = child_env(HF_HOME=str(ref_dir / "hf"), HF_HUB_CACHE=str(ref_dir / "hf" / "hub"))
+    ours_env = child_env(SELVA_STATE_DIR=str(memo.parent), PYTHONPATH=str(ROOT))
+
+    def ours(r: int, precision: str) -> ChildRun:
+        name = f"ours-{precision}-{r}"
+        cmd = ours_cmd(args, clip, weights, out_dir / name, precision)
+        return run_child(name, cmd, cwd=ROOT, env=ours_env, log_path=out_dir / f"{name}.log")
+
+    def reference(r: int) -> ChildRun:
+        name = f"reference-{args.reference_precision}-{r}"
+        cmd = reference_cmd(args, reference_dir, reference_python, clip, out_dir / name)
+        return run_child(name, cmd, cwd=ref_dir, env=ref_env, log_path=out_dir / f"{name}.log")
+
+    def bench(r: int) -> ChildRun:
+        name = f"bench-{r}"
+        cmd = [
+            sys.executable, "-m", "benchmarks.bench", "--variant", args.variant, "--steps", str(args.steps),
+            "--cache-dir", str(args.cache_dir), "--size", f"{w}x{h}", "--fps", str(args.fps),
+            "--duration", f"{args.duration:g}", "--device", "cpu", "--dtype", args.ours_precision[0],
+        ]  # fmt: skip
+        return run_child(name, cmd, cwd=ROOT, env=ours_env, log_path=out_dir / f"{name}.log")
+
+    rounds = []
+    for r in range(1, args.rounds + 1):
+        row: dict[str, Any] = {"round": r, "ours": {}}
+        # Alternate who goes first, so neither side always meets the machine in the same state.
+        order = ["ours", "reference"] if r % 2 else ["reference", "ours"]
+        for side in order:
+            if side == "reference":
+                if not args.no_warm_cache:
+                    warm_page_cache([weights, ref_dir / "ext_weights" / SYNCHFORMER_FILE, clip])
+                ref = reference(r)
+                row["reference"] = {**ref.summary(), "stages": reference_stages(ref)}
+            else:
+                for precision in args.ours_precision:
+                    if not args.no_warm_cache:
+                        warm_page_cache([weights, clip])
+                    child = ours(r, precision)
+                    row["ours"][precision] = {**child.summary(), "stages": ours_stages(child)}
+        if not args.no_bench:
+            b = bench(r)
+            result = bench_json(b)
+            row["bench"] = {**b.summary(), "result": result}
+        judged = row["ours"][args.ours_precision[0]]
+        row["time_ratio"] = ratio(judged["wall_s"], row["reference"]["wall_s"])
+        row["rss_ratio"] = ratio(judged["peak_rss"], row["reference"]["peak_rss"])
+        row["cpu_ratio"] = ratio(judged["cpu_s"], row["reference"]["cpu_s"])
+        if "bench" in row:
+            row["reroll_ratio"] = row["bench"]["result"]["reroll_ratio"]
+            row["reroll_ratio_cpu"] = row["bench"]["result"]["reroll_ratio_cpu"]
+        rounds.append(row)
+
+    def median(key: str) -> float | None:
+        values = [row[key] for row in rounds if row.get(key) is not None]
+        return statistics.median(values) if values else None
+
+    result: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "machine": {"cpu": cpu_name(), "cpus": os.cpu_count()},
+        "variant": args.variant,
+        "clip": {"path": str(clip), "size": f"{w}x{h}", "fps": args.fps, "duration": args.duration},
+        "steps": args.steps,
+        "cfg": args.cfg,
+        "seed": args.seed,
+        "prompt": args.prompt,
+        "ours_precisions": args.ours_precision,
+        "reference_precision": args.reference_precision,
+        "versions": info,
+        "out_dir": str(out_dir),
+        "rounds": rounds,
+        "time_ratio": median("time_ratio"),
+        "rss_ratio": median("rss_ratio"),
+        "cpu_ratio": median("cpu_ratio"),
+        "reroll_ratio": median("reroll_ratio"),
+    }
+    result["targets"] = {
+        name: {"value": value, "limit": limit, "met": value <= limit}
+        for name, value, limit in (
+            ("time_ratio", result["time_ratio"], TARGET_TIME_RATIO),
+            ("rss_ratio", result["rss_ratio"], TARGET_RSS_RATIO),
+            ("reroll_ratio", result["reroll_ratio"], TARGET_REROLL_RATIO),
+        )
+        if value is not None
+    }
+    return result
+
+
+def format_table(r: dict[str, Any]) -> str:
+    def gb(x: float | None) -> str:
+        return "-" if x is None else f"{x / GB:.2f}"
+
+    def s(x: float | None) -> str:
+        return "-" if x is None else f"{x:.1f}"
+
+    v = r["versions"]
+    lines = [
+        f"SelVA side by side: {r['variant']}, {r['clip']['size']} {r['clip']['duration']:g} s clip, "
+        f"{r['steps']} steps, cfg {r['cfg']:g}, seed {r['seed']}, prompt {r['prompt']!r}; "
+        f"{r['machine']['cpu']} ({r['machine']['cpus']} CPUs), {r['date']}",
+        f"ours: commit {(v['ours'].get('commit') or '?')[:10]}, torch {v['ours'].get('torch')}; reference: "
+        f"commit {(v['reference'].get('commit') or '?')[:10]}, torch {v['reference'].get('torch')}",
+        "",
+        "| round | run | wall s | CPU s | peak RSS GB | load avg 1-min (before/max) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in r["rounds"]:
+        runs = [row["reference"], *row["ours"].values()] + ([row["bench"]] if "bench" in row else [])
+        for c in runs:
+            la = c["loadavg_1min"]
+            lines.append(
+                f"| {row['round']} | {c['name']} | {s(c['wall_s'])} | {s(c['cpu_s'])} | "
+                f"{gb(c['peak_rss'])} | {la['before']:.2f} / {la['max']:.2f} |"
+            )
+    lines += [
+        "",
+        "stages (s): reference (its functions, timed) | ours (benchmarks.bench first run, same precision)",
+    ]
+    for row in r["rounds"]:
+        ref = row["reference"]["stages"]
+        first = row.get("bench", {}).get("result", {}).get("first", {})
+        ours_load = row.get("bench", {}).get("result", {}).get("load_s")
+        pairs = [
+            ("imports", ref.get("imports"), None),
+            ("load", ref.get("load"), ours_load),
+            ("decode", ref.get("decode"), first.get("decode")),
+            ("text encoders", ref.get("text"), first.get("text")),
+            ("TextSynch", ref.get("text_synch"), first.get("text_synch")),
+            ("ODE", ref.get("flow"), first.get("flow")),
+            ("VAE", ref.get("vae"), first.get("vae")),
+            ("vocoder", ref.get("vocoder"), first.get("vocoder")),
+            ("mux", ref.get("mux"), first.get("mux")),
+        ]
+        lines.append(f"  round {row['round']}: " + ", ".join(f"{k} {s(a)} | {s(b)}" for k, a, b in pairs))
+    lines += ["", "ratios per round (ours at the first precision / reference):"]
+    for row in r["rounds"]:
+        lines.append(
+            f"  round {row['round']}: time {row['time_ratio']:.3f}, peak RSS {row['rss_ratio']:.3f}, "
+            f"CPU time {row['cpu_ratio']:.3f}"
+            + (f", re-roll/first {row['reroll_ratio']:.3f}" if row.get("reroll_ratio") is not None else "")
+        )
+    lines += ["", "targets (median over rounds):"]
+    for name, t in r["targets"].items():
+        lines.append(f"  {name}: {t['value']:.3f} (limit {t['limit']:g}) {'met' if t['met'] else 'MISSED'}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.write_synchformer:
+        write_synchformer(*args.write_synchformer)
+        return 0
+    try:
+        result = run(args)
+    except Refusal as exc:
+        print(f"vs_reference: {exc}", file=sys.stderr)
+        return 2
+    print(format_table(result))
+    print(JSON_PREFIX + json.dumps(result, sort_keys=True), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
