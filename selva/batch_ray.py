@@ -36,10 +36,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from selva.cli import Item, _print_summary, generate_one, load_pipeline, plan_items
+from selva.batch import EXIT_FAILED, EXIT_OK, Item, generate_one, load_pipeline, plan_items, print_summary
 from selva.spec import DependencyError, InputError, SelvaError
 
-log = logging.getLogger("selva.cli")  # the CLI's logger: its lines show at the CLI's level
+log = logging.getLogger(__name__)  # one of selva.cli.CLI_LOGGERS: its lines show at the CLI's level
 
 # Forwarded to the workers of a Ray instance started here: where the weights are cached, and
 # whether to stay offline. Not to a joined cluster, whose nodes have their own paths.
@@ -197,8 +197,8 @@ def run_ray(
         raise InputError("--shard and --ray do not combine: Ray already spreads the list over its workers")
     pending, summary = plan_items(items, args, skip_existing=skip_existing)
     if not pending:  # a finished batch reruns without starting Ray
-        _print_summary(summary, args)
-        return 0
+        print_summary(summary, args)
+        return EXIT_OK
     from selva.variants import get_variant
 
     variant = get_variant(args.variant)  # a misspelt variant fails before Ray starts
@@ -232,7 +232,7 @@ def run_ray(
                     summary.seconds += result["seconds"]
                     log.info("%s -> done (%.1f s)", result["where"], result["seconds"])
         except KeyboardInterrupt:
-            _print_summary(summary, args)  # finished clips are on disk; say so before exiting
+            print_summary(summary, args)  # finished clips are on disk; say so before exiting
             raise
         except Exception as exc:
             # An actor that cannot load (weights missing on a node) surfaces wrapped in Ray's
@@ -240,11 +240,11 @@ def run_ray(
             cause = selva_cause(exc)
             if cause is None:
                 raise
-            _print_summary(summary, args)
+            print_summary(summary, args)
             raise cause from None
     summary.failed.sort()  # results arrive in any order; the table should not
-    _print_summary(summary, args)
-    return 1 if summary.failed else 0
+    print_summary(summary, args)
+    return EXIT_FAILED if summary.failed else EXIT_OK
 
 
 def selva_cause(exc: BaseException) -> SelvaError | None:

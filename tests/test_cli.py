@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from selva import cli
+from selva import batch, cli
 from selva.spec import is_out_of_memory
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,13 +77,13 @@ def test_defaults_and_limits_come_from_the_spec(capsys):
     from selva import spec
 
     assert cli.DEFAULT_VARIANT == spec.DEFAULT_VARIANT
-    assert cli.steps_arg(str(spec.STEPS.maximum)) == spec.STEPS.maximum
-    assert cli.samples_arg(str(spec.NUM_SAMPLES.maximum)) == spec.NUM_SAMPLES.maximum
-    assert cli.seed_arg("7.0") == 7  # spreadsheets write whole numbers so
-    assert cli.seed_arg(str(spec.SEED.maximum)) == spec.SEED.maximum  # exact, not through a float
+    assert batch.steps_arg(str(spec.STEPS.maximum)) == spec.STEPS.maximum
+    assert batch.samples_arg(str(spec.NUM_SAMPLES.maximum)) == spec.NUM_SAMPLES.maximum
+    assert batch.seed_arg("7.0") == 7  # spreadsheets write whole numbers so
+    assert batch.seed_arg(str(spec.SEED.maximum)) == spec.SEED.maximum  # exact, not through a float
     for flag, limit in (("--cfg", spec.CFG_STRENGTH), ("--samples", spec.NUM_SAMPLES), ("--seed", spec.SEED)):
         code, _, err = run(capsys, "generate", "clip.mp4", "--prompt", "x", flag, str(limit.maximum + 1))
-        assert code == 2 and f"from {cli._show(limit.minimum)} to {cli._show(limit.maximum)}" in err, err
+        assert code == 2 and f"from {batch._show(limit.minimum)} to {batch._show(limit.maximum)}" in err, err
 
 
 def test_missing_video_is_one_line(capsys, tmp_path):
@@ -149,7 +149,7 @@ def test_list_rows_resolve_against_the_csv_folder(tmp_path):
         f"{tmp_path / 'b.mov'},cat,,,,\nc.mp4,,,,,\n",
     )
     args = cli.build_parser().parse_args(["batch", str(listing), "--prompt", "rain", "--seed", "3"])
-    first, second, third = cli.items_from_csv(listing, args)
+    first, second, third = batch.items_from_csv(listing, args)
     assert first.video == tmp_path / "lists" / "clips" / "a.mp4"
     assert (first.prompt, first.negative, first.seed, first.start, first.duration) == (
         "dog, barking",
@@ -176,7 +176,7 @@ def test_folder_lists_its_videos_in_order(tmp_path):
         (tmp_path / name).write_bytes(b"")
     (tmp_path / "sub.mp4").mkdir()
     args = cli.build_parser().parse_args(["batch", str(tmp_path), "--prompt", "rain", "--negative", "wind"])
-    items = cli.items_from_folder(tmp_path, args)
+    items = batch.items_from_folder(tmp_path, args)
     assert [i.video.name for i in items] == ["a.mp4", "b.MOV", "c.webm"]
     assert {(i.prompt, i.negative, i.seed, i.start, i.duration) for i in items} == {
         ("rain", "wind", None, 0.0, None)
@@ -185,23 +185,23 @@ def test_folder_lists_its_videos_in_order(tmp_path):
 
 def test_output_names_are_unique_and_stable():
     items = [
-        cli.Item(Path("a/dog.mp4"), "dog barking", "1"),
-        cli.Item(Path("a/dog.mp4"), "man speaking!", "2"),
-        cli.Item(Path("b/cat.mp4"), "meow", "3"),
-        cli.Item(Path("a/dog.mp4"), "dog barking", "4", seed=2),
+        batch.Item(Path("a/dog.mp4"), "dog barking", "1"),
+        batch.Item(Path("a/dog.mp4"), "man speaking!", "2"),
+        batch.Item(Path("b/cat.mp4"), "meow", "3"),
+        batch.Item(Path("a/dog.mp4"), "dog barking", "4", seed=2),
     ]
-    cli.assign_names(items)
+    batch.assign_names(items)
     assert [i.name for i in items] == ["dog-dog-barking-1", "dog-man-speaking", "cat", "dog-dog-barking-4"]
 
 
 def test_output_paths_number_candidates(tmp_path):
-    item = cli.Item(Path("dog.mp4"), "x", "x", name="dog")
+    item = batch.Item(Path("dog.mp4"), "x", "x", name="dog")
     args = cli.build_parser().parse_args(["generate", "dog.mp4", "--prompt", "x", "--out", str(tmp_path)])
-    assert cli.output_paths(item, args) == [(tmp_path / "dog.flac", tmp_path / "dog.mp4")]
+    assert batch.output_paths(item, args) == [(tmp_path / "dog.flac", tmp_path / "dog.mp4")]
     args = cli.build_parser().parse_args(
         ["generate", "dog.mp4", "--prompt", "x", "--out", str(tmp_path), "--samples", "2", "--format", "wav"]
     )
-    assert cli.output_paths(item, args) == [
+    assert batch.output_paths(item, args) == [
         (tmp_path / "dog_1.wav", tmp_path / "dog_1.mp4"),
         (tmp_path / "dog_2.wav", tmp_path / "dog_2.mp4"),
     ]
@@ -219,7 +219,9 @@ def test_finished_batch_skips_everything_without_loading_models(capsys, tmp_path
 
 
 def test_summary_table_lists_failures():
-    summary = cli.Summary(done=2, skipped=1, seconds=5.0, failed=[("list.csv line 3 (x.mp4)", "cannot read")])
+    summary = batch.Summary(
+        done=2, skipped=1, seconds=5.0, failed=[("list.csv line 3 (x.mp4)", "cannot read")]
+    )
     table = summary.table()
     assert summary_counts(table) == {"done": "2", "skipped": "1", "failed": "1", "s/clip": "2.5"}
     assert "list.csv line 3 (x.mp4): cannot read" in table
@@ -416,7 +418,7 @@ def test_unexpected_error_exits_4_in_one_line(tiny_hub, clips, tmp_path, capsys,
         "selva: unexpected error: RuntimeError: CUDA error: no kernel image is available for the device",
         "selva: rerun with -v for the traceback",
     ]
-    assert cli.OOM_HINT not in err  # advice about memory would mislead here
+    assert batch.OOM_HINT not in err  # advice about memory would mislead here
     assert not any(out_dir.iterdir())
 
     code, _, err = run(capsys, *argv, "-v")
@@ -436,7 +438,7 @@ def test_out_of_memory_while_loading_exits_4_with_a_hint(tiny_hub, clips, tmp_pa
     assert "Traceback" not in err and out == ""
     assert err.strip().splitlines()[-3:] == [
         "selva: unexpected error: OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB",
-        f"selva: {cli.OOM_HINT}",
+        f"selva: {batch.OOM_HINT}",
         "selva: rerun with -v for the traceback",
     ]
     assert_hint_names_real_options(capsys)
@@ -470,7 +472,7 @@ def test_clips_failing_for_memory_get_the_hint_once(tiny_hub, clips, tmp_path, c
     code, out, err = run(capsys, "generate", *videos, "--prompt", "dog", "--out", tmp_path, *FAST)
     assert code == 1  # per clip: the batch went on, as for any other failing clip
     assert summary_counts(out)["failed"] == "2"
-    assert err.count(cli.OOM_HINT) == 1
+    assert err.count(batch.OOM_HINT) == 1
     assert "Traceback" not in err
 
 
@@ -480,7 +482,7 @@ def assert_hint_names_real_options(capsys) -> None:
 
     from selva.variants import VARIANTS
 
-    suggested = re.findall(r"(--[a-z-]+)(?: ([a-z0-9_]+))?", cli.OOM_HINT)
+    suggested = re.findall(r"(--[a-z-]+)(?: ([a-z0-9_]+))?", batch.OOM_HINT)
     assert [flag for flag, _ in suggested] == [
         "--variant",
         "--offload",
