@@ -1,19 +1,21 @@
 """The work of `selva generate` and `selva batch`: clips to make, where they go, and the run.
 
-    items_for / items_from_folder / items_from_csv   -> list[Item]   (every row checked, no model)
-    assign_names, output_paths                       the files each item writes, stable across runs
-    plan_items                                       names, this process's shard, skip what exists
-    run_items = load_pipeline + run_loop              one model load, then item by item (generate_one)
+    items_for, items_from_folder     -> list[Item] from the options (the CSV's: selva.batch_csv)
+    assign_names, item_files         the files each item writes, stable across runs
+    plan_items                       names, this process's shard, and what is left to do
+    run_items                        load_pipeline once, then run_loop item by item (generate_one)
 
-`selva.cli` parses the options into an `argparse.Namespace` and calls down here; `selva.batch_ray`
-runs the same items on Ray Data. Nothing here imports torch at module level: the models load in
-`load_pipeline`, only once there is work to do.
+An Item is one clip: one generation (with --samples candidates), or stems (`Item.stems`: one
+generation per prompt, their mix and the multi-track mp4, as `selva.stems` makes them). Every
+check that needs no model is made while the items are built, so a bad option or row costs no
+model load. `selva.cli` parses the options and calls down here; `selva.batch_csv` reads a CSV
+list into the same items and `selva.batch_ray` runs them on Ray Data. Nothing here imports torch
+at module level: the models load in `load_pipeline`, only once there is work to do.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import math
 import re
@@ -28,6 +30,7 @@ from tqdm import tqdm
 
 from selva import spec
 from selva.spec import InputError, MediaError, SelvaError, is_out_of_memory
+from selva.stems import Stem, check_stems, slug
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +40,12 @@ OOM_HINT = (
     "or less work per clip (a shorter --duration, fewer --samples)"
 )
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg"}
-CSV_COLUMNS = {"video", "prompt", "negative", "seed", "start", "duration"}
 
 
 # -- values: one converter per option, shared by the flags and the CSV columns ------------------
 
 
-def _ranged(limit: spec.Limit, *, cast: type = float, open_below: bool = False):
+def ranged(limit: spec.Limit, *, cast: type = float, open_below: bool = False):
     """An argparse type for one of the spec's limits (`open_below`: the minimum itself is refused)."""
 
     def convert(text: str):
@@ -73,16 +75,16 @@ def _show(x: float) -> str:
     return f"{x:g}" if abs(x) < 1e6 else str(int(x))
 
 
-steps_arg = _ranged(spec.STEPS, cast=int)
-samples_arg = _ranged(spec.NUM_SAMPLES, cast=int)
-cfg_arg = _ranged(spec.CFG_STRENGTH)
-seed_arg = _ranged(spec.SEED, cast=int)
-start_arg = _ranged(spec.START)
+steps_arg = ranged(spec.STEPS, cast=int)
+samples_arg = ranged(spec.NUM_SAMPLES, cast=int)
+cfg_arg = ranged(spec.CFG_STRENGTH)
+seed_arg = ranged(spec.SEED, cast=int)
+start_arg = ranged(spec.START)
 # No upper bound here: the cap is --max-duration's, and the pipeline words that refusal.
-duration_arg = _ranged(spec.Limit("duration", "Duration", 0.0, math.inf, None), open_below=True)
-max_duration_arg = _ranged(spec.Limit("max_duration", "Max duration", 0.0, math.inf, None), open_below=True)
-gain_arg = _ranged(spec.Limit("gain", "Gain", 0.0, math.inf, None))
-stem_gain_arg = _ranged(spec.STEM_GAIN)
+duration_arg = ranged(spec.Limit("duration", "Duration", 0.0, math.inf, None), open_below=True)
+max_duration_arg = ranged(spec.Limit("max_duration", "Max duration", 0.0, math.inf, None), open_below=True)
+gain_arg = ranged(spec.Limit("gain", "Gain", 0.0, math.inf, None))
+stem_gain_arg = ranged(spec.STEM_GAIN)
 
 
 # -- work items -----------------------------------------------------------------------------------
@@ -91,25 +93,88 @@ stem_gain_arg = _ranged(spec.STEM_GAIN)
 @dataclass
 class Item:
     video: Path | None  # None: sound from the prompt alone
-    prompt: str
+    prompt: str  # with stems: the first stem's (names and messages use it)
     where: str  # how messages name it: the path, or "LIST.csv line 4"
     negative: str = ""
     seed: int | None = None
     start: float = 0.0
     duration: float | None = None
     name: str = ""  # output stem, unique in the run
+    stems: tuple[Stem, ...] = ()  # set: one generation per stem and their mix (selva.stems), not one
+
+
+# (prompt, negative, gain) per stem as given: a gain of None was not given at all.
+Sound = list[tuple[str, str, float | None]]
+
+
+def option_sound(args: argparse.Namespace) -> Sound:
+    """The --prompt, --negative and --gain options as one (prompt, negative, gain) per --prompt.
+
+    Negatives and gains pair with the prompts in order. Without --prompt (a CSV whose rows name
+    their own), they are the defaults of stem 1, 2... of every row (see `selva.batch_csv`).
+    """
+    prompts, negatives, gains = args.prompt or [], args.negative or [], args.gain or []
+    if len(prompts) > spec.MAX_STEMS:
+        raise InputError(f"give 1 to {spec.MAX_STEMS} stems (one --prompt each), got {len(prompts)}")
+    for flag, values in (("--negative", negatives), ("--gain", gains)):
+        if values and prompts and len(values) != len(prompts):
+            raise InputError(f"give {flag} once per --prompt ({len(prompts)}) or not at all")
+        if len(values) > spec.MAX_STEMS:
+            raise InputError(f"give {flag} at most {spec.MAX_STEMS} times, once per stem")
+    return [(p, nth(negatives, k, ""), nth(gains, k, None)) for k, p in enumerate(prompts)]
+
+
+def nth(values: list, k: int, default: object = None):
+    return values[k] if k < len(values) else default
+
+
+def sound_fields(sound: Sound, args: argparse.Namespace, where: str = "", *, video: bool = True) -> dict:
+    """An Item's prompt, negative and stems for `sound`, with every check that needs no model.
+
+    One prompt without a gain is one generation (with --samples candidates); several prompts, or
+    a gain, are stems, as `selva generate --prompt A --prompt B` makes them. Errors start with
+    `where` (a CSV line) when given.
+    """
+    try:
+        if len(sound) == 1 and sound[0][2] is None:
+            prompt, negative, _ = sound[0]
+            spec.check_prompt("the prompt", prompt)
+            spec.check_prompt("the negative prompt", negative)
+            return dict(prompt=prompt, negative=negative, stems=())
+        if not video:
+            raise InputError(
+                "stems follow a video: give the VIDEO (sound from text alone takes one --prompt)"
+            )
+        if args.samples != 1:
+            raise InputError("--samples works with one prompt; with stems each stem is one generation")
+        gain = args.keep_original_audio or 0.0
+        if gain > spec.ORIGINAL_AUDIO_GAIN.maximum:
+            raise InputError(
+                f"--keep-original-audio with stems is at most {spec.ORIGINAL_AUDIO_GAIN.maximum:g}"
+            )
+        stems = check_stems(Stem(p, n, spec.STEM_GAIN.default if g is None else g) for p, n, g in sound)
+    except InputError as exc:
+        if not where:
+            raise
+        raise InputError(f"{where}: {exc}") from None
+    return dict(prompt=stems[0].prompt, negative="", stems=tuple(stems))
 
 
 def items_for(videos: list[Path], args: argparse.Namespace) -> list[Item]:
     """One clip per video, every setting from the options; none: one clip from the prompt alone."""
+    sound = option_sound(args)
+    if not sound:
+        raise InputError("give the sound to make with --prompt, e.g. --prompt 'dog barking'")
     if not videos:
         if args.duration is None:
             raise InputError("give a VIDEO, or --duration SEC to make sound from the prompt alone")
-        return [Item(None, args.prompt, f"prompt {args.prompt!r}", **_defaults(args))]
+        fields = sound_fields(sound, args, video=False)
+        return [Item(None, where=f"prompt {sound[0][0]!r}", **fields, **option_settings(args))]
     missing = [str(v) for v in videos if not v.is_file()]
     if missing:
         raise InputError(f"no such video: {', '.join(missing)}")
-    return [Item(v, args.prompt, str(v), **_defaults(args)) for v in videos]
+    fields = sound_fields(sound, args)
+    return [Item(v, where=str(v), **fields, **option_settings(args)) for v in videos]
 
 
 def items_from_folder(folder: Path, args: argparse.Namespace) -> list[Item]:
@@ -121,54 +186,11 @@ def items_from_folder(folder: Path, args: argparse.Namespace) -> list[Item]:
     return items_for(videos, args)
 
 
-def items_from_csv(path: Path, args: argparse.Namespace) -> list[Item]:
-    """Every row checked before any model loads: a typo should not cost a model load."""
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: Excel writes a BOM
-            reader = csv.DictReader(f)
-            columns = {(c or "").strip() for c in reader.fieldnames or []}
-            rows = [(_clean(path, row, reader.line_num), reader.line_num) for row in reader]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise InputError(f"cannot read {path}: {exc}") from None
-    if not {"video", "prompt"} <= columns:
-        have = ", ".join(sorted(columns)) or "none"
-        raise InputError(f"{path} needs the columns video and prompt; it has: {have}")
-    if columns - CSV_COLUMNS:
-        unknown, allowed = ", ".join(sorted(columns - CSV_COLUMNS)), ", ".join(sorted(CSV_COLUMNS))
-        raise InputError(f"{path}: unknown column(s) {unknown}; allowed: {allowed}")
-    items = []
-    for row, line in rows:
-        where = f"{path} line {line}"
-        if not row.get("video"):
-            raise InputError(f"{where}: the video cell is empty")
-        fields = _defaults(args)
-        # A row's duration is checked against this run's cap now, before any model loads.
-        capped = _ranged(spec.Limit("duration", "Duration", 0.0, args.max_duration, None), open_below=True)
-        for column, convert in (("seed", seed_arg), ("start", start_arg), ("duration", capped)):
-            if row.get(column):
-                try:
-                    fields[column] = convert(row[column])
-                except argparse.ArgumentTypeError as exc:
-                    raise InputError(f"{where}: {column} {exc}") from None
-        fields["negative"] = row.get("negative") or fields["negative"]
-        prompt = row["prompt"] or args.prompt
-        if not prompt:
-            raise InputError(f"{where}: the prompt cell is empty (or give a default with --prompt)")
-        video = Path(row["video"]).expanduser()
-        items.append(Item(path.parent / video, prompt, f"{where} ({video.name})", **fields))
-    if not items:
-        raise InputError(f"{path} has no rows")
-    return items
+def option_settings(args: argparse.Namespace) -> dict:
+    return dict(seed=args.seed, start=args.start, duration=args.duration)
 
 
-def _clean(path: Path, row: dict, line: int) -> dict[str, str]:
-    if None in row:  # DictReader's key for cells past the header's: an unquoted comma, most likely
-        raise InputError(f"{path} line {line} has more cells than columns; quote texts with commas")
-    return {k.strip(): (v or "").strip() for k, v in row.items()}
-
-
-def _defaults(args: argparse.Namespace) -> dict:
-    return dict(negative=args.negative or "", seed=args.seed, start=args.start, duration=args.duration)
+# -- names and files --------------------------------------------------------------------------------
 
 
 def assign_names(items: list[Item]) -> None:
@@ -208,8 +230,31 @@ def output_paths(item: Item, args: argparse.Namespace) -> list[tuple[Path, Path 
     ]
 
 
-def _written(item: Item, args: argparse.Namespace) -> list[Path]:
+def item_files(item: Item, args: argparse.Namespace) -> list[Path]:
+    """Every file `item` writes, in the order it writes them (each atomically): done once all exist.
+
+    With stems, `selva.stems.save_stems`'s names: a FLAC per stem, the mix, its mp4, the tracks mp4.
+    """
+    if item.stems:
+        out, name, suffix = args.out, item.name, args.format
+        stems = [out / f"{name}_{k}-{slug(s.prompt)}.{suffix}" for k, s in enumerate(item.stems, 1)]
+        return [*stems, out / f"{name}_mix.{suffix}", out / f"{name}_mix.mp4", out / f"{name}_tracks.mp4"]
     return [p for pair in output_paths(item, args) for p in pair if p is not None]
+
+
+def _check_paths(items: list[Item], args: argparse.Namespace) -> None:
+    """No item overwrites its video or another item's file (`a` with stems writes `a_mix.mp4`...)."""
+    owners: dict[Path, Item] = {}
+    for item in items:
+        for path in item_files(item, args):
+            if item.video is not None and path.resolve() == item.video.resolve():
+                raise InputError(f"{path} would overwrite its input video; choose another --out")
+            if path in owners:
+                other = owners[path].where
+                raise InputError(
+                    f"{other} and {item.where} would both write {path}; rename one of the videos"
+                )
+            owners[path] = item
 
 
 # -- running ----------------------------------------------------------------------------------------
@@ -238,15 +283,12 @@ def plan_items(
     from selva.distributed import select_shard
 
     assign_names(items)
+    _check_paths(items, args)  # on the whole list: every shard refuses the same list alike
     items = select_shard(items, args)  # after naming: names depend on the whole list, not the shard
-    for item in items:
-        for path in _written(item, args):
-            if item.video is not None and path.resolve() == item.video.resolve():
-                raise InputError(f"{path} would overwrite its input video; choose another --out")
     summary = Summary()
     pending = items
     if skip_existing:
-        pending = [i for i in items if not all(p.is_file() for p in _written(i, args))]
+        pending = [i for i in items if not all(p.is_file() for p in item_files(i, args))]
         summary.skipped = len(items) - len(pending)
         if summary.skipped:
             log.info("skipping %d clip(s) whose outputs exist in %s", summary.skipped, args.out)
@@ -327,7 +369,7 @@ def generate_one(pipe, item: Item, args: argparse.Namespace) -> Callable[[], Non
     """Generate and save one clip; returns the call that logs what was written."""
     if item.video is not None and not item.video.is_file():
         raise MediaError(f"no such video: {item.video}")
-    if getattr(args, "stems", None):
+    if item.stems:
         return generate_stems_one(pipe, item, args)
     out = pipe(
         item.video,
@@ -352,17 +394,14 @@ def generate_one(pipe, item: Item, args: argparse.Namespace) -> Callable[[], Non
 
 
 def generate_stems_one(pipe, item: Item, args: argparse.Namespace) -> Callable[[], None]:
-    """Generate and save every stem of `args.stems` and their mix for one clip."""
+    """Generate and save every stem of `item.stems` and their mix for one clip."""
     from selva.stems import generate_stems, save_stems, stems_info
 
     base = spec.GenerationRequest(
         item.video, item.prompt, steps=args.steps, cfg_strength=args.cfg, seed=item.seed,
         duration=item.duration, start=item.start,
     )  # fmt: skip
-    gain = args.keep_original_audio or 0.0
-    if gain > spec.ORIGINAL_AUDIO_GAIN.maximum:
-        raise InputError(f"--keep-original-audio with stems is at most {spec.ORIGINAL_AUDIO_GAIN.maximum:g}")
-    out = generate_stems(pipe, base, args.stems, original_audio_gain=gain)
+    out = generate_stems(pipe, base, item.stems, original_audio_gain=args.keep_original_audio or 0.0)
     files = save_stems(out, args.out, item.name, audio_format=args.format)
     written = [*files.stem_audio, files.mix_audio, files.mix_video, files.tracks_video]
     names = ", ".join(str(p) for p in written)

@@ -6,8 +6,9 @@ Two stages stream into each other:
    a missing or broken video fails here, on a cheap CPU task, and never occupies a GPU actor.
 2. generate, on a pool of actors (`num_gpus=1` each when the cluster has GPUs, else CPU actors,
    `--workers` of them): each holds one `SelvaPipeline` for its whole life, so the models load
-   once per GPU, not once per clip. Outputs go through `SelvaOutput.save_audio/save_video`,
-   which write atomically, so a clip either has all its files or is redone on a rerun.
+   once per GPU, not once per clip. Each row runs `selva.batch.generate_one`, as a plain batch
+   does (a stems row makes its stems, mix and tracks), and every file is written atomically, so
+   a clip either has all its files or is redone on a rerun.
 
 The driver names the clips and drops finished ones before anything is scheduled (as plain
 `selva batch` does), so a rerun resumes. A clip that fails in either stage becomes a result row
@@ -38,6 +39,7 @@ from typing import Any
 
 from selva.batch import EXIT_FAILED, EXIT_OK, Item, generate_one, load_pipeline, plan_items, print_summary
 from selva.spec import DependencyError, InputError, SelvaError
+from selva.stems import Stem
 
 log = logging.getLogger(__name__)  # one of selva.cli.CLI_LOGGERS: its lines show at the CLI's level
 
@@ -60,6 +62,7 @@ def item_to_row(position: int, item: Item) -> dict[str, Any]:
 def item_from_row(row: dict[str, Any]) -> Item:
     fields = json.loads(row["item"])
     fields["video"] = Path(fields["video"])
+    fields["stems"] = tuple(Stem(**stem) for stem in fields["stems"])  # asdict made them dicts
     return Item(**fields)
 
 

@@ -36,7 +36,6 @@ from selva.batch import (
     duration_arg,
     gain_arg,
     items_for,
-    items_from_csv,
     items_from_folder,
     max_duration_arg,
     run_items,
@@ -46,6 +45,7 @@ from selva.batch import (
     stem_gain_arg,
     steps_arg,
 )
+from selva.batch_csv import items_from_csv
 from selva.spec import (
     DEFAULT_VARIANT,
     DependencyError,
@@ -90,36 +90,27 @@ def build_parser() -> argparse.ArgumentParser:
         "Write OUT/<stem>.flac and OUT/<stem>.mp4 per video (OUT/<stem>_<k>.* with --samples).\n"
         "With no VIDEO, make --duration seconds of sound from the prompt alone: OUT may then\n"
         "be the audio file itself (x.flac, x.wav) or a folder.\n"
-        "With several --prompt: OUT/<stem>_<k>-<prompt>.flac per stem, OUT/<stem>_mix.flac and .mp4,\n"
-        "and OUT/<stem>_tracks.mp4 (the mix as default track, one track per stem, 'original')."
+        "With several --prompt (or a --gain): stems, OUT/<stem>_<k>-<prompt>.flac per stem,\n"
+        "OUT/<stem>_mix.flac and .mp4, and OUT/<stem>_tracks.mp4 (the mix as default track, one\n"
+        "track per stem titled by its prompt, and 'original' when the video has sound)."
     )
-    p = sub.add_parser("generate", help="sonify videos with one prompt", description=about, **shared)
+    p = sub.add_parser("generate", help="sonify videos with a prompt (or stems)", description=about, **shared)
     p.add_argument("videos", nargs="*", type=Path, metavar="VIDEO")
-    p.add_argument(
-        "--prompt",
-        required=True,
-        action="append",
-        metavar="TEXT",
-        help="the sound to make, e.g. 'dog barking'; repeat for stems (up to 4) and a mix",
-    )
-    _generation_options(p, repeatable=True)
-    p.add_argument(
-        "--gain",
-        type=stem_gain_arg,
-        action="append",
-        metavar="GAIN",
-        help="with several --prompt: each stem's level in the mix, in order (default: 1 each)",
-    )
+    _sound_options(p, required=True)
+    _generation_options(p)
 
     about = (
-        "LIST.csv has the columns video and prompt, and optionally negative, seed, start and\n"
-        "duration; video paths are relative to the CSV's folder. Empty cells take the matching\n"
-        "option. A FOLDER is sonified with --prompt. Clips whose outputs exist are skipped."
+        "LIST.csv has the columns video and prompt, and optionally negative, gain, seed, start\n"
+        "and duration; video paths are relative to the CSV's folder. A row makes stems with\n"
+        f"prompt_2 ... prompt_{spec.MAX_STEMS} (each with its own negative_k and gain_k), or with a gain:\n"
+        "the files of `selva generate` with several --prompt. Empty cells take the matching option\n"
+        "(a row with no prompt takes every --prompt). A FOLDER is sonified with --prompt (several:\n"
+        "stems for every video). Clips whose outputs exist are skipped."
     )
     p = sub.add_parser("batch", help="sonify a CSV list or a folder (resumable)", description=about, **shared)
     p.add_argument("source", type=Path, metavar="LIST.csv|FOLDER")
-    p.add_argument("--prompt", metavar="TEXT", help="prompt for a folder, or for CSV rows without one")
     p.add_argument("--overwrite", action="store_true", help="redo clips whose outputs already exist")
+    _sound_options(p, required=False)
     _generation_options(p)
     from selva.distributed import add_batch_options
 
@@ -138,15 +129,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _generation_options(p: argparse.ArgumentParser, *, repeatable: bool = False) -> None:
-    g = p.add_argument_group("generation")
+def _sound_options(p: argparse.ArgumentParser, *, required: bool) -> None:
+    g = p.add_argument_group("sound")
+    g.add_argument(
+        "--prompt",
+        required=required,
+        action="append",
+        metavar="TEXT",
+        help="the sound to make, e.g. 'dog barking'; repeat for stems (up to 4) and a mix"
+        + ("" if required else "; for a folder, or CSV rows without one"),
+    )
     g.add_argument(
         "--negative",
-        action="append" if repeatable else "store",
+        action="append",
         metavar="TEXT",
-        help="sound to steer away from, e.g. 'wind noise'"
-        + ("; one per --prompt for stems" if repeatable else ""),
+        help="sound to steer away from, e.g. 'wind noise'; one per --prompt for stems",
     )
+    g.add_argument(
+        "--gain",
+        type=stem_gain_arg,
+        action="append",
+        metavar="GAIN",
+        help="makes stems: each stem's level in the mix (0-2), one per --prompt (default: 1 each)",
+    )
+
+
+def _generation_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("generation")
     g.add_argument("--out", type=Path, default=Path("outputs"), metavar="DIR", help="default: %(default)s")
     g.add_argument("--steps", type=steps_arg, default=25, metavar="N", help="flow steps (default: 25)")
     g.add_argument("--cfg", type=cfg_arg, default=4.5, metavar="X", help="guidance (default: %(default)s)")
@@ -188,35 +197,13 @@ def _common_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from selva.stems import Stem, check_stems
-
-    prompts, negatives, gains = args.prompt, args.negative or [], args.gain or []
-    if len(prompts) == 1 and not gains:
-        if len(negatives) > 1:
-            raise InputError("give one --negative per --prompt")
-        args.prompt, args.negative = prompts[0], (negatives[0] if negatives else None)
-        args.stems = None
-        items = items_for(args.videos, args)
-        if not args.videos and args.out.suffix.lower() in (".flac", ".wav"):
-            # Sound from the prompt alone, written to the file --out names rather than into a folder.
-            items[0].name = args.out.stem
-            args.format = args.out.suffix.lower()[1:]
-            args.out = args.out.parent
-        return run_items(items, args, skip_existing=False)
-    # Several prompts: stems. Negatives and gains pair with the prompts in order.
-    for flag, values in (("--negative", negatives), ("--gain", gains)):
-        if values and len(values) != len(prompts):
-            raise InputError(f"give {flag} once per --prompt ({len(prompts)}) or not at all")
-    if not args.videos:
-        raise InputError("stems follow a video: give the VIDEO (sound from text alone takes one --prompt)")
-    if args.samples != 1:
-        raise InputError("--samples works with one --prompt; with stems each stem is one generation")
-    args.stems = check_stems(
-        Stem(prompt, negatives[k] if negatives else "", gains[k] if gains else 1.0)
-        for k, prompt in enumerate(prompts)
-    )
-    args.prompt, args.negative = prompts[0], None
-    return run_items(items_for(args.videos, args), args, skip_existing=False)
+    items = items_for(args.videos, args)
+    if not args.videos and args.out.suffix.lower() in (".flac", ".wav"):
+        # Sound from the prompt alone, written to the file --out names rather than into a folder.
+        items[0].name = args.out.stem
+        args.format = args.out.suffix.lower()[1:]
+        args.out = args.out.parent
+    return run_items(items, args, skip_existing=False)
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
