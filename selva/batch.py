@@ -22,9 +22,10 @@ import re
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from tqdm import tqdm
 
@@ -33,6 +34,7 @@ from selva.spec import InputError, MediaError, SelvaError, is_out_of_memory
 from selva.stems import Stem, check_stems, slug
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 EXIT_OK, EXIT_FAILED = 0, 1  # every clip written (or there already); some failed
 OOM_HINT = (
@@ -124,7 +126,8 @@ def option_sound(args: argparse.Namespace) -> Sound:
     return [(p, nth(negatives, k, ""), nth(gains, k, None)) for k, p in enumerate(prompts)]
 
 
-def nth(values: list, k: int, default: object = None):
+def nth(values: Sequence[T], k: int, default: T | None = None) -> T | None:
+    """values[k], or `default` past the end (options given fewer times than there are stems)."""
     return values[k] if k < len(values) else default
 
 

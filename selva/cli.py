@@ -1,7 +1,7 @@
 """The `selva` command line: sonify one clip, a list of clips, or fetch the weights.
 
-    selva generate VIDEO [VIDEO...] --prompt TEXT [options]
-    selva batch LIST.csv | FOLDER [--prompt TEXT] [options]
+    selva generate VIDEO [VIDEO...] --prompt TEXT [--prompt TEXT...] [options]
+    selva batch LIST.csv | FOLDER [--prompt TEXT...] [options]
     selva download [--variant NAME ...]
 
 Exit codes, for scripts:
@@ -100,12 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
     _generation_options(p)
 
     about = (
-        "LIST.csv has the columns video and prompt, and optionally negative, gain, seed, start\n"
-        "and duration; video paths are relative to the CSV's folder. A row makes stems with\n"
-        f"prompt_2 ... prompt_{spec.MAX_STEMS} (each with its own negative_k and gain_k), or with a gain:\n"
-        "the files of `selva generate` with several --prompt. Empty cells take the matching option\n"
-        "(a row with no prompt takes every --prompt). A FOLDER is sonified with --prompt (several:\n"
-        "stems for every video). Clips whose outputs exist are skipped."
+        "LIST.csv: a header row, then one clip per row. Columns: video (relative to the CSV's\n"
+        "folder) and prompt, optionally negative, gain, seed, start and duration. More stems per\n"
+        f"row: prompt_2 ... prompt_{spec.MAX_STEMS}, each with its negative_k and gain_k. "
+        "A row with several\n"
+        "prompts (or a gain) writes the files of `selva generate` with several --prompt. Empty\n"
+        "cells take the matching option; a row with no prompt takes every --prompt.\n"
+        "A FOLDER is sonified with --prompt (several: stems for every video).\n"
+        "Clips whose outputs exist are skipped."
     )
     p = sub.add_parser("batch", help="sonify a CSV list or a folder (resumable)", description=about, **shared)
     p.add_argument("source", type=Path, metavar="LIST.csv|FOLDER")
