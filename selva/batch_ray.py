@@ -6,8 +6,9 @@ Two stages stream into each other:
    a missing or broken video fails here, on a cheap CPU task, and never occupies a GPU actor.
 2. generate, on a pool of actors (`num_gpus=1` each when the cluster has GPUs, else CPU actors,
    `--workers` of them): each holds one `SelvaPipeline` for its whole life, so the models load
-   once per GPU, not once per clip. Outputs go through `SelvaOutput.save_audio/save_video`,
-   which write atomically, so a clip either has all its files or is redone on a rerun.
+   once per GPU, not once per clip. Each row runs `selva.batch.generate_one`, as a plain batch
+   does (a stems row makes its stems, mix and tracks), and every file is written atomically, so
+   a clip either has all its files or is redone on a rerun.
 
 The driver names the clips and drops finished ones before anything is scheduled (as plain
 `selva batch` does), so a rerun resumes. A clip that fails in either stage becomes a result row
@@ -36,10 +37,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from selva.cli import Item, _print_summary, generate_one, load_pipeline, plan_items
+from selva.batch import EXIT_FAILED, EXIT_OK, Item, generate_one, load_pipeline, plan_items, print_summary
 from selva.spec import DependencyError, InputError, SelvaError
+from selva.stems import Stem
 
-log = logging.getLogger("selva.cli")  # the CLI's logger: its lines show at the CLI's level
+log = logging.getLogger(__name__)  # one of selva.cli.CLI_LOGGERS: its lines show at the CLI's level
 
 # Forwarded to the workers of a Ray instance started here: where the weights are cached, and
 # whether to stay offline. Not to a joined cluster, whose nodes have their own paths.
@@ -60,6 +62,7 @@ def item_to_row(position: int, item: Item) -> dict[str, Any]:
 def item_from_row(row: dict[str, Any]) -> Item:
     fields = json.loads(row["item"])
     fields["video"] = Path(fields["video"])
+    fields["stems"] = tuple(Stem(**stem) for stem in fields["stems"])  # asdict made them dicts
     return Item(**fields)
 
 
@@ -197,8 +200,8 @@ def run_ray(
         raise InputError("--shard and --ray do not combine: Ray already spreads the list over its workers")
     pending, summary = plan_items(items, args, skip_existing=skip_existing)
     if not pending:  # a finished batch reruns without starting Ray
-        _print_summary(summary, args)
-        return 0
+        print_summary(summary, args)
+        return EXIT_OK
     from selva.variants import get_variant
 
     variant = get_variant(args.variant)  # a misspelt variant fails before Ray starts
@@ -232,7 +235,7 @@ def run_ray(
                     summary.seconds += result["seconds"]
                     log.info("%s -> done (%.1f s)", result["where"], result["seconds"])
         except KeyboardInterrupt:
-            _print_summary(summary, args)  # finished clips are on disk; say so before exiting
+            print_summary(summary, args)  # finished clips are on disk; say so before exiting
             raise
         except Exception as exc:
             # An actor that cannot load (weights missing on a node) surfaces wrapped in Ray's
@@ -240,11 +243,11 @@ def run_ray(
             cause = selva_cause(exc)
             if cause is None:
                 raise
-            _print_summary(summary, args)
+            print_summary(summary, args)
             raise cause from None
     summary.failed.sort()  # results arrive in any order; the table should not
-    _print_summary(summary, args)
-    return 1 if summary.failed else 0
+    print_summary(summary, args)
+    return EXIT_FAILED if summary.failed else EXIT_OK
 
 
 def selva_cause(exc: BaseException) -> SelvaError | None:

@@ -1,7 +1,7 @@
 """Splitting one `selva batch` list over several processes: `--shard i/n`, torchrun, and Ray.
 
 Every process reads the whole list, names every clip (names depend on the whole list, see
-`cli.assign_names`), then keeps the clips whose position in the list is i modulo n. The same
+`selva.batch.assign_names`), then keeps the clips whose position in the list is i modulo n. The same
 list therefore gives every process the same share on every run, so a rerun of any shard resumes
 where it stopped, and the n shards together cover the list exactly once.
 

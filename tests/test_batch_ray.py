@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import av
 import pytest
 
 from selva import cli
@@ -34,7 +35,7 @@ def clips(tmp_path_factory) -> Path:
     from media_factory import make_video
 
     folder = tmp_path_factory.mktemp("clips")
-    for name in ("dog", "cat", "bird"):
+    for name in ("dog", "cat", "bird", "street"):
         make_video(folder / f"{name}.mp4", seconds=0.8)
     (folder / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not really a video" * 32)
     (folder / "jobs.csv").write_text(
@@ -105,29 +106,68 @@ def test_two_shards_write_every_clip_once(tiny_hub, clips, tmp_path, capsys):
     assert code == 0 and summary_counts(out)["skipped"] == "1" and summary_counts(out)["done"] == "0"
 
 
+def test_shards_split_and_resume_stems_rows_by_their_files(clips, tmp_path, capsys):
+    """A stems row is one clip of the list: its shard owns all its files, and skips it once they exist."""
+    listing = clips / "stems_jobs.csv"
+    listing.write_text("video,prompt,prompt_2\ndog.mp4,dog barking,car engine\ncat.mp4,cat meow,\n")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    files = ["dog_1-dog-barking.flac", "dog_2-car-engine.flac", "dog_mix.flac", "dog_mix.mp4"]
+    for name in files:
+        (out_dir / name).write_bytes(b"done")
+    argv = ["batch", listing, "--out", out_dir, "--variant", "nope"]  # loading anything would fail
+    code, _, err = run(capsys, *argv, "--shard", "0/2")
+    assert code == 2 and "unknown variant 'nope'" in err  # the tracks mp4, written last, is missing
+    (out_dir / "dog_tracks.mp4").write_bytes(b"done")
+    code, out, err = run(capsys, *argv, "--shard", "0/2")
+    assert code == 0, err
+    assert summary_counts(out) == {"done": "0", "skipped": "1", "failed": "0", "s/clip": "-"}
+    (out_dir / "cat.mp4").write_bytes(b"done")  # shard 1's one-prompt row: cat.flac is missing
+    code, _, err = run(capsys, *argv, "--shard", "1/2")
+    assert code == 2 and "unknown variant 'nope'" in err
+
+
 # -- Ray: a local instance on the CPU -----------------------------------------------------------------
+
+
+STEMS = ["street_1-dog-barking.flac", "street_2-car-engine.flac", "street_mix.flac", "street_mix.mp4"]
+STEMS += ["street_tracks.mp4"]
 
 
 def test_ray_batch_writes_all_reports_broken_and_resumes(tiny_hub, clips, tmp_path, capsys):
     with_broken = clips / "with_broken.csv"
-    with_broken.write_text((clips / "jobs.csv").read_text() + "broken.mp4,dog barking,4\n")
+    rows = (clips / "jobs.csv").read_text().replace("video,prompt,seed", "video,prompt,seed,prompt_2,gain_2")
+    # A stems row (two prompts: the files of `selva generate` with two --prompt) and a broken clip.
+    with_broken.write_text(rows + "street.mp4,dog barking,4,car engine,0.5\nbroken.mp4,dog barking,4\n")
     out_dir = tmp_path / "out"
     code, out, err = run(capsys, "batch", with_broken, "--ray", "--workers", "1", "--out", out_dir, *FAST)
     assert code == 1, err
     counts = summary_counts(out)
-    assert (counts["done"], counts["skipped"], counts["failed"]) == ("3", "0", "1")
-    assert f"{with_broken} line 5 (broken.mp4)" in out  # named in the summary's failure list
+    assert (counts["done"], counts["skipped"], counts["failed"]) == ("4", "0", "1")
+    assert f"{with_broken} line 6 (broken.mp4)" in out  # named in the summary's failure list
     names = sorted(p.name for p in out_dir.iterdir())  # all outputs, and no temporary leftovers
-    assert names == sorted(f"{n}.{ext}" for n in ("dog", "cat", "bird") for ext in ("flac", "mp4"))
+    singles = [f"{n}.{ext}" for n in ("dog", "cat", "bird") for ext in ("flac", "mp4")]
+    assert names == sorted(singles + STEMS)
+    with av.open(str(out_dir / "street_tracks.mp4")) as container:
+        assert [s.metadata.get("name") for s in container.streams.audio] == [
+            "mix",
+            "dog barking",
+            "car engine",
+        ]
     import ray
 
     assert not ray.is_initialized()  # the Ray it started is shut down
 
-    # Finished clips are skipped before anything is scheduled (Ray does not even start).
+    # Finished clips, the stems row's too, are skipped before anything is scheduled (Ray does not
+    # even start: the variant would not load).
     stamps = {p.name: p.stat().st_mtime_ns for p in out_dir.iterdir()}
-    code, out, _ = run(capsys, "batch", clips / "jobs.csv", "--ray", "--out", out_dir, *FAST)
+    without_broken = clips / "without_broken.csv"
+    without_broken.write_text(with_broken.read_text().replace("broken.mp4,dog barking,4\n", ""))
+    code, out, _ = run(
+        capsys, "batch", without_broken, "--ray", "--out", out_dir, *FAST[2:], "--variant", "nope"
+    )
     assert code == 0
-    assert summary_counts(out) == {"done": "0", "skipped": "3", "failed": "0", "s/clip": "-"}
+    assert summary_counts(out) == {"done": "0", "skipped": "4", "failed": "0", "s/clip": "-"}
     assert {p.name: p.stat().st_mtime_ns for p in out_dir.iterdir()} == stamps
 
 

@@ -6,10 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from selva import cli
+from selva import batch, batch_csv, cli
 from selva.spec import is_out_of_memory
+from selva.stems import Stem
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_SUCH_VARIANT = "no_such_variant"  # loading it would fail: proves a command loaded no model
@@ -77,13 +79,13 @@ def test_defaults_and_limits_come_from_the_spec(capsys):
     from selva import spec
 
     assert cli.DEFAULT_VARIANT == spec.DEFAULT_VARIANT
-    assert cli.steps_arg(str(spec.STEPS.maximum)) == spec.STEPS.maximum
-    assert cli.samples_arg(str(spec.NUM_SAMPLES.maximum)) == spec.NUM_SAMPLES.maximum
-    assert cli.seed_arg("7.0") == 7  # spreadsheets write whole numbers so
-    assert cli.seed_arg(str(spec.SEED.maximum)) == spec.SEED.maximum  # exact, not through a float
+    assert batch.steps_arg(str(spec.STEPS.maximum)) == spec.STEPS.maximum
+    assert batch.samples_arg(str(spec.NUM_SAMPLES.maximum)) == spec.NUM_SAMPLES.maximum
+    assert batch.seed_arg("7.0") == 7  # spreadsheets write whole numbers so
+    assert batch.seed_arg(str(spec.SEED.maximum)) == spec.SEED.maximum  # exact, not through a float
     for flag, limit in (("--cfg", spec.CFG_STRENGTH), ("--samples", spec.NUM_SAMPLES), ("--seed", spec.SEED)):
         code, _, err = run(capsys, "generate", "clip.mp4", "--prompt", "x", flag, str(limit.maximum + 1))
-        assert code == 2 and f"from {cli._show(limit.minimum)} to {cli._show(limit.maximum)}" in err, err
+        assert code == 2 and f"from {batch._show(limit.minimum)} to {batch._show(limit.maximum)}" in err, err
 
 
 def test_missing_video_is_one_line(capsys, tmp_path):
@@ -121,7 +123,7 @@ def test_missing_list_exits_2(capsys, tmp_path):
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("video,negative\na.mp4,wind\n", "needs the columns video and prompt"),
+        ("video,negative\na.mp4,wind\n", "header needs the columns video and prompt"),
         ("video,prompt,sed\na.mp4,dog,1\n", "unknown column(s) sed"),
         ("video,prompt,seed\na.mp4,dog,1\nb.mp4,cat,one\n", "line 3: seed expected a whole number"),
         ("video,prompt,start\na.mp4,dog,-2\n", "line 2: start must be 0 or more"),
@@ -130,7 +132,23 @@ def test_missing_list_exits_2(capsys, tmp_path):
         ("video,prompt\n,dog\n", "line 2: the video cell is empty"),
         ("video,prompt\n", "has no rows"),
         ("video,prompt\na.mp4,dog, barking\n", "line 2 has more cells than columns"),
-        ("", "needs the columns video and prompt"),
+        ("", "header needs the columns video and prompt"),
+        # stems rows
+        ("video,prompt,gain_2\na.mp4,dog,1\n", "line 2: gain_2 is filled but prompt_2 is empty"),
+        (
+            "video,prompt,negative_3\na.mp4,dog,\nb.mp4,cat,wind\n",
+            "line 3: negative_3 is filled but prompt_3",
+        ),
+        ("video,prompt,prompt_3\na.mp4,dog,rain\n", "line 2: prompt_3 is filled but prompt_2 is empty"),
+        ("video,prompt_2\na.mp4,dog\n", "header needs the columns video and prompt"),
+        ("video,prompt,prompt_2,gain_2\na.mp4,dog,rain,2.5\n", "line 2: gain_2 must be from 0 to 2, got 2.5"),
+        ("video,prompt,gain\na.mp4,dog,loud\n", "line 2: gain expected a number, got 'loud'"),
+        (
+            "video,prompt,prompt_2,prompt_3,prompt_4,prompt_5\na.mp4,a,b,c,d,e\n",
+            "line 1: column(s) prompt_5: a row makes at most 4 stems",
+        ),
+        ("video,prompt_1,prompt\na.mp4,dog,cat\n", "line 1: column(s) prompt given twice"),
+        ("video,prompt,\na.mp4,dog,extra\n", "line 2 has more cells than columns"),
     ],
 )
 def test_malformed_lists_exit_2_before_loading(capsys, tmp_path, text, message):
@@ -149,7 +167,7 @@ def test_list_rows_resolve_against_the_csv_folder(tmp_path):
         f"{tmp_path / 'b.mov'},cat,,,,\nc.mp4,,,,,\n",
     )
     args = cli.build_parser().parse_args(["batch", str(listing), "--prompt", "rain", "--seed", "3"])
-    first, second, third = cli.items_from_csv(listing, args)
+    first, second, third = batch_csv.items_from_csv(listing, args)
     assert first.video == tmp_path / "lists" / "clips" / "a.mp4"
     assert (first.prompt, first.negative, first.seed, first.start, first.duration) == (
         "dog, barking",
@@ -164,6 +182,63 @@ def test_list_rows_resolve_against_the_csv_folder(tmp_path):
     assert "line 4" in third.where
 
 
+def test_list_rows_with_several_prompts_are_stems(tmp_path):
+    listing = write_csv(
+        tmp_path / "list.csv",
+        "video,prompt_1,negative_1,gain_1,prompt_2,negative_2,gain_2,prompt_3,seed,,\n"
+        'a.mp4,"dog barking, loud",,1.5,car engine,"wind, rain",0.5,,4,,\n'
+        "b.mp4,cat meow,,,,,,,,,\n"
+        "c.mp4,,,,,,,,,,\n"
+        "d.mp4,rain,,0.8,,,,,,,\n"
+        ",,,,,,,,,,\n",  # spreadsheets end with empty rows
+    )
+    argv = ["batch", str(listing), "--prompt", "steps", "--prompt", "birds", "--negative", "hum"]
+    args = cli.build_parser().parse_args([*argv, "--negative", "", "--gain", "1", "--gain", "0.3"])
+    first, second, third, fourth = batch_csv.items_from_csv(listing, args)
+    assert first.stems == (Stem("dog barking, loud", "hum", 1.5), Stem("car engine", "wind, rain", 0.5))
+    assert (first.prompt, first.seed) == ("dog barking, loud", 4)
+    # One prompt, no gain cell, but --gain given: stem 1's gain is the first --gain, so stems.
+    assert second.stems == (Stem("cat meow", "hum", 1.0),)
+    assert third.stems == (Stem("steps", "hum", 1.0), Stem("birds", "", 0.3))  # no prompt: every --prompt
+    assert fourth.stems == (Stem("rain", "hum", 0.8),)
+    # Without --gain a one-prompt row is one generation, as before.
+    args = cli.build_parser().parse_args(["batch", str(listing), "--negative", "hum"])
+    items = batch_csv.items_from_csv(write_csv(tmp_path / "one.csv", "video,prompt\nb.mp4,cat meow\n"), args)
+    assert [(i.prompt, i.negative, i.stems) for i in items] == [("cat meow", "hum", ())]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--samples", "2"], "line 3: --samples works with one prompt"),
+        (["--keep-original-audio", "2.5"], "line 3: --keep-original-audio with stems is at most 2"),
+        (["--prompt", "a", "--negative", "x", "--negative", "y"], "give --negative once per --prompt (1)"),
+    ],
+)
+def test_stems_rows_are_checked_against_the_options_before_loading(capsys, tmp_path, options, message):
+    listing = write_csv(tmp_path / "list.csv", "video,prompt,prompt_2\na.mp4,dog,\nb.mp4,dog,rain\n")
+    code, out, err = run(capsys, "batch", listing, *options, "--variant", NO_SUCH_VARIANT)
+    assert code == 2, err
+    assert message in err and len(err.strip().splitlines()) == 1 and out == ""
+
+
+def test_five_prompts_are_refused_before_loading(capsys, tmp_path):
+    listing = write_csv(tmp_path / "list.csv", "video,prompt\na.mp4,\n")
+    five = [part for p in "abcde" for part in ("--prompt", p)]
+    for command in (["batch", listing], ["generate", listing]):
+        code, _, err = run(capsys, *command, *five, "--variant", NO_SUCH_VARIANT)
+        assert code == 2 and "give 1 to 4 stems (one --prompt each), got 5" in err
+
+
+def test_items_never_write_each_others_files(capsys, tmp_path):
+    # "dog" with stems writes dog_mix.mp4, which is also the one-prompt output of dog_mix.mp4.
+    listing = write_csv(tmp_path / "list.csv", "video,prompt,prompt_2\ndog.mp4,a,b\ndog_mix.mp4,c,\n")
+    code, _, err = run(capsys, "batch", listing, "--out", tmp_path / "out", "--variant", NO_SUCH_VARIANT)
+    assert code == 2, err
+    assert f"{listing} line 2 (dog.mp4) and {listing} line 3 (dog_mix.mp4) would both write" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_folder_needs_a_prompt_and_videos(capsys, tmp_path):
     code, _, err = run(capsys, "batch", tmp_path)
     assert code == 2 and "--prompt" in err
@@ -176,7 +251,7 @@ def test_folder_lists_its_videos_in_order(tmp_path):
         (tmp_path / name).write_bytes(b"")
     (tmp_path / "sub.mp4").mkdir()
     args = cli.build_parser().parse_args(["batch", str(tmp_path), "--prompt", "rain", "--negative", "wind"])
-    items = cli.items_from_folder(tmp_path, args)
+    items = batch.items_from_folder(tmp_path, args)
     assert [i.video.name for i in items] == ["a.mp4", "b.MOV", "c.webm"]
     assert {(i.prompt, i.negative, i.seed, i.start, i.duration) for i in items} == {
         ("rain", "wind", None, 0.0, None)
@@ -185,23 +260,23 @@ def test_folder_lists_its_videos_in_order(tmp_path):
 
 def test_output_names_are_unique_and_stable():
     items = [
-        cli.Item(Path("a/dog.mp4"), "dog barking", "1"),
-        cli.Item(Path("a/dog.mp4"), "man speaking!", "2"),
-        cli.Item(Path("b/cat.mp4"), "meow", "3"),
-        cli.Item(Path("a/dog.mp4"), "dog barking", "4", seed=2),
+        batch.Item(Path("a/dog.mp4"), "dog barking", "1"),
+        batch.Item(Path("a/dog.mp4"), "man speaking!", "2"),
+        batch.Item(Path("b/cat.mp4"), "meow", "3"),
+        batch.Item(Path("a/dog.mp4"), "dog barking", "4", seed=2),
     ]
-    cli.assign_names(items)
+    batch.assign_names(items)
     assert [i.name for i in items] == ["dog-dog-barking-1", "dog-man-speaking", "cat", "dog-dog-barking-4"]
 
 
 def test_output_paths_number_candidates(tmp_path):
-    item = cli.Item(Path("dog.mp4"), "x", "x", name="dog")
+    item = batch.Item(Path("dog.mp4"), "x", "x", name="dog")
     args = cli.build_parser().parse_args(["generate", "dog.mp4", "--prompt", "x", "--out", str(tmp_path)])
-    assert cli.output_paths(item, args) == [(tmp_path / "dog.flac", tmp_path / "dog.mp4")]
+    assert batch.output_paths(item, args) == [(tmp_path / "dog.flac", tmp_path / "dog.mp4")]
     args = cli.build_parser().parse_args(
         ["generate", "dog.mp4", "--prompt", "x", "--out", str(tmp_path), "--samples", "2", "--format", "wav"]
     )
-    assert cli.output_paths(item, args) == [
+    assert batch.output_paths(item, args) == [
         (tmp_path / "dog_1.wav", tmp_path / "dog_1.mp4"),
         (tmp_path / "dog_2.wav", tmp_path / "dog_2.mp4"),
     ]
@@ -219,7 +294,9 @@ def test_finished_batch_skips_everything_without_loading_models(capsys, tmp_path
 
 
 def test_summary_table_lists_failures():
-    summary = cli.Summary(done=2, skipped=1, seconds=5.0, failed=[("list.csv line 3 (x.mp4)", "cannot read")])
+    summary = batch.Summary(
+        done=2, skipped=1, seconds=5.0, failed=[("list.csv line 3 (x.mp4)", "cannot read")]
+    )
     table = summary.table()
     assert summary_counts(table) == {"done": "2", "skipped": "1", "failed": "1", "s/clip": "2.5"}
     assert "list.csv line 3 (x.mp4): cannot read" in table
@@ -391,6 +468,107 @@ def test_batch_over_a_folder_with_one_prompt(tiny_hub, clips, tmp_path, capsys):
     assert summary_counts(out) == {"done": "0", "skipped": "2", "failed": "0", "s/clip": "-"}
 
 
+def track_titles(path: Path) -> list[str]:
+    """The audio tracks' titles, in file order (mp4 keeps `title` as the udta "name")."""
+    import av
+
+    with av.open(str(path)) as container:
+        return [stream.metadata.get("name") for stream in container.streams.audio]
+
+
+def samples(path: Path) -> np.ndarray:
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="flt", layout="mono")
+        return np.concatenate(
+            [f.to_ndarray()[0] for frame in container.decode(stream) for f in resampler.resample(frame)]
+        )
+
+
+STEMS_LIST = """
+video,prompt,negative,gain,prompt_2,negative_2,gain_2,prompt_3,seed
+dog.mp4,"dog barking, loud",,1.5,car engine,wind,0.5,,4
+cat.mp4,cat meow,,,,,,,2
+dog.mp4,rain,,,thunder,,,wind,6
+"""
+STEMS_FILES = {
+    "line 2": [
+        "dog-dog-barking-loud_1-dog-barking-loud.flac",
+        "dog-dog-barking-loud_2-car-engine.flac",
+        "dog-dog-barking-loud_mix.flac",
+        "dog-dog-barking-loud_mix.mp4",
+        "dog-dog-barking-loud_tracks.mp4",
+    ],
+    "line 3": ["cat.flac", "cat.mp4"],
+    "line 4": [
+        "dog-rain_1-rain.flac",
+        "dog-rain_2-thunder.flac",
+        "dog-rain_3-wind.flac",
+        "dog-rain_mix.flac",
+        "dog-rain_mix.mp4",
+        "dog-rain_tracks.mp4",
+    ],
+}
+
+
+def test_batch_mixes_one_prompt_and_stems_rows_and_resumes(tiny_hub, clips, tmp_path, capsys):
+    listing = write_csv(clips / "stems.csv", STEMS_LIST)
+    out_dir = tmp_path / "out"
+    short = [*FAST, "--duration", "0.64"]  # nine vocoder calls in all: the shortest span SelVA takes
+    code, out, err = run(capsys, "batch", listing, "--out", out_dir, *short)
+    assert code == 0, err
+    assert summary_counts(out)["done"] == "3"
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted(sum(STEMS_FILES.values(), []))
+    # Tracks titled by their prompts (dog.mp4 has its own sound: the "original" track).
+    assert track_titles(out_dir / "dog-dog-barking-loud_tracks.mp4") == [
+        "mix", "dog barking, loud", "car engine", "original"
+    ]  # fmt: skip
+    assert track_titles(out_dir / "dog-rain_tracks.mp4") == ["mix", "rain", "thunder", "wind", "original"]
+    assert stream_kinds(out_dir / "dog-rain_mix.mp4") == ["audio", "video"]
+    assert audio_info(out_dir / "dog-rain_2-thunder.flac") == (16_000, pytest.approx(0.64, abs=0.01))
+    assert "seed 4 gain 1.5" in err and "2. 'car engine' seed 5 gain 0.5" in err and "seed 2" in err
+
+    # Stem k is drawn with seed + k: stem 2 of line 2 is `selva generate` of its prompt and negative
+    # with seed 5 (selva.stems), which checks the columns reach the right stem. Not bit-exact: the
+    # stems' TextSynch runs both prompts in one batch.
+    alone = tmp_path / "alone"
+    argv = ["generate", clips / "dog.mp4", "--prompt", "car engine", "--negative", "wind", "--seed", "5"]
+    code, _, err = run(capsys, *argv, "--out", alone, *short)
+    assert code == 0, err
+    reproduced = samples(alone / "dog.flac")
+    first, second = (samples(out_dir / name) for name in STEMS_FILES["line 2"][:2])
+    assert np.abs(second - reproduced).max() < 2e-3 < np.abs(first - reproduced).max()
+
+    # A rerun does nothing (and loads nothing); a stems row missing its last file is redone alone.
+    stamps = {p.name: p.stat().st_mtime_ns for p in out_dir.iterdir()}
+    code, out, _ = run(capsys, "batch", listing, "--out", out_dir, "--variant", NO_SUCH_VARIANT)
+    assert code == 0 and summary_counts(out)["skipped"] == "3" and summary_counts(out)["done"] == "0"
+    (out_dir / "dog-dog-barking-loud_tracks.mp4").unlink()
+    code, out, _ = run(capsys, "batch", listing, "--out", out_dir, *short)
+    assert code == 0
+    assert (summary_counts(out)["done"], summary_counts(out)["skipped"]) == ("1", "2")
+    now = {p.name: p.stat().st_mtime_ns for p in out_dir.iterdir()}
+    assert set(now) == set(stamps)
+    assert {n for n in now if now[n] != stamps.get(n)} == set(STEMS_FILES["line 2"])
+
+
+def test_batch_over_a_folder_with_several_prompts_makes_stems(tiny_hub, clips, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    shutil.copy(clips / "cat.mp4", folder / "cat.mp4")
+    out_dir = tmp_path / "out"
+    argv = ["batch", folder, "--prompt", "cat meow", "--prompt", "rain", "--gain", "1", "--gain", "0.5"]
+    code, _, err = run(capsys, *argv, "--out", out_dir, "-q", *FAST, "--duration", "0.64")
+    assert code == 0, err
+    names = ["cat_1-cat-meow.flac", "cat_2-rain.flac", "cat_mix.flac", "cat_mix.mp4", "cat_tracks.mp4"]
+    assert sorted(p.name for p in out_dir.iterdir()) == names
+    assert track_titles(out_dir / "cat_tracks.mp4") == ["mix", "cat meow", "rain"]  # no sound of its own
+
+
 def fail_moving_t5(monkeypatch, error: Exception) -> None:
     """Make moving T5 to its device fail as a GPU would: the first large device allocation of a load.
 
@@ -416,7 +594,7 @@ def test_unexpected_error_exits_4_in_one_line(tiny_hub, clips, tmp_path, capsys,
         "selva: unexpected error: RuntimeError: CUDA error: no kernel image is available for the device",
         "selva: rerun with -v for the traceback",
     ]
-    assert cli.OOM_HINT not in err  # advice about memory would mislead here
+    assert batch.OOM_HINT not in err  # advice about memory would mislead here
     assert not any(out_dir.iterdir())
 
     code, _, err = run(capsys, *argv, "-v")
@@ -436,7 +614,7 @@ def test_out_of_memory_while_loading_exits_4_with_a_hint(tiny_hub, clips, tmp_pa
     assert "Traceback" not in err and out == ""
     assert err.strip().splitlines()[-3:] == [
         "selva: unexpected error: OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB",
-        f"selva: {cli.OOM_HINT}",
+        f"selva: {batch.OOM_HINT}",
         "selva: rerun with -v for the traceback",
     ]
     assert_hint_names_real_options(capsys)
@@ -470,7 +648,7 @@ def test_clips_failing_for_memory_get_the_hint_once(tiny_hub, clips, tmp_path, c
     code, out, err = run(capsys, "generate", *videos, "--prompt", "dog", "--out", tmp_path, *FAST)
     assert code == 1  # per clip: the batch went on, as for any other failing clip
     assert summary_counts(out)["failed"] == "2"
-    assert err.count(cli.OOM_HINT) == 1
+    assert err.count(batch.OOM_HINT) == 1
     assert "Traceback" not in err
 
 
@@ -480,7 +658,7 @@ def assert_hint_names_real_options(capsys) -> None:
 
     from selva.variants import VARIANTS
 
-    suggested = re.findall(r"(--[a-z-]+)(?: ([a-z0-9_]+))?", cli.OOM_HINT)
+    suggested = re.findall(r"(--[a-z-]+)(?: ([a-z0-9_]+))?", batch.OOM_HINT)
     assert [flag for flag, _ in suggested] == [
         "--variant",
         "--offload",

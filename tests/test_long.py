@@ -210,3 +210,42 @@ def test_the_cli_makes_sound_from_the_prompt_alone(tiny_hub, tmp_path):
     assert math.isclose(_seconds(out), 3.0, abs_tol=1 / SR)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.flac"]  # no mp4 without a video
     assert cli.main(["generate", "--prompt", "rain", "--out", str(tmp_path), "-q"]) == 2  # needs --duration
+
+
+# -- a whole 30 s clip through the command line (issue #12) ---------------------------------------
+
+TINY_CPU = ["--variant", "tiny_16k", "--device", "cpu", "--precision", "fp32", "--steps", "1", "-q"]
+
+
+def _stream_seconds(path, kind: str) -> float:
+    """How long a file's first `kind` stream plays, read back with PyAV: samples over the rate for
+    audio, the last frame's end for video."""
+    with av.open(str(path)) as f:
+        stream = f.streams.audio[0] if kind == "audio" else f.streams.video[0]
+        if kind == "audio":
+            return sum(frame.samples for frame in f.decode(stream)) / stream.rate
+        start = stream.start_time or 0
+        times = [frame.pts for frame in f.decode(stream)]
+        return float((max(times) - start) * stream.time_base + 1 / stream.average_rate)
+
+
+def test_a_30_second_clip_through_the_cli_keeps_its_length(tiny_hub, clip30s, tmp_path):
+    video_seconds = _stream_seconds(clip30s, "video")
+    assert video_seconds == pytest.approx(30.0, abs=1e-6)
+    argv = ["generate", str(clip30s), "--prompt", "dog barking", "--seed", "3", "--out", str(tmp_path)]
+    assert cli.main([*argv, *TINY_CPU]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip30.flac", "clip30.mp4"]
+    one_frame = 1 / SYNC_FPS
+    assert abs(_seconds(tmp_path / "clip30.flac") - video_seconds) <= one_frame
+    assert abs(_stream_seconds(tmp_path / "clip30.mp4", "audio") - video_seconds) <= one_frame
+    assert abs(_stream_seconds(tmp_path / "clip30.mp4", "video") - video_seconds) <= one_frame
+
+
+def test_30_seconds_from_the_prompt_alone_through_the_cli(tiny_hub, tmp_path):
+    out = tmp_path / "rain.flac"
+    argv = ["generate", "--prompt", "rain", "--duration", "30", "--seed", "1", "--out", str(out)]
+    assert cli.main([*argv, *TINY_CPU]) == 0
+    with av.open(str(out)) as f:
+        stream = f.streams.audio[0]
+        assert stream.rate == SR
+        assert sum(frame.samples for frame in f.decode(stream)) == 30 * SR  # exactly, not about

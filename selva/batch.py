@@ -1,0 +1,411 @@
+"""The work of `selva generate` and `selva batch`: clips to make, where they go, and the run.
+
+    items_for, items_from_folder     -> list[Item] from the options (the CSV's: selva.batch_csv)
+    assign_names, item_files         the files each item writes, stable across runs
+    plan_items                       names, this process's shard, and what is left to do
+    run_items                        load_pipeline once, then run_loop item by item (generate_one)
+
+An Item is one clip: one generation (with --samples candidates), or stems (`Item.stems`: one
+generation per prompt, their mix and the multi-track mp4, as `selva.stems` makes them). Every
+check that needs no model is made while the items are built, so a bad option or row costs no
+model load. `selva.cli` parses the options and calls down here; `selva.batch_csv` reads a CSV
+list into the same items and `selva.batch_ray` runs them on Ray Data. Nothing here imports torch
+at module level: the models load in `load_pipeline`, only once there is work to do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import re
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from tqdm import tqdm
+
+from selva import spec
+from selva.spec import InputError, MediaError, SelvaError, is_out_of_memory
+from selva.stems import Stem, check_stems, slug
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+EXIT_OK, EXIT_FAILED = 0, 1  # every clip written (or there already); some failed
+OOM_HINT = (
+    "out of memory: try --variant small_16k, --offload on, --precision bf16 (or fp16), --device cpu, "
+    "or less work per clip (a shorter --duration, fewer --samples)"
+)
+VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg"}
+
+
+# -- values: one converter per option, shared by the flags and the CSV columns ------------------
+
+
+def ranged(limit: spec.Limit, *, cast: type = float, open_below: bool = False):
+    """An argparse type for one of the spec's limits (`open_below`: the minimum itself is refused)."""
+
+    def convert(text: str):
+        try:
+            value = float(text)
+            if not math.isfinite(value) or (cast is int and not value.is_integer()):
+                raise ValueError
+            # int(text) keeps big seeds exact; int(value) takes the "7.0" that spreadsheets write.
+            value = cast(text) if cast is float or text.strip().lstrip("+-").isdigit() else cast(value)
+        except ValueError:
+            kind = "a whole number" if cast is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+        if open_below and not limit.minimum < value <= limit.maximum:
+            most = f" and at most {_show(limit.maximum)}" if limit.maximum < math.inf else ""
+            raise argparse.ArgumentTypeError(f"must be above {_show(limit.minimum)}{most}, got {text}")
+        if not limit.minimum <= value <= limit.maximum:
+            if limit.maximum == math.inf:
+                raise argparse.ArgumentTypeError(f"must be {_show(limit.minimum)} or more, got {text}")
+            span = f"from {_show(limit.minimum)} to {_show(limit.maximum)}"
+            raise argparse.ArgumentTypeError(f"must be {span}, got {text}")
+        return value
+
+    return convert
+
+
+def _show(x: float) -> str:
+    return f"{x:g}" if abs(x) < 1e6 else str(int(x))
+
+
+steps_arg = ranged(spec.STEPS, cast=int)
+samples_arg = ranged(spec.NUM_SAMPLES, cast=int)
+cfg_arg = ranged(spec.CFG_STRENGTH)
+seed_arg = ranged(spec.SEED, cast=int)
+start_arg = ranged(spec.START)
+# No upper bound here: the cap is --max-duration's, and the pipeline words that refusal.
+duration_arg = ranged(spec.Limit("duration", "Duration", 0.0, math.inf, None), open_below=True)
+max_duration_arg = ranged(spec.Limit("max_duration", "Max duration", 0.0, math.inf, None), open_below=True)
+gain_arg = ranged(spec.Limit("gain", "Gain", 0.0, math.inf, None))
+stem_gain_arg = ranged(spec.STEM_GAIN)
+
+
+# -- work items -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Item:
+    video: Path | None  # None: sound from the prompt alone
+    prompt: str  # with stems: the first stem's (names and messages use it)
+    where: str  # how messages name it: the path, or "LIST.csv line 4"
+    negative: str = ""
+    seed: int | None = None
+    start: float = 0.0
+    duration: float | None = None
+    name: str = ""  # output stem, unique in the run
+    stems: tuple[Stem, ...] = ()  # set: one generation per stem and their mix (selva.stems), not one
+
+
+# (prompt, negative, gain) per stem as given: a gain of None was not given at all.
+Sound = list[tuple[str, str, float | None]]
+
+
+def option_sound(args: argparse.Namespace) -> Sound:
+    """The --prompt, --negative and --gain options as one (prompt, negative, gain) per --prompt.
+
+    Negatives and gains pair with the prompts in order. Without --prompt (a CSV whose rows name
+    their own), they are the defaults of stem 1, 2... of every row (see `selva.batch_csv`).
+    """
+    prompts, negatives, gains = args.prompt or [], args.negative or [], args.gain or []
+    if len(prompts) > spec.MAX_STEMS:
+        raise InputError(f"give 1 to {spec.MAX_STEMS} stems (one --prompt each), got {len(prompts)}")
+    for flag, values in (("--negative", negatives), ("--gain", gains)):
+        if values and prompts and len(values) != len(prompts):
+            raise InputError(f"give {flag} once per --prompt ({len(prompts)}) or not at all")
+        if len(values) > spec.MAX_STEMS:
+            raise InputError(f"give {flag} at most {spec.MAX_STEMS} times, once per stem")
+    return [(p, nth(negatives, k, ""), nth(gains, k, None)) for k, p in enumerate(prompts)]
+
+
+def nth(values: Sequence[T], k: int, default: T | None = None) -> T | None:
+    """values[k], or `default` past the end (options given fewer times than there are stems)."""
+    return values[k] if k < len(values) else default
+
+
+def sound_fields(sound: Sound, args: argparse.Namespace, where: str = "", *, video: bool = True) -> dict:
+    """An Item's prompt, negative and stems for `sound`, with every check that needs no model.
+
+    One prompt without a gain is one generation (with --samples candidates); several prompts, or
+    a gain, are stems, as `selva generate --prompt A --prompt B` makes them. Errors start with
+    `where` (a CSV line) when given.
+    """
+    try:
+        if len(sound) == 1 and sound[0][2] is None:
+            prompt, negative, _ = sound[0]
+            spec.check_prompt("the prompt", prompt)
+            spec.check_prompt("the negative prompt", negative)
+            return dict(prompt=prompt, negative=negative, stems=())
+        if not video:
+            raise InputError(
+                "stems follow a video: give the VIDEO (sound from text alone takes one --prompt)"
+            )
+        if args.samples != 1:
+            raise InputError("--samples works with one prompt; with stems each stem is one generation")
+        gain = args.keep_original_audio or 0.0
+        if gain > spec.ORIGINAL_AUDIO_GAIN.maximum:
+            raise InputError(
+                f"--keep-original-audio with stems is at most {spec.ORIGINAL_AUDIO_GAIN.maximum:g}"
+            )
+        stems = check_stems(Stem(p, n, spec.STEM_GAIN.default if g is None else g) for p, n, g in sound)
+    except InputError as exc:
+        if not where:
+            raise
+        raise InputError(f"{where}: {exc}") from None
+    return dict(prompt=stems[0].prompt, negative="", stems=tuple(stems))
+
+
+def items_for(videos: list[Path], args: argparse.Namespace) -> list[Item]:
+    """One clip per video, every setting from the options; none: one clip from the prompt alone."""
+    sound = option_sound(args)
+    if not sound:
+        raise InputError("give the sound to make with --prompt, e.g. --prompt 'dog barking'")
+    if not videos:
+        if args.duration is None:
+            raise InputError("give a VIDEO, or --duration SEC to make sound from the prompt alone")
+        fields = sound_fields(sound, args, video=False)
+        return [Item(None, where=f"prompt {sound[0][0]!r}", **fields, **option_settings(args))]
+    missing = [str(v) for v in videos if not v.is_file()]
+    if missing:
+        raise InputError(f"no such video: {', '.join(missing)}")
+    fields = sound_fields(sound, args)
+    return [Item(v, where=str(v), **fields, **option_settings(args)) for v in videos]
+
+
+def items_from_folder(folder: Path, args: argparse.Namespace) -> list[Item]:
+    if not args.prompt:
+        raise InputError(f"{folder} is a folder: give the prompt with --prompt (or pass a CSV)")
+    videos = sorted(p for p in folder.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
+    if not videos:
+        raise InputError(f"no videos ({', '.join(sorted(VIDEO_SUFFIXES))}) in {folder}")
+    return items_for(videos, args)
+
+
+def option_settings(args: argparse.Namespace) -> dict:
+    return dict(seed=args.seed, start=args.start, duration=args.duration)
+
+
+# -- names and files --------------------------------------------------------------------------------
+
+
+def assign_names(items: list[Item]) -> None:
+    """Output stems: the video's, plus a prompt slug when one video (or stem) has several rows.
+
+    Names depend only on the list, so a rerun finds the same files and resumes.
+    """
+    stems = Counter(_stem(item) for item in items)
+    for item in items:
+        stem = _stem(item)
+        item.name = stem if stems[stem] == 1 else f"{stem}-{_slug(item.prompt)}"
+    names = Counter(item.name for item in items)
+    for i, item in enumerate(items, 1):
+        if names[item.name] > 1:  # same video and prompt twice (other seeds, spans): number them
+            item.name = f"{item.name}-{i}"
+    if len({item.name for item in items}) < len(items):
+        raise InputError("two clips would write the same output names; rename one of the videos")
+
+
+def _stem(item: Item) -> str:
+    return item.name or (item.video.stem if item.video is not None else _slug(item.prompt))
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40].strip("-") or "prompt"
+
+
+def output_paths(item: Item, args: argparse.Namespace) -> list[tuple[Path, Path | None]]:
+    """(audio, video) per candidate; the `_k` suffix appears only with --samples > 1.
+
+    Sound from the prompt alone has no video to write: its video path is None.
+    """
+    stems = [item.name] if args.samples == 1 else [f"{item.name}_{k}" for k in range(1, args.samples + 1)]
+    return [
+        (args.out / f"{s}.{args.format}", args.out / f"{s}.mp4" if item.video is not None else None)
+        for s in stems
+    ]
+
+
+def item_files(item: Item, args: argparse.Namespace) -> list[Path]:
+    """Every file `item` writes, in the order it writes them (each atomically): done once all exist.
+
+    With stems, `selva.stems.save_stems`'s names: a FLAC per stem, the mix, its mp4, the tracks mp4.
+    """
+    if item.stems:
+        out, name, suffix = args.out, item.name, args.format
+        stems = [out / f"{name}_{k}-{slug(s.prompt)}.{suffix}" for k, s in enumerate(item.stems, 1)]
+        return [*stems, out / f"{name}_mix.{suffix}", out / f"{name}_mix.mp4", out / f"{name}_tracks.mp4"]
+    return [p for pair in output_paths(item, args) for p in pair if p is not None]
+
+
+def _check_paths(items: list[Item], args: argparse.Namespace) -> None:
+    """No item overwrites its video or another item's file (`a` with stems writes `a_mix.mp4`...)."""
+    owners: dict[Path, Item] = {}
+    for item in items:
+        for path in item_files(item, args):
+            if item.video is not None and path.resolve() == item.video.resolve():
+                raise InputError(f"{path} would overwrite its input video; choose another --out")
+            if path in owners:
+                other = owners[path].where
+                raise InputError(
+                    f"{other} and {item.where} would both write {path}; rename one of the videos"
+                )
+            owners[path] = item
+
+
+# -- running ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Summary:
+    done: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    def table(self) -> str:
+        per_clip = f"{self.seconds / self.done:.1f}" if self.done else "-"
+        rows = {"done": self.done, "skipped": self.skipped, "failed": len(self.failed), "s/clip": per_clip}
+        lines = ["", "summary"] + [f"  {name:<8}{value:>8}" for name, value in rows.items()]
+        if self.failed:
+            lines += ["failed clips:"] + [f"  {where}: {error}" for where, error in self.failed]
+        return "\n".join(lines)
+
+
+def plan_items(
+    items: list[Item], args: argparse.Namespace, *, skip_existing: bool
+) -> tuple[list[Item], Summary]:
+    """Name the clips, take this process's shard, and drop those whose outputs exist."""
+    from selva.distributed import select_shard
+
+    assign_names(items)
+    _check_paths(items, args)  # on the whole list: every shard refuses the same list alike
+    items = select_shard(items, args)  # after naming: names depend on the whole list, not the shard
+    summary = Summary()
+    pending = items
+    if skip_existing:
+        pending = [i for i in items if not all(p.is_file() for p in item_files(i, args))]
+        summary.skipped = len(items) - len(pending)
+        if summary.skipped:
+            log.info("skipping %d clip(s) whose outputs exist in %s", summary.skipped, args.out)
+    return pending, summary
+
+
+def run_items(items: list[Item], args: argparse.Namespace, *, skip_existing: bool) -> int:
+    pending, summary = plan_items(items, args, skip_existing=skip_existing)
+    if pending:  # a finished batch reruns without loading any model
+        from selva.variants import get_variant
+
+        get_variant(args.variant)  # a misspelt variant fails before any folder is made
+        try:
+            args.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"cannot create the output folder {args.out}: {exc}") from None
+        pipe = load_pipeline(args)
+        try:
+            run_loop(pipe, pending, args, summary)
+        except KeyboardInterrupt:
+            print_summary(summary, args)  # what finished is kept; say so before exiting
+            raise
+    print_summary(summary, args)
+    return EXIT_FAILED if summary.failed else EXIT_OK
+
+
+def run_loop(pipe, items: list[Item], args: argparse.Namespace, summary: Summary) -> None:
+    # disable=None: no bars when stderr is no terminal (CI logs), where each clip's line suffices.
+    bar = tqdm(
+        items, desc="clips", unit="clip", disable=args.quiet or None, file=sys.stderr, dynamic_ncols=True
+    )
+    hinted = False
+    for item in bar:
+        start = time.perf_counter()
+        try:
+            announce = generate_one(pipe, item, args)
+        except Exception as exc:  # report the clip and go on; Ctrl-C still stops the batch
+            message = str(exc) if isinstance(exc, SelvaError) else f"{type(exc).__name__}: {exc}"
+            log.error("%s: %s", item.where, message, exc_info=args.verbose > 0)
+            if not hinted and is_out_of_memory(exc):
+                log.error(OOM_HINT)  # once: the same advice under every failed clip would be noise
+                hinted = True
+            summary.failed.append((item.where, message))
+        else:
+            # Count before announcing: a Ctrl-C right after the line must not lose the clip.
+            summary.done += 1
+            summary.seconds += time.perf_counter() - start
+            announce()
+        bar.set_postfix(done=summary.done, failed=len(summary.failed), refresh=False)
+
+
+def print_summary(summary: Summary, args: argparse.Namespace) -> None:
+    if not args.quiet:
+        print(summary.table(), flush=True)
+
+
+def load_pipeline(args: argparse.Namespace):
+    from selva.pipeline import SelvaPipeline
+
+    started = time.perf_counter()
+    log.info("loading %s models", args.variant)
+    pipe = SelvaPipeline.from_pretrained(
+        args.variant,
+        device=args.device,
+        dtype=args.precision,
+        offload=args.offload,
+        weights_dir=args.weights_dir,
+        revision=args.revision,
+        max_duration=args.max_duration,
+        compile=args.compile,
+    )
+    pipe.set_progress_bar_config(disable=args.quiet or None, file=sys.stderr, dynamic_ncols=True)
+    log.info("models ready in %.1f s", time.perf_counter() - started)
+    return pipe
+
+
+def generate_one(pipe, item: Item, args: argparse.Namespace) -> Callable[[], None]:
+    """Generate and save one clip; returns the call that logs what was written."""
+    if item.video is not None and not item.video.is_file():
+        raise MediaError(f"no such video: {item.video}")
+    if item.stems:
+        return generate_stems_one(pipe, item, args)
+    out = pipe(
+        item.video,
+        item.prompt,
+        item.negative,
+        steps=args.steps,
+        cfg_strength=args.cfg,
+        seed=item.seed,
+        duration=item.duration,
+        start=item.start,
+        num_samples=args.samples,
+    )
+    written = []
+    for k, (audio_path, video_path) in enumerate(output_paths(item, args)):
+        # Audio first, mp4 last: an item counts as done once its last file exists.
+        written.append(out.save_audio(audio_path, k))
+        if video_path is not None:
+            written.append(out.save_video(video_path, k, original_audio_gain=args.keep_original_audio))
+    span = f"{out.start:.2f}-{out.start + out.duration:.2f} s"
+    names = ", ".join(str(p) for p in written)
+    return lambda: log.info("%s -> %s (seed %d, %s)", item.where, names, out.seed, span)
+
+
+def generate_stems_one(pipe, item: Item, args: argparse.Namespace) -> Callable[[], None]:
+    """Generate and save every stem of `item.stems` and their mix for one clip."""
+    from selva.stems import generate_stems, save_stems, stems_info
+
+    base = spec.GenerationRequest(
+        item.video, item.prompt, steps=args.steps, cfg_strength=args.cfg, seed=item.seed,
+        duration=item.duration, start=item.start,
+    )  # fmt: skip
+    out = generate_stems(pipe, base, item.stems, original_audio_gain=args.keep_original_audio or 0.0)
+    files = save_stems(out, args.out, item.name, audio_format=args.format)
+    written = [*files.stem_audio, files.mix_audio, files.mix_video, files.tracks_video]
+    names = ", ".join(str(p) for p in written)
+    return lambda: log.info("%s -> %s (%s)", item.where, names, stems_info(out))
