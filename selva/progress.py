@@ -121,9 +121,10 @@ def info_line(out: SelvaOutput, pipe: SelvaPipeline, load_seconds: float = 0.0) 
     ]
     total = timings.get("total", sum(timings.get(k, 0.0) for k in _STAGES))
     candidates = out.audio.shape[0]
+    span = f"from {out.start:.2f} s" if out.video is not None else "from the prompt alone"
     parts = [
         f"seed {out.seed}",
-        f"{out.duration:.2f} s from {out.start:.2f} s",
+        f"{out.duration:.2f} s {span}",
         f"{candidates} candidate{'s' if candidates > 1 else ''} at {out.sample_rate / 1000:g} kHz",
         f"{pipe.variant.name} on {pipe.device} ({dtype_name(pipe.dtype)})",
         ", ".join(stages) + f"; total {total:.2f} s",
