@@ -120,7 +120,7 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
         slot = PipelineSlot.wrap(pipe)
     studio = Studio(slot)
     start_variant = slot.variant or slot.default_variant
-    private: dict[str, Any] = {"queue": False, "api_visibility": "private"}
+    private = results_ui.PAGE_EVENT
 
     with gr.Blocks(title="SelVA Studio", analytics_enabled=False, delete_cache=DELETE_CACHE) as demo:
         gr.Markdown(
@@ -228,8 +228,7 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
             check_source,
             [source, video, duration],
             video,
-            show_progress="hidden",
-            **private,
+            **results_ui.PAGE_EVENT_TOASTS,
         )
         inputs = [video, prompt, negative, steps, cfg, seed, duration, start, variant, num_samples]
         inputs.append(original_level)

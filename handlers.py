@@ -29,7 +29,7 @@ from selva.serving import (
     dtype_name,
     parse_request,
 )
-from selva.spec import GenerationCancelled, SelvaError, is_out_of_memory
+from selva.spec import GenerationCancelled, InputError, SelvaError, is_out_of_memory
 from selva.stems import stems_from_form
 
 try:  # Hugging Face ZeroGPU; the package is absent (or a no-op) everywhere else
@@ -205,6 +205,10 @@ class Studio:
             (prompt_4, negative_4, gain_4),
         ]
         with user_errors(_upload_dirs(video)):
+            if not video:  # the form's rule would take no video and a Duration for sound from text alone
+                raise InputError(
+                    "Stems need a video: upload one (Source: Video); each stem follows its own source in it."
+                )
             stems = stems_from_form(rows)
             # The first stem's prompt only passes the form check: each stem brings its own.
             base = parse_request(

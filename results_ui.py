@@ -21,6 +21,16 @@ import gradio as gr
 
 from selva.serving import MAX_CANDIDATES, GenerationResult
 
+# Page-only events (no API endpoint). Gradio shows a handler's gr.Error, gr.Warning or gr.Info
+# only for queued events; queued without a concurrency limit, they never wait for the GPU's slot.
+PAGE_EVENT: dict[str, Any] = {"queue": False, "api_visibility": "private"}
+PAGE_EVENT_TOASTS: dict[str, Any] = {
+    "queue": True,
+    "concurrency_limit": None,
+    "show_progress": "hidden",
+    "api_visibility": "private",
+}
+
 HISTORY_SIZE = 20  # earlier results kept per browser session (their files live ~1 h in gradio's cache)
 KEPT_SIZE = 50  # a kept list longer than this is no longer a shortlist
 
@@ -222,30 +232,31 @@ def results_column() -> ResultsUI:
 
 def wire_results(ui: ResultsUI, run: Any, *, seed: gr.Number, num_samples: gr.Slider) -> None:
     """The results' events: after `run` (the `/generate` event), earlier results, Keep, Use this seed."""
-    private: dict[str, Any] = {"queue": False, "api_visibility": "private"}
     run.success(
         present,
         [ui.current, ui.past, *ui.videos, ui.downloads],
         [ui.current, ui.past, ui.history, *ui.players],
         show_progress="hidden",
-        **private,
+        **PAGE_EVENT,
     )
     ui.history.input(
-        recall, [ui.past, ui.history], [ui.current, *ui.players, ui.downloads, ui.info], **private
+        recall, [ui.past, ui.history], [ui.current, *ui.players, ui.downloads, ui.info], **PAGE_EVENT
     )
     for k in range(MAX_CANDIDATES):
         ui.keep[k].click(
             lambda r, kept, k=k: keep(r, kept, k),
             [ui.current, ui.kept],
             [ui.kept, ui.kept_list, ui.kept_files],
-            **private,
+            **PAGE_EVENT_TOASTS,
         )
-        ui.use_seed[k].click(lambda r, k=k: use_seed(r, k), ui.current, [seed, num_samples], **private)
+        ui.use_seed[k].click(
+            lambda r, k=k: use_seed(r, k), ui.current, [seed, num_samples], **PAGE_EVENT_TOASTS
+        )
     num_samples.change(
         lambda n: [gr.update(visible=k < int(n)) for k in range(MAX_CANDIDATES)],
         num_samples,
         ui.cards,
-        **private,
+        **PAGE_EVENT,
     )
 
 

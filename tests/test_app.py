@@ -273,6 +273,12 @@ def test_the_source_choice_is_checked_before_generate():
         handlers.check_source("video", None, 5.0)
 
 
+def test_stems_ask_for_a_video_even_in_prompt_only(studio):
+    rows = ["dog barking", "", 1.0, *["", "", 1.0] * 3]
+    with pytest.raises(gr.Error, match="Stems need a video"):
+        studio.generate_stems(None, *rows, 2, 4.5, 1, 8.0, 0, None, 0, progress=None)
+
+
 def test_switching_source_keeps_each_sources_upload_and_duration():
     video, note, duration, start, level, kept = app.switch_source(
         "prompt", "/up/clip.mp4", 2.0, {}, max_duration=600
