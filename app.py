@@ -237,7 +237,8 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
             inputs=inputs,
             outputs=[*results.videos, results.downloads, results.info, results.current],
             api_name="generate",
-            api_description="Generate audio for a video that follows the prompted source.",
+            api_description="Generate audio for a video that follows the prompted source, "
+            "or (no video, a duration) sound from the prompt alone.",
             concurrency_limit=1,
             concurrency_id="gpu",  # every model call shares one slot: one job at a time per GPU
             show_progress_on=[results.videos[0], results.audios[0]],

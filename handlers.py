@@ -78,7 +78,7 @@ class Studio:
         progress: gr.Progress = gr.Progress(),  # noqa: B008 (gradio injects it: the default marks the parameter)
         request: gr.Request | None = None,
     ) -> tuple[Any, ...]:
-        """Generate audio for a video that follows the prompted source (the `/generate` API).
+        """Generate audio for a video that follows the prompted source, or from the prompt alone.
 
         Args:
             video: the video file (mp4, mov, webm...); none, with a duration above 0, makes sound from

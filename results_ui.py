@@ -252,7 +252,8 @@ def wire_results(ui: ResultsUI, run: Any, *, seed: gr.Number, num_samples: gr.Sl
         ui.use_seed[k].click(
             lambda r, k=k: use_seed(r, k), ui.current, [seed, num_samples], **PAGE_EVENT_TOASTS
         )
-    num_samples.change(
+    # The user's own changes only: Use this seed sets one candidate, and the card it came from stays.
+    num_samples.input(
         lambda n: [gr.update(visible=k < int(n)) for k in range(MAX_CANDIDATES)],
         num_samples,
         ui.cards,

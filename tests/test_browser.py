@@ -217,6 +217,7 @@ def test_candidates_side_by_side_keep_use_seed_and_earlier_results(page, tmp_pat
     page.locator(".toast-body", has_text="Seed 6, one candidate").wait_for()
     page.wait_for_function("() => document.querySelector('#seed input').value === '6'")
     assert page.get_by_label("number input for Candidates").input_value() == "1"
+    assert page.locator("#candidate-2").is_visible()  # the candidate stays on show until the next run
     page.locator("#generate").click()  # candidate 2 again, alone
     page.wait_for_function("() => document.querySelector('#info textarea').value.startsWith('seed 6 ')")
     page.locator("#audio-1 [data-testid='block-label']", has_text="Result · seed 6").wait_for()
