@@ -243,7 +243,7 @@ def test_a_phone_sized_page_makes_sound_from_the_prompt_alone(browser, app_serve
     def fits() -> None:
         # nothing to scroll sideways
         assert page.evaluate("() => document.scrollingElement.scrollWidth <= innerWidth")
-        for selector in ("#source", "#prompt", "#generate", "#candidate-1", "#audio-1"):
+        for selector in ("#source", "#prompt", "#generate", "#candidate-1", "#audio-1", "#info"):
             box = page.locator(selector).bounding_box()
             assert box is not None and box["width"] > 0 and box["height"] > 0, selector
             assert box["x"] >= 0 and box["x"] + box["width"] <= width, selector
@@ -261,14 +261,18 @@ def test_a_phone_sized_page_makes_sound_from_the_prompt_alone(browser, app_serve
     page.locator(".toast-body", has_text="set Duration above 0").wait_for()
     set_number(page, "Duration (s)", 2)
     set_number(page, "Steps", 3)
+    set_number(page, "Candidates", 2)
     page.locator("#generate").tap()
 
     audio_shown(page, 1, "0:02")
+    audio_shown(page, 2, "0:02")
     page.wait_for_function(
         "() => document.querySelector('#info textarea').value.includes('2.00 s from the prompt alone')"
     )
-    assert label_of(page, "#audio-1").startswith("Result · seed ")
+    assert label_of(page, "#audio-1").startswith("Candidate 1 · seed ")
     assert page.locator("#result-1").is_hidden()  # no video to show
+    first, second = (page.locator(f"#candidate-{k}").bounding_box() for k in (1, 2))
+    assert second["y"] >= first["y"] + first["height"] - 1  # one column: the second card below the first
     page.locator("#audio-1").scroll_into_view_if_needed()
     box = page.locator("#audio-1").bounding_box()
     assert box["y"] >= 0 and box["y"] + box["height"] <= 844  # on screen once scrolled to
