@@ -5,7 +5,8 @@ first use, swaps to another variant on request (freeing the old one first, so
 only one generator is ever in memory), and lets the visitor who started a
 generation cancel it. `parse_request` turns form or API values into a checked
 `GenerationRequest`; `GenerationService` runs one on the slot's pipeline and
-writes its files into the short-lived folders of an `OutputStore`.
+writes its files into the short-lived folders of an `OutputStore`. What a run
+reports (progress text, the info line) lives in `selva.progress`.
 
 Nothing here imports gradio, and torch and the pipeline only load on first use,
 so a front end can import this module without loading a model.
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from selva.progress import ProgressFn, ProgressReport, StemsProgress, dtype_name, info_line
 from selva.spec import (
     DEFAULT_MAX_DURATION,
     DEFAULT_VARIANT,
@@ -37,14 +39,11 @@ from selva.spec import (
 )
 
 if TYPE_CHECKING:
-    import torch
-
     from selva.pipeline import SelvaOutput, SelvaPipeline
     from selva.stems import Stem, StemsOutput
 
 log = logging.getLogger(__name__)
 
-ProgressFn = Callable[..., object]  # called as progress(fraction, desc=...), as gradio's gr.Progress is
 MAX_CANDIDATES = int(NUM_SAMPLES.maximum)  # each candidate costs a full generation and a video file
 OUTPUT_KEEP_SECONDS = 600  # our copies only need to live until the front end has copied them
 
@@ -230,12 +229,45 @@ class OutputStore:
 
 @dataclass(frozen=True)
 class GenerationResult:
-    """What one request made: files in an `OutputStore` folder, the info line and the seed used."""
+    """What one request made: files in an `OutputStore` folder, what was asked, the info line, the seed.
+
+    Candidate k was drawn from `seed + k` (`candidate_seed(k)`): asked alone with
+    that seed it comes out the same. Front ends that keep results longer than our
+    folders live swap in their own copies of the files (`dataclasses.replace`).
+    """
 
     videos: tuple[str, ...]  # one mp4 per candidate; none for sound from the prompt alone
-    audio_files: tuple[str, ...]  # a FLAC and a WAV per candidate
+    audio_files: tuple[str, ...]  # per candidate, a FLAC then a WAV
     info: str
     seed: int
+    prompt: str = ""
+    duration: float = 0.0  # the span made, in seconds (never "auto": what the pipeline settled on)
+    start: float = 0.0
+    source: str | None = None  # the video's file name; None for sound from the prompt alone
+
+    @property
+    def count(self) -> int:
+        """How many candidates were made."""
+        return len(self.audio_files) // 2
+
+    def candidate_seed(self, k: int) -> int:
+        return self.seed + k
+
+    def candidate_audio(self, k: int) -> tuple[str, str]:
+        """Candidate k's FLAC and WAV."""
+        flac, wav = self.audio_files[2 * k : 2 * k + 2]
+        return flac, wav
+
+    def candidate_files(self, k: int) -> tuple[str, ...]:
+        """Everything candidate k has: its mp4 (with a video), FLAC and WAV."""
+        return (*self.videos[k : k + 1], *self.candidate_audio(k))
+
+    @property
+    def label(self) -> str:
+        """How a list of results names this one: prompt, seed, span."""
+        where = f"of {self.source}" if self.source else "from the prompt alone"
+        many = f" · {self.count} candidates" if self.count > 1 else ""
+        return f"{self.prompt} · seed {self.seed} · {self.duration:.2f} s {where}{many}"
 
 
 class GenerationService:
@@ -330,9 +362,15 @@ class GenerationService:
         if original_audio_gain:
             info += f" · original audio at {original_audio_gain:g}"
         return GenerationResult(
-            videos=tuple(videos), audio_files=tuple(audio_files), info=info, seed=out.seed
+            videos=tuple(videos),
+            audio_files=tuple(audio_files),
+            info=info,
+            seed=out.seed,
+            prompt=req.prompt,
+            duration=out.duration,
+            start=out.start,
+            source=Path(req.video).name if req.video is not None else None,
         )
-
 
     # -- several sources at once (selva.stems) ----------------------------------------------------
 
@@ -423,128 +461,6 @@ class StemsResult:
     def label(self) -> str:
         """How a list of earlier results names this one."""
         return " + ".join(self.prompts) + f" (seed {self.seeds[0]})"
-
-
-# -- reporting ---------------------------------------------------------------------------------------
-
-
-class ProgressReport:
-    """The pipeline's stage and step callbacks as `progress(fraction, desc=...)` calls (gradio's shape)."""
-
-    # Where each stage starts on the bar, and what the user reads meanwhile.
-    STAGES = {
-        "probe": (0.0, "Reading video"),
-        "text": (0.05, "Encoding prompts"),
-        "decode": (0.1, "Decoding video"),
-        "text_synch": (0.15, "TextSynch: following the prompted motion"),
-        "flow": (0.2, "Generating"),
-        "vae": (0.9, "Decoding audio"),
-        "vocoder": (0.95, "Vocoding"),
-    }
-    FLOW_SHARE = 0.7  # of the bar, from the flow's start to the VAE's
-
-    def __init__(self, progress: ProgressFn | None, steps: int):
-        self.progress = progress
-        self.steps = steps
-
-    def stage(self, name: str) -> None:
-        if self.progress is not None and name in self.STAGES:
-            fraction, desc = self.STAGES[name]
-            self.progress(fraction, desc=desc)
-
-    def finish(self) -> None:
-        if self.progress is not None:
-            self.progress(1.0, desc="Done")
-
-    def step(self, pipe: object, index: int, t: float, state: dict) -> None:
-        """One flow step done; past 8 s also which window (batch of windows) of how many runs.
-
-        Windows run batched, so one flow pass may carry several windows at once:
-        the bar then names the first window of the pass ("windows 1-3/12").
-        """
-        if self.progress is None:
-            return
-        done = index + 1
-        passes, number = state.get("passes", 1), state.get("pass", 0)
-        overall = (number * self.steps + done) / (passes * self.steps)
-        fraction = self.STAGES["flow"][0] + self.FLOW_SHARE * overall
-        where = ""
-        windows = state.get("windows", 1)
-        if windows > 1:
-            first = state["window"] + 1
-            last = first + state.get("window_count", 1) - 1
-            span = f"window {first}/{windows}" if last == first else f"windows {first}-{last}/{windows}"
-            where = f"{span}, "
-        self.progress(fraction, desc=f"Generating: {where}step {done}/{self.steps}")
-
-
-class StemsProgress(ProgressReport):
-    """`ProgressReport` over several stems: stem k of n fills the k-th n-th of the bar."""
-
-    def __init__(self, progress: ProgressFn | None, steps: int):
-        super().__init__(self._scaled if progress is not None else None, steps)
-        self.outer = progress
-        self.index, self.count = 0, 1
-
-    def begin(self, index: int, count: int) -> None:
-        self.index, self.count = index, count
-
-    def _scaled(self, fraction: float, desc: str = "") -> None:
-        assert self.outer is not None
-        if fraction >= 1.0:
-            self.outer(1.0, desc=desc)
-            return
-        label = f"Stem {self.index + 1}/{self.count}: {desc}"
-        self.outer((self.index + fraction) / self.count, desc=label)
-
-
-_STAGES = {
-    "probe": "probe",
-    "text": "prompts",
-    "decode": "video decode",
-    "text_synch": "TextSynch",
-    "flow": "flow",
-    "vae": "VAE",
-    "vocoder": "vocoder",
-}
-
-
-def info_line(out: SelvaOutput, pipe: SelvaPipeline, load_seconds: float = 0.0) -> str:
-    """Seed, span, device and seconds per stage, in one line a user can paste into a bug report."""
-    timings = out.timings
-    stages = []
-    for key, label in _STAGES.items():
-        if key in timings:
-            extra = (
-                f" ({timings['flow_per_step']:.2f} s/step)"
-                if key == "flow" and "flow_per_step" in timings
-                else ""
-            )
-            stages.append(f"{label} {timings[key]:.2f} s{extra}")
-    stages += [
-        f"{k} {v:.2f} s"
-        for k, v in timings.items()
-        if k not in _STAGES and k not in ("total", "flow_per_step")
-    ]
-    total = timings.get("total", sum(timings.get(k, 0.0) for k in _STAGES))
-    candidates = out.audio.shape[0]
-    parts = [
-        f"seed {out.seed}",
-        f"{out.duration:.2f} s from {out.start:.2f} s",
-        f"{candidates} candidate{'s' if candidates > 1 else ''} at {out.sample_rate / 1000:g} kHz",
-        f"{pipe.variant.name} on {pipe.device} ({dtype_name(pipe.dtype)})",
-        ", ".join(stages) + f"; total {total:.2f} s",
-    ]
-    if load_seconds:
-        parts.append(f"model loaded in {load_seconds:.1f} s")
-    return " · ".join(parts)
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """bf16, fp16 or fp32: the names the command lines take."""
-    return {"torch.bfloat16": "bf16", "torch.float16": "fp16", "torch.float32": "fp32"}.get(
-        str(dtype), str(dtype)
-    )
 
 
 def _slug(text: str, limit: int) -> str:

@@ -1,4 +1,7 @@
-"""app.py: the Blocks, the handlers and the `/generate` API, on the tiny Hub with the real pipeline."""
+"""app.py, handlers.py, results_ui.py: the Blocks, the handlers, the results and the `/generate` API.
+
+On the tiny Hub with the real pipeline.
+"""
 
 import csv
 import gc
@@ -17,7 +20,9 @@ import pytest
 from media_factory import make_video
 
 import app
-from selva.serving import GenerationService
+import handlers
+import results_ui
+from selva.serving import MAX_CANDIDATES, GenerationResult, GenerationService
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,6 +71,17 @@ def decoded(path: str | Path) -> tuple[np.ndarray, int]:
     with av.open(str(path)) as f:
         rate = f.streams.audio[0].rate
         return np.concatenate([fr.to_ndarray() for fr in f.decode(audio=0)], axis=-1), rate
+
+
+def samples(path: str | Path) -> np.ndarray:
+    """The decoded audio in [-1, 1], whatever sample format the file holds."""
+    audio, _ = decoded(path)
+    return audio / np.iinfo(audio.dtype).max if np.issubdtype(audio.dtype, np.integer) else audio
+
+
+def by_part(updates: list) -> list[list]:
+    """`results_ui.show`'s updates as [cards, video players, audio players, actions]."""
+    return [updates[k * MAX_CANDIDATES : (k + 1) * MAX_CANDIDATES] for k in range(4)]
 
 
 def duration_of(path: str | Path) -> float:
@@ -139,7 +155,15 @@ def test_blocks_offer_every_control_with_its_default(app_pipe, tmp_path, monkeyp
     assert {"small_16k", "small_44k", "tiny_44k"} <= {value for _, value in variant["choices"]}
     assert "Audio downloads (FLAC and WAV)" in by_label and "Info" in by_label
     # the input, one player per candidate, and the stems mix
-    assert sum(1 for c in config["components"] if c["type"] == "video") == 2 + app.MAX_CANDIDATES
+    assert sum(1 for c in config["components"] if c["type"] == "video") == 2 + MAX_CANDIDATES
+    # an audio player (with its waveform) per candidate, and the stems mix and stems
+    assert sum(1 for c in config["components"] if c["type"] == "audio") == MAX_CANDIDATES + 1 + 4
+    source = by_label["Source"]
+    assert source["value"] == handlers.SOURCE_VIDEO
+    assert [label for label, _ in source["choices"]] == ["Video", "Prompt only"]
+    assert "Earlier results (this session)" in by_label and "Kept files" in by_label
+    buttons = [c["props"].get("value") for c in config["components"] if c["type"] == "button"]
+    assert buttons.count("Keep") == buttons.count("Use this seed") == MAX_CANDIDATES
     level = by_label["Original audio level"]
     assert (level["minimum"], level["maximum"], level["value"]) == (0, 2, 0)
 
@@ -170,8 +194,8 @@ def test_a_lazy_slot_loads_nothing_until_the_first_request(tiny_hub, tmp_path, m
 
 def test_generate_returns_muxed_videos_audio_files_and_an_info_line(studio, clip):
     progress = Progress()
-    *videos, files, info, seed = generate(studio, clip, "dog barking", "wind noise", seed=7, samples=2,
-                                          progress=progress)  # fmt: skip
+    *videos, files, info, result = generate(studio, clip, "dog barking", "wind noise", seed=7, samples=2,
+                                            progress=progress)  # fmt: skip
 
     shown = [v for v in videos if v is not None]
     assert len(shown) == 2 and videos[2:] == [None, None]
@@ -184,7 +208,7 @@ def test_generate_returns_muxed_videos_audio_files_and_an_info_line(studio, clip
         audio, rate = decoded(path)
         assert rate == 16000 and audio.shape[-1] == pytest.approx(32000, abs=1100)
 
-    assert seed == 7
+    assert isinstance(result, GenerationResult) and result.seed == 7  # kept in the page, not sent to the API
     for part in ("seed 7", "2.00 s from 0.00 s", "2 candidates", "tiny_16k on cpu (fp32)", "flow", "total"):
         assert part in info
     # Stages and Euler steps reach the progress bar.
@@ -195,11 +219,12 @@ def test_generate_returns_muxed_videos_audio_files_and_an_info_line(studio, clip
 
 
 def test_the_seed_shown_reproduces_the_result(studio, clip):
-    *_, files, info, seed = generate(studio, clip, seed=-1)
+    *_, files, info, result = generate(studio, clip, seed=-1)
+    seed = result.seed
     assert isinstance(seed, int) and seed >= 0 and f"seed {seed}" in info
-    *_, again, _, same_seed = generate(studio, clip, seed=seed)
+    *_, again, _, same = generate(studio, clip, seed=seed)
     *_, other, _, _ = generate(studio, clip, seed=seed + 1)
-    assert same_seed == seed
+    assert same.seed == seed
     first = decoded(files[0])[0]
     np.testing.assert_array_equal(first, decoded(again[0])[0])
     assert not np.array_equal(first, decoded(other[0])[0])
@@ -210,6 +235,139 @@ def test_duration_and_start_pick_the_span(studio, tmp_path):
     *videos, _, info, _ = generate(studio, long_clip, duration=1.0, start=1.5)
     assert "1.00 s from 1.50 s" in info
     assert duration_of(videos[0]) == pytest.approx(1.0, abs=0.1)
+
+
+# -- Source: sound for a video, or from the prompt alone ----------------------------------------------
+
+
+def test_prompt_only_makes_audio_players_and_no_video(studio):
+    progress = Progress()
+    *videos, files, info, result = generate(studio, None, "rain on a tin roof", seed=3, duration=2.5,
+                                            samples=2, progress=progress)  # fmt: skip
+    assert videos == [None] * MAX_CANDIDATES  # the API's shape: no mp4 without a video
+    assert sorted(Path(f).suffix for f in files) == [".flac", ".flac", ".wav", ".wav"]
+    for path in files:
+        audio, rate = decoded(path)
+        assert audio.shape[-1] == 40000 and rate == 16000  # exactly 2.5 s
+    assert "2.50 s from the prompt alone" in info and "seed 3" in info
+    assert result.source is None
+    assert result.label == "rain on a tin roof · seed 3 · 2.50 s from the prompt alone · 2 candidates"
+
+    # The page shows one audio player per candidate, labelled with its seed, and no video player.
+    result, past, listing, *updates = results_ui.present(result, [], *videos, files)
+    cards, players, audios, actions = by_part(updates)
+    assert [c["visible"] for c in cards] == [True, True, False, False]
+    assert [p.get("visible") for p in players[:2]] == [False, False]
+    assert [a["label"] for a in audios[:2]] == ["Candidate 1 · seed 3", "Candidate 2 · seed 4"]
+    assert [a["value"] for a in audios[:2]] == [result.candidate_audio(k)[1] for k in range(2)]
+    assert [a["visible"] for a in actions] == [True, True, False, False]
+
+
+def test_the_source_choice_is_checked_before_generate():
+    assert handlers.check_source("prompt", "/up/clip.mp4", 8.0) is None  # a hidden upload is not sent
+    assert handlers.check_source("video", "/up/clip.mp4", 0) == gr.update()
+    with pytest.raises(gr.Error, match="Prompt only makes as many seconds of sound as Duration says"):
+        handlers.check_source("prompt", None, 0)
+    # The API alone would make sound from the prompt here; the page asks for the forgotten upload.
+    with pytest.raises(gr.Error, match="Upload a video first.*Source: Prompt only"):
+        handlers.check_source("video", None, 5.0)
+
+
+def test_stems_ask_for_a_video_even_in_prompt_only(studio):
+    rows = ["dog barking", "", 1.0, *["", "", 1.0] * 3]
+    with pytest.raises(gr.Error, match="Stems need a video"):
+        studio.generate_stems(None, *rows, 2, 4.5, 1, 8.0, 0, None, 0, progress=None)
+
+
+def test_switching_source_keeps_each_sources_upload_and_duration():
+    video, note, duration, start, level, kept = app.switch_source(
+        "prompt", "/up/clip.mp4", 2.0, {}, max_duration=600
+    )
+    assert (video["visible"], video["value"], note["visible"], start["visible"], level["visible"]) == (
+        False, None, True, False, False,
+    )  # fmt: skip
+    assert duration["value"] == app.PROMPT_ONLY_SECONDS and "needed" in duration["info"]
+    video, note, duration, *_, kept = app.switch_source("video", None, 12.0, kept, max_duration=600)
+    assert (video["visible"], video["value"], note["visible"]) == (True, "/up/clip.mp4", False)
+    assert duration["value"] == 2.0  # Video's own last Duration
+    assert "0 = auto" in duration["info"]
+    *_, duration, _, _, kept = app.switch_source("prompt", "/up/clip.mp4", 2.0, kept, max_duration=600)
+    assert duration["value"] == 12.0  # Prompt only's own last Duration
+
+    # An example fills the Video box: the page goes back to Video, without the upload kept aside.
+    source, video, note, duration, *_, kept = app.source_for_example("prompt", 12.0, kept, max_duration=600)
+    assert (source, video["visible"], "value" in video, duration["value"]) == ("video", True, False, 2.0)
+    assert "video" not in kept
+    assert app.source_for_example("video", 3.0, kept, max_duration=600)[:6] == (gr.update(),) * 6
+
+
+# -- candidates, Keep, Use this seed, earlier results -------------------------------------------------
+
+
+def test_each_candidate_has_its_seed_and_can_be_kept_or_made_again_alone(studio, clip, tmp_path):
+    *videos, files, info, result = generate(studio, clip, seed=40, samples=3)
+    # Stand-ins for gradio's served copies: the same names in another folder.
+    served = tmp_path / "served"
+    served.mkdir()
+    copies = [str(served / Path(f).name) for f in [*result.videos, *files]]
+    result, past, listing, *updates = results_ui.present(result, [], *copies[:3], None, copies[3:])
+    assert all(path.startswith(str(served)) for path in [*result.videos, *result.audio_files])
+    cards, players, audios, actions = by_part(updates)
+    assert [c["visible"] for c in cards] == [True, True, True, False]
+    assert [p["label"] for p in players[:3]] == [f"Candidate {k + 1} · seed {40 + k}" for k in range(3)]
+    assert all(p["visible"] and "value" not in p for p in players[:3])  # the run set the videos already
+    assert [a["label"] for a in audios[:3]] == [p["label"] for p in players[:3]]
+    assert listing["choices"] == [(f"1. {result.label}", 0)] and listing["value"] == 0
+
+    kept, text, kept_files = results_ui.keep(result, [], 1)
+    assert [t.seed for t in kept] == [41] and "dog barking · seed 41 · 2.00 s of clip.mp4" in text
+    assert [Path(f).suffix for f in kept_files["value"]] == [".mp4", ".flac", ".wav"]
+    assert all("_2." in Path(f).name for f in kept_files["value"])  # candidate 2's own files
+    assert results_ui.keep(result, kept, 1)[0] == kept  # kept once
+    kept, text, _ = results_ui.keep(result, kept, 0)
+    assert [t.seed for t in kept] == [41, 40] and text.index("seed 41") < text.index("seed 40")
+
+    assert results_ui.use_seed(result, 2) == (42, 1)
+    *_, alone_files, _, alone = generate(studio, clip, seed=42, samples=1)
+    assert alone.seed == 42
+    original = next(f for f in files if f.endswith("_3.flac"))
+    # Candidate 3, made alone (batched matmuls round a little differently, as in test_pipeline.py).
+    np.testing.assert_allclose(samples(alone_files[0]), samples(original), atol=5e-3, rtol=0)
+
+    # The earlier result comes back whole: cards, players, files and info.
+    alone, past, listing, *_ = results_ui.present(alone, past, *[None] * MAX_CANDIDATES, alone_files)
+    assert [label for label, _ in listing["choices"]] == [f"2. {alone.label}", f"1. {result.label}"]
+    back, *updates, back_files, back_info = results_ui.recall(past, 1)
+    assert back == result and back_info == info and back_files == list(result.audio_files)
+    players = by_part(updates)[1]
+    assert [p["value"] for p in players[:3]] == list(result.videos) and players[3]["value"] is None
+    assert results_ui.recall(past, 7)[0] is None
+
+
+# -- a whole 30 s clip ------------------------------------------------------------------------------------
+
+
+def test_a_30_second_clip_end_to_end(studio, tmp_path):
+    """30 s through the handler: overlapping windows on the progress bar, files as long as the video."""
+    long_clip = make_video(tmp_path / "clip30.mp4", seconds=30.0, size=(64, 48), gop=25)
+    with av.open(str(long_clip)) as f:
+        stream = f.streams.video[0]
+        seconds = float(stream.duration * stream.time_base)
+    assert seconds == pytest.approx(30.0, abs=0.001)
+    progress = Progress()
+    *videos, files, info, result = generate(studio, long_clip, steps=2, seed=5, progress=progress)
+    assert result.duration == pytest.approx(seconds, abs=0.04)
+    with av.open(videos[0]) as f:
+        video_stream, audio_stream = f.streams.video[0], f.streams.audio[0]
+        assert float(video_stream.duration * video_stream.time_base) == pytest.approx(seconds, abs=0.04)
+        samples = sum(frame.samples for frame in f.decode(audio_stream))
+        assert samples / audio_stream.rate == pytest.approx(seconds, abs=0.04)
+    for path in files:
+        audio, rate = decoded(path)
+        assert audio.shape[-1] / rate == pytest.approx(seconds, abs=0.04)
+    windows = [d for _, d in progress.calls if d and d.startswith("Generating: window")]
+    assert windows and all("/" in d and "step" in d for d in windows)
+    assert windows[-1].endswith("step 2/2")
 
 
 @pytest.mark.parametrize(
@@ -253,11 +411,11 @@ def test_a_good_request_after_failed_ones_works(studio, clip, tmp_path):
 
 
 def test_unexpected_errors_are_reported_without_a_traceback(caplog):
-    with pytest.raises(gr.Error) as caught, app.user_errors():
+    with pytest.raises(gr.Error) as caught, handlers.user_errors():
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
     assert "RuntimeError" in caught.value.message and "server log" in caught.value.message
     assert "illegal memory access" in caplog.text  # the details stay on the server
-    with pytest.raises(gr.Error) as caught, app.user_errors():
+    with pytest.raises(gr.Error) as caught, handlers.user_errors():
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
     assert "Out of GPU memory" in caught.value.message and "--offload" in caught.value.message
 
@@ -324,8 +482,9 @@ def test_examples_are_small_synthetic_clips_with_prompts():
 
 def test_an_example_runs_with_fixed_settings(studio):
     video, prompt, negative = app.load_examples()[0]
-    result, files, info = studio.generate_example(video, prompt, negative, progress=Progress())
+    result, audio, files, info = studio.generate_example(video, prompt, negative, progress=Progress())
     assert f"seed {app.EXAMPLE_SEED}" in info and len(files) == 2
+    assert audio in files and audio.endswith(".wav")  # the first card's waveform player
     assert duration_of(result) == pytest.approx(5.0, abs=0.1)
 
 
@@ -346,12 +505,12 @@ def test_on_zerogpu_only_the_model_call_is_wrapped(monkeypatch, app_pipe, clip):
 
             return wrap
 
-    monkeypatch.setattr(app, "spaces", Spaces)
+    monkeypatch.setattr(handlers, "spaces", Spaces)
     studio = app.Studio(app.PipelineSlot.wrap(app_pipe))
     *_, info, _ = generate(studio, clip, steps=2, seed=4)
-    assert seen == [app.ZEROGPU_SECONDS] and "seed 4" in info
+    assert seen == [handlers.ZEROGPU_SECONDS] and "seed 4" in info
 
-    monkeypatch.setattr(app, "spaces", None)  # elsewhere: no wrapper at all
+    monkeypatch.setattr(handlers, "spaces", None)  # elsewhere: no wrapper at all
     assert app.Studio(studio.slot).service._infer.__func__ is GenerationService._infer_here
 
 
@@ -383,3 +542,11 @@ def test_generate_endpoint_from_gradio_client(app_server, clip):
     *_, info = client.predict(handle_file(str(clip)), "dog barking", "", 3, 4.5, 12, 0, 0, "tiny_16k", 1,
                               api_name="/generate")  # fmt: skip
     assert "seed 12" in info
+
+    # No video and a duration: sound from the prompt alone, the same outputs (no mp4 at all).
+    *videos, files, info = client.predict(
+        video=None, prompt="rain", negative_prompt="", duration=2.0, steps=2, seed=13, api_name="/generate"
+    )
+    assert videos == [None] * MAX_CANDIDATES and "2.00 s from the prompt alone" in info
+    assert sorted(Path(f).suffix for f in files) == [".flac", ".wav"]
+    assert decoded(files[0])[0].shape[-1] == 32000

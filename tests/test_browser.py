@@ -6,10 +6,12 @@ tmp folder; docs/ui.png (the README's) is written when missing, or refreshed
 with SELVA_UPDATE_SCREENSHOT=1.
 """
 
+import io
 import os
 import re
 import shutil
 import time
+import wave
 from pathlib import Path
 
 import pytest
@@ -91,9 +93,11 @@ def test_upload_prompt_generate_and_download(page, tmp_path):
     upload(page, clip)
     page.locator("#prompt textarea").fill("dog barking")
     page.locator("#negative-prompt textarea").fill("car engine")
+    set_number(page, "Candidates", 2)
     page.locator("#generate").click()
 
     assert result_duration(page) == pytest.approx(5.0, abs=0.15)  # auto: the whole 5 s clip
+    assert result_duration(page, 2) == pytest.approx(5.0, abs=0.15)
     info = page.locator("#info textarea")
     info.wait_for()
     page.wait_for_function("() => document.querySelector('#info textarea').value.includes('seed')")
@@ -105,6 +109,9 @@ def test_upload_prompt_generate_and_download(page, tmp_path):
     response = page.request.get(flac)
     assert response.ok and response.body()[:4] == b"fLaC"
 
+    audio_shown(page, 2, "0:05")
+    page.locator("#keep-2").click()  # the README's picture shows a kept take too
+    page.wait_for_function("() => document.querySelectorAll('#kept-files a').length === 3")
     shot = tmp_path / "ui.png"
     page.screenshot(path=str(shot), full_page=True)
     assert 0 < shot.stat().st_size < SHOT_LIMIT
@@ -165,9 +172,137 @@ def test_progress_shows_the_steps_and_cancel_stops_the_job(page, app_server, tmp
     assert page.locator("#result-3").is_hidden()
 
 
+def label_of(page, selector: str) -> str:
+    return page.locator(f"{selector} [data-testid='block-label']").first.inner_text().strip()
+
+
+def audio_shown(page, player: int, seconds: str) -> None:
+    """Wait until audio player `player` has drawn its waveform for a clip of `seconds` ("0:02")."""
+    page.wait_for_selector(f"#audio-{player} [data-testid^='waveform-']")
+    page.wait_for_function(
+        "([id, s]) => document.querySelector(`#audio-${id} time#duration`)?.textContent.trim() === s",
+        arg=[player, seconds],
+    )
+
+
+def test_candidates_side_by_side_keep_use_seed_and_earlier_results(page, tmp_path):
+    upload(page, make_video(tmp_path / "clip.mp4", seconds=2.0))
+    page.locator("#prompt textarea").fill("dog barking")
+    set_number(page, "Steps", 3)
+    set_number(page, "Candidates", 2)
+    page.locator("#seed input").fill("5")
+    page.locator("#generate").click()
+
+    page.locator("#keep-2").wait_for()
+    audio_shown(page, 1, "0:02")
+    audio_shown(page, 2, "0:02")
+    assert result_duration(page, 2) == pytest.approx(2.0, abs=0.15)
+    for k, seed in ((1, 5), (2, 6)):  # candidate k was drawn from seed + k - 1
+        label = f"Candidate {k} · seed {seed}"
+        assert label_of(page, f"#result-{k}") == label_of(page, f"#audio-{k}") == label
+    first, second = (page.locator(f"#candidate-{k}").bounding_box() for k in (1, 2))
+    assert abs(first["y"] - second["y"]) < 2 and second["x"] >= first["x"] + first["width"]  # side by side
+
+    page.locator("#keep-2").click()
+    page.locator("#kept-list", has_text="dog barking · seed 6 · 2.00 s of clip.mp4").wait_for()
+    page.wait_for_function("() => document.querySelectorAll('#kept-files a').length === 3")
+    urls = page.locator("#kept-files a").evaluate_all("(as) => as.map(a => a.href)")
+    assert sorted(Path(u.split("?")[0]).suffix for u in urls) == [".flac", ".mp4", ".wav"]
+    wav = next(u for u in urls if u.split("?")[0].endswith(".wav"))
+    assert page.request.get(wav).body()[:4] == b"RIFF"
+
+    page.locator("#keep-2").click()
+    page.locator(".toast-body", has_text="Already kept").wait_for()  # one take, kept once
+    page.locator("#use-seed-2").click()
+    page.locator(".toast-body", has_text="Seed 6, one candidate").wait_for()
+    page.wait_for_function("() => document.querySelector('#seed input').value === '6'")
+    assert page.get_by_label("number input for Candidates").input_value() == "1"
+    assert page.locator("#candidate-2").is_visible()  # the candidate stays on show until the next run
+    page.locator("#generate").click()  # candidate 2 again, alone
+    page.wait_for_function("() => document.querySelector('#info textarea').value.startsWith('seed 6 ')")
+    page.locator("#audio-1 [data-testid='block-label']", has_text="Result · seed 6").wait_for()
+    page.locator("#candidate-2").wait_for(state="hidden")
+
+    # The first run comes back from the list of earlier results, both candidates.
+    page.locator("#history input").click()
+    page.get_by_role("option", name=re.compile(r"^1\. dog barking · seed 5")).click()
+    page.wait_for_function("() => document.querySelector('#info textarea').value.startsWith('seed 5 ')")
+    page.locator("#audio-2 [data-testid='block-label']", has_text="Candidate 2 · seed 6").wait_for()
+    assert result_duration(page, 2) == pytest.approx(2.0, abs=0.15)
+    audio_shown(page, 2, "0:02")
+
+
+def test_a_phone_sized_page_makes_sound_from_the_prompt_alone(browser, app_server, tmp_path):
+    width = 390
+    context = browser.new_context(viewport={"width": width, "height": 844}, is_mobile=True, has_touch=True)
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(app_server.url)
+    page.wait_for_selector("#generate")
+
+    def fits() -> None:
+        # nothing to scroll sideways
+        assert page.evaluate("() => document.scrollingElement.scrollWidth <= innerWidth")
+        for selector in ("#source", "#prompt", "#generate", "#candidate-1", "#audio-1", "#info"):
+            box = page.locator(selector).bounding_box()
+            assert box is not None and box["width"] > 0 and box["height"] > 0, selector
+            assert box["x"] >= 0 and box["x"] + box["width"] <= width, selector
+
+    fits()
+    page.locator("#prompt textarea").fill("rain on a tin roof")
+    page.locator("#generate").tap()  # Source: Video, and no video
+    page.locator(".toast-body", has_text="Upload a video first").wait_for()
+    page.get_by_label("Prompt only").check()
+    page.locator("#prompt-only-note").wait_for()
+    page.locator("#input-video").wait_for(state="hidden")
+    assert page.get_by_label("number input for Duration (s)").input_value() == "8"  # Prompt only's start
+    set_number(page, "Duration (s)", 0)
+    page.locator("#generate").tap()
+    page.locator(".toast-body", has_text="set Duration above 0").wait_for()
+    set_number(page, "Duration (s)", 2)
+    set_number(page, "Steps", 3)
+    set_number(page, "Candidates", 2)
+    page.locator("#generate").tap()
+
+    audio_shown(page, 1, "0:02")
+    audio_shown(page, 2, "0:02")
+    page.wait_for_function(
+        "() => document.querySelector('#info textarea').value.includes('2.00 s from the prompt alone')"
+    )
+    assert label_of(page, "#audio-1").startswith("Candidate 1 · seed ")
+    assert page.locator("#result-1").is_hidden()  # no video to show
+    first, second = (page.locator(f"#candidate-{k}").bounding_box() for k in (1, 2))
+    assert second["y"] >= first["y"] + first["height"] - 1  # one column: the second card below the first
+    page.locator("#audio-1").scroll_into_view_if_needed()
+    box = page.locator("#audio-1").bounding_box()
+    assert box["y"] >= 0 and box["y"] + box["height"] <= 844  # on screen once scrolled to
+    fits()
+    page.screenshot(path=str(tmp_path / "phone.png"), full_page=True)
+    context.close()
+
+
+def test_a_30_second_clip_gets_sound_as_long_as_itself(page, tmp_path):
+    clip = make_video(tmp_path / "clip30.mp4", seconds=30.0, gop=25)
+    upload(page, clip)
+    page.locator("#prompt textarea").fill("dog barking")
+    set_number(page, "Steps", 2)
+    page.locator("#generate").click()
+
+    assert result_duration(page) == pytest.approx(30.0, abs=0.04)  # the mp4 the browser plays
+    audio_shown(page, 1, "0:30")
+    wav = page.locator("#audio-1 a[download$='.wav']").get_attribute("href")
+    with wave.open(io.BytesIO(page.request.get(wav).body())) as w:
+        assert w.getnframes() / w.getframerate() == pytest.approx(30.0, abs=0.04)
+    assert "30.00 s from 0.00 s" in page.locator("#info textarea").input_value()
+
+
 def test_an_example_fills_the_inputs_and_shows_its_cached_result(page):
+    page.get_by_label("Prompt only").check()
+    page.locator("#input-video").wait_for(state="hidden")
     label = "dog_and_car: car engine passing by"
     page.get_by_role("button", name=label).click()
+    page.locator("#input-video video").wait_for()  # back to Source: Video, with the example's clip
+    assert page.get_by_label("Video", exact=True).is_checked()
     assert result_duration(page) == pytest.approx(5.0, abs=0.15)  # generated on first use, then cached
     assert page.locator("#prompt textarea").input_value() == "car engine passing by"
     assert page.locator("#negative-prompt textarea").input_value() == "dog barking"

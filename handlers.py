@@ -1,0 +1,311 @@
+"""SelVA Studio's request handlers: widget values in, files and text out, every failure a `gr.Error`.
+
+`Studio` holds the handlers behind the page and the `/generate` and `/stems`
+endpoints (testable without a browser); the requests themselves run in a
+`selva.serving.GenerationService`. `user_errors` turns what goes wrong into a
+message a visitor can act on. `check_source` is the page's own rule for its
+Source choice, checked before `/generate` runs. Importing this module loads no
+model and no torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+import stems_ui
+from selva import spec
+from selva.serving import (
+    MAX_CANDIDATES,
+    GenerationService,
+    OutputStore,
+    PipelineSlot,
+    dtype_name,
+    parse_request,
+)
+from selva.spec import GenerationCancelled, InputError, SelvaError, is_out_of_memory
+from selva.stems import stems_from_form
+
+try:  # Hugging Face ZeroGPU; the package is absent (or a no-op) everywhere else
+    import spaces
+except ImportError:
+    spaces = None
+
+log = logging.getLogger("selva.app")
+
+EXAMPLE_SEED = 2025  # cached examples are reproducible
+ZEROGPU_SECONDS = 120  # the longest a ZeroGPU call may hold the GPU (an 8 s clip takes ~10 s on an A100)
+SOURCE_VIDEO, SOURCE_PROMPT = "video", "prompt"  # the page's Source choice: sound for a video, or from text
+
+
+def _on_gpu(fn: Callable) -> Callable:
+    """`spaces.GPU` where the `spaces` package is importable (ZeroGPU), otherwise `fn` itself."""
+    if spaces is None:
+        return fn
+    return spaces.GPU(duration=ZEROGPU_SECONDS)(fn)
+
+
+class Studio:
+    """The request handlers behind the UI (testable without a browser).
+
+    Widget values go in, our errors come out as `gr.Error`; the requests themselves
+    run in a `selva.serving.GenerationService`.
+    """
+
+    def __init__(self, slot: PipelineSlot, outputs: OutputStore | None = None):
+        self.slot = slot
+        self.service = GenerationService(slot, outputs, on_gpu=_on_gpu)
+
+    def generate(
+        self,
+        video: str | None,
+        prompt: str | None,
+        negative_prompt: str | None,
+        steps: float,
+        cfg_strength: float,
+        seed: float,
+        duration: float | None,
+        start: float | None,
+        variant: str | None,
+        num_samples: float,
+        original_audio_gain: float | None = 0.0,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 (gradio injects it: the default marks the parameter)
+        request: gr.Request | None = None,
+    ) -> tuple[Any, ...]:
+        """Generate audio for a video that follows the prompted source, or from the prompt alone.
+
+        Args:
+            video: the video file (mp4, mov, webm...); none, with a duration above 0, makes sound from
+                the prompt alone.
+            prompt: the sound to make; also picks which visible source it follows, e.g. "dog barking".
+            negative_prompt: a sound to steer away from, e.g. "wind noise" (may be empty).
+            steps: flow steps, 1-100 (25 is typical).
+            cfg_strength: guidance, 1-10 (4.5 is typical).
+            seed: -1 for random; the seed used is in the info line.
+            duration: seconds to sonify; 0 = the rest of the clip (past 8 s in overlapping 8 s
+                windows); without a video, the seconds of sound to make.
+            start: where the span begins, in seconds.
+            variant: model variant name, or empty for the server's.
+            num_samples: candidates, 1-4; candidate k is drawn from seed + k.
+            original_audio_gain: the video's own soundtrack under the new audio, 0-2 (0 replaces it).
+
+        Returns one mp4 path per candidate (None for unused players, and for every one when the
+        sound comes from the prompt alone), the FLAC and WAV files (per candidate), the info line,
+        and the `GenerationResult` (kept in the page, not sent to API callers).
+        """
+        with user_errors(_upload_dirs(video)):
+            req = parse_request(
+                video,
+                prompt,
+                negative_prompt,
+                steps,
+                cfg_strength,
+                seed,
+                duration,
+                start,
+                variant,
+                num_samples,
+                max_duration=self.slot.max_duration,
+            )
+            gain = spec.ORIGINAL_AUDIO_GAIN.check(float(original_audio_gain or 0.0), by_label=True)
+            result = self.service.run(
+                req, progress, session=_session(request), original_audio_gain=gain or None
+            )
+        # Plain paths (None for unused players), so API callers get files, not component updates;
+        # the page's labels, audio players and history follow from the result (results_ui.present).
+        videos = [*result.videos, *[None] * (MAX_CANDIDATES - len(result.videos))]
+        return (*videos, list(result.audio_files), result.info, result)
+
+    def generate_example(
+        self,
+        video: str,
+        prompt: str,
+        negative_prompt: str,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008
+        request: gr.Request | None = None,
+    ) -> tuple[Any, ...]:
+        """Examples: default settings, the start-up variant and a fixed seed, so the cache is reproducible.
+
+        Returns the video, its audio (for the waveform player), the audio files and the info line.
+        """
+        with user_errors(_upload_dirs(video)):
+            req = spec.GenerationRequest(
+                video, prompt, negative_prompt or "", seed=EXAMPLE_SEED, variant=self.slot.default_variant
+            ).checked(max_duration=self.slot.max_duration)
+            result = self.service.run(req, progress, session=_session(request))
+        return result.videos[0], result.candidate_audio(0)[1], list(result.audio_files), result.info
+
+    def generate_stems(
+        self,
+        video: str | None,
+        prompt_1: str | None,
+        negative_1: str | None,
+        gain_1: float | None,
+        prompt_2: str | None,
+        negative_2: str | None,
+        gain_2: float | None,
+        prompt_3: str | None,
+        negative_3: str | None,
+        gain_3: float | None,
+        prompt_4: str | None,
+        negative_4: str | None,
+        gain_4: float | None,
+        steps: float,
+        cfg_strength: float,
+        seed: float,
+        duration: float | None,
+        start: float | None,
+        variant: str | None,
+        original_audio_gain: float | None = 0.0,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008
+        request: gr.Request | None = None,
+    ) -> tuple[Any, ...]:
+        """Generate up to 4 sounds for one video, one per prompt, and their mix (the `/stems` API).
+
+        Each stem follows the source its prompt names; stem k uses seed + k. Stems
+        with an empty prompt are skipped. The mix is the sum of the stems at their
+        gains (0-2) plus the original soundtrack at original_audio_gain, scaled down
+        if it would clip.
+
+        Args:
+            video: the video file.
+            prompt_1: the first stem's sound, e.g. "dog barking" (required).
+            negative_1: a sound the first stem steers away from (may be empty).
+            gain_1: the first stem's level in the mix, 0-2.
+            prompt_2: the second stem's sound (empty: none).
+            negative_2: its negative prompt.
+            gain_2: its level.
+            prompt_3: the third stem's sound (empty: none).
+            negative_3: its negative prompt.
+            gain_3: its level.
+            prompt_4: the fourth stem's sound (empty: none).
+            negative_4: its negative prompt.
+            gain_4: its level.
+            steps: flow steps, 1-100.
+            cfg_strength: guidance, 1-10.
+            seed: -1 for random; stem k uses seed + k.
+            duration: seconds to sonify; 0 = automatic.
+            start: where the span begins, in seconds.
+            variant: model variant name, or empty for the server's.
+            original_audio_gain: the video's own soundtrack in the mix, 0-2.
+
+        Returns the mixed mp4, the multi-track mp4 (mix + one track per stem), the mix
+        FLAC, one FLAC per stem (None for unused ones) and the info line with the seeds.
+        """
+        rows = [
+            (prompt_1, negative_1, gain_1),
+            (prompt_2, negative_2, gain_2),
+            (prompt_3, negative_3, gain_3),
+            (prompt_4, negative_4, gain_4),
+        ]
+        with user_errors(_upload_dirs(video)):
+            if not video:  # the form's rule would take no video and a Duration for sound from text alone
+                raise InputError(
+                    "Stems need a video: upload one (Source: Video); each stem follows its own source in it."
+                )
+            stems = stems_from_form(rows)
+            # The first stem's prompt only passes the form check: each stem brings its own.
+            base = parse_request(
+                video, stems[0].prompt, "", steps, cfg_strength, seed, duration, start, variant, 1,
+                max_duration=self.slot.max_duration,
+            )  # fmt: skip
+            gain = spec.ORIGINAL_AUDIO_GAIN.check(float(original_audio_gain or 0.0), by_label=True)
+            result = self.service.run_stems(
+                base, stems, progress, session=_session(request), original_audio_gain=gain
+            )
+        return stems_ui.stems_outputs(result)[:-1] + (result,)
+
+    def cancel(self, request: gr.Request | None = None) -> None:
+        if self.slot.cancel(_session(request)):
+            gr.Info("Cancelling after the current step...")
+
+    def describe(self, variant: str | None) -> str:
+        """The model status line under the variant picker."""
+        variant = variant or self.slot.default_variant
+        pipe = self.slot.pipe
+        if pipe is not None and pipe.variant.name == variant:
+            return f"`{variant}` is loaded on {pipe.device} ({dtype_name(pipe.dtype)})."
+        if pipe is not None:
+            resident = pipe.variant.name
+            return f"`{variant}` loads on the next Generate, replacing `{resident}` (one model at a time)."
+        return f"`{variant}` loads on the first Generate."
+
+
+@contextmanager
+def user_errors(private_dirs: Sequence[str | Path] = ()) -> Iterator[None]:
+    """Turn every failure into a `gr.Error` with a message a user can act on; never a stack trace.
+
+    Our own errors carry that message already (server folders in `private_dirs`,
+    such as the upload folder, are cut out of it); out-of-memory gets advice;
+    anything else is logged with its traceback on the server and reported in one line.
+    """
+    try:
+        yield
+    except gr.Error:
+        raise
+    except SelvaError as exc:
+        if isinstance(exc, GenerationCancelled):
+            log.info("generation cancelled by the user")
+            raise gr.Error("Generation cancelled.", title="Cancelled", print_exception=False) from None
+        message = str(exc)
+        for folder in private_dirs:
+            message = message.replace(str(folder).rstrip("/\\") + os.sep, "")
+        raise gr.Error(message, print_exception=False) from None
+    except Exception as exc:
+        if is_out_of_memory(exc):
+            log.warning("out of memory: %s", exc)
+            raise gr.Error(
+                "Out of GPU memory. Try a shorter duration or fewer candidates; the person running the "
+                "app can also start it with --offload offload_to_cpu or --precision bf16.",
+                print_exception=False,
+            ) from None
+        log.error("generation failed", exc_info=exc)
+        raise gr.Error(
+            f"Something went wrong on our side ({type(exc).__name__}); the details are in the server log. "
+            "Please try again, or report it with the info line of your last result.",
+            print_exception=False,
+        ) from None
+
+
+def check_source(source: str | None, video: str | None, duration: float | None) -> Any:
+    """The page's Source choice against its inputs, before `/generate` runs; returns the Video box's value.
+
+    The API's own rule (no video and a Duration above 0: sound from the prompt
+    alone) would make a visitor who forgot the upload a clip of text-only sound;
+    the page asks instead. With Prompt only, a video left in the hidden box (an
+    example's, say) is not sent.
+    """
+    if source == SOURCE_PROMPT:
+        if not duration or float(duration) <= 0:
+            raise gr.Error(
+                "Prompt only makes as many seconds of sound as Duration says: set Duration above 0 "
+                "(8 s is SelVA's training length).",
+                title="Duration needed",
+                print_exception=False,
+            )
+        return None
+    if not video:
+        raise gr.Error(
+            "Upload a video first: drop a clip (mp4, mov, webm...) on the Video box, "
+            "or choose Source: Prompt only to make sound from the prompt alone.",
+            title="No video",
+            print_exception=False,
+        )
+    return gr.update()
+
+
+def _upload_dirs(video: str | None) -> list[str]:
+    """The server folder an upload sits in: messages name the file, not where the server keeps it."""
+    if not video:
+        return []
+    return list({str(Path(video).parent), str(Path(video).resolve().parent)})
+
+
+def _session(request: gr.Request | None) -> str:
+    return getattr(request, "session_hash", None) or "local"

@@ -1,0 +1,141 @@
+"""What a generation reports while it runs and after: progress bar text and the info line.
+
+`ProgressReport` turns the pipeline's stage and step callbacks into
+`progress(fraction, desc=...)` calls (the shape of gradio's `gr.Progress`, which
+nothing here imports); `StemsProgress` does the same over several stems;
+`info_line` is the one line a user reads (and pastes into a bug report) after a
+run. No torch at module level: front ends import this without loading a model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+    from selva.outputs import SelvaOutput
+    from selva.pipeline import SelvaPipeline
+
+ProgressFn = Callable[..., object]  # called as progress(fraction, desc=...), as gradio's gr.Progress is
+
+
+class ProgressReport:
+    """The pipeline's stage and step callbacks as `progress(fraction, desc=...)` calls (gradio's shape)."""
+
+    # Where each stage starts on the bar, and what the user reads meanwhile.
+    STAGES = {
+        "probe": (0.0, "Reading video"),
+        "text": (0.05, "Encoding prompts"),
+        "decode": (0.1, "Decoding video"),
+        "text_synch": (0.15, "TextSynch: following the prompted motion"),
+        "flow": (0.2, "Generating"),
+        "vae": (0.9, "Decoding audio"),
+        "vocoder": (0.95, "Vocoding"),
+    }
+    FLOW_SHARE = 0.7  # of the bar, from the flow's start to the VAE's
+
+    def __init__(self, progress: ProgressFn | None, steps: int):
+        self.progress = progress
+        self.steps = steps
+
+    def stage(self, name: str) -> None:
+        if self.progress is not None and name in self.STAGES:
+            fraction, desc = self.STAGES[name]
+            self.progress(fraction, desc=desc)
+
+    def finish(self) -> None:
+        if self.progress is not None:
+            self.progress(1.0, desc="Done")
+
+    def step(self, pipe: object, index: int, t: float, state: dict) -> None:
+        """One flow step done; past 8 s also which window (batch of windows) of how many runs.
+
+        Windows run batched, so one flow pass may carry several windows at once:
+        the bar then names the first window of the pass ("windows 1-3/12").
+        """
+        if self.progress is None:
+            return
+        done = index + 1
+        passes, number = state.get("passes", 1), state.get("pass", 0)
+        overall = (number * self.steps + done) / (passes * self.steps)
+        fraction = self.STAGES["flow"][0] + self.FLOW_SHARE * overall
+        where = ""
+        windows = state.get("windows", 1)
+        if windows > 1:
+            first = state["window"] + 1
+            last = first + state.get("window_count", 1) - 1
+            span = f"window {first}/{windows}" if last == first else f"windows {first}-{last}/{windows}"
+            where = f"{span}, "
+        self.progress(fraction, desc=f"Generating: {where}step {done}/{self.steps}")
+
+
+class StemsProgress(ProgressReport):
+    """`ProgressReport` over several stems: stem k of n fills the k-th n-th of the bar."""
+
+    def __init__(self, progress: ProgressFn | None, steps: int):
+        super().__init__(self._scaled if progress is not None else None, steps)
+        self.outer = progress
+        self.index, self.count = 0, 1
+
+    def begin(self, index: int, count: int) -> None:
+        self.index, self.count = index, count
+
+    def _scaled(self, fraction: float, desc: str = "") -> None:
+        assert self.outer is not None
+        if fraction >= 1.0:
+            self.outer(1.0, desc=desc)
+            return
+        label = f"Stem {self.index + 1}/{self.count}: {desc}"
+        self.outer((self.index + fraction) / self.count, desc=label)
+
+
+_STAGES = {
+    "probe": "probe",
+    "text": "prompts",
+    "decode": "video decode",
+    "text_synch": "TextSynch",
+    "flow": "flow",
+    "vae": "VAE",
+    "vocoder": "vocoder",
+}
+
+
+def info_line(out: SelvaOutput, pipe: SelvaPipeline, load_seconds: float = 0.0) -> str:
+    """Seed, span, device and seconds per stage, in one line a user can paste into a bug report."""
+    timings = out.timings
+    stages = []
+    for key, label in _STAGES.items():
+        if key in timings:
+            extra = (
+                f" ({timings['flow_per_step']:.2f} s/step)"
+                if key == "flow" and "flow_per_step" in timings
+                else ""
+            )
+            stages.append(f"{label} {timings[key]:.2f} s{extra}")
+    stages += [
+        f"{k} {v:.2f} s"
+        for k, v in timings.items()
+        if k not in _STAGES and k not in ("total", "flow_per_step")
+    ]
+    total = timings.get("total", sum(timings.get(k, 0.0) for k in _STAGES))
+    candidates = out.audio.shape[0]
+    span = f"from {out.start:.2f} s" if out.video is not None else "from the prompt alone"
+    parts = [
+        f"seed {out.seed}",
+        f"{out.duration:.2f} s {span}",
+        f"{candidates} candidate{'s' if candidates > 1 else ''} at {out.sample_rate / 1000:g} kHz",
+        f"{pipe.variant.name} on {pipe.device} ({dtype_name(pipe.dtype)})",
+        ", ".join(stages) + f"; total {total:.2f} s",
+    ]
+    if load_seconds:
+        parts.append(f"model loaded in {load_seconds:.1f} s")
+    return " · ".join(parts)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """bf16, fp16 or fp32: the names the command lines take."""
+    return {"torch.bfloat16": "bf16", "torch.float16": "fp16", "torch.float32": "fp32"}.get(
+        str(dtype), str(dtype)
+    )
