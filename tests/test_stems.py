@@ -57,6 +57,8 @@ def test_form_rows_skip_empty_prompts_and_check_gains():
         stems_from_form([("", "", 1.0)])
     with pytest.raises(InputError, match="1 to 4 stems"):
         generate_stems(None, GenerationRequest("v.mp4", ""), [Stem("a")] * 5)
+    with pytest.raises(InputError, match="stems follow sources in a video"):
+        generate_stems(None, GenerationRequest(None, "", duration=1.0), [Stem("a")])
 
 
 def test_stems_end_to_end(app_pipe, clip, tmp_path):
