@@ -162,6 +162,28 @@ def test_stems_handler_history_and_recall(app_pipe, clip_with_sound):
         studio.generate_stems(str(clip_with_sound), *[""] * 12, 2, 4.5, 1, 0, 0, None, 0, progress=None)
 
 
+def test_rows_stay_within_one_to_four_and_a_removed_row_is_reset():
+    import stems_ui
+
+    def shown(count: int, delta: int) -> tuple:
+        count, *rest = stems_ui.resize(count, delta)
+        rows, (add, remove), fields = rest[:4], rest[4:6], rest[6:]
+        prompts, negatives, gains = fields[:4], fields[4:8], fields[8:]
+        return count, [r["visible"] for r in rows], (add["interactive"], remove["interactive"]), (
+            prompts, negatives, gains
+        )
+
+    count, rows, buttons, _ = shown(2, 1)
+    assert count == 3 and rows == [True, True, True, False] and buttons == (True, True)
+    count, rows, buttons, _ = shown(4, 1)  # four at most: Add is disabled
+    assert count == 4 and rows == [True] * 4 and buttons == (False, True)
+    count, rows, buttons, (prompts, negatives, gains) = shown(2, -1)  # one at least: Remove is disabled
+    assert count == 1 and rows == [True, False, False, False] and buttons == (True, False)
+    # Kept rows are left as typed (no value in the update); hidden ones are emptied and back at gain 1.
+    assert "value" not in prompts[0] and prompts[1:] == ["", "", ""]
+    assert negatives[1:] == ["", "", ""] and gains[1:] == [1.0, 1.0, 1.0]
+
+
 def test_stems_endpoint_from_gradio_client(app_server, clip):
     from gradio_client import Client, handle_file
 
