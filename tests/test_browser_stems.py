@@ -90,10 +90,14 @@ def fill_stems(page, rows: list[tuple[str, str, float]]) -> None:
         set_number(page, f"#stem-gain-{k} input[type=number]", gain)
 
 
-def generate_stems(page, seed: int) -> str:
-    """Click Generate stems and wait for the info line of the run with `seed`; returns it."""
+def generate_stems(page, seed: int, *, enter: bool = False) -> str:
+    """Click Generate stems (or press Enter in stem 1's prompt) and wait for the info line of the
+    run with `seed`; returns it."""
     set_number(page, "#seed input", seed)
-    page.locator("#generate-stems").click()
+    if enter:
+        page.locator("#stem-prompt-1 textarea").press("Enter")
+    else:
+        page.locator("#generate-stems").click()
     handle = page.wait_for_function(
         """(seed) => {
             const v = document.querySelector('#stems-info textarea').value;
@@ -242,7 +246,7 @@ def test_generate_stems_shows_a_labelled_waveform_player_per_stem_and_the_mix(pa
 
 def test_earlier_results_are_listed_and_recalled(page, first_run):
     fill_stems(page, [("church bell", "", 1.0)])
-    info = generate_stems(page, 20)
+    info = generate_stems(page, 20, enter=True)  # Enter in a stem prompt runs the stems too
     assert "1. 'church bell' seed 20" in info and "seed 21" not in info
     page.locator("#stem-audio-2").wait_for(state="hidden")  # one stem now
     expect_label(page, "#stem-audio-1", "Stem 1: church bell (seed 20)")
