@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from app import Studio
 
 HISTORY_SIZE = 20  # earlier stems results kept per browser session (their files live ~1 h)
+DEFAULT_ROWS = 2  # stem rows shown before Add stem
+PLACEHOLDERS = ("dog barking", "car engine", "rain on a window", "footsteps")
 
 
 def stems_outputs(result: StemsResult | None) -> tuple[Any, ...]:
@@ -74,23 +76,48 @@ def recall(history: list[StemsResult] | None, index: int | None) -> tuple[Any, .
 
 
 def stems_accordion() -> dict[str, Any]:
-    """The stems editor and its players: up to MAX_STEMS rows of prompt, negative prompt and gain."""
+    """The stems editor and its players: up to MAX_STEMS rows of prompt, negative prompt and gain.
+
+    Every widget a test or a user's script may need to find has an elem_id: `stem-row-K`,
+    `stem-prompt-K`, `stem-negative-K`, `stem-gain-K`, `stem-audio-K` (K from 1),
+    `stems-add`, `stems-remove`, `generate-stems`, `stems-cancel`, `stems-history`,
+    `stems-mix`, `stems-tracks`, `stems-mix-audio` and `stems-info`.
+    """
     ui: dict[str, Any] = {"rows": [], "prompts": [], "negatives": [], "gains": [], "players": []}
     with gr.Accordion("Stems: several sources at once", open=False, elem_id="stems"):
         gr.Markdown(
             "One sound per prompt on the same span, each following its own source, and their mix. "
             "Uses the video and the settings above; stem k gets seed + k."
         )
+        # Two columns side by side on a wide screen; under ~600 px they wrap into one (min_width),
+        # and each stem row wraps too: the prompt on its own line, the negative and the gain below.
         with gr.Row(equal_height=False):
-            with gr.Column(scale=1, min_width=300):
+            with gr.Column(scale=1, min_width=280):
                 for k in range(spec.MAX_STEMS):
-                    with gr.Row(visible=k < 2) as row:
+                    with gr.Row(visible=k < DEFAULT_ROWS, elem_id=f"stem-row-{k + 1}") as row:
+                        # An empty value is a default, so MCP and API callers may leave a field out;
+                        # the first stem's prompt has none: the one field a caller must give.
                         ui["prompts"].append(
                             gr.Textbox(
-                                label=f"Stem {k + 1} prompt", max_lines=2, elem_id=f"stem-prompt-{k + 1}"
+                                value=None if k == 0 else "",
+                                label=f"Stem {k + 1} prompt",
+                                placeholder=PLACEHOLDERS[k],
+                                max_lines=2,
+                                scale=2,
+                                min_width=200,
+                                elem_id=f"stem-prompt-{k + 1}",
                             )
                         )
-                        ui["negatives"].append(gr.Textbox(label="Negative", max_lines=2))
+                        ui["negatives"].append(
+                            gr.Textbox(
+                                value="",
+                                label="Negative",
+                                max_lines=2,
+                                scale=1,
+                                min_width=140,
+                                elem_id=f"stem-negative-{k + 1}",
+                            )
+                        )
                         ui["gains"].append(
                             gr.Slider(
                                 spec.STEM_GAIN.minimum,
@@ -98,25 +125,49 @@ def stems_accordion() -> dict[str, Any]:
                                 value=spec.STEM_GAIN.default,
                                 step=0.05,
                                 label=spec.STEM_GAIN.label,
-                                min_width=120,
+                                min_width=140,
+                                elem_id=f"stem-gain-{k + 1}",
                             )
                         )
                     ui["rows"].append(row)
-                ui["count"] = gr.State(2)
+                ui["count"] = gr.State(DEFAULT_ROWS)
                 with gr.Row():
-                    ui["add"] = gr.Button("Add stem", size="sm")
-                    ui["remove"] = gr.Button("Remove stem", size="sm")
-                ui["run"] = gr.Button("Generate stems", variant="primary", elem_id="generate-stems")
+                    ui["add"] = gr.Button("Add stem", size="sm", min_width=120, elem_id="stems-add")
+                    ui["remove"] = gr.Button("Remove stem", size="sm", min_width=120, elem_id="stems-remove")
+                with gr.Row():
+                    ui["run"] = gr.Button(
+                        "Generate stems", variant="primary", scale=3, min_width=160, elem_id="generate-stems"
+                    )
+                    ui["cancel"] = gr.Button(
+                        "Cancel", variant="stop", scale=1, min_width=80, elem_id="stems-cancel"
+                    )
                 ui["history"] = gr.Dropdown(
-                    choices=[], value=None, label="Earlier results (this session)", interactive=True
+                    choices=[],
+                    value=None,
+                    label="Earlier results (this session)",
+                    info="Pick one to play it again; the newest is first.",
+                    interactive=True,
+                    elem_id="stems-history",
                 )
-            with gr.Column(scale=1, min_width=300):
+            with gr.Column(scale=1, min_width=280):
                 ui["mix_video"] = gr.Video(label="Mix", interactive=False, height=260, elem_id="stems-mix")
-                ui["tracks"] = gr.File(label="Multi-track mp4 (mix + one track per stem)", interactive=False)
-                ui["mix_audio"] = gr.Audio(label="Mix audio", type="filepath", interactive=False)
+                ui["tracks"] = gr.File(
+                    label="Multi-track mp4 (mix + one track per stem)",
+                    interactive=False,
+                    elem_id="stems-tracks",
+                )
+                ui["mix_audio"] = gr.Audio(
+                    label="Mix audio", type="filepath", interactive=False, elem_id="stems-mix-audio"
+                )
                 for k in range(spec.MAX_STEMS):
                     ui["players"].append(
-                        gr.Audio(label=f"Stem {k + 1}", type="filepath", interactive=False, visible=k < 2)
+                        gr.Audio(
+                            label=f"Stem {k + 1}",
+                            type="filepath",
+                            interactive=False,
+                            visible=k < DEFAULT_ROWS,
+                            elem_id=f"stem-audio-{k + 1}",
+                        )
                     )
                 ui["info"] = gr.Textbox(label="Stems info", interactive=False, lines=2, elem_id="stems-info")
         ui["result"] = gr.State(None)
@@ -124,27 +175,39 @@ def stems_accordion() -> dict[str, Any]:
     return ui
 
 
-def wire_stems(studio: Studio, ui: dict[str, Any], video: list, settings: list) -> None:
-    """The stems editor's events: add/remove rows, Generate stems (`/stems`), earlier results."""
-    rows, prompts = ui["rows"], ui["prompts"]
+def resize(count: int, delta: int) -> tuple[Any, ...]:
+    """Show `count + delta` rows (1 to MAX_STEMS): the count, each row, Add and Remove, then each
+    row's prompt, negative and gain (a removed row's are reset).
 
-    def resize(count: int, delta: int) -> tuple[Any, ...]:
-        count = max(1, min(spec.MAX_STEMS, int(count) + delta))
-        # A removed row's prompt is emptied: hidden rows still send their values, and empty ones are skipped.
-        cleared = [gr.update() if k < count else "" for k in range(spec.MAX_STEMS)]
-        return (count, *[gr.update(visible=k < count) for k in range(spec.MAX_STEMS)], *cleared)
+    Hidden rows still send their values and rows with an empty prompt are skipped, so emptying a
+    removed row's prompt is what takes it out of the next run; its negative and gain go back to
+    their defaults so that adding the row again starts it afresh.
+    """
+    count = max(1, min(spec.MAX_STEMS, int(count) + delta))
+    rows = [gr.update(visible=k < count) for k in range(spec.MAX_STEMS)]
+    buttons = [gr.update(interactive=count < spec.MAX_STEMS), gr.update(interactive=count > 1)]
+    kept, gain = gr.update(), spec.STEM_GAIN.default
+    fields = [(kept, kept, kept) if k < count else ("", "", gain) for k in range(spec.MAX_STEMS)]
+    return (count, *rows, *buttons, *[f[0] for f in fields], *[f[1] for f in fields], *[f[2] for f in fields])
+
+
+def wire_stems(studio: Studio, ui: dict[str, Any], video: list, settings: list) -> None:
+    """The stems editor's events: add/remove rows, Generate stems (`/stems`), Cancel, earlier results."""
+    rows, prompts, negatives, gains = ui["rows"], ui["prompts"], ui["negatives"], ui["gains"]
 
     for button, delta in ((ui["add"], 1), (ui["remove"], -1)):
         button.click(
             lambda c, d=delta: resize(c, d),
             ui["count"],
-            [ui["count"], *rows, *prompts],
+            [ui["count"], *rows, ui["add"], ui["remove"], *prompts, *negatives, *gains],
             queue=False,
             api_visibility="private",
         )
-    stem_inputs = [x for k in range(spec.MAX_STEMS) for x in (prompts[k], ui["negatives"][k], ui["gains"][k])]
+    stem_inputs = [x for k in range(spec.MAX_STEMS) for x in (prompts[k], negatives[k], gains[k])]
     outputs = [ui["mix_video"], ui["tracks"], ui["mix_audio"], *ui["players"], ui["info"]]
-    event = ui["run"].click(
+    # Enter in a stem prompt runs the stems too, as Enter in the main prompt runs Generate.
+    event = gr.on(
+        [ui["run"].click, *[p.submit for p in prompts]],
         studio.generate_stems,
         inputs=[*video, *stem_inputs, *settings],
         outputs=[*outputs, ui["result"]],
@@ -154,6 +217,9 @@ def wire_stems(studio: Studio, ui: dict[str, Any], video: list, settings: list) 
         concurrency_id="gpu",
         show_progress_on=ui["mix_video"],
     )
+    # As the main Cancel: `cancels` drops the queued event, studio.cancel stops the running job
+    # between flow steps (the job is registered under the session, whichever button started it).
+    ui["cancel"].click(studio.cancel, None, None, cancels=[event], queue=False, api_visibility="private")
     served = [ui["mix_video"], ui["tracks"], ui["mix_audio"], *ui["players"]]
     event.success(
         remember,
@@ -163,3 +229,37 @@ def wire_stems(studio: Studio, ui: dict[str, Any], video: list, settings: list) 
         api_visibility="private",
     )
     ui["history"].input(recall, [ui["past"], ui["history"]], outputs, queue=False, api_visibility="private")
+    fix_gradio_mcp_results()
+
+
+# -- MCP ----------------------------------------------------------------------------------------------
+
+
+def fix_gradio_mcp_results() -> None:
+    """Make gradio's MCP tools return every output of a multi-output endpoint (idempotent).
+
+    Without a progress token in the call (many MCP clients send none), gradio's MCP
+    server (`GradioMCPServer._execute_tool_without_progress`, gradio 6.x) hands back
+    `[job.result()]`: for `/generate` and `/stems`, whose results are tuples of
+    several outputs, the tool then fails ("pop index out of range", as it drops the
+    gr.State output by position) instead of listing the files. The call with a
+    progress token gets the outputs as a list already; this makes the other path do
+    the same and leaves a list that a fixed gradio returns untouched.
+    """
+    try:
+        from gradio.mcp import GradioMCPServer
+    except ImportError:  # a gradio without MCP support: nothing to fix
+        return
+    original = getattr(GradioMCPServer, "_execute_tool_without_progress", None)
+    if original is None or getattr(original, "selva_fixed", False):
+        return
+
+    async def execute(self: Any, job: Any) -> list[Any]:
+        data = await original(self, job)
+        # gradio_client gives a multi-output result as a tuple (one output comes alone, never as one).
+        if isinstance(data, list) and len(data) == 1 and isinstance(data[0], tuple):
+            return list(data[0])
+        return data
+
+    execute.selva_fixed = True  # type: ignore[attr-defined]
+    GradioMCPServer._execute_tool_without_progress = execute

@@ -142,14 +142,18 @@ def generate_stems(
 
     stems = check_stems(stems)
     ORIGINAL_AUDIO_GAIN.check(original_audio_gain)
+    if base.video is None:
+        # Each stem follows its own source in the picture, and the mix and tracks are mp4s of the span.
+        raise InputError(
+            "stems follow sources in a video: upload one first (sound from text alone takes a single prompt)"
+        )
     seed = random.randrange(2**31) if base.seed is None else base.seed
     waves, seeds, timings = [], [], {}
-    if base.video is not None:
-        # Every stem's sync features from one decode of the span; the calls below find them cached.
-        if callback_on_stage is not None:
-            callback_on_stage("decode")
-        prompts = [s.prompt for s in stems]
-        pipe.sync_features(base.video, prompts, start=base.start, duration=base.duration, cancel=cancel)
+    # Every stem's sync features from one decode of the span; the calls below find them cached.
+    if callback_on_stage is not None:
+        callback_on_stage("decode")
+    prompts = [s.prompt for s in stems]
+    pipe.sync_features(base.video, prompts, start=base.start, duration=base.duration, cancel=cancel)
     out = None
     for k, stem in enumerate(stems):
         if on_stem is not None:

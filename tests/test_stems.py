@@ -1,6 +1,8 @@
 """selva/stems.py and selva/tracks.py: several sources at once, the mix and the multi-track mp4."""
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import av
 import gradio as gr
@@ -57,6 +59,8 @@ def test_form_rows_skip_empty_prompts_and_check_gains():
         stems_from_form([("", "", 1.0)])
     with pytest.raises(InputError, match="1 to 4 stems"):
         generate_stems(None, GenerationRequest("v.mp4", ""), [Stem("a")] * 5)
+    with pytest.raises(InputError, match="stems follow sources in a video"):
+        generate_stems(None, GenerationRequest(None, "", duration=1.0), [Stem("a")])
 
 
 def test_stems_end_to_end(app_pipe, clip, tmp_path):
@@ -160,6 +164,28 @@ def test_stems_handler_history_and_recall(app_pipe, clip_with_sound):
         studio.generate_stems(str(clip_with_sound), *[""] * 12, 2, 4.5, 1, 0, 0, None, 0, progress=None)
 
 
+def test_rows_stay_within_one_to_four_and_a_removed_row_is_reset():
+    import stems_ui
+
+    def shown(count: int, delta: int) -> tuple:
+        count, *rest = stems_ui.resize(count, delta)
+        rows, (add, remove), fields = rest[:4], rest[4:6], rest[6:]
+        prompts, negatives, gains = fields[:4], fields[4:8], fields[8:]
+        return count, [r["visible"] for r in rows], (add["interactive"], remove["interactive"]), (
+            prompts, negatives, gains
+        )
+
+    count, rows, buttons, _ = shown(2, 1)
+    assert count == 3 and rows == [True, True, True, False] and buttons == (True, True)
+    count, rows, buttons, _ = shown(4, 1)  # four at most: Add is disabled
+    assert count == 4 and rows == [True] * 4 and buttons == (False, True)
+    count, rows, buttons, (prompts, negatives, gains) = shown(2, -1)  # one at least: Remove is disabled
+    assert count == 1 and rows == [True, False, False, False] and buttons == (True, False)
+    # Kept rows are left as typed (no value in the update); hidden ones are emptied and back at gain 1.
+    assert "value" not in prompts[0] and prompts[1:] == ["", "", ""]
+    assert negatives[1:] == ["", "", ""] and gains[1:] == [1.0, 1.0, 1.0]
+
+
 def test_stems_endpoint_from_gradio_client(app_server, clip):
     from gradio_client import Client, handle_file
 
@@ -203,12 +229,10 @@ def test_cli_writes_stems_and_the_mix(tiny_hub, clip, tmp_path):
 # -- MCP (gradio[mcp]): python app.py --mcp ---------------------------------------------------------------
 
 
-def test_mcp_lists_generate_and_stems_with_their_descriptions(app_pipe):
-    import asyncio
+@pytest.fixture(scope="module")
+def mcp_url(app_pipe) -> str:
+    """The app launched as `python app.py --mcp` launches it (app.launch_options(mcp=True)): its MCP URL."""
     import socket
-
-    from mcp import ClientSession
-    from mcp.client.streamable_http import streamablehttp_client
 
     import app
 
@@ -219,17 +243,30 @@ def test_mcp_lists_generate_and_stems_with_their_descriptions(app_pipe):
         port = s.getsockname()[1]
     options = app.launch_options(mcp=True)
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **options)
+    yield f"http://127.0.0.1:{port}/gradio_api/mcp/"
+    demo.close()
 
-    async def listed() -> dict:
-        url = f"http://127.0.0.1:{port}/gradio_api/mcp/"
-        async with streamablehttp_client(url) as (read, write, _), ClientSession(read, write) as session:
+
+def mcp_session(url: str, work: Callable[[Any], Awaitable[Any]]) -> Any:
+    """Run `await work(session)` in an initialised MCP client session on `url` (streamable HTTP)."""
+    import asyncio
+
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    async def run() -> Any:
+        async with streamable_http_client(url) as (read, write, _), ClientSession(read, write) as session:
             await session.initialize()
-            return {tool.name: tool for tool in (await session.list_tools()).tools}
+            return await work(session)
 
-    try:
-        tools = asyncio.run(listed())
-    finally:
-        demo.close()
+    return asyncio.run(run())
+
+
+def test_mcp_lists_generate_and_stems_with_their_descriptions(mcp_url):
+    async def listed(session) -> dict:
+        return {tool.name: tool for tool in (await session.list_tools()).tools}
+
+    tools = mcp_session(mcp_url, listed)
     assert {"generate", "generate_stems"} <= set(tools)
     assert "follows the prompted source" in tools["generate"].description
     stems = tools["generate_stems"]
@@ -237,6 +274,71 @@ def test_mcp_lists_generate_and_stems_with_their_descriptions(app_pipe):
     properties = stems.inputSchema["properties"]
     assert {"video", "prompt_1", "gain_4", "original_audio_gain"} <= set(properties)
     assert "level in the mix" in properties["gain_1"].get("description", "")
+    # A caller names the stems it wants: every other prompt and negative may be left out.
+    assert set(stems.inputSchema["required"]) == {"video", "prompt_1"}
+    assert "url" in properties["video"]["format"]  # gradio takes files as URLs (or data: URLs)
+
+
+def fetched(url: str, folder: Path) -> Path:
+    """Download a file the MCP server returned as a URL."""
+    import httpx
+
+    assert url.startswith("http://127.0.0.1:"), url
+    response = httpx.get(url, timeout=60)
+    response.raise_for_status()
+    path = folder / Path(url.split("?")[0]).name
+    path.write_bytes(response.content)
+    return path
+
+
+def test_mcp_calls_generate_and_generate_stems_on_a_clip(mcp_url, clip, tmp_path):
+    """Both tools called as an agent would: the clip goes in as a data: URL, files come back as URLs."""
+    import base64
+
+    video = "data:video/mp4;base64," + base64.b64encode(clip.read_bytes()).decode("ascii")
+    stems_args = {"video": video, "prompt_1": "dog barking", "prompt_2": "car engine", "gain_2": 0.5}
+    stems_args |= {"steps": 2, "seed": 11}
+    progress: list[float] = []
+
+    async def calls(session) -> tuple:
+        async def on_progress(value: float, total: float | None, message: str | None) -> None:
+            progress.append(value)
+
+        # Without a progress token (what many clients send) and with one: gradio runs each differently.
+        # /generate's negative prompt has no default in the schema: it is passed, empty.
+        single_args = {"video": video, "prompt": "dog barking", "negative_prompt": "", "steps": 2, "seed": 3}
+        single = await session.call_tool("generate", single_args)
+        stems = await session.call_tool("generate_stems", stems_args)
+        watched = await session.call_tool("generate_stems", stems_args, progress_callback=on_progress)
+        return single, stems, watched
+
+    single, stems, watched = mcp_session(mcp_url, calls)
+    for result in (single, stems, watched):
+        assert not result.isError, result.content
+    texts = [c.text for c in single.content]
+    # result, candidates 2-4 (unused), the audio files, the info line
+    assert len(texts) == 6 and texts[1:4] == ["None"] * 3
+    assert "seed 3" in texts[5] and "1.00 s from 0.00 s" in texts[5]
+    with av.open(str(fetched(texts[0], tmp_path))) as f:
+        assert len(f.streams.video) == 1 and len(f.streams.audio) == 1
+        assert float(f.duration / av.time_base) == pytest.approx(1.0, abs=0.1)
+
+    texts = [c.text for c in stems.content]
+    assert watched.content[-1].text.split(" · total")[0] == texts[-1].split(" · total")[0]  # same stems
+    assert progress, "a call with a progress token gets progress notifications"
+    # mix mp4, tracks mp4, mix FLAC, stems 1-4 (3 and 4 unused), the info line
+    assert len(texts) == 8 and texts[5:7] == ["None", "None"]
+    assert "1. 'dog barking' seed 11 gain 1" in texts[7] and "2. 'car engine' seed 12 gain 0.5" in texts[7]
+    mix_video, tracks_video, mix_audio, stem_1, stem_2 = (fetched(url, tmp_path) for url in texts[:5])
+    with av.open(str(mix_video)) as f:
+        assert len(f.streams.video) == 1 and len(f.streams.audio) == 1
+    titles = [meta.get("name") for meta, _, _ in decoded_tracks(tracks_video)]
+    assert titles == ["mix", "dog barking", "car engine"]
+    for path in (mix_audio, stem_1, stem_2):
+        assert path.suffix == ".flac"
+        with av.open(str(path)) as f:
+            samples = sum(frame.samples for frame in f.decode(audio=0))
+        assert samples == pytest.approx(16_000, abs=400)  # 1 s at tiny_16k's 16 kHz
 
 
 def test_stems_decode_the_span_once_and_run_text_synch_once_per_prompt(app_pipe, clip, monkeypatch):
