@@ -165,6 +165,7 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
                     elem_id="prompt",
                 )
                 negative = gr.Textbox(
+                    value="",  # a default, so API and MCP callers may leave it out
                     label="Negative prompt: the sound you don't want",
                     placeholder="wind noise",
                     info="Steers the audio away; it does not change which motion is followed.",
@@ -346,6 +347,7 @@ def launch_options(*, mcp: bool = False) -> dict[str, Any]:
     """
     options: dict[str, Any] = {"allowed_paths": [str(EXAMPLES_DIR)], "max_file_size": MAX_UPLOAD}
     if mcp:
+        stems_ui.fix_gradio_mcp_results()
         options["mcp_server"] = True
     return options
 

@@ -81,8 +81,8 @@ class Studio:
         """Generate audio for a video that follows the prompted source, or from the prompt alone.
 
         Args:
-            video: the video file (mp4, mov, webm...); none, with a duration above 0, makes sound from
-                the prompt alone.
+            video: the video file (mp4, mov, webm...): a path, a public http(s) URL, or the file as
+                a data: URL; none, with a duration above 0, makes sound from the prompt alone.
             prompt: the sound to make; also picks which visible source it follows, e.g. "dog barking".
             negative_prompt: a sound to steer away from, e.g. "wind noise" (may be empty).
             steps: flow steps, 1-100 (25 is typical).
@@ -174,7 +174,8 @@ class Studio:
         if it would clip.
 
         Args:
-            video: the video file.
+            video: the video file (mp4, mov, webm...): a path, a public http(s) URL, or the file as
+                a data: URL.
             prompt_1: the first stem's sound, e.g. "dog barking" (required).
             negative_1: a sound the first stem steers away from (may be empty).
             gain_1: the first stem's level in the mix, 0-2.

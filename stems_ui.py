@@ -1,7 +1,7 @@
 """SelVA Studio's stems editor (UI only): up to 4 prompts for one video, their players and mix.
 
 Built into the Blocks by `app.build_demo`; the work runs in `selva.serving.GenerationService.run_stems`
-through `app.Studio.generate_stems`. Kept apart from app.py so each stays small.
+through `handlers.Studio.generate_stems`. Kept apart from app.py so each stays small.
 """
 
 from __future__ import annotations
@@ -229,7 +229,6 @@ def wire_stems(studio: Studio, ui: dict[str, Any], video: list, settings: list) 
         api_visibility="private",
     )
     ui["history"].input(recall, [ui["past"], ui["history"]], outputs, queue=False, api_visibility="private")
-    fix_gradio_mcp_results()
 
 
 # -- MCP ----------------------------------------------------------------------------------------------

@@ -348,12 +348,13 @@ class GenerationService:
     ) -> GenerationResult:
         folder = self.outputs.new_folder()
         source = Path(req.video).stem if req.video is not None else "prompt"
-        stem = f"{_slug(source, 24)}_{_slug(req.prompt, 32)}_seed{out.seed}"
+        stem = f"{_slug(source, 24)}_{_slug(req.prompt, 32)}"
         videos: list[str] = []
         audio_files: list[str] = []
         count = out.audio.shape[0]
         for k in range(count):
-            name = stem if count == 1 else f"{stem}_{k + 1}"
+            # Candidate k is drawn from seed + k: its file names carry the seed that makes it again.
+            name = f"{stem}_seed{out.seed + k}"
             if out.video is not None:
                 gain = original_audio_gain or None
                 videos.append(str(out.save_video(folder / f"{name}.mp4", k, original_audio_gain=gain)))

@@ -322,7 +322,7 @@ def test_each_candidate_has_its_seed_and_can_be_kept_or_made_again_alone(studio,
     kept, text, kept_files = results_ui.keep(result, [], 1)
     assert [t.seed for t in kept] == [41] and "dog barking · seed 41 · 2.00 s of clip.mp4" in text
     assert [Path(f).suffix for f in kept_files["value"]] == [".mp4", ".flac", ".wav"]
-    assert all("_2." in Path(f).name for f in kept_files["value"])  # candidate 2's own files
+    assert all("_seed41." in Path(f).name for f in kept_files["value"])  # candidate 2's own files
     assert results_ui.keep(result, kept, 1)[0] == kept  # kept once
     kept, text, _ = results_ui.keep(result, kept, 0)
     assert [t.seed for t in kept] == [41, 40] and text.index("seed 41") < text.index("seed 40")
@@ -330,7 +330,8 @@ def test_each_candidate_has_its_seed_and_can_be_kept_or_made_again_alone(studio,
     assert results_ui.use_seed(result, 2) == (42, 1)
     *_, alone_files, _, alone = generate(studio, clip, seed=42, samples=1)
     assert alone.seed == 42
-    original = next(f for f in files if f.endswith("_3.flac"))
+    original = next(f for f in files if f.endswith("_seed42.flac"))
+    assert Path(alone_files[0]).name == Path(original).name  # made alone, named the same
     # Candidate 3, made alone (batched matmuls round a little differently, as in test_pipeline.py).
     np.testing.assert_allclose(samples(alone_files[0]), samples(original), atol=5e-3, rtol=0)
 
