@@ -38,9 +38,11 @@ import argparse
 import contextlib
 import json
 import os
+import pickle
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -205,6 +207,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--build-in-process", action="store_true", help=argparse.SUPPRESS)
+    # Set on the child process that runs one of several lengths (see `main`).
+    p.add_argument("--only-duration", type=float, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--variant-pickle", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     for name in ("size", "mux_size"):
         try:
@@ -220,6 +225,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("--duration takes seconds, e.g. 8 or 8,30,60")
     if not args.durations or min(args.durations) <= 0:
         p.error("--duration must be above 0")
+    if args.only_duration is not None:
+        args.durations = [args.only_duration]
     args.duration = args.durations[0]
     return args
 
@@ -233,6 +240,10 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.variant_pickle is not None:
+        from selva.variants import register_variant
+
+        register_variant(pickle.loads(args.variant_pickle.read_bytes()), replace=True)
 
     # 1. Weights and clips (built once, cached outside the repo).
     if args.weights_dir is not None:
@@ -482,16 +493,47 @@ def format_table(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def run_length_in_child(argv: Sequence[str], seconds: float) -> dict[str, Any]:
+    """This benchmark for one length in a fresh process; its output passes through, its result back.
+
+    A process's peak RSS only ever grows, and one that has run a pipeline keeps
+    some of its memory after dropping it, so each length of several gets its own
+    process: its peak RSS is that length's alone.
+    """
+    from selva.variants import get_variant
+
+    root = Path(__file__).resolve().parent.parent
+    path = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
+    with tempfile.TemporaryDirectory() as tmp:
+        # The variant as this process knows it: one registered here (the tests' tiny ones) goes along.
+        variant_file = Path(tmp) / "variant.pkl"
+        variant_file.write_bytes(pickle.dumps(get_variant(parse_args(argv).variant)))
+        cmd = [sys.executable, "-m", "benchmarks.bench", *argv, "--only-duration", f"{seconds:g}",
+               "--variant-pickle", str(variant_file)]  # fmt: skip
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, text=True, bufsize=1)
+        assert proc.stdout is not None
+        result = None
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+            if line.startswith(JSON_PREFIX):
+                result = json.loads(line.removeprefix(JSON_PREFIX))
+    if proc.wait() != 0 or result is None:
+        raise RuntimeError(f"the {seconds:g} s run failed (exit {proc.returncode}): {' '.join(cmd)}")
+    return result
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     # The benchmark never downloads: every file is built locally or given with --weights-dir.
     previous = os.environ.get("HF_HUB_OFFLINE")
     os.environ["HF_HUB_OFFLINE"] = "1"
     results = []
     try:
-        # One run per length; each loads afresh, so its peak RSS is that length's alone.
-        for seconds in args.durations:
-            args.duration = seconds
+        if len(args.durations) > 1:
+            results = [run_length_in_child(argv, seconds) for seconds in args.durations]
+        else:
             result = run_benchmark(args)
             print(format_table(result))
             print(JSON_PREFIX + json.dumps(result, sort_keys=True), flush=True)
@@ -502,7 +544,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             os.environ["HF_HUB_OFFLINE"] = previous
     if len(results) > 1:
-        print("\nper length: first run, re-roll, peak RSS")
+        print("\nper length (a process each): first run, re-roll, peak RSS")
         for r in results:
             print(
                 f"  {r['clip']['duration']:>7g} s  {r['first']['e2e']:8.2f} s  {r['reroll']['e2e']:8.2f} s  "

@@ -53,211 +53,37 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .bench import DEFAULT_CACHE, GB, PROMPT, TARGET_REROLL_RATIO, cpu_name
 from .bench import JSON_PREFIX as BENCH_PREFIX
 from .build_weights import ROOT, BuildSpec, bench_variant, ensure_weights, log
+from .children import ChildRun, child_env, run_child, warm_page_cache
 from .clips import ensure_clip
+from .reference_side import (
+    SYNCHFORMER_FILE,
+    Refusal,
+    check_reference,
+    prepare_reference_dir,
+    reference_cmd,
+    reference_stages,
+    write_synchformer,
+)
 
 JSON_PREFIX = "VS_REFERENCE_JSON "
-STAGES_PREFIX = "REF_STAGES "
 
 # Issue #14, CPU: ours at the default precision against the reference's float32 run, same machine.
 TARGET_TIME_RATIO = 0.35
 TARGET_RSS_RATIO = 0.5
-
-# The reference's repo ids, as its FeaturesUtils asks for them, and the bench folder holding each.
-REFERENCE_HUB_REPOS = {
-    "google/flan-t5-base": "flan-t5-base",
-    "apple/DFN5B-CLIP-ViT-H-14-384": "DFN5B-CLIP-ViT-H-14-384",
-}
-SYNCHFORMER_FILE = "synchformer_state_dict.pth"
-SYNCHFORMER_PREFIX = "vfeat_extractor."
-
-# Runs in the reference's Python (`-c`), with sys.argv[1] = its checkout and the rest demo.py's
-# arguments. It changes nothing in the checkout: the download-or-verify step becomes a no-op (the
-# files are in place, and random ones cannot match the MD5 sums), and the reference's stage
-# functions are wrapped with a timer; then demo.py runs as `__main__`.
-REFERENCE_BOOTSTRAP = r"""
-import functools, json, runpy, sys, time
-t_start = time.perf_counter()
-ref_dir = sys.argv[1]
-sys.path.insert(0, ref_dir)
-sys.argv = [ref_dir + '/demo.py', *sys.argv[2:]]
-import selva.utils.eval_utils as eu
-from selva.model.flow_matching import FlowMatching
-from selva.model.networks_video_enc import TextSynch
-from selva.model.utils.features_utils import FeaturesUtils
-t_imported = time.perf_counter()
-eu.download_model_if_needed = lambda path: None
-seconds, marks = {}, {}
-
-def timed(owner, name, stage):
-    fn = getattr(owner, name)
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        t0 = time.perf_counter()
-        marks.setdefault(stage, t0)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - t0
-    setattr(owner, name, wrapper)
-
-timed(eu, 'load_video', 'decode')
-timed(FeaturesUtils, 'encode_text_clip', 'text')
-timed(FeaturesUtils, 'encode_text_t5', 'text')
-timed(TextSynch, 'encode_video_with_sync', 'text_synch')
-timed(FlowMatching, 'to_data', 'flow')
-timed(FeaturesUtils, 'decode', 'vae')
-timed(FeaturesUtils, 'vocode', 'vocoder')
-timed(eu, 'generate', 'generate')
-timed(eu, 'make_video', 'mux')
-try:
-    runpy.run_path(sys.argv[0], run_name='__main__')
-finally:
-    seconds['imports'] = t_imported - t_start
-    if 'decode' in marks:
-        seconds['load'] = marks['decode'] - t_imported
-    seconds['in_process'] = time.perf_counter() - t_start
-    print('REF_STAGES ' + json.dumps(seconds), file=sys.stderr, flush=True)
-"""
-
-
-# -- checks -----------------------------------------------------------------------------------------
-
-
-class Refusal(Exception):
-    """What is missing for a side-by-side run, said plainly."""
-
-
-def check_reference(reference_dir: Path | None, reference_python: Path | None) -> tuple[Path, Path]:
-    """The reference checkout and its Python, or a `Refusal` saying what is missing and how to get it."""
-    how = (
-        "a checkout of the reference SelVA code (github.com/jnwnlee/selva) and a Python environment "
-        "with what its demo.py imports, both outside this repository, e.g. "
-        "--reference-dir /work/ref/selva --reference-python /work/ref/venv/bin/python "
-        "(see benchmarks/README.md, 'Side by side with the reference')"
-    )
-    if reference_dir is None or reference_python is None:
-        raise Refusal(f"--reference-dir and --reference-python are both required: {how}")
-    reference_dir = reference_dir.expanduser()
-    missing = [p for p in ("demo.py", "selva/utils/eval_utils.py") if not (reference_dir / p).is_file()]
-    if not reference_dir.is_dir() or missing:
-        what = "is not a folder" if not reference_dir.is_dir() else f"lacks {', '.join(missing)}"
-        raise Refusal(f"--reference-dir {reference_dir} {what}; it must be {how}")
-    if reference_dir.resolve() == ROOT or ROOT in reference_dir.resolve().parents:
-        raise Refusal(
-            f"--reference-dir {reference_dir} is inside this repository; keep the reference outside"
-        )
-    reference_python = reference_python.expanduser()
-    if not reference_python.is_file() or not os.access(reference_python, os.X_OK):
-        raise Refusal(f"--reference-python {reference_python} is not an executable file; it must be {how}")
-    return reference_dir, reference_python
-
-
-# -- the reference's working folder -----------------------------------------------------------------
-
-
-def synchformer_state(video_enc_state: dict[str, Any]) -> dict[str, Any]:
-    """The plain Synchformer's state dict: the `vfeat_extractor.*` entries of video_enc_sup_5.pth."""
-    return {k: v for k, v in video_enc_state.items() if k.startswith(SYNCHFORMER_PREFIX)}
-
-
-def write_synchformer(video_enc: Path, dest: Path) -> None:
-    """Write `synchformer_state(video_enc)` to `dest` (in a child process: it needs torch)."""
-    import torch
-
-    state = synchformer_state(torch.load(video_enc, map_location="cpu", mmap=True, weights_only=True))
-    tmp = dest.with_name(dest.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, dest)
-
-
-def _link(link: Path, target: Path) -> None:
-    """`link` -> `target`, replacing whatever `link` was."""
-    if link.is_symlink() or link.is_file():
-        link.unlink()
-    elif link.is_dir():
-        shutil.rmtree(link)
-    link.parent.mkdir(parents=True, exist_ok=True)
-    link.symlink_to(target)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def hub_snapshot(hub_cache: Path, repo: str, files: dict[str, Path]) -> Path:
-    """Files as a Hugging Face cache snapshot of `repo` (the layout huggingface_hub reads offline).
-
-    `models--org--name/refs/main` names a commit; `snapshots/<commit>/<file>` links to
-    `blobs/<sha256>`, which links to the file itself (nothing is copied).
-    """
-    folder = hub_cache / ("models--" + repo.replace("/", "--"))
-    commit = hashlib.sha1(repo.encode()).hexdigest()  # any 40 hex digits; fixed per repo
-    for name, target in files.items():
-        blob = folder / "blobs" / _sha256(target)
-        _link(blob, target.resolve())
-        _link(
-            folder / "snapshots" / commit / name,
-            Path(os.path.relpath(blob, (folder / "snapshots" / commit / name).parent)),
-        )
-    (folder / "refs").mkdir(parents=True, exist_ok=True)
-    (folder / "refs" / "main").write_text(commit)
-    return folder / "snapshots" / commit
-
-
-def prepare_reference_dir(run_dir: Path, weights: Path) -> Path:
-    """The reference's working folder: `weights/`, `ext_weights/` and `hf/` pointing at `weights`.
-
-    Rebuilt only when the weights folder's BUILT.json changes.
-    """
-    marker = run_dir / "PREPARED.json"
-    stamp = {"weights": str(weights), "built": (weights / "BUILT.json").read_text()}
-    with contextlib.suppress(OSError, ValueError):
-        if json.loads(marker.read_text()) == stamp:
-            return run_dir
-    log(f"preparing the reference's working folder {run_dir}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    marker.unlink(missing_ok=True)
-    _link(run_dir / "weights", weights / "weights")
-    ext = run_dir / "ext_weights"
-    if ext.is_symlink():
-        ext.unlink()
-    ext.mkdir(exist_ok=True)
-    for f in (weights / "ext_weights").iterdir():
-        _link(ext / f.name, f)
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    }
-    cmd = [sys.executable, "-m", "benchmarks.vs_reference", "--write-synchformer",
-           str(weights / "weights" / "video_enc_sup_5.pth"), str(ext / SYNCHFORMER_FILE)]  # fmt: skip
-    subprocess.run(cmd, cwd=ROOT, env=env, check=True)
-    hub_cache = run_dir / "hf" / "hub"
-    for repo, name in REFERENCE_HUB_REPOS.items():
-        hub_snapshot(hub_cache, repo, {f.name: f for f in sorted((weights / name).iterdir()) if f.is_file()})
-    marker.write_text(json.dumps(stamp))
-    return run_dir
 
 
 # -- our side: the checksum memo --------------------------------------------------------------------
@@ -286,96 +112,6 @@ def write_md5_memo(state_dir: Path, weights: Path, variant: str) -> Path:
     return out
 
 
-# -- running a child --------------------------------------------------------------------------------
-
-
-@dataclass
-class ChildRun:
-    """One child process: what ran and what it cost."""
-
-    name: str
-    cmd: list[str]
-    rc: int = 0
-    wall_s: float = 0.0
-    cpu_s: float = 0.0
-    peak_rss: int = 0
-    loadavg_before: float = 0.0
-    loadavg_after: float = 0.0
-    loadavg_max: float = 0.0
-    lines: list[tuple[float, str]] = field(default_factory=list)
-    log: str = ""
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "rc": self.rc,
-            "wall_s": self.wall_s,
-            "cpu_s": self.cpu_s,
-            "peak_rss": self.peak_rss,
-            "loadavg_1min": {
-                "before": self.loadavg_before,
-                "after": self.loadavg_after,
-                "max": self.loadavg_max,
-            },
-            "log": self.log,
-        }
-
-
-def run_child(name: str, cmd: list[str], *, cwd: Path, env: dict[str, str], log_path: Path) -> ChildRun:
-    """Run `cmd`, keep its output (with arrival times) in `log_path`; wall, CPU and peak RSS by wait4."""
-    run = ChildRun(name, cmd, log=str(log_path))
-    run.loadavg_before = run.loadavg_max = os.getloadavg()[0]
-    shown = " ".join("<bootstrap>" if "\n" in c else c for c in cmd)
-    log(f"{name}: {shown} (1-min load average {run.loadavg_before:.2f})")
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    done = threading.Event()
-
-    def sample_load() -> None:
-        while not done.wait(2.0):
-            run.loadavg_max = max(run.loadavg_max, os.getloadavg()[0])
-
-    sampler = threading.Thread(target=sample_load, daemon=True)
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-    )
-    sampler.start()
-    with log_path.open("w") as out:
-        out.write(f"$ {shown}\n")
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            t = time.perf_counter() - t0
-            run.lines.append((t, line.rstrip("\n")))
-            out.write(f"[{t:8.2f}] {line}")
-            out.flush()
-    _, status, usage = os.wait4(proc.pid, 0)
-    run.wall_s = time.perf_counter() - t0
-    proc.returncode = run.rc = os.waitstatus_to_exitcode(status)
-    done.set()
-    sampler.join()
-    run.cpu_s = usage.ru_utime + usage.ru_stime
-    run.peak_rss = usage.ru_maxrss * 1024  # KiB on Linux
-    run.loadavg_after = os.getloadavg()[0]
-    log(
-        f"{name}: rc {run.rc}, {run.wall_s:.1f} s wall, {run.cpu_s:.1f} s CPU, "
-        f"peak RSS {run.peak_rss / GB:.2f} GB, load average {run.loadavg_after:.2f}"
-    )
-    if run.rc != 0:
-        tail = "\n".join(line for _, line in run.lines[-15:])
-        raise RuntimeError(f"{name} failed (exit {run.rc}); its log: {log_path}\n{tail}")
-    return run
-
-
-def warm_page_cache(paths: Sequence[Path]) -> None:
-    """Read every file once, so neither side pays for a cold disk (both read the same weights)."""
-    for path in paths:
-        for f in sorted(path.rglob("*")) if path.is_dir() else [path]:
-            if f.is_file():
-                with f.open("rb") as fh:
-                    while fh.read(1 << 24):
-                        pass
-
-
 # -- the two sides ----------------------------------------------------------------------------------
 
 
@@ -386,36 +122,6 @@ def ours_cmd(args: argparse.Namespace, clip: Path, weights: Path, out: Path, pre
         "--cfg", str(args.cfg), "--seed", str(args.seed), "--device", "cpu", "--out", str(out),
     ]  # fmt: skip
     return cmd if precision == "auto" else [*cmd, "--precision", precision]
-
-
-def reference_cmd(
-    args: argparse.Namespace, reference_dir: Path, python: Path, clip: Path, out: Path
-) -> list[str]:
-    cmd = [
-        str(python), "-c", REFERENCE_BOOTSTRAP, str(reference_dir.resolve()),
-        "--variant", args.variant, "--video", str(clip), "--prompt", args.prompt,
-        "--duration", f"{args.duration:g}", "--num_steps", str(args.steps),
-        "--cfg_strength", str(args.cfg), "--seed", str(args.seed), "--output", str(out),
-    ]  # fmt: skip
-    return [*cmd, "--full_precision"] if args.reference_precision == "fp32" else cmd
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    """The environment both sides run in: CPU only, offline, unbuffered; no PYTHONPATH of ours."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env.update(
-        CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1",
-        PYTHONUNBUFFERED="1",
-    )  # fmt: skip
-    env.update(extra)
-    return env
-
-
-def reference_stages(run: ChildRun) -> dict[str, float]:
-    for _, line in reversed(run.lines):
-        if STAGES_PREFIX in line:
-            return json.loads(line.split(STAGES_PREFIX, 1)[1])
-    return {}
 
 
 def ours_stages(run: ChildRun) -> dict[str, float]:

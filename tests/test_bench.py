@@ -151,6 +151,21 @@ def test_bench_on_given_weights_dir(bench, tiny_hub, tmp_path, capsys):
     assert result["reroll"]["sync_cache_hit"]
 
 
+def test_bench_runs_each_of_several_lengths_in_its_own_process(bench, tiny_hub, tmp_path, capsys):
+    # --duration 2 (from tiny_args) and 3: a child each, so each peak RSS is that length's alone.
+    assert bench.main([*tiny_args(tmp_path), "--duration", "3"]) == 0
+    out = capsys.readouterr().out
+    results = [json.loads(line.removeprefix("BENCH_JSON ")) for line in out.splitlines()
+               if line.startswith("BENCH_JSON ")]  # fmt: skip
+    assert [r["clip"]["duration"] for r in results] == [2.0, 3.0]
+    for r in results:
+        assert r["variant"] == TINY_16K and r["first"]["audio_seconds"] == r["clip"]["duration"]
+    # Each child starts bare: nothing of a pipeline is resident before it loads one.
+    assert all(r["rss_before_load"] < r["peak_rss_after_load"] for r in results)
+    table = out[out.index("per length (a process each)") :].splitlines()[1:3]
+    assert [float(row.split()[0]) for row in table] == [2.0, 3.0]
+
+
 def test_vae_encoder_layout_matches_the_real_file(builder, fixtures_dir):
     """The encoder half the builder adds to v1-16/v1-44 has the real files' keys and shapes."""
     from selva.models.vae import VAE_PRESETS
@@ -329,6 +344,16 @@ def vs_reference(benchmarks_importable):
     return importlib.import_module("benchmarks.vs_reference")
 
 
+@pytest.fixture(scope="module")
+def children(benchmarks_importable):
+    return importlib.import_module("benchmarks.children")
+
+
+@pytest.fixture(scope="module")
+def reference_side(benchmarks_importable):
+    return importlib.import_module("benchmarks.reference_side")
+
+
 def test_vs_reference_refuses_without_the_reference(vs_reference, tmp_path, capsys):
     cache = ["--cache-dir", str(tmp_path / "cache")]
     assert vs_reference.main(cache) == 2
@@ -350,22 +375,22 @@ def test_vs_reference_refuses_without_the_reference(vs_reference, tmp_path, caps
     assert not (tmp_path / "cache").exists()  # refused before building or running anything
 
 
-def test_vs_reference_measures_a_child(vs_reference, tmp_path):
+def test_vs_reference_measures_a_child(children, tmp_path):
     """Wall time, CPU time and peak RSS come from wait4; the output is kept with arrival times."""
     import sys
 
     code = "x = bytearray(300 * 1000 * 1000); x[::4096] = b'1' * len(x[::4096]); print('done', flush=True)"
-    run = vs_reference.run_child(
+    run = children.run_child(
         "child",
         [sys.executable, "-c", code],
         cwd=tmp_path,
-        env=vs_reference.child_env(),
+        env=children.child_env(),
         log_path=tmp_path / "log",
     )
     assert run.rc == 0 and run.peak_rss > 300 * 1000 * 1000 and run.wall_s > 0 and run.cpu_s > 0
     assert [line for _, line in run.lines] == ["done"] and "done" in (tmp_path / "log").read_text()
     with pytest.raises(RuntimeError, match="exit 3"):
-        vs_reference.run_child(
+        children.run_child(
             "bad",
             [sys.executable, "-c", "raise SystemExit(3)"],
             cwd=tmp_path,
@@ -391,7 +416,7 @@ def test_vs_reference_md5_memo_passes_random_files(vs_reference, tiny_hub, tmp_p
     assert resolve(TINY_16K, weights_dir=weights, offline=True)["generator"] == generator
 
 
-def test_vs_reference_hub_snapshot_reads_offline(vs_reference, tmp_path):
+def test_vs_reference_hub_snapshot_reads_offline(reference_side, tmp_path):
     """The reference's text encoders find the benchmark's files through the Hub cache layout."""
     from huggingface_hub import hf_hub_download
 
@@ -402,14 +427,14 @@ def test_vs_reference_hub_snapshot_reads_offline(vs_reference, tmp_path):
     cache = tmp_path / "hf" / "hub"
     files = {f.name: f for f in source.iterdir()}
     for _ in range(2):  # preparing twice replaces the links
-        vs_reference.hub_snapshot(cache, "google/flan-t5-base", files)
+        reference_side.hub_snapshot(cache, "google/flan-t5-base", files)
     for name, f in files.items():
         path = hf_hub_download("google/flan-t5-base", name, cache_dir=cache, local_files_only=True)
         assert Path(path).read_bytes() == f.read_bytes()
         assert Path(path).resolve() == f.resolve()  # nothing copied
 
 
-def test_vs_reference_synchformer_is_the_video_encoders_motionformer(vs_reference, fixtures_dir):
+def test_vs_reference_synchformer_is_the_video_encoders_motionformer(reference_side, fixtures_dir):
     """The plain Synchformer file the reference loads (never used by SelVA) has the keys and shapes of
     the vfeat_extractor entries of video_enc_sup_5.pth: the subset written for it is the real layout."""
     import torch
@@ -422,5 +447,5 @@ def test_vs_reference_synchformer_is_the_video_encoders_motionformer(vs_referenc
     real = {k: tuple(v["shape"]) for k, v in manifest["ext_weights/synchformer_state_dict.pth"].items()}
     with torch.device("meta"):
         video_enc = TextSynch(network_config(get_variant("small_16k"), "text_synch")).state_dict()
-    state = vs_reference.synchformer_state(video_enc)
+    state = reference_side.synchformer_state(video_enc)
     assert {k: tuple(v.shape) for k, v in state.items()} == real
