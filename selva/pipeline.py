@@ -10,8 +10,9 @@ A call is a numbered recipe that reads like the paper:
 6. integrate the flow from noise to data with classifier-free guidance;
 7. decode latents to a mel spectrogram and vocode it to a waveform.
 
-Features from steps 3 and 4 are cached, so a re-roll (another seed, step
-count, CFG strength or negative prompt) skips decoding and TextSynch.
+Steps 3 and 4 live in `selva.features` (a base class of the pipeline). Their
+features are cached, so a re-roll (another seed, step count, CFG strength or
+negative prompt) skips decoding and TextSynch.
 
 Reentrant: everything a call needs (lengths, seed, callbacks, its cancel
 token) is local to that call, so several threads may call one pipeline at
@@ -39,9 +40,9 @@ from tqdm.auto import tqdm
 from selva import device as devices
 from selva import media, sampling
 from selva.cache import LRUCache
-from selva.frame_feed import FrameFeed
+from selva.features import FeatureEncoding, StageCallback
 from selva.loading import release_freed_memory
-from selva.outputs import PromptFeatures, SelvaOutput
+from selva.outputs import SelvaOutput
 from selva.sequence import SequenceLengths
 from selva.spec import (
     DEFAULT_MAX_DURATION,
@@ -65,17 +66,8 @@ STAGES = ("probe", "text", "decode", "text_synch", "flow", "vae", "vocoder")
 # diffusers' shape: called after each flow step as fn(pipe, step_index, t, {"latents": x}); a returned
 # dict with "latents" replaces the state.
 StepCallback = Callable[["SelvaPipeline", int, float, dict[str, Any]], "dict[str, Any] | None"]
-StageCallback = Callable[[str], None]
 
 
-# TextSynch segments per batch on the CPU. Measured on 2 cores, bf16, 8 s clip (24 segments):
-# one at a time 9.0 s and 90 MB of activations, all at once 16.5 s and 700 MB (glibc maps and
-# page-faults every block over 32 MB afresh). Accelerators take all segments at once.
-CPU_SEGMENT_CHUNK = 1
-# Frames are decoded and fed to TextSynch this many segments at a time: 24 segments are 200 frames
-# (8 s, 30 MB at 224 px), so a span of one window is one TextSynch pass, as before windows, and a
-# longer one holds one chunk at a time (plus the next, decoding), never the clip.
-SYNC_CHUNK_SEGMENTS = 24
 # Windows x candidates per flow batch (CFG doubles it): enough to keep an accelerator busy, bounded
 # so a 10 minute clip (90 windows) does not need 90 windows of activations at once.
 WINDOW_BATCH = 16
@@ -86,7 +78,7 @@ WINDOW_BATCH = 16
 CPU_VOCODER_ROWS = 1
 
 
-class SelvaPipeline:
+class SelvaPipeline(FeatureEncoding):
     """The SelVA networks and text encoders, ready to turn videos into sound.
 
     The constructor only receives components; `from_pretrained` builds them
@@ -382,142 +374,6 @@ class SelvaPipeline:
     def resolve_duration(self, video_duration: float, start: float, duration: float | None) -> float:
         """The span to sonify: as asked, or what is left after `start` up to `max_duration`."""
         return resolve_span(video_duration, start, duration, max_duration=self.max_duration)
-
-    def encode_prompt(self, prompt: str) -> PromptFeatures:
-        """T5 and CLIP text features of one prompt, cached."""
-        return self.encode_prompts(prompt)[0]
-
-    def encode_prompts(
-        self, prompt: str, negative_prompt: str = ""
-    ) -> tuple[PromptFeatures, torch.Tensor | None]:
-        """The prompt's T5 and CLIP features, and the negative prompt's CLIP features (None if blank).
-
-        The negative prompt never reaches TextSynch, so it gets no T5 pass; the CLIP prompts
-        not cached yet are encoded in one batch (CLIP pads every prompt to 77 tokens, so a
-        row of a batch is that prompt's features, up to float rounding). Both are cached per prompt.
-        """
-        negative = negative_prompt if negative_prompt.strip() else None
-        wanted = list(dict.fromkeys(p for p in (prompt, negative) if p is not None))
-        missing = [p for p in wanted if ("clip", p) not in self.prompt_cache]
-        fresh: dict[str, torch.Tensor] = {}
-        if missing:
-            fresh = dict(zip(missing, self._encode_clip(missing).split(1), strict=True))
-
-        def clip_of(p: str) -> torch.Tensor:
-            return self.prompt_cache.get_or_compute(
-                ("clip", p), lambda: fresh[p] if p in fresh else self._encode_clip([p])
-            )
-
-        def compute_t5() -> tuple[torch.Tensor, torch.Tensor]:
-            with self._resident(self.t5):
-                t5, t5_mask = self.t5([prompt])
-            return t5.to(self.device, self.dtype), t5_mask.to(self.device)
-
-        t5, t5_mask = self.prompt_cache.get_or_compute(("t5", prompt), compute_t5)
-        positive = PromptFeatures(t5=t5, t5_mask=t5_mask, clip=clip_of(prompt))
-        return positive, (clip_of(negative) if negative is not None else None)
-
-    def _encode_clip(self, prompts: list[str]) -> torch.Tensor:
-        with self._resident(self.clip):
-            return self.clip(prompts).to(self.device, self.dtype)  # (B, 77, D)
-
-    def sync_features(
-        self,
-        video: str | Path,
-        prompts: list[str],
-        *,
-        start: float = 0.0,
-        duration: float | None = None,
-        cancel: CancelToken | None = None,
-    ) -> list[torch.Tensor]:
-        """Sync features (1, S * 8, D) of one span for each prompt, decoding the span once.
-
-        Cached as a call's are, so calls with these prompts on this span skip decoding and
-        TextSynch (`selva.stems` runs this first, then one call per stem).
-        """
-        info = media.probe(video)
-        duration = self.resolve_duration(info.duration, start, duration)
-        lengths = SequenceLengths.from_duration(
-            duration, sample_rate=self.variant.sample_rate, hop_length=self.variant.hop_length
-        )
-        keys = [self._sync_key(Path(video), p, start, duration) for p in prompts]
-        todo = list(
-            dict.fromkeys(p for p, key in zip(prompts, keys, strict=True) if key not in self.sync_cache)
-        )
-        fresh: dict[str, torch.Tensor] = {}
-
-        def encode(todo: list[str]) -> None:
-            with self._frame_feed(info, start, lengths) as frames:
-                features = self.encode_span(frames, [self.encode_prompt(p) for p in todo], cancel=cancel)
-                fresh.update(zip(todo, features, strict=True))
-
-        if todo:
-            encode(todo)
-
-        def compute(p: str) -> torch.Tensor:
-            if p not in fresh:  # evicted by another thread since the look-up above
-                encode([p])
-            return fresh[p]
-
-        return [
-            self.sync_cache.get_or_compute(key, lambda p=p: compute(p))
-            for p, key in zip(prompts, keys, strict=True)
-        ]
-
-    def encode_span(
-        self,
-        frames: FrameFeed,
-        prompts: list[PromptFeatures],
-        *,
-        stage: StageCallback | None = None,
-        timings: dict[str, float] | None = None,
-        cancel: CancelToken | None = None,
-    ) -> list[torch.Tensor]:
-        """Sync features (1, S * 8, D) of a whole span for each prompt, from its frames chunk by chunk.
-
-        TextSynch sees every segment on its own, so the chunks' features side by side are the
-        features of one pass; each chunk is encoded for every prompt before the next is taken.
-        `cancel` is looked at before each chunk.
-        """
-        timings = {} if timings is None else timings
-        parts: list[list[torch.Tensor]] = [[] for _ in prompts]
-        if stage is not None:
-            stage("decode")
-        for first, chunk in frames:
-            if cancel is not None:
-                cancel.raise_if_cancelled()
-            if stage is not None and first == 0:
-                stage("text_synch")
-            with self._timed(timings, "text_synch"):
-                for part, p in zip(parts, prompts, strict=True):
-                    part.append(self.encode_video(chunk.unsqueeze(0), p.t5, p.t5_mask))
-        timings["decode"] = timings.get("decode", 0.0) + frames.decode_seconds
-        return [torch.cat(part, dim=1) for part in parts]
-
-    def _sync_key(self, video: Path, prompt: str, start: float, duration: float) -> tuple:
-        return (media.content_hash(video), prompt, round(start, 4), round(duration, 4), self.variant.name)
-
-    def _frame_feed(self, info: media.VideoInfo, start: float, lengths: SequenceLengths) -> FrameFeed:
-        return FrameFeed(
-            info,
-            start=start,
-            lengths=lengths,
-            chunk_segments=SYNC_CHUNK_SEGMENTS,
-            pin_memory=self.device.type == "cuda",
-        )
-
-    def encode_video(self, frames: torch.Tensor, t5: torch.Tensor, t5_mask: torch.Tensor) -> torch.Tensor:
-        """uint8 or [-1, 1] frames (B, T, 3, 224, 224) -> sync features (B, S * 8, D)."""
-        # uint8 crosses to the device (a quarter of float32's bytes; asynchronously from pinned
-        # memory) and is converted there.
-        frames = frames.to(self.device, non_blocking=frames.is_pinned())
-        if frames.dtype == torch.uint8:
-            # Squashed 224 px frames, scaled to [-1, 1] as Synchformer was trained.
-            frames = frames.to(torch.float32).div_(127.5).sub_(1.0)
-        frames = frames.to(self.dtype)
-        t5 = t5.to(self.device, self.dtype)
-        chunk = CPU_SEGMENT_CHUNK if self.device.type == "cpu" else None
-        return self.text_synch(frames, t5, t5_mask.to(self.device), segment_chunk=chunk)
 
     def prepare_latents(self, num_samples: int, latent_len: int, seed: int) -> torch.Tensor:
         """Noise (num_samples, L, C); candidate k is drawn from seed + k.

@@ -436,16 +436,16 @@ def test_the_negative_prompt_gets_no_t5_and_both_clip_prompts_go_in_one_batch(pi
 
 
 def test_frames_start_decoding_before_the_text_encoders_run(pipe, clip3s, monkeypatch):
-    import selva.pipeline as pipeline_module
+    import selva.features as features_module
 
     events: list[str] = []
 
-    class RecordedFeed(pipeline_module.FrameFeed):
+    class RecordedFeed(features_module.FrameFeed):
         def __init__(self, *args, **kwargs):
             events.append("feed")
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline_module, "FrameFeed", RecordedFeed)
+    monkeypatch.setattr(features_module, "FrameFeed", RecordedFeed)
     pipe.clear_caches()
     pipe(clip3s, "dog barking", steps=1, seed=0, callback_on_stage=events.append)
     assert events[:4] == ["probe", "feed", "text", "decode"]
