@@ -10,46 +10,25 @@ import io
 import os
 import re
 import shutil
-import time
 import wave
 from pathlib import Path
 
 import pytest
+from browser_support import TIMEOUT_MS, chromium, video_duration, wait_until_idle
 from media_factory import make_video
 
 import app
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-    "--disable-dev-shm-usage",
-]
 README_SHOT = Path(__file__).resolve().parents[1] / "docs" / "ui.png"
 SHOT_LIMIT = 300_000  # bytes: the README image is committed
-TIMEOUT_MS = 90_000  # the 2-core CI box is shared
 
 
 @pytest.fixture(scope="module")
 def browser():
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium with `apt-get install -y chromium`")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("playwright is missing: `pip install playwright` (never `playwright install`)")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with chromium() as browser:
         yield browser
-        browser.close()
 
 
 @pytest.fixture
@@ -70,14 +49,7 @@ def upload(page, path: Path) -> None:
 
 def result_duration(page, player: int = 1) -> float:
     """Wait until result player `player` has loaded a video, and return its duration in seconds."""
-    handle = page.wait_for_function(
-        """(id) => {
-            const v = document.querySelector(`#result-${id} video`);
-            return v && v.readyState >= 1 && isFinite(v.duration) && v.duration > 0 ? v.duration : null;
-        }""",
-        arg=player,
-    )
-    return handle.json_value()
+    return video_duration(page, f"#result-{player}")
 
 
 def download_links(page) -> dict[str, str]:
@@ -157,11 +129,7 @@ def test_progress_shows_the_steps_and_cancel_stops_the_job(page, app_server, tmp
 
     page.get_by_text(re.compile(r"Generating: step \d+/100")).first.wait_for()
     page.locator("#cancel").click()
-    slot = app_server.demo.studio.slot
-    deadline = time.monotonic() + TIMEOUT_MS / 1000
-    while slot.lock.locked() and time.monotonic() < deadline:  # stops after the current step
-        time.sleep(0.1)
-    assert not slot.lock.locked()
+    wait_until_idle(app_server.demo.studio.slot)  # it stops after the current step
     assert "generation cancelled by the user" in caplog.text  # the pipeline stopped between steps
     assert page.locator("#result-1 video").count() == 0
 

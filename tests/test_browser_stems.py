@@ -7,29 +7,15 @@ generation the later tests build on. Needs `apt-get install -y chromium` and
 """
 
 import re
-import time
-from pathlib import Path
 
 import av
 import pytest
+from browser_support import TIMEOUT_MS, chromium, video_duration, wait_until_idle
 from media_factory import make_video
 from playwright.sync_api import expect
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [  # DEVELOPERS.md's flags, as in tests/test_browser.py
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-    "--disable-dev-shm-usage",
-]
-TIMEOUT_MS = 90_000  # the 2-core CI box is shared
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}  # an iPhone 12-14 in CSS pixels
 FIRST = [("dog barking", "", 1.0), ("car engine", "horn", 0.5), ("rain", "", 1.5)]
@@ -38,14 +24,7 @@ FIRST_SEED = 7
 
 @pytest.fixture(scope="module")
 def page(app_server):
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium with `apt-get install -y chromium`")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("playwright is missing: `pip install playwright` (never `playwright install`)")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with chromium() as browser:
         page = browser.new_page(viewport=DESKTOP)
         page.set_default_timeout(TIMEOUT_MS)
         page.goto(app_server.url)
@@ -53,7 +32,6 @@ def page(app_server):
         page.get_by_text("Stems: several sources at once").click()  # open the accordion
         page.wait_for_selector("#generate-stems")
         yield page
-        browser.close()
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
@@ -137,17 +115,6 @@ def waveform_size(page, selector: str) -> tuple[float, float]:
     )
     width, height = handle.json_value()
     return width, height
-
-
-def video_duration(page, selector: str) -> float:
-    handle = page.wait_for_function(
-        """(selector) => {
-            const v = document.querySelector(`${selector} video`);
-            return v && v.readyState >= 1 && isFinite(v.duration) && v.duration > 0 ? v.duration : null;
-        }""",
-        arg=selector,
-    )
-    return handle.json_value()
 
 
 def history_choices(page) -> list[str]:
@@ -315,10 +282,6 @@ def test_cancel_stops_a_stems_job(page, app_server, tmp_path, caplog):
 
     page.get_by_text(re.compile(r"Stem 1/4: Generating: step \d+/100")).first.wait_for()
     page.locator("#stems-cancel").click()
-    slot = app_server.demo.studio.slot
-    deadline = time.monotonic() + TIMEOUT_MS / 1000
-    while slot.lock.locked() and time.monotonic() < deadline:  # stops after the current step
-        time.sleep(0.1)
-    assert not slot.lock.locked()
+    wait_until_idle(app_server.demo.studio.slot)  # it stops after the current step
     assert "generation cancelled by the user" in caplog.text  # the pipeline stopped between steps
     assert page.locator("#stems-info textarea").input_value() == before  # nothing replaced the last result
