@@ -410,7 +410,7 @@ def check_targets(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
     out = {}
     if r["device"].startswith("cpu"):
         out["reroll_ratio"] = target(r["reroll_ratio"], TARGET_REROLL_RATIO)
-    if r["mux_1080p"]["size"] == "1920x1080":
+    if r["mux_1080p"]["size"] == "1920x1080" and r["clip"]["duration"] == 8:  # the target's 8 s clip
         out["mux_1080p_s"] = target(r["mux_1080p"]["median_s"], TARGET_MUX_1080P_S)
     if r["device"].startswith("cpu"):
         out["rss_over_params_bytes"] = target(r["rss_over_params"], TARGET_RSS_OVER_PARAMS)

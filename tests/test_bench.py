@@ -334,6 +334,8 @@ def test_targets_on_a_gpu_are_per_variant_and_absolute(bench):
     assert small["cuda_e2e_s"]["limit"] == 0.5 and not small["cuda_e2e_s"]["met"]
     assert "cuda_e2e_s" not in bench.check_targets({**run, "clip": {"size": "1920x1080", "duration": 8.0}})
     assert bench.check_targets({**run, "dtype": "float32"}).keys() == {"mux_1080p_s"}
+    # Every target is for an 8 s clip; a longer one reports its numbers against none of them.
+    assert bench.check_targets({**run, "clip": {"size": "640x360", "duration": 30.0}}) == {}
 
 
 # -- benchmarks/vs_reference.py, without the reference ---------------------------------------------
