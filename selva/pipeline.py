@@ -72,9 +72,9 @@ StepCallback = Callable[["SelvaPipeline", int, float, dict[str, Any]], "dict[str
 # so a 10 minute clip (90 windows) does not need 90 windows of activations at once.
 WINDOW_BATCH = 16
 # Rows the vocoder takes at once on the CPU. Its activations grow with rows times samples (a 16 kHz
-# window is 128k samples by up to 512 channels): batching nine 8 s windows of a 60 s clip took
-# 7.1 s per window and 4.25 GB peak RSS against 5.1 s for one window alone (2 cores, bf16), so the
-# CPU vocodes window by window and its peak stays that of one window. Accelerators take the batch.
+# window is 128k samples by up to 512 channels): batching the nine 8 s windows of a 60 s clip took
+# 7.1 s per window against 4.6-5.1 s for one alone (2 cores, bf16). Window by window, 30 s and 60 s
+# clips peak at 3.37 and 3.38 GB RSS, an 8 s one at 3.14 GB. Accelerators take the whole batch.
 CPU_VOCODER_ROWS = 1
 
 
