@@ -730,7 +730,16 @@ def test_signal_stops_a_batch_keeping_finished_clips(
     argv = ["batch", str(listing), "--out", str(out_dir), *FAST[:2], "--steps", "100", "--device", "cpu"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])}
     command = [sys.executable, "-c", CHILD, str(tmp_path / "hub"), str(fixtures_dir), *argv]
-    child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # As in a terminal: a test runner started in the background (`cmd &` in a script) has SIGINT
+    # ignored, which its children inherit, and Python then never turns SIGINT into KeyboardInterrupt.
+    child = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     watchdog = threading.Timer(300, child.kill)
     watchdog.start()
     try:
