@@ -493,7 +493,7 @@ def format_table(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_length_in_child(argv: Sequence[str], seconds: float) -> dict[str, Any]:
+def run_length_in_child(argv: Sequence[str], seconds: float, variant: str) -> dict[str, Any]:
     """This benchmark for one length in a fresh process; its output passes through, its result back.
 
     A process's peak RSS only ever grows, and one that has run a pipeline keeps
@@ -508,7 +508,7 @@ def run_length_in_child(argv: Sequence[str], seconds: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         # The variant as this process knows it: one registered here (the tests' tiny ones) goes along.
         variant_file = Path(tmp) / "variant.pkl"
-        variant_file.write_bytes(pickle.dumps(get_variant(parse_args(argv).variant)))
+        variant_file.write_bytes(pickle.dumps(get_variant(variant)))
         cmd = [sys.executable, "-m", "benchmarks.bench", *argv, "--only-duration", f"{seconds:g}",
                "--variant-pickle", str(variant_file)]  # fmt: skip
         proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, text=True, bufsize=1)
@@ -532,7 +532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = []
     try:
         if len(args.durations) > 1:
-            results = [run_length_in_child(argv, seconds) for seconds in args.durations]
+            results = [run_length_in_child(argv, seconds, args.variant) for seconds in args.durations]
         else:
             result = run_benchmark(args)
             print(format_table(result))
