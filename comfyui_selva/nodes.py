@@ -278,9 +278,9 @@ class SelvaSampler:
 
         bar = host.progress_bar(steps)
 
-        def on_step(i: int) -> None:
+        def on_step(done: int, total: int) -> None:
             if bar is not None:
-                bar.update_absolute(i, steps)
+                bar.update_absolute(done, total)
             host.raise_if_interrupted()
 
         host.raise_if_interrupted()

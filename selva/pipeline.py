@@ -1,18 +1,20 @@
 """SelvaPipeline: a video and two prompts in, selectively generated audio out.
 
-A call is a numbered recipe that reads like the paper:
+A call (`generate`) is a numbered list of the pipeline's own public steps, the
+same methods the ComfyUI nodes and the tests call:
 
-1. check the inputs;
-2. probe the video and settle the span (every sequence length follows from it);
-3. encode the prompts: T5 for TextSynch, the CLIP text tower for the generator;
-4. encode the video with TextSynch, conditioned on the prompt (sync features);
-5. draw the starting noise from the seed;
-6. integrate the flow from noise to data with classifier-free guidance;
-7. decode latents to a mel spectrogram and vocode it to a waveform.
+1. `check_inputs`: the request in range, the seed drawn if none was given;
+2. `plan_span`: probe the video, settle the span, plan its 8 s windows;
+3. `encode_prompts`: T5 for TextSynch, the CLIP text tower for the generator;
+4. `sync_features`: TextSynch over the span, conditioned on the prompt;
+5-9. `sample`, from the features, window by window: `prepare_latents` (the
+   seed's noise), `prepare_conditions`, `denoise` (the flow with
+   classifier-free guidance), `decode_latents` (latents to mel), `vocode`
+   (mel to waveform), then `join` (the windows crossfaded into one track).
 
-Steps 3 and 4 live in `selva.features` (a base class of the pipeline). Their
-features are cached, so a re-roll (another seed, step count, CFG strength or
-negative prompt) skips decoding and TextSynch.
+Steps 3 and 4 are the `FeatureEncoder` the pipeline owns (`pipe.features`,
+`selva.features`). Their features are cached, so a re-roll (another seed, step
+count, CFG strength or negative prompt) skips decoding and TextSynch.
 
 Reentrant: everything a call needs (lengths, seed, callbacks, its cancel
 token) is local to that call, so several threads may call one pipeline at
@@ -39,33 +41,33 @@ from tqdm.auto import tqdm
 
 from selva import device as devices
 from selva import media, sampling
-from selva.cache import LRUCache
-from selva.features import FeatureEncoding, StageCallback
+from selva.features import FeatureEncoder, Span, StageCallback
 from selva.loading import release_freed_memory
-from selva.outputs import SelvaOutput
+from selva.outputs import PromptFeatures, SelvaOutput
 from selva.sequence import SequenceLengths
-from selva.spec import (
-    DEFAULT_MAX_DURATION,
-    CancelToken,
-    GenerationRequest,
-)
+from selva.spec import DEFAULT_MAX_DURATION, CancelToken, GenerationRequest
 from selva.windows import (
     DEFAULT_WINDOW_OVERLAP,
+    Window,
+    draw_noise,
     join_windows,
     plan_windows,
     resolve_span,
     window_batches,
-    window_noise,
 )
 
 log = logging.getLogger(__name__)
 
 # The stages a call goes through, in order, as `callback_on_stage` names them.
 STAGES = ("probe", "text", "decode", "text_synch", "flow", "vae", "vocoder")
+# Past the flow a cancel is too late: the work is nearly done, so these stages are not stopped.
+_PAST_THE_FLOW = ("vae", "vocoder")
 
 # diffusers' shape: called after each flow step as fn(pipe, step_index, t, {"latents": x}); a returned
 # dict with "latents" replaces the state.
 StepCallback = Callable[["SelvaPipeline", int, float, dict[str, Any]], "dict[str, Any] | None"]
+
+__all__ = ["STAGES", "SelvaPipeline", "StageCallback", "StepCallback"]
 
 
 # Windows x candidates per flow batch (CFG doubles it): enough to keep an accelerator busy, bounded
@@ -78,7 +80,7 @@ WINDOW_BATCH = 16
 CPU_VOCODER_ROWS = 1
 
 
-class SelvaPipeline(FeatureEncoding):
+class SelvaPipeline:
     """The SelVA networks and text encoders, ready to turn videos into sound.
 
     The constructor only receives components; `from_pretrained` builds them
@@ -103,12 +105,9 @@ class SelvaPipeline(FeatureEncoding):
         window_overlap: float = DEFAULT_WINDOW_OVERLAP,
     ):
         self.variant = variant
-        self.text_synch = text_synch
         self.generator = generator
         self.vae = vae
         self.vocoder = vocoder
-        self.t5 = t5
-        self.clip = clip
         self.device = torch.device(device)
         self.dtype = dtype
         # With little accelerator memory the text encoders and the vocoder
@@ -117,10 +116,18 @@ class SelvaPipeline(FeatureEncoding):
         self.max_duration = max_duration
         plan_windows(0.0, 16000, overlap=window_overlap)  # refuses a bad overlap now, not per call
         self.window_overlap = window_overlap
-        # ("t5", prompt) -> (states, mask); ("clip", prompt) -> states
-        self.prompt_cache: LRUCache[Any] = LRUCache(cache_size)
-        self.sync_cache: LRUCache[torch.Tensor] = LRUCache(cache_size)
         self._offload_lock = threading.RLock()  # one offloaded network moves at a time
+        self.features = FeatureEncoder(
+            variant=variant,
+            text_synch=text_synch,
+            t5=t5,
+            clip=clip,
+            device=self.device,
+            dtype=dtype,
+            cache_size=cache_size,
+            resident=self._resident,
+            timed=self._timed,
+        )
         # True: wait for the device at the end of every timed stage, so `SelvaOutput.timings` are
         # device times (benchmarks). Off by default: each wait leaves the GPU idle while the host
         # queues the next stage, and on CUDA the timings are then host times.
@@ -174,9 +181,53 @@ class SelvaPipeline(FeatureEncoding):
         """Options for the tqdm bar over the flow steps (e.g. `disable=True`)."""
         self._progress_bar_config = kwargs
 
+    # -- the feature component's networks, caches and steps, as the pipeline's own -------------
+
+    text_synch = property(lambda self: self.features.text_synch)
+    t5 = property(lambda self: self.features.t5)
+    clip = property(lambda self: self.features.clip)
+    prompt_cache = property(lambda self: self.features.prompt_cache)
+    sync_cache = property(lambda self: self.features.sync_cache)
+
     def clear_caches(self) -> None:
-        self.prompt_cache.clear()
-        self.sync_cache.clear()
+        self.features.clear_caches()
+
+    def encode_prompt(self, prompt: str) -> PromptFeatures:
+        """T5 and CLIP text features of one prompt, cached."""
+        return self.features.encode_prompts(prompt)[0]
+
+    def encode_prompts(
+        self, prompt: str, negative_prompt: str = ""
+    ) -> tuple[PromptFeatures, torch.Tensor | None]:
+        """Step 3: see `FeatureEncoder.encode_prompts`."""
+        return self.features.encode_prompts(prompt, negative_prompt)
+
+    def encode_video(self, frames: torch.Tensor, t5: torch.Tensor, t5_mask: torch.Tensor) -> torch.Tensor:
+        """uint8 or [-1, 1] frames (B, T, 3, 224, 224) -> sync features (B, S * 8, D)."""
+        return self.features.encode_video(frames, t5, t5_mask)
+
+    def encode_span(self, frames, prompts: list[PromptFeatures], **kwargs) -> list[torch.Tensor]:
+        """A span's sync features per prompt, chunk by chunk: see `FeatureEncoder.encode_span`."""
+        return self.features.encode_span(frames, prompts, **kwargs)
+
+    def sync_features(
+        self,
+        video: str | Path | Span,
+        prompts: list[str],
+        *,
+        start: float = 0.0,
+        duration: float | None = None,
+        cancel: CancelToken | None = None,
+        **kwargs,
+    ) -> list[torch.Tensor]:
+        """Step 4: sync features (1, S * 8, D) of one span for each prompt, decoding the span once.
+
+        `video` is a path (then `start` and `duration` settle the span as a call would) or a
+        planned `Span`. Cached as a call's are, so calls with these prompts on this span skip
+        decoding and TextSynch (`selva.stems` runs this first, then one call per stem).
+        """
+        span = video if isinstance(video, Span) else self.plan_span(video, start=start, duration=duration)
+        return self.features.sync_features(span, prompts, cancel=cancel, **kwargs)
 
     # -- the call ------------------------------------------------------------------------------
 
@@ -243,79 +294,137 @@ class SelvaPipeline(FeatureEncoding):
         """`__call__` for a ready-made `GenerationRequest` (its `variant` is not looked at)."""
         timings: dict[str, float] = {}
         t_total = time.perf_counter()
-        cancel = cancel or CancelToken()
-
-        def stage(name: str) -> None:
-            cancel.raise_if_cancelled()
-            if callback_on_stage is not None:
-                callback_on_stage(name)
+        stage = _Stages(callback_on_stage, cancel or CancelToken())
 
         # 1. Check the inputs.
-        req = request.checked(max_duration=self.max_duration)
-        video = Path(req.video) if req.video is not None else None
-        seed = random.randrange(2**31) if req.seed is None else req.seed
-        steps, num_samples = req.steps, req.num_samples
-        overlap = self.window_overlap if window_overlap is None else window_overlap
-        sr = self.variant.sample_rate
-
-        # 2. Probe the video and settle the span (from the prompt alone: the asked duration).
-        start = float(req.start)
-        info = None
-        if video is not None:
-            stage("probe")
-            with self._timed(timings, "probe"):
-                info = media.probe(video)
-            duration = self.resolve_duration(info.duration, start, req.duration)
-        else:
-            duration = self.resolve_duration(math.inf, 0.0, req.duration)
-        windows = plan_windows(duration, sr, overlap=overlap)
-        lengths = SequenceLengths.from_duration(duration, sample_rate=sr, hop_length=self.variant.hop_length)
-
+        req, seed = self.check_inputs(request)
+        # 2. Probe the video, settle the span and plan its windows.
+        span = self.plan_span(
+            req.video,
+            start=req.start,
+            duration=req.duration,
+            window_overlap=window_overlap,
+            stage=stage,
+            timings=timings,
+        )
         # 3. Encode the prompts, while a worker thread decodes the span's frames (unless cached).
-        key = self._sync_key(video, req.prompt, start, duration) if video is not None else None
-        feed = None
-        if key is not None and key not in self.sync_cache:
-            feed = self._frame_feed(info, start, lengths)
-        try:
+        with self.features.prefetch(span, [req.prompt]) as feed:
             stage("text")
             with self._timed(timings, "text"):
                 positive, negative_clip = self.encode_prompts(req.prompt, req.negative_prompt)
+            # 4. Sync features of the whole span, once: every window takes its slice. None from the
+            #    prompt alone (the generator's learned empty sync sequence).
+            sync_f = None
+            if span.video is not None:
+                sync_f = self.sync_features(
+                    span, [req.prompt], feed=feed, stage=stage, timings=timings, cancel=stage.cancel
+                )[0]
+        # 5-9. Noise, flow, mel and waveform window by window; the windows joined into one track.
+        audio = self.sample(
+            sync_f,
+            positive.clip,
+            negative_clip,
+            windows=span.windows,
+            steps=req.steps,
+            cfg_strength=req.cfg_strength,
+            seed=seed,
+            num_samples=req.num_samples,
+            callback_on_step_end=callback_on_step_end,
+            callback_on_stage=stage.callback,
+            cancel=stage.cancel,
+            timings=timings,
+        )
+        timings["total"] = time.perf_counter() - t_total
+        return SelvaOutput(
+            audio=audio,
+            sample_rate=self.sample_rate,
+            seed=seed,
+            duration=span.duration,
+            start=span.start,
+            video=span.video,
+            timings=timings,
+            windows=len(span.windows),
+            info=span.info,
+        )
 
-            # 4. Sync features of the whole span, once (every window takes its slice).
-            sync_f = None  # from the prompt alone: the learned empty sync sequence
-            if key is not None:
+    # -- steps ---------------------------------------------------------------------------------
 
-                def compute_sync() -> torch.Tensor:
-                    with feed or self._frame_feed(info, start, lengths) as frames:
-                        return self.encode_span(
-                            frames, [positive], stage=stage, timings=timings, cancel=cancel
-                        )[0]
+    def check_inputs(self, request: GenerationRequest) -> tuple[GenerationRequest, int]:
+        """Step 1: the request if it is in range (else an `InputError` naming the field), and its
+        seed, drawn at random when the request has none."""
+        req = request.checked(max_duration=self.max_duration)
+        return req, (random.randrange(2**31) if req.seed is None else req.seed)
 
-                sync_f = self.sync_cache.get_or_compute(key, compute_sync)
-        finally:
-            if feed is not None:
-                feed.close()
+    def resolve_duration(self, video_duration: float, start: float, duration: float | None) -> float:
+        """The span to sonify: as asked, or what is left after `start` up to `max_duration`."""
+        return resolve_span(video_duration, start, duration, max_duration=self.max_duration)
 
-        # 5-6. Noise and flow, window by window in batches of windows x candidates.
-        latent_dim, hop = self.generator.config.latent_dim, self.variant.hop_length
-        noise = window_noise(windows, num_samples, seed, latent_dim=latent_dim, hop_length=hop)
+    def plan_span(
+        self,
+        video: str | Path | None,
+        *,
+        start: float = 0.0,
+        duration: float | None = None,
+        window_overlap: float | None = None,
+        stage: StageCallback | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> Span:
+        """Step 2: probe `video` (None: sound from the prompt alone, `duration` long), settle the span
+        and plan its overlapping 8 s windows (`window_overlap` seconds, default the pipeline's)."""
+        info = None
+        if video is not None:
+            if stage is not None:
+                stage("probe")
+            with self._timed({} if timings is None else timings, "probe"):
+                info = media.probe(video)
+        seconds = self.resolve_duration(info.duration if info else math.inf, start if info else 0.0, duration)
+        overlap = self.window_overlap if window_overlap is None else window_overlap
+        windows = plan_windows(seconds, self.sample_rate, overlap=overlap)
+        return Span(None if video is None else Path(video), info, float(start), seconds, windows)
+
+    @torch.inference_mode()
+    def sample(
+        self,
+        sync_f: torch.Tensor | None,
+        clip_text_f: torch.Tensor,
+        negative_clip_text_f: torch.Tensor | None,
+        *,
+        windows: list[Window],
+        steps: int,
+        cfg_strength: float,
+        seed: int,
+        num_samples: int = 1,
+        callback_on_step_end: StepCallback | None = None,
+        callback_on_stage: StageCallback | None = None,
+        cancel: CancelToken | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> torch.Tensor:
+        """Steps 5-9: audio (num_samples, N) float32 on the CPU in [-1, 1] from a span's features.
+
+        `sync_f` (1, S * 8, D) covers the whole span (None: the prompt alone); `windows` are
+        its plan (`plan_span`). Windows of equal length run as one flow batch of windows x
+        candidates (at most WINDOW_BATCH rows); step callbacks get "window", "window_count",
+        "windows", "pass" and "passes" beside the latents. Candidate k is drawn from seed + k.
+        """
+        stage = _Stages(callback_on_stage, cancel or CancelToken())
+        timings = {} if timings is None else timings
+        noise = self.prepare_latents(windows, num_samples, seed)
         batches = window_batches(windows, max(1, WINDOW_BATCH // num_samples))
         stage("flow")
         latents: list[torch.Tensor] = []
         with self._timed(timings, "flow"):
             for number, batch in enumerate(batches):
-                win_lengths = SequenceLengths.from_duration(
-                    batch[0].duration, sample_rate=sr, hop_length=self.variant.hop_length
-                )
                 rows = len(batch) * num_samples  # window-major: row w * num_samples + k
-                x0 = torch.cat([noise[w.index] for w in batch]).to(self.device)
                 window_sync = None
                 if sync_f is not None:
-                    window_sync = torch.cat([sync_f[:, w.sync_slice] for w in batch]).repeat_interleave(
-                        num_samples, dim=0
-                    )
+                    window_sync = torch.cat([sync_f[:, w.sync_slice] for w in batch]).to(self.device)
+                    window_sync = window_sync.repeat_interleave(num_samples, dim=0)
                 cond, uncond = self.prepare_conditions(
-                    window_sync, positive.clip, negative_clip, num_samples=rows, lengths=win_lengths
+                    window_sync,
+                    clip_text_f,
+                    negative_clip_text_f,
+                    num_samples=rows,
+                    lengths=self._lengths(batch[0].duration),
                 )
                 where = {
                     "window": batch[0].index,
@@ -326,67 +435,37 @@ class SelvaPipeline(FeatureEncoding):
                 }
                 latents.append(
                     self.denoise(
-                        x0,
+                        torch.cat([noise[w.index] for w in batch]),
                         cond,
                         uncond,
                         steps=steps,
-                        cfg_strength=req.cfg_strength,
+                        cfg_strength=cfg_strength,
                         callback_on_step_end=callback_on_step_end,
-                        cancel=cancel,
+                        cancel=stage.cancel,
                         state=where,
                     )
                 )
         timings["flow_per_step"] = timings["flow"] / (steps * len(batches))
 
-        # 7. Latents -> mel -> waveform. Past the flow a cancel is too late: the work is nearly done.
-        if callback_on_stage is not None:
-            callback_on_stage("vae")
+        stage("vae")
         mels = [self.decode_latents(latent, timings) for latent in latents]
-        if callback_on_stage is not None:
-            callback_on_stage("vocoder")
-        pieces: list[torch.Tensor] = []
+        stage("vocoder")
+        pieces: dict[int, torch.Tensor] = {}
         with self._timed(timings, "vocoder"):
             for batch, mel in zip(batches, mels, strict=True):
                 audio = self.vocode(mel).float().cpu()
-                pieces += [audio[k * num_samples : (k + 1) * num_samples] for k in range(len(batch))]
-        ordered = [w for batch in batches for w in batch]
-        pieces = [p for _, p in sorted(zip(ordered, pieces, strict=True), key=lambda wp: wp[0].index)]
-        audio = join_windows(pieces, windows, round(duration * sr)).clamp(-1, 1)
+                pieces |= dict(zip([w.index for w in batch], audio.split(num_samples), strict=True))
         # TextSynch's and the vocoder's activations are hundreds of MB; glibc keeps such freed
         # blocks in the heap, and an idle app would hold its worst request's peak for good.
         release_freed_memory()
+        return self.join([pieces[w.index] for w in windows], windows)
 
-        timings["total"] = time.perf_counter() - t_total
-        return SelvaOutput(
-            audio=audio,
-            sample_rate=sr,
-            seed=seed,
-            duration=duration,
-            start=start,
-            video=video,
-            timings=timings,
-            windows=len(windows),
-            info=info,
-        )
-
-    # -- steps ---------------------------------------------------------------------------------
-
-    def resolve_duration(self, video_duration: float, start: float, duration: float | None) -> float:
-        """The span to sonify: as asked, or what is left after `start` up to `max_duration`."""
-        return resolve_span(video_duration, start, duration, max_duration=self.max_duration)
-
-    def prepare_latents(self, num_samples: int, latent_len: int, seed: int) -> torch.Tensor:
-        """Noise (num_samples, L, C); candidate k is drawn from seed + k.
-
-        One CPU generator per candidate: the same seed gives the same noise on
-        every device, and any candidate of a batch can be reproduced alone.
-        """
-        latent_dim = self.generator.config.latent_dim
-        noise = [
-            torch.randn((1, latent_len, latent_dim), generator=torch.Generator().manual_seed(seed + k))
-            for k in range(num_samples)
-        ]
-        return torch.cat(noise).to(self.device)
+    def prepare_latents(self, windows: list[Window], num_samples: int, seed: int) -> list[torch.Tensor]:
+        """Step 5: per window, noise (num_samples, L_w, C) on the device, by `windows.draw_noise`'s rule
+        (candidate k from seed + k; a span of one window is the first window of a longer one)."""
+        lens = [self._lengths(w.duration).latent_len for w in windows]
+        noise = draw_noise(lens, num_samples, seed, latent_dim=self.generator.config.latent_dim)
+        return [n.to(self.device) for n in noise]
 
     def prepare_conditions(
         self,
@@ -483,7 +562,18 @@ class SelvaPipeline(FeatureEncoding):
             parts = [self.vocoder(part.to(vocoder_dtype)).squeeze(1) for part in mel.split(rows)]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
+    def join(self, pieces: list[torch.Tensor], windows: list[Window]) -> torch.Tensor:
+        """Step 9: the windows' audio (each (B, N_w), in window order) crossfaded into one track
+        (B, N) in [-1, 1]; a single window passes through (clamped)."""
+        last = windows[-1]
+        return join_windows(pieces, windows, last.start_sample + last.num_samples).clamp(-1, 1)
+
     # -- helpers -------------------------------------------------------------------------------
+
+    def _lengths(self, duration: float) -> SequenceLengths:
+        return SequenceLengths.from_duration(
+            duration, sample_rate=self.sample_rate, hop_length=self.variant.hop_length
+        )
 
     def _resident(self, module: nn.Module):
         """`module` on the device for a block; offloaded ones move under a lock, one at a time."""
@@ -506,3 +596,17 @@ class SelvaPipeline(FeatureEncoding):
 def _locked(lock: threading.RLock, inner) -> Iterator[Any]:
     with lock, inner as value:
         yield value
+
+
+class _Stages:
+    """One call's stage reports: `callback(name)` as each stage begins, `cancel` looked at first,
+    except past the flow, where a cancel is too late (the work is nearly done)."""
+
+    def __init__(self, callback: StageCallback | None, cancel: CancelToken):
+        self.callback, self.cancel = callback, cancel
+
+    def __call__(self, name: str) -> None:
+        if name not in _PAST_THE_FLOW:
+            self.cancel.raise_if_cancelled()
+        if self.callback is not None:
+            self.callback(name)
