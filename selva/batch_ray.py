@@ -29,6 +29,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -83,19 +84,15 @@ def decode_stage(row: dict[str, Any]) -> dict[str, Any]:
     from selva import media
     from selva.sequence import SYNC_FPS, SYNC_SIZE
     from selva.spec import MediaError
+    from selva.windows import resolve_span
 
     item = item_from_row(row)
     try:
         if not item.video.is_file():
             raise MediaError(f"no such video: {item.video}")
         info = media.probe(item.video)
-        left = info.duration - item.start
-        if left <= 0:
-            raise InputError(
-                f"start {item.start:.2f} s is at or past the end of the {info.duration:.2f} s video"
-            )
-        # read_frames refuses a span past the last frame; the pipeline clamps to what is left.
-        span = left if item.duration is None else min(item.duration, left)
+        # The pipeline's span rule; the cap on a span is the actor's (--max-duration), not known here.
+        span = resolve_span(info.duration, item.start, item.duration, max_duration=math.inf)
         frames = media.read_frames(item.video, start=item.start, duration=span, fps=SYNC_FPS, size=SYNC_SIZE)
     except Exception as exc:  # a row, not a raise: one bad clip must not stop the dataset
         return _failure(row, item.where, exc)

@@ -15,9 +15,8 @@ current one is encoded, so a long span never holds all its frames.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,8 @@ from selva.windows import Window
 StageCallback = Callable[[str], None]
 Resident = Callable[[nn.Module], AbstractContextManager[Any]]
 Timed = Callable[[dict[str, float], str], AbstractContextManager[None]]
+# Past the flow a cancel is too late: the work is nearly done, so these stages are not stopped.
+PAST_THE_FLOW = ("vae", "vocoder")
 
 # TextSynch segments per batch on the CPU. Measured on 2 cores, bf16, 8 s clip (24 segments):
 # one at a time 9.0 s and 90 MB of activations, all at once 16.5 s and 700 MB (glibc maps and
@@ -47,6 +48,20 @@ CPU_SEGMENT_CHUNK = 1
 SYNC_CHUNK_SEGMENTS = 24
 
 
+class StageReport:
+    """One call's stage reports: `callback(name)` as each stage begins, `cancel` looked at first
+    (except past the flow). The one stage callback every step of a call is handed."""
+
+    def __init__(self, callback: StageCallback | None, cancel: CancelToken):
+        self.callback, self.cancel = callback, cancel
+
+    def __call__(self, name: str) -> None:
+        if name not in PAST_THE_FLOW:
+            self.cancel.raise_if_cancelled()
+        if self.callback is not None:
+            self.callback(name)
+
+
 @dataclass(frozen=True)
 class Span:
     """What a call sonifies: the video (None: the prompt alone), its probe, the seconds and the windows."""
@@ -56,15 +71,6 @@ class Span:
     start: float
     duration: float
     windows: list[Window]
-
-
-@contextmanager
-def _stopwatch(timings: dict[str, float], name: str) -> Iterator[None]:
-    begun = time.perf_counter()
-    try:
-        yield
-    finally:
-        timings[name] = timings.get(name, 0.0) + time.perf_counter() - begun
 
 
 class FeatureEncoder:
@@ -80,8 +86,8 @@ class FeatureEncoder:
         device: torch.device,
         dtype: torch.dtype,
         cache_size: int = 16,
-        resident: Resident = nullcontext,
-        timed: Timed = _stopwatch,
+        resident: Resident,
+        timed: Timed,
     ):
         self.variant = variant
         self.text_synch = text_synch
@@ -100,6 +106,10 @@ class FeatureEncoder:
         self.sync_cache.clear()
 
     # -- prompts -------------------------------------------------------------------------------
+
+    def encode_prompt(self, prompt: str) -> PromptFeatures:
+        """T5 and CLIP text features of one prompt, cached."""
+        return self.encode_prompts(prompt)[0]
 
     def encode_prompts(
         self, prompt: str, negative_prompt: str = ""
@@ -174,7 +184,7 @@ class FeatureEncoder:
 
         def encode(todo: list[str]) -> None:
             with spare.pop() if spare else self.frame_feed(span) as frames:
-                encoded = [self.encode_prompts(p)[0] for p in todo]
+                encoded = [self.encode_prompt(p) for p in todo]
                 features = self.encode_span(frames, encoded, stage=stage, timings=timings, cancel=cancel)
             fresh.update(zip(todo, features, strict=True))
 

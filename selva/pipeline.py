@@ -12,15 +12,15 @@ same methods the ComfyUI nodes and the tests call:
    classifier-free guidance), `decode_latents` (latents to mel), `vocode`
    (mel to waveform), then `join` (the windows crossfaded into one track).
 
-Steps 3 and 4 are the `FeatureEncoder` the pipeline owns (`pipe.features`,
-`selva.features`). Their features are cached, so a re-roll (another seed, step
-count, CFG strength or negative prompt) skips decoding and TextSynch.
+The networks sit in two components the pipeline owns: `pipe.features`
+(`selva.features.FeatureEncoder`: text encoders, TextSynch, the caches; steps
+3-4) and `pipe.synthesis` (`selva.synthesis.Synthesizer`: generator, VAE,
+vocoder; steps 6-8). Features are cached, so a re-roll (another seed, steps,
+CFG or negative prompt) skips decoding and TextSynch.
 
-Reentrant: everything a call needs (lengths, seed, callbacks, its cancel
-token) is local to that call, so several threads may call one pipeline at
-once. The feature caches are locked; two callers missing the same key at the
-same moment both compute it and get equal values. Offloaded networks move
-between devices under one lock, so with offloading on, their uses take turns.
+Reentrant: what a call needs (lengths, seed, callbacks, cancel token) is local
+to it, so threads may share one pipeline. The caches are locked (two callers
+missing one key both compute it); offloaded networks move under one lock.
 """
 
 from __future__ import annotations
@@ -30,22 +30,22 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from selva import device as devices
-from selva import media, sampling
-from selva.features import FeatureEncoder, Span, StageCallback
+from selva import media
+from selva.features import FeatureEncoder, Span, StageCallback, StageReport
 from selva.loading import release_freed_memory
-from selva.outputs import PromptFeatures, SelvaOutput
+from selva.outputs import SelvaOutput
 from selva.sequence import SequenceLengths
 from selva.spec import DEFAULT_MAX_DURATION, CancelToken, GenerationRequest
+from selva.synthesis import StepCallback, Synthesizer
 from selva.windows import (
     DEFAULT_WINDOW_OVERLAP,
     Window,
@@ -60,12 +60,12 @@ log = logging.getLogger(__name__)
 
 # The stages a call goes through, in order, as `callback_on_stage` names them.
 STAGES = ("probe", "text", "decode", "text_synch", "flow", "vae", "vocoder")
-# Past the flow a cancel is too late: the work is nearly done, so these stages are not stopped.
-_PAST_THE_FLOW = ("vae", "vocoder")
 
-# diffusers' shape: called after each flow step as fn(pipe, step_index, t, {"latents": x}); a returned
-# dict with "latents" replaces the state.
-StepCallback = Callable[["SelvaPipeline", int, float, dict[str, Any]], "dict[str, Any] | None"]
+
+def _delegated(part: str, name: str) -> property:
+    """`pipe.<name>`: attribute `name` of the pipeline's component `part` (a bound method for a step)."""
+    return property(lambda self: getattr(getattr(self, part), name), doc=f"`{part}.{name}`")
+
 
 __all__ = ["STAGES", "SelvaPipeline", "StageCallback", "StepCallback"]
 
@@ -73,11 +73,6 @@ __all__ = ["STAGES", "SelvaPipeline", "StageCallback", "StepCallback"]
 # Windows x candidates per flow batch (CFG doubles it): enough to keep an accelerator busy, bounded
 # so a 10 minute clip (90 windows) does not need 90 windows of activations at once.
 WINDOW_BATCH = 16
-# Rows the vocoder takes at once on the CPU. Its activations grow with rows times samples (a 16 kHz
-# window is 128k samples by up to 512 channels): batching the nine 8 s windows of a 60 s clip took
-# 7.1 s per window against 4.6-5.1 s for one alone (2 cores, bf16). Window by window, 30 s and 60 s
-# clips peak at 3.37 and 3.38 GB RSS, an 8 s one at 3.14 GB. Accelerators take the whole batch.
-CPU_VOCODER_ROWS = 1
 
 
 class SelvaPipeline:
@@ -105,9 +100,6 @@ class SelvaPipeline:
         window_overlap: float = DEFAULT_WINDOW_OVERLAP,
     ):
         self.variant = variant
-        self.generator = generator
-        self.vae = vae
-        self.vocoder = vocoder
         self.device = torch.device(device)
         self.dtype = dtype
         # With little accelerator memory the text encoders and the vocoder
@@ -128,11 +120,19 @@ class SelvaPipeline:
             resident=self._resident,
             timed=self._timed,
         )
+        self.synthesis = Synthesizer(
+            generator=generator,
+            vae=vae,
+            vocoder=vocoder,
+            device=self.device,
+            dtype=dtype,
+            resident=self._resident,
+            timed=self._timed,
+        )
         # True: wait for the device at the end of every timed stage, so `SelvaOutput.timings` are
         # device times (benchmarks). Off by default: each wait leaves the GPU idle while the host
         # queues the next stage, and on CUDA the timings are then host times.
         self.exact_timings = False
-        self._progress_bar_config: dict = {}
 
     @classmethod
     def from_pretrained(
@@ -179,36 +179,26 @@ class SelvaPipeline:
 
     def set_progress_bar_config(self, **kwargs) -> None:
         """Options for the tqdm bar over the flow steps (e.g. `disable=True`)."""
-        self._progress_bar_config = kwargs
+        self.synthesis.progress_bar_config = kwargs
 
-    # -- the feature component's networks, caches and steps, as the pipeline's own -------------
+    # -- the components' networks, caches and steps, reached as the pipeline's own -------------
 
-    text_synch = property(lambda self: self.features.text_synch)
-    t5 = property(lambda self: self.features.t5)
-    clip = property(lambda self: self.features.clip)
-    prompt_cache = property(lambda self: self.features.prompt_cache)
-    sync_cache = property(lambda self: self.features.sync_cache)
-
-    def clear_caches(self) -> None:
-        self.features.clear_caches()
-
-    def encode_prompt(self, prompt: str) -> PromptFeatures:
-        """T5 and CLIP text features of one prompt, cached."""
-        return self.features.encode_prompts(prompt)[0]
-
-    def encode_prompts(
-        self, prompt: str, negative_prompt: str = ""
-    ) -> tuple[PromptFeatures, torch.Tensor | None]:
-        """Step 3: see `FeatureEncoder.encode_prompts`."""
-        return self.features.encode_prompts(prompt, negative_prompt)
-
-    def encode_video(self, frames: torch.Tensor, t5: torch.Tensor, t5_mask: torch.Tensor) -> torch.Tensor:
-        """uint8 or [-1, 1] frames (B, T, 3, 224, 224) -> sync features (B, S * 8, D)."""
-        return self.features.encode_video(frames, t5, t5_mask)
-
-    def encode_span(self, frames, prompts: list[PromptFeatures], **kwargs) -> list[torch.Tensor]:
-        """A span's sync features per prompt, chunk by chunk: see `FeatureEncoder.encode_span`."""
-        return self.features.encode_span(frames, prompts, **kwargs)
+    text_synch = _delegated("features", "text_synch")
+    t5 = _delegated("features", "t5")
+    clip = _delegated("features", "clip")
+    prompt_cache = _delegated("features", "prompt_cache")
+    sync_cache = _delegated("features", "sync_cache")
+    clear_caches = _delegated("features", "clear_caches")
+    encode_prompt = _delegated("features", "encode_prompt")
+    encode_prompts = _delegated("features", "encode_prompts")  # step 3
+    encode_video = _delegated("features", "encode_video")
+    encode_span = _delegated("features", "encode_span")
+    generator = _delegated("synthesis", "generator")
+    vae = _delegated("synthesis", "vae")
+    vocoder = _delegated("synthesis", "vocoder")
+    prepare_conditions = _delegated("synthesis", "prepare_conditions")  # step 6
+    decode_latents = _delegated("synthesis", "decode_latents")  # step 8
+    vocode = _delegated("synthesis", "vocode")  # step 8
 
     def sync_features(
         self,
@@ -294,7 +284,7 @@ class SelvaPipeline:
         """`__call__` for a ready-made `GenerationRequest` (its `variant` is not looked at)."""
         timings: dict[str, float] = {}
         t_total = time.perf_counter()
-        stage = _Stages(callback_on_stage, cancel or CancelToken())
+        stage = StageReport(callback_on_stage, cancel or CancelToken())
 
         # 1. Check the inputs.
         req, seed = self.check_inputs(request)
@@ -406,7 +396,7 @@ class SelvaPipeline:
         candidates (at most WINDOW_BATCH rows); step callbacks get "window", "window_count",
         "windows", "pass" and "passes" beside the latents. Candidate k is drawn from seed + k.
         """
-        stage = _Stages(callback_on_stage, cancel or CancelToken())
+        stage = StageReport(callback_on_stage, cancel or CancelToken())
         timings = {} if timings is None else timings
         noise = self.prepare_latents(windows, num_samples, seed)
         batches = window_batches(windows, max(1, WINDOW_BATCH // num_samples))
@@ -467,100 +457,9 @@ class SelvaPipeline:
         noise = draw_noise(lens, num_samples, seed, latent_dim=self.generator.config.latent_dim)
         return [n.to(self.device) for n in noise]
 
-    def prepare_conditions(
-        self,
-        sync_f: torch.Tensor | None,
-        clip_text_f: torch.Tensor,
-        negative_clip_text_f: torch.Tensor | None,
-        *,
-        num_samples: int,
-        lengths: SequenceLengths,
-    ):
-        """Conditional and unconditional generator conditions for `num_samples` candidates.
-
-        SelVA's generator gets no CLIP image features: the conditional branch
-        uses the learned empty CLIP sequence, the prompt's CLIP text and the
-        sync features; the unconditional one the learned empty sequences and
-        the negative prompt's CLIP text (the negative prompt never reaches TextSynch).
-        `sync_f` has one row or `num_samples`; None (no video) means the learned empty sync sequence.
-        """
-        gen = self.generator
-        empty_clip = gen.empty_clip_feat.expand(num_samples, lengths.clip_len, -1)
-        if sync_f is None:
-            sync_f = gen.empty_sync_feat.expand(1, lengths.sync_len, -1)
-        if sync_f.shape[0] == 1:
-            sync_f = sync_f.expand(num_samples, -1, -1)
-        cond = gen.preprocess_conditions(
-            empty_clip.to(self.dtype),
-            sync_f.to(self.dtype),
-            clip_text_f.expand(num_samples, -1, -1).to(self.dtype),
-            latent_len=lengths.latent_len,
-        )
-        negative = None
-        if negative_clip_text_f is not None:
-            negative = negative_clip_text_f.expand(num_samples, -1, -1).to(self.dtype)
-        uncond = gen.empty_conditions(
-            num_samples,
-            latent_len=lengths.latent_len,
-            clip_len=lengths.clip_len,
-            sync_len=lengths.sync_len,
-            negative_text_f=negative,
-        )
-        return cond, uncond
-
-    def denoise(
-        self,
-        x0: torch.Tensor,
-        cond,
-        uncond,
-        *,
-        steps: int,
-        cfg_strength: float,
-        callback_on_step_end: StepCallback | None = None,
-        cancel: CancelToken | None = None,
-        state: dict[str, Any] | None = None,
-    ) -> torch.Tensor:
-        """Euler flow matching from t=0 (noise) to t=1 (normalised latents).
-
-        The state is kept in float32 while the network runs in the pipeline's
-        dtype: rounding the state to bf16 at every step would add up. `state`'s entries
-        (which windows run) are passed to the step callback beside the latents.
-        """
-        # At cfg 1 the unconditional branch has no weight: skip it.
-        guided = cfg_strength != 1.0
-        conditions = cond.cat(uncond) if guided else cond
-        timesteps = sampling.timesteps(steps)
-        x = x0.float()
-        bar = tqdm(range(steps), desc="Flow steps", leave=False, **self._progress_bar_config)
-        for i in bar:
-            if cancel is not None:
-                cancel.raise_if_cancelled()
-            t, t_next = timesteps[i], timesteps[i + 1]
-            x_in = torch.cat([x, x]) if guided else x
-            t_in = torch.full((x_in.shape[0],), float(t), device=self.device, dtype=self.dtype)
-            v = self.generator(x_in.to(self.dtype), t_in, conditions).float()
-            if guided:
-                v_cond, v_uncond = v.chunk(2)
-                v = cfg_strength * v_cond + (1.0 - cfg_strength) * v_uncond
-            x = sampling.euler_step(x, v, t, t_next)
-            if callback_on_step_end is not None:
-                changed = callback_on_step_end(self, i, float(t_next), {**(state or {}), "latents": x})
-                if changed and "latents" in changed:
-                    x = changed["latents"]
-        return self.generator.unnormalize(x)
-
-    def decode_latents(self, latent: torch.Tensor, timings: dict[str, float] | None = None) -> torch.Tensor:
-        """Unnormalised latents (B, L, C) -> mel (B, n_mels, 2L)."""
-        with self._timed(timings if timings is not None else {}, "vae"):
-            return self.vae(latent.transpose(1, 2).to(self.dtype))
-
-    def vocode(self, mel: torch.Tensor) -> torch.Tensor:
-        """mel (B, n_mels, T) -> waveform (B, N); on the CPU a row at a time (see CPU_VOCODER_ROWS)."""
-        rows = CPU_VOCODER_ROWS if self.device.type == "cpu" else len(mel)
-        with self._resident(self.vocoder):
-            vocoder_dtype = next(self.vocoder.parameters()).dtype
-            parts = [self.vocoder(part.to(vocoder_dtype)).squeeze(1) for part in mel.split(rows)]
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+    def denoise(self, x0: torch.Tensor, cond, uncond, **kwargs: Any) -> torch.Tensor:
+        """Step 7: the flow from noise to latents (`Synthesizer.denoise`); callbacks get this pipeline."""
+        return self.synthesis.denoise(x0, cond, uncond, caller=self, **kwargs)
 
     def join(self, pieces: list[torch.Tensor], windows: list[Window]) -> torch.Tensor:
         """Step 9: the windows' audio (each (B, N_w), in window order) crossfaded into one track
@@ -596,17 +495,3 @@ class SelvaPipeline:
 def _locked(lock: threading.RLock, inner) -> Iterator[Any]:
     with lock, inner as value:
         yield value
-
-
-class _Stages:
-    """One call's stage reports: `callback(name)` as each stage begins, `cancel` looked at first,
-    except past the flow, where a cancel is too late (the work is nearly done)."""
-
-    def __init__(self, callback: StageCallback | None, cancel: CancelToken):
-        self.callback, self.cancel = callback, cancel
-
-    def __call__(self, name: str) -> None:
-        if name not in _PAST_THE_FLOW:
-            self.cancel.raise_if_cancelled()
-        if self.callback is not None:
-            self.callback(name)

@@ -273,6 +273,20 @@ def test_extractor_and_sampler_make_the_pipelines_audio(model, clip25, tmp_path)
     torch.testing.assert_close(short["waveform"][0], out.audio, atol=1e-5, rtol=1e-4)
 
 
+def test_a_20_second_span_runs_through_the_pipelines_windows(comfyui, model, tmp_path):
+    clip = make_video(tmp_path / "clip20.mp4", seconds=20.0, fps=25, gop=25)
+    image = as_image(decoded_squashed(clip))
+    features, duration = extract(model, image, "dog barking", 25.0, 0.0, str(tmp_path))
+    assert duration == pytest.approx(20.0)
+    (audio,) = sample(model, features, "dog barking", "wind noise", 0.0, 2, 4.5, 3)
+    out = model(clip, "dog barking", "wind noise", steps=2, cfg_strength=4.5, seed=3)
+    assert out.windows == 3  # the app's call sonifies 20 s in overlapping 8 s windows
+    assert audio["waveform"].shape == (1, 1, out.audio.shape[1]) == (1, 1, 20 * 16000)
+    torch.testing.assert_close(audio["waveform"][0], out.audio, atol=1e-5, rtol=0)
+    # The node's bar counts the steps of every window pass: two equal windows, then the last.
+    assert comfyui.progress == [(1, 4), (2, 4), (3, 4), (4, 4)]
+
+
 def test_a_30_fps_clip_gives_audio_as_long_as_the_clip(model, clip30, tmp_path):
     image30 = as_image(read_frames(clip30, duration=3.0, fps=30, size=64))
     features, duration = extract(model, image30, "dog barking", 30.0, 0.0, str(tmp_path))
