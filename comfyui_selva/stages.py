@@ -1,7 +1,8 @@
 """Every call the node pack makes into `SelvaPipeline`, in one place.
 
 The nodes split the pipeline's recipe in two (sync features, then sampling)
-and call its public steps, the same ones `SelvaPipeline.generate` calls. Keeping those calls here, and the
+and call its public steps, the same ones `SelvaPipeline.generate` calls, so a
+span over 8 s runs in the app's windows. Keeping those calls here, and the
 pipeline's limits and error classes the pack uses, means a change to the
 pipeline's API (hook names, where errors live) is a change to this module only.
 """
