@@ -114,8 +114,8 @@ class SelvaFeatureExtractor:
                         "min": 0.0,
                         "max": MAX_DURATION,
                         "step": 0.01,
-                        "tooltip": "Seconds from the first frame; 0 = the whole clip, at most 8 s "
-                        "(SelVA's training length).",
+                        "tooltip": "Seconds from the first frame; 0 = the whole clip. Spans over 8 s "
+                        "(SelVA's training length) run in overlapping 8 s windows, as in the app.",
                     },
                 ),
                 "cache_dir": (
