@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import re
 import sys
 import time
 from collections import Counter
@@ -30,8 +29,9 @@ from typing import TypeVar
 from tqdm import tqdm
 
 from selva import spec
+from selva.names import slug, sound_file
 from selva.spec import InputError, MediaError, SelvaError, is_out_of_memory
-from selva.stems import Stem, check_stems, slug
+from selva.stems import Stem, check_stems
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -204,7 +204,7 @@ def assign_names(items: list[Item]) -> None:
     stems = Counter(_stem(item) for item in items)
     for item in items:
         stem = _stem(item)
-        item.name = stem if stems[stem] == 1 else f"{stem}-{_slug(item.prompt)}"
+        item.name = stem if stems[stem] == 1 else f"{stem}-{slug(item.prompt, 40, empty='prompt')}"
     names = Counter(item.name for item in items)
     for i, item in enumerate(items, 1):
         if names[item.name] > 1:  # same video and prompt twice (other seeds, spans): number them
@@ -214,11 +214,7 @@ def assign_names(items: list[Item]) -> None:
 
 
 def _stem(item: Item) -> str:
-    return item.name or (item.video.stem if item.video is not None else _slug(item.prompt))
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40].strip("-") or "prompt"
+    return item.name or (item.video.stem if item.video is not None else slug(item.prompt, 40, empty='prompt'))
 
 
 def output_paths(item: Item, args: argparse.Namespace) -> list[tuple[Path, Path | None]]:
@@ -240,7 +236,7 @@ def item_files(item: Item, args: argparse.Namespace) -> list[Path]:
     """
     if item.stems:
         out, name, suffix = args.out, item.name, args.format
-        stems = [out / f"{name}_{k}-{slug(s.prompt)}.{suffix}" for k, s in enumerate(item.stems, 1)]
+        stems = [out / sound_file(name, k, s.prompt, suffix) for k, s in enumerate(item.stems)]
         return [*stems, out / f"{name}_mix.{suffix}", out / f"{name}_mix.mp4", out / f"{name}_tracks.mp4"]
     return [p for pair in output_paths(item, args) for p in pair if p is not None]
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import re
 import shutil
 import tempfile
 import threading
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from selva.names import slug
 from selva.progress import ProgressFn, ProgressReport, StemsProgress, dtype_name, info_line
 from selva.spec import (
     DEFAULT_MAX_DURATION,
@@ -348,7 +348,7 @@ class GenerationService:
     ) -> GenerationResult:
         folder = self.outputs.new_folder()
         source = Path(req.video).stem if req.video is not None else "prompt"
-        stem = f"{_slug(source, 24)}_{_slug(req.prompt, 32)}"
+        stem = f"{slug(source, 24)}_{slug(req.prompt, 32)}"
         videos: list[str] = []
         audio_files: list[str] = []
         count = out.audio.shape[0]
@@ -405,7 +405,7 @@ class GenerationService:
         from selva.stems import save_stems, stems_info
 
         folder = self.outputs.new_folder()
-        files = save_stems(out, folder, f"{_slug(Path(base.video).stem, 24)}_seed{out.seed}")
+        files = save_stems(out, folder, f"{slug(Path(base.video).stem, 24)}_seed{out.seed}")
         info = stems_info(out) + f" · {pipe.variant.name} on {pipe.device} ({dtype_name(pipe.dtype)})"
         if load_seconds:
             info += f" · model loaded in {load_seconds:.1f} s"
@@ -462,7 +462,3 @@ class StemsResult:
     def label(self) -> str:
         """How a list of earlier results names this one."""
         return " + ".join(self.prompts) + f" (seed {self.seeds[0]})"
-
-
-def _slug(text: str, limit: int) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-") or "clip"

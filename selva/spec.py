@@ -168,6 +168,8 @@ MAX_STEMS = 4
 STEM_GAIN = Limit("gain", "Gain", 0.0, 2.0, 1.0)
 # The video's own soundtrack under the new audio: 0 replaces it, 1 keeps it at its level.
 ORIGINAL_AUDIO_GAIN = Limit("original_audio_gain", "Original audio level", 0.0, 2.0, 0.0)
+# Where a sound sits between the left (-1) and right (+1) speakers of the mix.
+PAN = Limit("pan", "Pan", -1.0, 1.0, 0.0)
 
 
 def check_duration(duration: object, max_duration: float) -> float | None:
@@ -198,6 +200,39 @@ def check_prompt(name: str, text: object) -> str:
     if len(text) > MAX_PROMPT_CHARS:
         raise InputError(f"{name} is {len(text)} characters long; keep it under {MAX_PROMPT_CHARS}")
     return text
+
+
+# -- loading ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to load a pipeline: the one set of loading choices every front end fills in.
+
+    `device=None` and `precision="auto"` pick for this machine; `offload="auto"`
+    keeps the text encoders and vocoder on the CPU when the accelerator is small.
+    `window_overlap=None` is the pipeline's default overlap of long spans' windows.
+    """
+
+    variant: str = DEFAULT_VARIANT
+    device: str | None = None
+    precision: str = "auto"
+    offload: str = "auto"
+    compile: bool = False
+    weights_dir: str | None = None
+    revision: str | None = None
+    max_duration: float = DEFAULT_MAX_DURATION
+    window_overlap: float | None = None
+
+    def checked(self) -> LoadOptions:
+        if self.precision not in PRECISIONS:
+            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        offload = OFFLOAD_ALIASES.get(self.offload, self.offload)
+        if offload not in OFFLOADS:
+            raise InputError(f"offload must be one of {', '.join(OFFLOADS)}, got {self.offload!r}")
+        if not _is_number(self.max_duration) or self.max_duration < MIN_DURATION:
+            raise InputError(f"max_duration must be at least {MIN_DURATION:g} s, got {self.max_duration!r}")
+        return self
 
 
 # -- the request --------------------------------------------------------------------------------------
