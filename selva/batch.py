@@ -22,7 +22,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from selva import spec
 from selva.names import slug, sound_file
+from selva.project import PROJECT_SUFFIX, Project
 from selva.spec import InputError, MediaError, SelvaError, is_out_of_memory
 from selva.stems import Stem, check_stems
 
@@ -344,64 +345,92 @@ def print_summary(summary: Summary, args: argparse.Namespace) -> None:
         print(summary.table(), flush=True)
 
 
-def load_pipeline(args: argparse.Namespace):
-    from selva.pipeline import SelvaPipeline
-
-    started = time.perf_counter()
-    log.info("loading %s models", args.variant)
-    pipe = SelvaPipeline.from_pretrained(
-        args.variant,
+def load_options(args: argparse.Namespace, variant: str | None = None) -> spec.LoadOptions:
+    """The command line's model options as the one set every front end loads with."""
+    return spec.LoadOptions(
+        variant=variant or args.variant,
         device=args.device,
-        dtype=args.precision,
+        precision=args.precision,
         offload=args.offload,
-        weights_dir=args.weights_dir,
+        compile=args.compile,
+        weights_dir=str(args.weights_dir) if args.weights_dir is not None else None,
         revision=args.revision,
         max_duration=args.max_duration,
-        compile=args.compile,
-    )
+    ).checked()
+
+
+def load_pipeline(args: argparse.Namespace, variant: str | None = None):
+    from selva.loader import load_pipeline as load
+
+    started = time.perf_counter()
+    options = load_options(args, variant)
+    log.info("loading %s models", options.variant)
+    pipe = load(options)
     pipe.set_progress_bar_config(disable=args.quiet or None, file=sys.stderr, dynamic_ncols=True)
     log.info("models ready in %.1f s", time.perf_counter() - started)
     return pipe
 
 
+def takes_folder(project_file: Path) -> Path:
+    """Where a project file's takes live: `dog.selva.json` keeps them in `dog_takes/` beside it."""
+    return project_file.parent / f"{project_name(project_file)}_takes"
+
+
+def project_name(project_file: Path) -> str:
+    """`dog.selva.json` (or `dog.json`) -> `dog`: the name its outputs are written under."""
+    name = project_file.name
+    for suffix in (PROJECT_SUFFIX, ".json"):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return project_file.stem
+
+
+def item_project(item: Item, args: argparse.Namespace) -> Project:
+    """One clip of the batch as a project: one sound with --samples takes, or one sound per stem."""
+    from selva.render import single_sound
+    from selva.stems import stems_project
+
+    request = spec.GenerationRequest(
+        item.video, item.prompt, item.negative, steps=args.steps, cfg_strength=args.cfg, seed=item.seed,
+        duration=item.duration, start=item.start, num_samples=args.samples,
+    )  # fmt: skip
+    original = args.keep_original_audio or 0.0
+    if item.stems:
+        return stems_project(replace(request, num_samples=1), item.stems, original_audio_gain=original)
+    return single_sound(request, original_audio_gain=original)
+
+
 def generate_one(pipe, item: Item, args: argparse.Namespace) -> Callable[[], None]:
-    """Generate and save one clip; returns the call that logs what was written."""
+    """Render and save one clip's project; returns the call that logs what was written."""
+    from selva import media
+    from selva.mux import mux
+    from selva.project_files import write_mix
+    from selva.render import render
+
     if item.video is not None and not item.video.is_file():
         raise MediaError(f"no such video: {item.video}")
+    save_project = getattr(args, "save_project", None)  # `selva generate` only
+    takes = takes_folder(save_project) if save_project is not None else None
+    rendered = render(pipe, item_project(item, args), takes)
+    written: list[Path] = []
     if item.stems:
-        return generate_stems_one(pipe, item, args)
-    out = pipe(
-        item.video,
-        item.prompt,
-        item.negative,
-        steps=args.steps,
-        cfg_strength=args.cfg,
-        seed=item.seed,
-        duration=item.duration,
-        start=item.start,
-        num_samples=args.samples,
-    )
-    written = []
-    for k, (audio_path, video_path) in enumerate(output_paths(item, args)):
-        # Audio first, mp4 last: an item counts as done once its last file exists.
-        written.append(out.save_audio(audio_path, k))
-        if video_path is not None:
-            written.append(out.save_video(video_path, k, original_audio_gain=args.keep_original_audio))
-    span = f"{out.start:.2f}-{out.start + out.duration:.2f} s"
+        files = write_mix(rendered, args.out, item.name, audio_format=args.format)
+        written += [*files.sound_audio, files.mix_audio]
+        written += [p for p in (files.mix_video, files.tracks_video) if p is not None]
+    else:
+        gain = args.keep_original_audio or None
+        for k, (audio_path, video_path) in enumerate(output_paths(item, args)):
+            # Audio first, mp4 last: an item counts as done once its last file exists.
+            wave = rendered.take_audio(0, k)
+            written.append(media.write_audio(audio_path, wave, rendered.sample_rate))
+            if video_path is not None:
+                written.append(mux(
+                    item.video, wave, rendered.sample_rate, video_path, start=rendered.start,
+                    duration=rendered.duration, original_audio_gain=gain, info=rendered.info,
+                ))  # fmt: skip
+    if save_project is not None:
+        written.append(rendered.project.save(save_project))
+    from selva.progress import project_info
+
     names = ", ".join(str(p) for p in written)
-    return lambda: log.info("%s -> %s (seed %d, %s)", item.where, names, out.seed, span)
-
-
-def generate_stems_one(pipe, item: Item, args: argparse.Namespace) -> Callable[[], None]:
-    """Generate and save every stem of `item.stems` and their mix for one clip."""
-    from selva.stems import generate_stems, save_stems, stems_info
-
-    base = spec.GenerationRequest(
-        item.video, item.prompt, steps=args.steps, cfg_strength=args.cfg, seed=item.seed,
-        duration=item.duration, start=item.start,
-    )  # fmt: skip
-    out = generate_stems(pipe, base, item.stems, original_audio_gain=args.keep_original_audio or 0.0)
-    files = save_stems(out, args.out, item.name, audio_format=args.format)
-    written = [*files.stem_audio, files.mix_audio, files.mix_video, files.tracks_video]
-    names = ", ".join(str(p) for p in written)
-    return lambda: log.info("%s -> %s (%s)", item.where, names, stems_info(out))
+    return lambda: log.info("%s -> %s (%s)", item.where, names, project_info(rendered))

@@ -2,6 +2,7 @@
 
     selva generate VIDEO [VIDEO...] --prompt TEXT [--prompt TEXT...] [options]
     selva batch LIST.csv | FOLDER [--prompt TEXT...] [options]
+    selva render PROJECT.selva.json [options]
     selva download [--variant NAME ...]
 
 Exit codes, for scripts:
@@ -119,6 +120,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_batch_options(p)
 
     about = (
+        "Render a project file (written by `selva generate --save-project` or the app): generate\n"
+        "the takes it is missing (their audio is kept in <name>_takes/ beside the file), mix the\n"
+        "chosen takes and write OUT/<name>_<k>-<prompt>.flac per sound, OUT/<name>_mix.flac and,\n"
+        "with a video, OUT/<name>_mix.mp4 and OUT/<name>_tracks.mp4. The file is updated with\n"
+        "the takes' audio, so a later render (or an edit) continues from it."
+    )
+    p = sub.add_parser("render", help="render a project file", description=about, **shared)
+    p.add_argument("project", type=Path, metavar="PROJECT.selva.json")
+    p.add_argument("--out", type=Path, default=Path("outputs"), metavar="DIR", help="default: %(default)s")
+    p.add_argument("--format", choices=["flac", "wav"], default="flac", help="default: flac")
+    _model_options(p, variant_default=None)
+
+    about = (
         "Download and verify every file a variant needs (for Docker images and Spaces builds).\n"
         "With --weights-dir DIR the files also land in DIR, in the layout --weights-dir reads."
     )
@@ -174,16 +188,30 @@ def _generation_options(p: argparse.ArgumentParser) -> None:
         help="longest span (default: %(default)g s; past 8 s it runs in overlapping 8 s windows)",
     )
     g.add_argument("--start", type=start_arg, default=0.0, metavar="SEC", help="default: 0")
+    if p.prog.endswith("generate"):
+        g.add_argument(
+            "--save-project",
+            type=Path,
+            metavar="FILE",
+            help="also write the project file (FILE.selva.json; takes kept beside it) for `selva render`",
+        )
     g.add_argument(
         "--keep-original-audio", type=gain_arg, metavar="GAIN", help="mix in the video's own audio at GAIN"
     )
     g.add_argument("--format", choices=["flac", "wav"], default="flac", help="default: flac")
+    _model_options(p, variant_default=DEFAULT_VARIANT)
+
+
+def _model_options(p: argparse.ArgumentParser, *, variant_default: str | None) -> None:
     g = p.add_argument_group("models")
-    g.add_argument("--variant", default=DEFAULT_VARIANT, metavar="NAME", help="default: %(default)s")
+    shown = "default: %(default)s" if variant_default else "default: the project's"
+    g.add_argument("--variant", default=variant_default, metavar="NAME", help=shown)
     g.add_argument("--device", metavar="DEV", help="cuda, cuda:1, mps or cpu (default: the best one)")
     g.add_argument("--precision", choices=PRECISIONS, default="auto", help="default: auto")
     g.add_argument("--offload", choices=OFFLOADS, default="auto", help="text encoders wait on the CPU")
     g.add_argument("--compile", action="store_true", help="torch.compile the networks (fastest on CUDA)")
+    if variant_default is None:  # `selva render`: the cap only guards new spans, a project's is set
+        p.set_defaults(max_duration=spec.DEFAULT_MAX_DURATION)
     _common_options(p)
 
 
@@ -200,6 +228,8 @@ def _common_options(p: argparse.ArgumentParser) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     items = items_for(args.videos, args)
+    if args.save_project is not None and len(items) != 1:
+        raise InputError("--save-project writes the project of one clip: give one VIDEO (or none)")
     if not args.videos and args.out.suffix.lower() in (".flac", ".wav"):
         # Sound from the prompt alone, written to the file --out names rather than into a folder.
         items[0].name = args.out.stem
@@ -223,6 +253,29 @@ def cmd_batch(args: argparse.Namespace) -> int:
     return run_items(items, args, skip_existing=not args.overwrite)
 
 
+def cmd_render(args: argparse.Namespace) -> int:
+    from selva.batch import load_pipeline, project_name, takes_folder
+    from selva.progress import project_info
+    from selva.project import Project
+    from selva.project_files import write_mix
+    from selva.render import render
+
+    project = Project.load(args.project)
+    variant = args.variant or project.variant or DEFAULT_VARIANT
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the output folder {args.out}: {exc}") from None
+    pipe = load_pipeline(args, variant)
+    rendered = render(pipe, project, takes_folder(args.project))
+    name = project_name(args.project)
+    files = write_mix(rendered, args.out, name, audio_format=args.format)
+    rendered.project.save(args.project)
+    written = [*files.sound_audio, files.mix_audio, files.mix_video, files.tracks_video]
+    log.info("%s -> %s (%s)", args.project, ", ".join(str(p) for p in written if p), project_info(rendered))
+    return EXIT_OK
+
+
 def cmd_download(args: argparse.Namespace) -> int:
     from selva import hub
     from selva.variants import VARIANTS, get_variant, human_size
@@ -238,7 +291,7 @@ def cmd_download(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"generate": cmd_generate, "batch": cmd_batch, "download": cmd_download}
+COMMANDS = {"generate": cmd_generate, "batch": cmd_batch, "render": cmd_render, "download": cmd_download}
 
 
 # -- entry point ------------------------------------------------------------------------------------

@@ -159,7 +159,7 @@ class Project:
     video: str | None = None
     start: float = float(spec.START.default)
     duration: float | None = None  # None: what is left of the video after start (up to the cap)
-    variant: str = spec.DEFAULT_VARIANT
+    variant: str | None = None  # None: the pipeline at hand (a server's resident one, or the default)
     mix: Mix = field(default_factory=Mix)
 
     def checked(self, *, max_duration: float = spec.DEFAULT_MAX_DURATION) -> Project:
@@ -176,7 +176,7 @@ class Project:
         check_duration(self.duration, max_duration)
         if self.video is None and self.duration is None:
             raise InputError("without a video, give a duration: how many seconds of sound to make")
-        if not isinstance(self.variant, str) or not self.variant:
+        if self.variant is not None and (not isinstance(self.variant, str) or not self.variant):
             raise InputError(f"variant must be a name such as {spec.DEFAULT_VARIANT!r}, got {self.variant!r}")
         self.mix.checked()
         return self

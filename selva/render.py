@@ -11,7 +11,7 @@ command line and its batches, the Ray workers and `selva render` all build a
 4. mix the chosen takes of the audible sounds (gain, mute, solo) with the
    video's own soundtrack, peak-normalised instead of clipped.
 
-Take audio is kept exactly (float32 `.npy` files beside the outputs), so a
+Take audio is kept exactly (float32 `.npy` files in a folder of takes), so a
 re-roll of one sound leaves every other sound's chosen take bit for bit, and a
 project file whose take files are gone is generated again batch by batch, the
 same on the same machine and precision.
@@ -37,8 +37,6 @@ from selva.spec import SEED, CancelToken, GenerationRequest, InputError, MediaEr
 
 if TYPE_CHECKING:
     from selva.pipeline import SelvaPipeline, StageCallback, StepCallback
-
-TAKES_FOLDER = "takes"
 
 
 def random_seed() -> int:
@@ -127,7 +125,7 @@ def render(
     on_sound: Callable[[int, int], None] | None = None,
     cancel: CancelToken | None = None,
 ) -> Rendered:
-    """Generate `project`'s missing takes (audio files under `folder`/takes) and mix the chosen ones.
+    """Generate `project`'s missing takes (their exact audio as files in `folder`) and mix the chosen ones.
 
     `folder=None` keeps the new takes' audio in the result only (their `audio` stays None).
 
@@ -193,7 +191,7 @@ def render(
                 wave = out.audio[row].numpy()
                 audio[(k, t)] = wave
                 if folder is not None:
-                    path = Path(folder) / TAKES_FOLDER / names.take_file(sound.prompt, take.seed)
+                    path = Path(folder) / names.take_file(sound.prompt, take.seed)
                     take = replace(take, audio=str(write_take(path, wave)))
                     sound = replace(sound, takes=_replaced(sound.takes, t, take))
                 generated.append((k, t))
@@ -340,7 +338,7 @@ def single_sound(request: GenerationRequest, *, original_audio_gain: float = 0.0
         video=str(request.video) if request.video is not None else None,
         start=float(request.start),
         duration=request.duration,
-        variant=request.variant or Project.__dataclass_fields__["variant"].default,
+        variant=request.variant,
         mix=Mix(original_audio_gain=float(original_audio_gain or 0.0)),
     )
     return draft_takes(

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from selva import names
 from selva.project import Mix, Project, Sound
 from selva.spec import (
     MAX_STEMS,
@@ -41,6 +40,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from selva.pipeline import SelvaPipeline, StageCallback, StepCallback
+    from selva.render import Rendered
 
 
 @dataclass(frozen=True)
@@ -102,6 +102,7 @@ class StemsOutput:
     duration: float
     video: Path
     timings: dict[str, float] = field(default_factory=dict)
+    rendered: Rendered | None = None  # the project behind these stems, for `save_stems`
 
     @property
     def seed(self) -> int:
@@ -149,6 +150,7 @@ def generate_stems(
         duration=rendered.duration,
         video=Path(base.video),
         timings=rendered.timings,
+        rendered=rendered,
     )
 
 
@@ -187,42 +189,19 @@ class StemsFiles:
 
 
 def save_stems(out: StemsOutput, folder: str | Path, name: str, *, audio_format: str = "flac") -> StemsFiles:
-    """Write `name`_mix.mp4, `name`_tracks.mp4, `name`_mix.FMT and `name`_K-prompt.FMT per stem."""
-    from selva import media, tracks
-    from selva.mux import mux
+    """Write `name`_K-prompt.FMT per stem, `name`_mix.FMT, `name`_mix.mp4 and `name`_tracks.mp4."""
+    from selva.project_files import write_mix
 
-    folder = Path(folder)
-    stem_files = []
-    for k, (stem, wave) in enumerate(zip(out.stems, out.audio, strict=True)):
-        path = folder / names.sound_file(name, k, stem.prompt, audio_format)
-        stem_files.append(media.write_audio(path, wave, out.sample_rate))
-    mix_audio = media.write_audio(folder / f"{name}_mix.{audio_format}", out.mix, out.sample_rate)
-    mix_video = mux(
-        out.video,
-        out.mix,
-        out.sample_rate,
-        folder / f"{name}_mix.mp4",
-        start=out.start,
-        duration=out.duration,
-    )
-    extra = [(stem.prompt, wave) for stem, wave in zip(out.stems, out.audio, strict=True)]
-    if out.original is not None:
-        extra.append(("original", out.original))
-    tracks_video = tracks.write_multitrack(mix_video, extra, out.sample_rate, folder / f"{name}_tracks.mp4")
-    return StemsFiles(mix_video, tracks_video, mix_audio, tuple(stem_files), tuple(out.seeds))
+    assert out.rendered is not None  # made by generate_stems
+    files = write_mix(out.rendered, folder, name, audio_format=audio_format)
+    assert files.mix_video is not None and files.tracks_video is not None  # stems have a video
+    seeds = tuple(out.seeds)
+    return StemsFiles(files.mix_video, files.tracks_video, files.mix_audio, files.sound_audio, seeds)
 
 
 def stems_info(out: StemsOutput) -> str:
     """Seeds per stem, the span, and whether the mix was normalised, in one line."""
-    parts = [", ".join(f"{k + 1}. {s.prompt!r} seed {seed} gain {s.gain:g}"
-                       for k, (s, seed) in enumerate(zip(out.stems, out.seeds, strict=True)))]  # fmt: skip
-    parts.append(f"{out.duration:.2f} s from {out.start:.2f} s at {out.sample_rate / 1000:g} kHz")
-    if out.original is not None and out.original_audio_gain:
-        parts.append(f"original audio at {out.original_audio_gain:g}")
-    if out.normalised_db:
-        parts.append(f"mix normalised by {out.normalised_db:.1f} dB")
-    else:
-        parts.append("mix not normalised (peak under 1.0)")
-    if "total" in out.timings:
-        parts.append(f"total {out.timings['total']:.2f} s")
-    return " · ".join(parts)
+    from selva.progress import project_info
+
+    assert out.rendered is not None  # made by generate_stems
+    return project_info(out.rendered)

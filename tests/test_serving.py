@@ -180,14 +180,6 @@ def test_a_cancel_after_the_flow_keeps_the_finished_job(service, clip):
     assert visitor.error is None and Path(visitor.result.videos[0]).is_file()
 
 
-def test_a_cancel_before_the_job_is_honoured(service, clip):
-    token = service.slot.job("early")
-    assert service.slot.cancel("early") and token.cancelled
-    with pytest.raises(GenerationCancelled):
-        service._generate(parse_request(clip, "dog barking", "", 2, 4.5, 3, 0, 0, None, 1), None, token)
-    service.slot.done("early", token)
-
-
 def test_old_output_folders_are_pruned(tmp_path):
     store = OutputStore(keep_seconds=600)
     old, recent = store.new_folder(), store.new_folder()
