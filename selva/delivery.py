@@ -10,7 +10,8 @@ Three steps after the waveforms are made, each usable alone:
   default) with FFmpeg's resampler through PyAV, cut to exactly
   duration x rate samples.
 - `normalise` / `measure`: integrated loudness (ITU-R BS.1770, EBU R128) with
-  pyloudnorm, a gain to the target, and a true-peak ceiling of -1 dBTP.
+  pyloudnorm, one gain to the target, and a true-peak ceiling of -1 dBTP (that
+  gain stops at the ceiling; there is no limiter, see `normalise`).
 
 Waves are float32, mono (N,) or channels-first (C, N). Only numpy and the spec
 load with this module; PyAV and pyloudnorm are imported when first used.
@@ -115,7 +116,7 @@ def mix(
 # -- sample rate --------------------------------------------------------------------------------------
 
 
-def output_rate(choice: int | str | None, model_rate: int) -> int:
+def check_output_rate(choice: int | str | None, model_rate: int) -> int:
     """The output sample rate for a choice in `spec.OUTPUT_RATES` (None is the default, 48 kHz).
 
     Accepts the form's strings ("48000", "model") as well as numbers.
@@ -189,6 +190,13 @@ class Loudness:
     def describe(self) -> str:
         """For the info line: '-23.0 LUFS, -7.4 dBTP'."""
         return f"{_db(self.integrated_lufs)} LUFS, {_db(self.true_peak_dbtp)} dBTP"
+
+    def as_dict(self) -> dict[str, float | None]:
+        """For the project file (JSON has no -inf: silence is None), to 0.01 dB."""
+        return {
+            "integrated_lufs": _rounded(self.integrated_lufs),
+            "true_peak_dbtp": _rounded(self.true_peak_dbtp),
+        }
 
 
 def check_loudness_target(value: object) -> float | None:
@@ -302,8 +310,12 @@ def deliver(
 
     The loudness is set after resampling, so the true peak is checked on the
     samples that are written. With the target off the level is left as it is.
+    `output_rate` is a rate `check_output_rate` returned.
     """
     target = check_loudness_target(loudness_target)
+    for name, rate in (("sample_rate", sample_rate), ("output_rate", output_rate)):
+        if not (isinstance(rate, numbers.Integral) and not isinstance(rate, bool) and rate > 0):
+            raise InputError(f"{name} must be a positive whole number of Hz, got {rate!r}")
     wave = resample(audio, sample_rate, output_rate, duration=duration)
     gain_db = 0.0
     if target is not None:
@@ -335,3 +347,7 @@ def _channels(audio: np.ndarray) -> np.ndarray:
 
 def _db(x: float) -> str:
     return f"{x:.1f}" if math.isfinite(x) else "-inf"
+
+
+def _rounded(x: float) -> float | None:
+    return round(x, 2) if math.isfinite(x) else None

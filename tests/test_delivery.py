@@ -157,12 +157,12 @@ def test_resample_keeps_time_zero_and_stereo():
 
 
 def test_output_rate_choices():
-    assert delivery.output_rate(None, 16_000) == 48_000
-    assert delivery.output_rate(48_000, 16_000) == delivery.output_rate("48000", 16_000) == 48_000
-    assert delivery.output_rate("model", 44_100) == 44_100
+    assert delivery.check_output_rate(None, 16_000) == 48_000
+    assert delivery.check_output_rate(48_000, 16_000) == delivery.check_output_rate("48000", 16_000) == 48_000
+    assert delivery.check_output_rate("model", 44_100) == 44_100
     for bad in (44_100, "22050", "fast", 48_000.5, True):
         with pytest.raises(InputError, match="output sample rate must be one of 48000, model"):
-            delivery.output_rate(bad, 16_000)
+            delivery.check_output_rate(bad, 16_000)
 
 
 # -- loudness -----------------------------------------------------------------------------------------
@@ -223,6 +223,10 @@ def test_target_off_leaves_the_level_and_still_measures():
     assert out.loudness.describe() == (
         f"{out.loudness.integrated_lufs:.1f} LUFS, {out.loudness.true_peak_dbtp:.1f} dBTP"
     )
+    assert out.loudness.as_dict() == {
+        "integrated_lufs": round(out.loudness.integrated_lufs, 2),
+        "true_peak_dbtp": round(out.loudness.true_peak_dbtp, 2),
+    }
 
 
 def test_silence_is_left_alone():
@@ -230,6 +234,7 @@ def test_silence_is_left_alone():
     out, gain_db = delivery.normalise(silent, 48_000, -23.0)
     assert gain_db == 0.0 and not out.any()
     assert delivery.measure(silent, 48_000).describe() == "-inf LUFS, -inf dBTP"
+    assert delivery.measure(silent, 48_000).as_dict() == {"integrated_lufs": None, "true_peak_dbtp": None}
 
 
 def test_loudness_target_choices_and_errors():
@@ -244,6 +249,8 @@ def test_loudness_target_choices_and_errors():
             delivery.check_loudness_target(bad)
     with pytest.raises(InputError, match="loudness target"):
         delivery.deliver(np.zeros(48_000, np.float32), 48_000, output_rate=48_000, loudness_target=-20)
+    with pytest.raises(InputError, match="output_rate must be a positive whole number of Hz"):
+        delivery.deliver(np.zeros(48_000, np.float32), 48_000, output_rate=0)
 
 
 def test_too_short_or_badly_shaped_audio_is_an_input_error():
