@@ -279,9 +279,11 @@ def normalise(
     if not math.isfinite(loudness):
         return wave, 0.0
     gain_db = target - loudness
+    # the true peak scales with the gain: aim under the ceiling by the margin, never on it
+    highest = ceiling_db - _CEILING_MARGIN_DB
     peak_after = true_peak(wave, sample_rate) + gain_db
-    if peak_after > ceiling_db:
-        gain_db -= peak_after - ceiling_db + _CEILING_MARGIN_DB
+    if peak_after > highest:
+        gain_db -= peak_after - highest
     return (wave * np.float32(10.0 ** (gain_db / 20.0))).astype(np.float32), gain_db
 
 
