@@ -363,3 +363,27 @@ def _show(x: float) -> str:
     if x == math.inf:
         return "any"
     return f"{x:g}" if isinstance(x, float) and not float(x).is_integer() or x < 1e6 else str(int(x))
+
+
+# -- delivery -----------------------------------------------------------------------------------------
+# What the files handed to a video editor sound like (selva.delivery): stereo, rate, loudness.
+
+# Constant-power stereo position of one sound: -1 is hard left, 0 the centre, 1 hard right.
+PAN = Limit("pan", "Pan", -1.0, 1.0, 0.0)
+
+# Video audio is 48 kHz almost everywhere; "model" keeps the variant's own rate (16 or 44.1 kHz).
+OUTPUT_RATE_MODEL = "model"
+DEFAULT_OUTPUT_RATE = 48_000
+OUTPUT_RATES: tuple[int | str, ...] = (DEFAULT_OUTPUT_RATE, OUTPUT_RATE_MODEL)
+
+# Integrated loudness targets for a mix (ITU-R BS.1770 / EBU R128), in LUFS; None leaves the level.
+LOUDNESS_OFF = "off"
+LOUDNESS_TARGETS: dict[str, float | None] = {
+    LOUDNESS_OFF: None,
+    "-23 LUFS (EBU R128 broadcast)": -23.0,
+    "-16 LUFS (podcasts, mobile)": -16.0,
+    "-14 LUFS (streaming platforms)": -14.0,
+}
+DEFAULT_LOUDNESS_TARGET: float | None = None
+# No true peak of a loudness-normalised output goes above this (EBU R128's ceiling for delivery).
+TRUE_PEAK_CEILING_DB = -1.0
