@@ -332,3 +332,13 @@ def _show(x: float) -> str:
     if x == math.inf:
         return "any"
     return f"{x:g}" if isinstance(x, float) and not float(x).is_integer() or x < 1e6 else str(int(x))
+
+
+# -- scoring ------------------------------------------------------------------------------------------
+# selva.scoring: a take's agreement with its prompt and its leakage into other prompts, by CLAP.
+
+# The CLAP checkpoint (transformers format) that scores takes; another repo id or folder per call.
+SCORER_CHECKPOINT = "laion/larger_clap_general"
+# score = agreement - LEAKAGE_WEIGHT * max(0, leakage): leakage costs half as much as agreement earns,
+# since unrelated prompts still reach ~0.1-0.2 with any sound under CLAP.
+LEAKAGE_WEIGHT = 0.5
