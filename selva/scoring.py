@@ -70,6 +70,7 @@ __all__ = [
     "rank_takes",
     "ranking_score",
     "resample",
+    "windows",
 ]
 
 log = logging.getLogger(__name__)

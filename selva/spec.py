@@ -340,5 +340,5 @@ def _show(x: float) -> str:
 # The CLAP checkpoint (transformers format) that scores takes; another repo id or folder per call.
 SCORER_CHECKPOINT = "laion/larger_clap_general"
 # score = agreement - LEAKAGE_WEIGHT * max(0, leakage): leakage costs half as much as agreement earns,
-# since unrelated prompts still reach ~0.1-0.2 with any sound under CLAP.
+# so a loose likeness to another prompt does not outweigh a clear match to its own (a choice, untuned).
 LEAKAGE_WEIGHT = 0.5

@@ -64,7 +64,7 @@ def _merges() -> list[tuple[str, str]]:
     return merges
 
 
-def _tokenizer_files() -> dict[str, bytes]:
+def tokenizer_files() -> dict[str, bytes]:
     specials = ["<s>", "<pad>", "</s>", "<unk>"]
     vocab = {token: i for i, token in enumerate(specials)}
     for symbol in _byte_symbols():
@@ -127,7 +127,7 @@ def tiny_clap_files() -> dict[str, bytes]:
     """The tiny CLAP's files by path in the repo (seeded: the same bytes in every process)."""
     from transformers import ClapFeatureExtractor, ClapModel
 
-    files = _tokenizer_files()
+    files = tokenizer_files()
     vocab_size = len(json.loads(files["vocab.json"]))
     torch.manual_seed(0)
     model = ClapModel(tiny_clap_config(vocab_size)).eval()
