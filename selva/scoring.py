@@ -389,8 +389,8 @@ def _checkpoint_folder(checkpoint: str, revision: str | None) -> Path:
         return fetch_files(files, revision=revision)
     except WeightsError as exc:
         raise WeightsError(
-            f"scoring needs the CLAP checkpoint {checkpoint}, which could not be fetched; "
-            f"generation is not affected.\n{exc}"
+            f"scoring needs the CLAP checkpoint {checkpoint}, whose files could not be fetched or "
+            f"read (the generation itself is not affected):\n{exc}"
         ) from exc
 
 

@@ -240,6 +240,16 @@ def test_partly_cached_weights_name_only_the_missing_files(clap_hub):
     ]
 
 
+def test_a_damaged_cached_file_is_a_weights_error(clap_hub):
+    repo = "laion/clap-htsat-fused"
+    for path, content in tiny_clap_files().items():
+        write_cached_file(clap_hub.cache_dir, repo, path, content)
+    clap_hub.corrupt(repo, "model.safetensors")
+    with pytest.raises(WeightsError, match="model.safetensors") as info:
+        scoring.load_scorer(repo, device="cpu")
+    assert "could not be fetched or read (the generation itself is not affected)" in str(info.value)
+
+
 def test_online_the_files_are_fetched_and_verified(clap_hub, monkeypatch):
     repo = "laion/larger_clap_music_and_speech"  # not cached yet: served by the fake Hub
     clap_hub.files[repo] = tiny_clap_files()
