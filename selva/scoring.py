@@ -86,6 +86,7 @@ CLAP_FILES: tuple[tuple[str, str | None, int], ...] = (
     ("vocab.json", None, 798_000),
     ("merges.txt", None, 456_000),
 )
+_MAX_CHANNELS = 16  # more rows than this in a 2-D take means (samples, channels) was passed
 _BATCH_WINDOWS = 8  # audio windows per forward pass: bounds activation memory on long spans
 
 
@@ -160,6 +161,11 @@ def _mono(audio: Any) -> np.ndarray:
         audio = audio.detach().float().cpu().numpy()
     a = np.asarray(audio, dtype=np.float32)
     if a.ndim == 2:  # (channels, samples)
+        if a.shape[0] > _MAX_CHANNELS:
+            raise InputError(
+                f"audio to score must be (channels, samples); {a.shape} looks like (samples, channels): "
+                "transpose it"
+            )
         a = a.mean(axis=0)
     if a.ndim != 1 or a.size == 0:
         raise InputError(

@@ -183,6 +183,7 @@ def test_windows_are_equal_and_cover_the_take():
     [
         (np.zeros(0, np.float32), RATE, "rain", "not empty"),
         (np.zeros((2, 2, 8), np.float32), RATE, "rain", "channels"),
+        (np.zeros((4800, 2), np.float32), RATE, "rain", "transpose"),
         (np.array([0.0, np.nan], np.float32), RATE, "rain", "NaN"),
         (np.zeros(100, np.float32), 0, "rain", "sample_rate"),
         (np.zeros(100, np.float32), RATE, "  ", "prompt is empty"),
