@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from tiny_clap import WINDOW_SECONDS, tiny_clap_files, write_tiny_clap
+from tiny_clap import WINDOW_SECONDS, tiny_clap_config, tiny_clap_files, write_tiny_clap
 from tiny_hub import TinyHub, write_cached_file
 
 from selva import scoring, spec
@@ -155,6 +155,26 @@ def test_audio_forms_and_rates(scorer):
     assert scorer.score(low, 16_000, "rain") == scorer.score(
         scoring.resample(low, 16_000, RATE), RATE, "rain"
     )
+
+
+def test_fusion_checkpoints_score_deterministically(clap_hub):
+    """CLAP's fusion extractor flags a random clip as "longer" when none is; the scorer flags none."""
+    import json
+
+    from transformers import ClapFeatureExtractor, ClapModel, ClapProcessor
+
+    config = tiny_clap_config(len(json.loads(tiny_clap_files()["vocab.json"])))
+    config.audio_config.enable_fusion = True
+    config.audio_config.fusion_type = "aff_2d"
+    torch.manual_seed(0)
+    processor = ClapProcessor.from_pretrained(clap_hub.snapshot(REPO))
+    processor.feature_extractor = ClapFeatureExtractor(
+        feature_size=16, max_length_s=WINDOW_SECONDS, truncation="fusion", padding="repeatpad"
+    )
+    fused = scoring.Scorer(ClapModel(config), processor, checkpoint="tiny-fusion")
+    audio = noise(5.0)  # 3 windows: a random flag would pick one of them per call
+    first = fused.score(audio, RATE, "dog barking", others=["rain"])
+    assert all(fused.score(audio, RATE, "dog barking", others=["rain"]) == first for _ in range(4))
 
 
 def test_resample_is_accurate():
