@@ -168,7 +168,7 @@ MAX_STEMS = 4
 STEM_GAIN = Limit("gain", "Gain", 0.0, 2.0, 1.0)
 # The video's own soundtrack under the new audio: 0 replaces it, 1 keeps it at its level.
 ORIGINAL_AUDIO_GAIN = Limit("original_audio_gain", "Original audio level", 0.0, 2.0, 0.0)
-# Where a sound sits between the left (-1) and right (+1) speakers of the mix.
+# Constant-power stereo position of one sound: -1 is hard left, 0 the centre, 1 hard right.
 PAN = Limit("pan", "Pan", -1.0, 1.0, 0.0)
 
 
@@ -368,9 +368,6 @@ def _show(x: float) -> str:
 # -- delivery -----------------------------------------------------------------------------------------
 # What the files handed to a video editor sound like (selva.delivery): stereo, rate, loudness.
 
-# Constant-power stereo position of one sound: -1 is hard left, 0 the centre, 1 hard right.
-PAN = Limit("pan", "Pan", -1.0, 1.0, 0.0)
-
 # Video audio is 48 kHz almost everywhere; "model" keeps the variant's own rate (16 or 44.1 kHz).
 OUTPUT_RATE_MODEL = "model"
 DEFAULT_OUTPUT_RATE = 48_000
@@ -387,3 +384,13 @@ LOUDNESS_TARGETS: dict[str, float | None] = {
 DEFAULT_LOUDNESS_TARGET: float | None = None
 # No true peak of a loudness-normalised output goes above this (EBU R128's ceiling for delivery).
 TRUE_PEAK_CEILING_DB = -1.0
+
+
+# -- scoring ------------------------------------------------------------------------------------------
+# selva.scoring: a take's agreement with its prompt and its leakage into other prompts, by CLAP.
+
+# The CLAP checkpoint (transformers format) that scores takes; another repo id or folder per call.
+SCORER_CHECKPOINT = "laion/larger_clap_general"
+# score = agreement - LEAKAGE_WEIGHT * max(0, leakage): leakage costs half as much as agreement earns,
+# so a loose likeness to another prompt does not outweigh a clear match to its own (a choice, untuned).
+LEAKAGE_WEIGHT = 0.5
