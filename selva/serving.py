@@ -5,7 +5,7 @@ first use, swaps to another variant on request (freeing the old one first, so
 only one generator is ever in memory), and lets the visitor who started a
 generation cancel it. `parse_request` turns form or API values into a checked
 `GenerationRequest`; `GenerationService` runs one on the slot's pipeline and
-writes its files into the short-lived folders of an `OutputStore`. What a run
+writes its files into the short-lived folders of an `OutputStore` (`selva.output_store`). What a run
 reports (progress text, the info line) lives in `selva.progress`.
 
 Nothing here imports gradio, and torch and the pipeline only load on first use,
@@ -17,17 +17,14 @@ from __future__ import annotations
 import gc
 import logging
 import re
-import shutil
-import tempfile
 import threading
 import time
-import uuid
-import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from selva.output_store import OUTPUT_KEEP_SECONDS, OutputStore  # noqa: F401 (re-exported)
 from selva.progress import ProgressFn, ProgressReport, StemsProgress, dtype_name, info_line
 from selva.spec import (
     DEFAULT_MAX_DURATION,
@@ -45,7 +42,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_CANDIDATES = int(NUM_SAMPLES.maximum)  # each candidate costs a full generation and a video file
-OUTPUT_KEEP_SECONDS = 600  # our copies only need to live until the front end has copied them
 
 
 # -- requests ----------------------------------------------------------------------------------------
@@ -189,39 +185,6 @@ class PipelineSlot:
         for token in tokens:
             token.cancel()
         return bool(tokens)
-
-
-class OutputStore:
-    """A private temp folder with one sub-folder per request.
-
-    Gradio copies every returned file into its own cache (pruned by
-    `delete_cache`), so our copies are only needed for a short while; old
-    request folders are removed as new ones are made, and the whole folder
-    when the process exits.
-    """
-
-    def __init__(self, keep_seconds: float = OUTPUT_KEEP_SECONDS):
-        self.keep_seconds = keep_seconds
-        self._root: Path | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def root(self) -> Path:
-        with self._lock:
-            if self._root is None:  # made on first use, not at import or build time
-                self._root = Path(tempfile.mkdtemp(prefix="selva-studio-"))
-                weakref.finalize(self, shutil.rmtree, self._root, ignore_errors=True)
-            return self._root
-
-    def new_folder(self) -> Path:
-        root = self.root
-        cutoff = time.time() - self.keep_seconds
-        for old in root.iterdir():
-            if old.is_dir() and old.stat().st_mtime < cutoff:
-                shutil.rmtree(old, ignore_errors=True)
-        folder = root / uuid.uuid4().hex
-        folder.mkdir()
-        return folder
 
 
 # -- running a request -------------------------------------------------------------------------------
