@@ -362,6 +362,7 @@ def test_offline_message_says_hf_hub_offline_is_set(fresh_tiny_hub):
 
 
 def test_the_network_check_tells_an_answer_from_a_refused_connection(monkeypatch):
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the tiny Hub of other tests may have set it
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -372,7 +373,7 @@ def test_the_network_check_tells_an_answer_from_a_refused_connection(monkeypatch
         server.shutdown()
         server.server_close()
     monkeypatch.setattr(constants, "ENDPOINT", _refused_endpoint())
-    assert "ConnectError" in hub_unreachable(timeout=30) or "refused" in hub_unreachable(timeout=30)
+    assert "refused" in hub_unreachable(timeout=30)
 
 
 def test_the_download_command_without_network_exits_3_naming_what_to_run(tmp_path):
