@@ -33,9 +33,11 @@ from selva.spec import (
     ORIGINAL_AUDIO_GAIN,
     CancelToken,
     GenerationRequest,
+    SelvaError,
 )
 
 if TYPE_CHECKING:
+    from selva.hub_network import DownloadProgress
     from selva.pipeline import SelvaOutput, SelvaPipeline
     from selva.stems import Stem, StemsOutput
 
@@ -52,6 +54,21 @@ parse_request = GenerationRequest.from_form
 
 
 # -- the resident pipeline ---------------------------------------------------------------------------
+
+DOWNLOAD_SHARE = 0.8  # of a loading bar: the weights' download; building the networks takes the rest
+
+
+@dataclass(frozen=True)
+class LoadStatus:
+    """What a `PipelineSlot`'s loading is doing, as a page shows it (`PipelineSlot.status`)."""
+
+    state: str  # "idle" (nothing asked yet), "loading", "ready" or "failed"
+    variant: str | None
+    fraction: float = 0.0
+    desc: str = ""  # one line, e.g. "Downloading small_16k: 1.2 GB of 7.2 GB, file 3 of 11 (...)"
+    error: str | None = None  # when failed: the message, which says what to do
+    download: DownloadProgress | None = None  # while downloading: files, bytes, speed, time left
+
 
 
 class PipelineSlot:
@@ -88,6 +105,7 @@ class PipelineSlot:
         self.lock = threading.Lock()
         self._jobs: dict[str, set[CancelToken]] = {}  # session -> tokens of its queued or running jobs
         self._jobs_lock = threading.Lock()
+        self._status = LoadStatus("ready" if pipe is not None else "idle", variant, 1.0 if pipe else 0.0)
 
     @classmethod
     def wrap(cls, pipe: SelvaPipeline, **options: Any) -> PipelineSlot:
@@ -111,6 +129,9 @@ class PipelineSlot:
         """The pipeline for `variant` (default: the start-up one) and the seconds spent loading it.
 
         Call with `lock` held. Loading happens here, once per switch, never per request.
+        `report(fraction, desc=...)` hears how it goes: the weights' download (file,
+        bytes, speed, time left) fills the first `DOWNLOAD_SHARE` of the bar. The same
+        lines go to `status`, for a page that polls it.
         """
         variant = variant or self.default_variant
         if self.pipe is not None and self.pipe.variant.name == variant:
@@ -120,31 +141,75 @@ class PipelineSlot:
         from selva.variants import get_variant
 
         get_variant(variant)  # an unknown name fails here, before the resident pipeline is dropped
-        if report is not None:
-            report(0.0, desc=f"Loading {variant} (first use of this model; later requests skip this)")
+
+        def say(fraction: float, desc: str, download: DownloadProgress | None = None) -> None:
+            self._status = LoadStatus("loading", variant, fraction, desc, download=download)
+            if report is not None:
+                report(fraction, desc=desc)
+
+        say(0.0, f"Loading {variant} (first use of this model; later requests skip this)")
         started = time.perf_counter()
-        # Missing or corrupt files (offline, say) must fail while the resident pipeline is still
-        # here, or one bad request would leave the server with no model. `from_pretrained` resolves
-        # again with the same arguments; the checksums verified here are remembered, so that costs little.
-        hub.resolve(variant, weights_dir=self.weights_dir, revision=self.revision)
-        self.release()
-        kwargs: dict[str, Any] = dict(
-            device=self.device,
-            dtype=self.precision,
-            offload=self.offload,
-            weights_dir=self.weights_dir,
-            revision=self.revision,
-            compile=self.compile,
-        )
-        if self._max_duration is not None:
-            kwargs["max_duration"] = self._max_duration
-        pipe = SelvaPipeline.from_pretrained(variant, **kwargs)
+        try:
+            # Missing or corrupt files (offline, say) must fail while the resident pipeline is still
+            # here, or one bad request would leave the server with no model. `from_pretrained` resolves
+            # again with the same arguments; the checksums verified here are remembered, so that costs
+            # little.
+            hub.resolve(
+                variant,
+                weights_dir=self.weights_dir,
+                revision=self.revision,
+                on_download=lambda p: say(DOWNLOAD_SHARE * p.fraction, p.describe(), p),
+            )
+            say(DOWNLOAD_SHARE, f"Loading {variant} into memory")
+            self.release()
+            kwargs: dict[str, Any] = dict(
+                device=self.device,
+                dtype=self.precision,
+                offload=self.offload,
+                weights_dir=self.weights_dir,
+                revision=self.revision,
+                compile=self.compile,
+            )
+            if self._max_duration is not None:
+                kwargs["max_duration"] = self._max_duration
+            pipe = SelvaPipeline.from_pretrained(variant, **kwargs)
+        except Exception as exc:
+            # A page shows this instead of a bar that never moves; our errors say what to do.
+            error = str(exc) if isinstance(exc, SelvaError) else f"{type(exc).__name__}: {exc}"
+            self._status = LoadStatus("failed", variant, 0.0, f"Loading {variant} failed", error=error)
+            raise
         # Gradio shows our own stage/step progress; the tqdm bar would only add noise to the logs.
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe
         seconds = time.perf_counter() - started
+        self._status = LoadStatus("ready", variant, 1.0, f"{variant} loaded in {seconds:.1f} s")
         log.info("loaded %s on %s in %.1f s", variant, pipe.device, seconds)
         return pipe, seconds
+
+    @property
+    def status(self) -> LoadStatus:
+        """What loading is doing now (or did last): for a page to poll while it waits."""
+        return self._status
+
+    def load_in_background(self, variant: str | None = None) -> threading.Thread:
+        """Start loading `variant` (default: the start-up one) on a thread and return at once.
+
+        The page comes up meanwhile and polls `status`. A failure is kept in
+        `status` (and logged); the next request tries again and reports it.
+        """
+
+        def load() -> None:
+            try:
+                with self.lock:
+                    self.get(variant)
+            except SelvaError as exc:
+                log.error("%s", exc)
+            except Exception:
+                log.exception("loading %s failed", variant or self.default_variant)
+
+        thread = threading.Thread(target=load, name="selva-load", daemon=True)
+        thread.start()
+        return thread
 
     def release(self) -> None:
         """Drop the resident pipeline and give its memory back (before another variant loads)."""
