@@ -298,11 +298,11 @@ def test_md5_is_remembered_until_the_file_changes(fresh_tiny_hub, monkeypatch):
     assert state[str(path.resolve())]["md5"] == md5
 
     # A new process (no in-memory memo) trusts the record instead of hashing again.
-    monkeypatch.setattr(selva.hub, "_memo", {})
+    monkeypatch.setattr(selva.checksums, "_memo", {})
     hashed = []
     real_new = hashlib.new
     monkeypatch.setattr(
-        selva.hub.hashlib, "new", lambda name, **kw: hashed.append(name) or real_new(name, **kw)
+        selva.checksums.hashlib, "new", lambda name, **kw: hashed.append(name) or real_new(name, **kw)
     )
     assert verify_md5(path, md5) and hashed == []
     hub.corrupt(SELVA, GEN_16K)  # new mtime: hashed again, and found wrong
@@ -313,7 +313,7 @@ def test_state_dir_unwritable_only_costs_a_rehash(fresh_tiny_hub, monkeypatch, t
     blocker = tmp_path / "file"
     blocker.write_text("")
     monkeypatch.setenv("SELVA_STATE_DIR", str(blocker / "sub"))  # cannot be created
-    monkeypatch.setattr(selva.hub, "_memo", {})
+    monkeypatch.setattr(selva.checksums, "_memo", {})
     assert verify_md5(fresh_tiny_hub.path(SELVA, GEN_16K), VARIANTS[TINY_16K].generator_file.md5)
 
 
