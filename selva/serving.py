@@ -5,7 +5,7 @@ first use, swaps to another variant on request (freeing the old one first, so
 only one generator is ever in memory), and lets the visitor who started a
 generation cancel it. `parse_request` turns form or API values into a checked
 `GenerationRequest`; `GenerationService` runs one on the slot's pipeline and
-writes its files into the short-lived folders of an `OutputStore`. What a run
+writes its files into the short-lived folders of an `OutputStore` (`selva.output_store`). What a run
 reports (progress text, the info line) lives in `selva.progress`.
 
 Nothing here imports gradio, and torch and the pipeline only load on first use,
@@ -16,18 +16,15 @@ from __future__ import annotations
 
 import gc
 import logging
-import shutil
-import tempfile
 import threading
 import time
-import uuid
-import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from selva.names import slug
+from selva.output_store import OUTPUT_KEEP_SECONDS, OutputStore  # noqa: F401 (re-exported)
 from selva.progress import ProgressFn, ProgressReport, StemsProgress, dtype_name, info_line, project_info
 from selva.project import Project, take_seeds
 from selva.spec import (
@@ -38,9 +35,11 @@ from selva.spec import (
     CancelToken,
     GenerationRequest,
     LoadOptions,
+    SelvaError,
 )
 
 if TYPE_CHECKING:
+    from selva.hub_network import DownloadProgress
     from selva.pipeline import SelvaPipeline
     from selva.render import Rendered
     from selva.stems import Stem
@@ -48,7 +47,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_CANDIDATES = int(NUM_SAMPLES.maximum)  # each candidate costs a full generation and a video file
-OUTPUT_KEEP_SECONDS = 600  # our copies only need to live until the front end has copied them
 
 
 # -- requests ----------------------------------------------------------------------------------------
@@ -59,6 +57,21 @@ parse_request = GenerationRequest.from_form
 
 
 # -- the resident pipeline ---------------------------------------------------------------------------
+
+DOWNLOAD_SHARE = 0.8  # of a loading bar: the weights' download; building the networks takes the rest
+
+
+@dataclass(frozen=True)
+class LoadStatus:
+    """What a `PipelineSlot`'s loading is doing, as a page shows it (`PipelineSlot.status`)."""
+
+    state: str  # "idle" (nothing asked yet), "loading", "ready" or "failed"
+    variant: str | None
+    fraction: float = 0.0
+    desc: str = ""  # one line, e.g. "Downloading small_16k: 1.2 GB of 7.2 GB, file 3 of 11 (...)"
+    error: str | None = None  # when failed: the message, which says what to do
+    download: DownloadProgress | None = None  # while downloading: files, bytes, speed, time left
+
 
 
 class PipelineSlot:
@@ -95,6 +108,7 @@ class PipelineSlot:
         self.lock = threading.Lock()
         self._jobs: dict[str, set[CancelToken]] = {}  # session -> tokens of its queued or running jobs
         self._jobs_lock = threading.Lock()
+        self._status = LoadStatus("ready" if pipe is not None else "idle", variant, 1.0 if pipe else 0.0)
 
     def options(self, variant: str | None = None) -> LoadOptions:
         """How this slot loads `variant` (default: its start-up one)."""
@@ -131,6 +145,9 @@ class PipelineSlot:
         """The pipeline for `variant` (default: the start-up one) and the seconds spent loading it.
 
         Call with `lock` held. Loading happens here, once per switch, never per request.
+        `report(fraction, desc=...)` hears how it goes: the weights' download (file,
+        bytes, speed, time left) fills the first `DOWNLOAD_SHARE` of the bar. The same
+        lines go to `status`, for a page that polls it.
         """
         variant = variant or self.default_variant
         if self.pipe is not None and self.pipe.variant.name == variant:
@@ -140,21 +157,65 @@ class PipelineSlot:
         from selva.variants import get_variant
 
         get_variant(variant)  # an unknown name fails here, before the resident pipeline is dropped
-        if report is not None:
-            report(0.0, desc=f"Loading {variant} (first use of this model; later requests skip this)")
+
+        def say(fraction: float, desc: str, download: DownloadProgress | None = None) -> None:
+            self._status = LoadStatus("loading", variant, fraction, desc, download=download)
+            if report is not None:
+                report(fraction, desc=desc)
+
+        say(0.0, f"Loading {variant} (first use of this model; later requests skip this)")
         started = time.perf_counter()
-        # Missing or corrupt files (offline, say) must fail while the resident pipeline is still
-        # here, or one bad request would leave the server with no model. `from_pretrained` resolves
-        # again with the same arguments; the checksums verified here are remembered, so that costs little.
-        hub.resolve(variant, weights_dir=self.weights_dir, revision=self.revision)
-        self.release()
-        pipe = load_pipeline(self.options(variant))
+        try:
+            # Missing or corrupt files (offline, say) must fail while the resident pipeline is still
+            # here, or one bad request would leave the server with no model. `from_pretrained` resolves
+            # again with the same arguments; the checksums verified here are remembered, so that costs
+            # little.
+            hub.resolve(
+                variant,
+                weights_dir=self.weights_dir,
+                revision=self.revision,
+                on_download=lambda p: say(DOWNLOAD_SHARE * p.fraction, p.describe(), p),
+            )
+            say(DOWNLOAD_SHARE, f"Loading {variant} into memory")
+            self.release()
+            pipe = load_pipeline(self.options(variant))
+        except Exception as exc:
+            # A page shows this instead of a bar that never moves; our errors say what to do.
+            error = str(exc) if isinstance(exc, SelvaError) else f"{type(exc).__name__}: {exc}"
+            self._status = LoadStatus("failed", variant, 0.0, f"Loading {variant} failed", error=error)
+            raise
         # Gradio shows our own stage/step progress; the tqdm bar would only add noise to the logs.
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe
         seconds = time.perf_counter() - started
+        self._status = LoadStatus("ready", variant, 1.0, f"{variant} loaded in {seconds:.1f} s")
         log.info("loaded %s on %s in %.1f s", variant, pipe.device, seconds)
         return pipe, seconds
+
+    @property
+    def status(self) -> LoadStatus:
+        """What loading is doing now (or did last): for a page to poll while it waits."""
+        return self._status
+
+    def load_in_background(self, variant: str | None = None) -> threading.Thread:
+        """Start loading `variant` (default: the start-up one) on a thread and return at once.
+
+        The page comes up meanwhile and polls `status`. A failure is kept in
+        `status` (and logged); the next request tries again and reports it.
+        """
+
+        def load() -> None:
+            try:
+                with self.lock:
+                    self.get(variant)
+            except SelvaError as exc:
+                log.error("%s", exc)
+            except Exception:
+                log.exception("loading %s failed", variant or self.default_variant)
+
+        thread = threading.Thread(target=load, name="selva-load", daemon=True)
+        thread.start()
+        return thread
 
     def release(self) -> None:
         """Drop the resident pipeline and give its memory back (before another variant loads)."""
@@ -195,39 +256,6 @@ class PipelineSlot:
         for token in tokens:
             token.cancel()
         return bool(tokens)
-
-
-class OutputStore:
-    """A private temp folder with one sub-folder per request.
-
-    Gradio copies every returned file into its own cache (pruned by
-    `delete_cache`), so our copies are only needed for a short while; old
-    request folders are removed as new ones are made, and the whole folder
-    when the process exits.
-    """
-
-    def __init__(self, keep_seconds: float = OUTPUT_KEEP_SECONDS):
-        self.keep_seconds = keep_seconds
-        self._root: Path | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def root(self) -> Path:
-        with self._lock:
-            if self._root is None:  # made on first use, not at import or build time
-                self._root = Path(tempfile.mkdtemp(prefix="selva-studio-"))
-                weakref.finalize(self, shutil.rmtree, self._root, ignore_errors=True)
-            return self._root
-
-    def new_folder(self) -> Path:
-        root = self.root
-        cutoff = time.time() - self.keep_seconds
-        for old in root.iterdir():
-            if old.is_dir() and old.stat().st_mtime < cutoff:
-                shutil.rmtree(old, ignore_errors=True)
-        folder = root / uuid.uuid4().hex
-        folder.mkdir()
-        return folder
 
 
 # -- running a request -------------------------------------------------------------------------------

@@ -333,6 +333,7 @@ class TinyHub:
         self.activate(monkeypatch, offline=False)
         monkeypatch.setattr(selva.hub, "hf_hub_download", self.fake_hf_hub_download)
         monkeypatch.setattr(selva.hub, "HfApi", lambda: _FakeApi(self))
+        monkeypatch.setattr(selva.hub, "hub_unreachable", lambda *args, **kwargs: None)  # it always answers
 
     def fake_hf_hub_download(
         self,
@@ -342,6 +343,7 @@ class TinyHub:
         revision: str | None = None,
         force_download: bool = False,
         local_files_only: bool = False,
+        tqdm_class: Any = None,
         **kwargs: Any,
     ) -> str:
         pointer = self.path(repo_id, filename)
@@ -358,6 +360,10 @@ class TinyHub:
         content = self.files.get(repo_id, {}).get(filename)
         if content is None:
             raise EntryNotFoundError(f"404 Client Error: {filename} not found in {repo_id}")
+        if tqdm_class is not None:  # as the real call's progress bar does, in two chunks
+            with tqdm_class(total=len(content), unit="B", disable=True) as bar:
+                bar.update(len(content) // 2)
+                bar.update(len(content) - len(content) // 2)
         return str(write_cached_file(self.cache_dir, repo_id, filename, content))
 
     def write_weights_dir(self, dest: Path, variant: str = TINY_16K, *, text_encoders: bool = True) -> Path:
