@@ -126,7 +126,7 @@ def write_mix(
             duration=rendered.duration,
             info=rendered.info,
         )
-        extra = [(s.prompt, rendered.take_audio(k)) for k, s in enumerate(project.sounds)]
+        extra = [(s.prompt, rendered.panned(k)) for k, s in enumerate(project.sounds)]
         if rendered.original is not None:
             extra.append(("original", rendered.original))
         tracks_video = tracks.write_multitrack(

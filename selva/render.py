@@ -87,7 +87,7 @@ class Rendered:
 
     project: Project  # with `duration` settled and every take's audio file named
     audio: dict[tuple[int, int], np.ndarray]
-    mix: np.ndarray  # mono (N,) float32, peak at most 1.0
+    mix: np.ndarray  # mono (N,) float32, or stereo (2, N) once a sound is panned; peak at most 1.0
     normalised_db: float  # 0.0, or the (negative) gain that kept the mix from clipping
     original: np.ndarray | None  # the video's own soundtrack over the span, at unit gain
     sample_rate: int
@@ -101,6 +101,15 @@ class Rendered:
     @property
     def video(self) -> Path | None:
         return Path(self.project.video) if self.project.video is not None else None
+
+    def panned(self, sound: int) -> np.ndarray:
+        """A sound's chosen take as the mix places it: mono in the centre, else stereo (2, N)."""
+        wave, pan = self.take_audio(sound), self.project.sounds[sound].pan
+        if not pan:
+            return wave
+        from selva import delivery
+
+        return delivery.pan(wave, pan)
 
     def take_audio(self, sound: int, take: int | None = None) -> np.ndarray:
         """A take's waveform; by default the sound's chosen take."""
@@ -187,6 +196,8 @@ def render(
             for name, seconds in out.timings.items():
                 timings[name] = timings.get(name, 0.0) + seconds
             for row, t in enumerate(members):
+                if (k, t) in audio:  # drawn again only to keep its batch whole; the kept audio stays
+                    continue
                 take = sound.takes[t]
                 wave = out.audio[row].numpy()
                 audio[(k, t)] = wave
@@ -225,21 +236,31 @@ def render(
 def mix_project(
     project: Project, audio: dict[tuple[int, int], np.ndarray], original: np.ndarray | None, samples: int
 ) -> tuple[np.ndarray, float]:
-    """The audible sounds' chosen takes at their gains, plus the original soundtrack at its level.
+    """The audible sounds' chosen takes at their gains and pans, plus the original soundtrack at its level.
 
-    Peak-normalised instead of clipped; no model runs, so changing a gain,
-    mute, solo or the original's level re-mixes at once.
+    Mono (N,) while every audible sound sits in the centre, stereo (2, N) with the
+    constant-power pan law (`selva.delivery`) once one does not. Peak-normalised
+    instead of clipped; no model runs, so changing a gain, pan, mute, solo or the
+    original's level re-mixes at once.
     """
-    layers, gains = [], []
+    layers, gains, pans = [], [], []
     for k in project.audible():
         sound = project.sounds[k]
         if sound.chosen is None or (k, sound.chosen) not in audio:
             raise InputError(f"sound {k + 1} has no generated take to mix yet")
         layers.append(audio[(k, sound.chosen)])
         gains.append(sound.gain)
-    if original is not None and project.mix.original_audio_gain:
+        pans.append(sound.pan)
+    level = project.mix.original_audio_gain if original is not None else 0.0
+    if any(pans):
+        from selva import delivery
+
+        stereo = delivery.mix(layers, gains=gains, pans=pans, original=original if level else None,
+                              original_gain=level)  # fmt: skip
+        return peak_normalised(stereo)
+    if level:
         layers.append(original)
-        gains.append(project.mix.original_audio_gain)
+        gains.append(level)
     if not layers:  # everything muted: silence of the span's length
         return np.zeros(samples, dtype=np.float32), 0.0
     return mix_waves(layers, gains)
@@ -250,6 +271,11 @@ def mix_waves(waves: list[np.ndarray], gains: list[float]) -> tuple[np.ndarray, 
     mix = np.zeros_like(np.asarray(waves[0], dtype=np.float32))
     for wave, gain in zip(waves, gains, strict=True):
         mix += np.float32(gain) * np.asarray(wave, dtype=np.float32)
+    return peak_normalised(mix)
+
+
+def peak_normalised(mix: np.ndarray) -> tuple[np.ndarray, float]:
+    """`mix` scaled to peak at most 1.0, and that scaling in dB (0.0 when none was needed)."""
     peak = float(np.abs(mix).max(initial=0.0))
     if peak <= 1.0:
         return mix, 0.0

@@ -21,7 +21,7 @@ def clip(tmp_path_factory) -> Path:
 
 def two_sounds(clip: Path) -> Project:
     project = Project(
-        sounds=(Sound("dog barking", gain=1.0), Sound("car engine", "wind", gain=0.5, pan=-0.5)),
+        sounds=(Sound("dog barking", gain=1.0), Sound("car engine", "wind", gain=0.5)),
         video=str(clip),
         mix=Mix(original_audio_gain=0.25),
     )
@@ -143,6 +143,37 @@ def test_changing_gain_mute_or_the_original_level_remixes_without_the_model(pipe
     np.testing.assert_allclose(mix, np.float32(0.25) * a, rtol=1e-6)
     # Rendering the edited project runs no generation: every chosen take has its audio.
     assert render(pipe, muted, tmp_path / "takes").generated == []
+
+
+def test_a_panned_sound_makes_the_mix_stereo_with_the_constant_power_law(pipe, tmp_path, clip):
+    import av
+
+    from selva.project_files import write_mix
+
+    rendered = render(pipe, two_sounds(clip), tmp_path / "takes")
+    a, b = rendered.take_audio(0), rendered.take_audio(1)
+    project = replace(rendered.project, mix=Mix())
+    left = project.with_sound(0, replace(project.sounds[0], pan=-1.0))
+    left = left.with_sound(1, replace(left.sounds[1], mute=True))
+    mix, _ = mix_project(left, rendered.audio, None, a.shape[0])
+    assert mix.shape == (2, a.shape[0])
+    np.testing.assert_array_equal(mix[1], 0.0)
+    np.testing.assert_allclose(mix[0], a / max(1.0, np.abs(a).max()), rtol=1e-6, atol=1e-7)
+    centre_right = left.with_sound(1, replace(left.sounds[1], mute=False, pan=0.5, gain=1.0))
+    mix, _ = mix_project(replace(centre_right, sounds=centre_right.sounds[1:]), {(0, 0): b}, None, b.shape[0])
+    theta = (0.5 + 1) * np.pi / 4  # equal power: cos^2 + sin^2 = 1
+    peak = max(1.0, np.abs(b).max() * max(np.cos(theta), np.sin(theta)))
+    np.testing.assert_allclose(mix[0], b * np.cos(theta) / peak, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(mix[1], b * np.sin(theta) / peak, rtol=1e-5, atol=1e-7)
+
+    # The delivered files: a stereo mix, and sound 1's track panned as the user set it.
+    panned = replace(rendered, project=left)
+    panned.mix, _ = mix_project(left, rendered.audio, rendered.original, a.shape[0])
+    files = write_mix(panned, tmp_path / "out", "clip")
+    with av.open(str(files.mix_audio)) as f:
+        assert f.streams.audio[0].channels == 2
+    with av.open(str(files.tracks_video)) as f:
+        assert [s.channels for s in f.streams.audio] == [2, 2, 1, 1]  # mix, sound 1, sound 2, original
 
 
 def test_take_files_from_different_spans_are_refused(pipe, tmp_path, clip):
