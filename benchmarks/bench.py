@@ -166,7 +166,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m benchmarks.bench",
         description="Time SelVA Studio at real model size on random weights (see the module docstring).",
     )
-    p.add_argument("--variant", default="small_16k", help="a registered variant (default small_16k)")
+    p.add_argument("--variant", default="small_16k", help="a known variant (default small_16k)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", default="auto", help="auto (the app's choice), bf16, fp16 or fp32")
     p.add_argument("--offload", default="auto", help="auto, keep_in_vram or offload_to_cpu")

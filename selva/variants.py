@@ -105,6 +105,8 @@ class WeightFile:
         kw = _fields(cls, data, where)
         if not isinstance(kw["size"], int) or kw["size"] < 0:
             raise InputError(f"{where}: size must be a whole number of bytes, got {kw['size']!r}")
+        if isinstance(kw.get("alt_paths"), str):
+            raise InputError(f"{where}: alt_paths must be a list of paths, got {kw['alt_paths']!r}")
         return cls(**{**kw, "alt_paths": tuple(kw.get("alt_paths", ()))})
 
 
