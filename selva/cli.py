@@ -278,9 +278,9 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def cmd_download(args: argparse.Namespace) -> int:
     from selva import hub
-    from selva.variants import VARIANTS, get_variant, human_size
+    from selva.variants import get_variant, human_size, known_variants
 
-    names = list(VARIANTS) if args.all else args.variant or [DEFAULT_VARIANT]
+    names = list(known_variants()) if args.all else args.variant or [DEFAULT_VARIANT]
     for name in dict.fromkeys(names):  # stops at the first failure: a half-filled image should not build
         started, size = time.perf_counter(), human_size(get_variant(name).download_bytes())
         log.info("%s: checking %s of weights, downloading what is missing", name, size)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import numbers
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,13 +99,7 @@ class CancelToken:
 
 # -- names --------------------------------------------------------------------------------------------
 
-# The released variants and what the UI says of each; `selva.variants` holds their files and configs.
-VARIANTS: dict[str, str] = {
-    "small_16k": "157 M generator, 16 kHz (recommended)",
-    "small_44k": "157 M generator, 44.1 kHz",
-    "medium_44k": "622 M generator, 44.1 kHz",
-    "large_44k": "1.03 B generator, 44.1 kHz",
-}
+# The variants themselves (names, descriptions, files) are `selva.variants`'s registry.
 DEFAULT_VARIANT = "small_16k"
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -186,11 +181,10 @@ def check_duration(duration: object, max_duration: float) -> float | None:
     return float(duration)
 
 
-def check_variant(name: object, known: dict[str, object] | None = None) -> str:
-    """`name` if it is a known variant (the released ones, or those in `known`)."""
-    names = VARIANTS if known is None else known
-    if not isinstance(name, str) or name not in names:
-        raise InputError(f"unknown variant {name!r}; known variants: {', '.join(names)}")
+def check_variant(name: object, known: Collection[str]) -> str:
+    """`name` if it is one of the `known` variant names (`selva.variants.known_variants()`)."""
+    if not isinstance(name, str) or name not in known:
+        raise InputError(f"unknown variant {name!r}; known variants: {', '.join(known)}")
     return name
 
 

@@ -142,7 +142,7 @@ def test_bench_builds_loads_and_reports_every_field(
 
 
 def test_bench_on_given_weights_dir(bench, tiny_hub, tmp_path, capsys):
-    # --weights-dir: the registered variant as is (MD5 sums checked), nothing built.
+    # --weights-dir: the known variant as is (MD5 sums checked), nothing built.
     weights = tiny_hub.write_weights_dir(tmp_path / "weights", TINY_16K)
     assert bench.main([*tiny_args(tmp_path / "cache"), "--weights-dir", str(weights)]) == 0
     result = bench_json(capsys)

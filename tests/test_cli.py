@@ -656,7 +656,7 @@ def assert_hint_names_real_options(capsys) -> None:
     """Every option the out-of-memory hint suggests exists, and takes the value it suggests."""
     import re
 
-    from selva.variants import VARIANTS
+    from selva.variants import RELEASED
 
     suggested = re.findall(r"(--[a-z-]+)(?: ([a-z0-9_]+))?", batch.OOM_HINT)
     assert [flag for flag, _ in suggested] == [
@@ -669,7 +669,7 @@ def assert_hint_names_real_options(capsys) -> None:
     ]
     with_values = [part for flag, value in suggested if value for part in (flag, value)]
     args = cli.build_parser().parse_args(["generate", "clip.mp4", "--prompt", "x", *with_values])
-    assert args.variant in VARIANTS
+    assert args.variant in RELEASED
     for command in ("generate", "batch"):
         _, help_text, _ = run(capsys, command, "--help")
         assert all(flag in help_text for flag, value in suggested if not value)

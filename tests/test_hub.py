@@ -1,5 +1,6 @@
 """Variant registry and weight look-up: the tiny Hub offline, missing/corrupt files, local folders."""
 
+import dataclasses
 import hashlib
 import http.server
 import json
@@ -26,7 +27,16 @@ from selva.models.generator import Generator
 from selva.models.text_synch import TextSynch
 from selva.models.vae import VAEDecoder
 from selva.spec import InputError, WeightsError
-from selva.variants import VARIANTS, get_variant, human_size
+from selva.variants import (
+    RELEASED,
+    VARIANTS_FILE_ENV,
+    Variant,
+    get_variant,
+    human_size,
+    known_variants,
+    read_variants_file,
+    write_variants_file,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SELVA = REPOS["selva"]
@@ -92,6 +102,76 @@ def test_registry_configs_fit_the_real_checkpoints(name, fixtures_dir):
         net.load_state_dict(state, strict=True, assign=True)  # raises on any key or shape mismatch
 
 
+def test_every_variant_round_trips_through_json(tiny_hub):
+    for variant in [*RELEASED.values(), *tiny_hub.variants.values()]:
+        data = json.loads(json.dumps(variant.to_dict()))
+        assert Variant.from_dict(data) == variant, variant.name
+    with pytest.raises(TypeError):
+        RELEASED["mine"] = RELEASED["small_16k"]  # read-only: extra variants come from a file
+
+
+def test_a_variants_file_adds_variants_by_their_fields_not_their_names(tmp_path, monkeypatch):
+    # Named like a 16 kHz model, built like small_44k: its fields decide, not its name.
+    mine = dataclasses.replace(RELEASED["small_44k"], name="mine_16k", description="my fine-tune")
+    path = write_variants_file(tmp_path / "mine.json", [mine])
+    assert read_variants_file(path) == {"mine_16k": mine}
+    monkeypatch.setenv(VARIANTS_FILE_ENV, str(path))
+    assert list(known_variants()) == [*RELEASED, "mine_16k"]
+    got = get_variant("mine_16k")
+    assert (got.sample_rate, got.hop_length, got.vocoder) == (44_100, 512, "bigvgan_v2")
+    monkeypatch.delenv(VARIANTS_FILE_ENV)
+    with pytest.raises(InputError, match="unknown variant 'mine_16k'"):
+        get_variant("mine_16k")
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda data: data["variants"][0].update(name="small_16k"), "the name 'small_16k' is taken"),
+        (lambda data: data["variants"][0].update(vocoder="hifigan"), "vocoder must be one of bigvgan_v1"),
+        (lambda data: data["variants"][0].update(sample_rate="16k"), "sample_rate must be a whole number"),
+        (lambda data: data["variants"][0].pop("vae_file"), "missing vae_file"),
+        (lambda data: data["variants"][0]["t5"].update(extra=1), "unknown extra"),
+        (lambda data: data.update(version=2), "has version 2"),
+        (lambda data: data.pop("format"), "is not a variants file"),
+    ],
+    ids=["released-name", "vocoder", "rate", "missing", "unknown-key", "version", "format"],
+)
+def test_a_bad_variants_file_is_an_input_error_naming_the_fault(tmp_path, monkeypatch, edit, message):
+    path = write_variants_file(tmp_path / "mine.json", [dataclasses.replace(RELEASED["small_16k"], name="a")])
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    monkeypatch.setenv(VARIANTS_FILE_ENV, str(path))
+    with pytest.raises(InputError, match=re.escape(message)) as err:
+        get_variant("small_16k")  # a broken file is reported, not half used
+    assert str(path) in str(err.value)
+
+
+def test_a_missing_or_unreadable_variants_file_names_the_variable(tmp_path, monkeypatch):
+    monkeypatch.setenv(VARIANTS_FILE_ENV, str(tmp_path / "nope.json"))
+    with pytest.raises(InputError, match=VARIANTS_FILE_ENV):
+        known_variants()
+    (tmp_path / "bad.json").write_text("{not json")
+    monkeypatch.setenv(VARIANTS_FILE_ENV, str(tmp_path / "bad.json"))
+    with pytest.raises(InputError, match="not valid JSON"):
+        known_variants()
+
+
+def test_a_child_process_knows_the_tiny_variants_from_the_environment_alone(tiny_hub):
+    """`python -m selva` started with the tiny hub's environment: nothing registers tiny_16k there."""
+    env = {**os.environ, **tiny_hub.env(offline=True), "PYTHONPATH": str(ROOT)}  # tests/ not importable
+    command = [sys.executable, "-m", "selva", "download", "--variant", TINY_44K]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    paths = dict(line.split("\t")[1:] for line in result.stdout.splitlines())
+    assert paths["generator"] == str(tiny_hub.path(SELVA, "weights/generator_small_44k_sup_5.pth"))
+    assert paths["vocoder_config"] == str(tiny_hub.path(REPOS["bigvgan_v2"], "config.json"))
+    env.pop(VARIANTS_FILE_ENV)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "unknown variant 'tiny_44k'" in result.stderr
+
+
 # -- the tiny Hub, offline ----------------------------------------------------------------------
 
 
@@ -129,7 +209,7 @@ def test_offline_missing_files_are_all_listed(fresh_tiny_hub, tmp_path):
     with pytest.raises(WeightsError) as err:
         resolve(TINY_16K)
     message = str(err.value)
-    v = VARIANTS[TINY_16K]
+    v = get_variant(TINY_16K)
     sizes = {(f.repo, f.path): human_size(f.size) for f in required_files(v)}
     assert sorted(_entries(message)) == sorted((r, p, sizes[r, p]) for r, p in gone)
     assert "3 file(s) missing" in message and "HF_HUB_OFFLINE" in message
@@ -166,7 +246,8 @@ def test_corrupt_file_is_fetched_again_online(fresh_tiny_hub, monkeypatch, trunc
     blob = hub.corrupt(SELVA, GEN_16K, truncate=truncate)
     paths = resolve(TINY_16K)
     assert hub.calls == [(SELVA, GEN_16K, True)]  # only the broken file, with force_download
-    assert hashlib.md5(paths["generator"].read_bytes()).hexdigest() == VARIANTS[TINY_16K].generator_file.md5
+    md5 = get_variant(TINY_16K).generator_file.md5
+    assert hashlib.md5(paths["generator"].read_bytes()).hexdigest() == md5
     assert blob.read_bytes() == hub.files[SELVA][GEN_16K]
 
 
@@ -175,7 +256,7 @@ T5_WEIGHTS = "model.safetensors"
 
 def test_corrupt_encoder_file_without_md5_is_caught_by_its_blob_sha256(fresh_tiny_hub, monkeypatch):
     """T5 has no MD5 in the registry; the Hub names its blob by its SHA-256, which is checked instead."""
-    t5 = VARIANTS[TINY_16K].t5
+    t5 = get_variant(TINY_16K).t5
     assert all(f.md5 is None for f in t5.files)
     fresh_tiny_hub.corrupt(t5.repo, T5_WEIGHTS)
     with pytest.raises(WeightsError) as err:
@@ -191,7 +272,7 @@ def test_corrupt_encoder_file_without_md5_is_caught_by_its_blob_sha256(fresh_tin
 def test_download_fills_a_weights_dir_that_then_serves_alone(fresh_tiny_hub, tmp_path):
     folder = tmp_path / "weights"  # made by download
     selva.hub.download(TINY_44K, weights_dir=folder)
-    for _, f in VARIANTS[TINY_44K].all_files():
+    for _, f in get_variant(TINY_44K).all_files():
         target = local_path(folder, f)
         assert target.read_bytes() == fresh_tiny_hub.files[f.repo][f.path], target
     assert not list(folder.rglob("*.part"))  # nothing half-written left behind
@@ -292,7 +373,7 @@ def test_local_path_layout(tmp_path):
 def test_md5_is_remembered_until_the_file_changes(fresh_tiny_hub, monkeypatch):
     hub = fresh_tiny_hub
     path = hub.path(SELVA, GEN_16K)
-    md5 = VARIANTS[TINY_16K].generator_file.md5
+    md5 = get_variant(TINY_16K).generator_file.md5
     assert verify_md5(path, md5)
     state = json.loads((hub.root / "selva-state" / "verified_md5.json").read_text())
     assert state[str(path.resolve())]["md5"] == md5
@@ -314,7 +395,7 @@ def test_state_dir_unwritable_only_costs_a_rehash(fresh_tiny_hub, monkeypatch, t
     blocker.write_text("")
     monkeypatch.setenv("SELVA_STATE_DIR", str(blocker / "sub"))  # cannot be created
     monkeypatch.setattr(selva.checksums, "_memo", {})
-    assert verify_md5(fresh_tiny_hub.path(SELVA, GEN_16K), VARIANTS[TINY_16K].generator_file.md5)
+    assert verify_md5(fresh_tiny_hub.path(SELVA, GEN_16K), get_variant(TINY_16K).generator_file.md5)
 
 
 def test_fetch_files_offline_missing(fresh_tiny_hub):
