@@ -43,6 +43,7 @@ def write_takes(
     from selva.mux import mux
 
     folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     project = rendered.project
     if takes is None:
         takes = [t for k, t in rendered.generated if k == sound]
@@ -104,6 +105,7 @@ def write_mix(
     from selva.mux import mux
 
     folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     project = rendered.project
     sound_audio = tuple(
         media.write_audio(
