@@ -153,7 +153,10 @@ def test_missing_list_exits_2(capsys, tmp_path):
         ),
         ("video,prompt,prompt_3\na.mp4,dog,rain\n", "line 2: prompt_3 is filled but prompt_2 is empty"),
         ("video,prompt_2\na.mp4,dog\n", "header needs the columns video and prompt"),
-        ("video,prompt,prompt_2,gain_2\na.mp4,dog,rain,2.5\n", "line 2: gain_2 must be a number from 0 to 2 (1 is typical), got 2.5"),
+        (
+            "video,prompt,prompt_2,gain_2\na.mp4,dog,rain,2.5\n",
+            "line 2: gain_2 must be a number from 0 to 2 (1 is typical), got 2.5",
+        ),
         ("video,prompt,gain\na.mp4,dog,loud\n", "line 2: gain expected a number, got 'loud'"),
         (
             "video,prompt,prompt_2,prompt_3,prompt_4,prompt_5\na.mp4,a,b,c,d,e\n",
@@ -836,35 +839,50 @@ def test_missing_weights_exit_3(fresh_tiny_hub, clips, tmp_path, capsys):
     assert not any(out_dir.iterdir())
 
 
-KILLED_WRITE = """
+KILLED_WRITES = """
 import os, signal, sys
 from pathlib import Path
 from selva.containers import atomic_write
-# kill -9 in the middle of a write, as a killed batch leaves it: the finally that removes the tmp never runs.
-atomic_write(Path(sys.argv[1]), lambda tmp: (tmp.write_bytes(b"half"), os.kill(os.getpid(), signal.SIGKILL)))
+
+def writer(rest):
+    # Each write opens the next, so every temporary file exists when the process is killed outright
+    # (kill -9): the finally that would remove them never runs.
+    def write(tmp):
+        tmp.write_bytes(b"half")
+        if rest:
+            atomic_write(rest[0], writer(rest[1:]))
+        os.kill(os.getpid(), signal.SIGKILL)
+    return write
+
+paths = [Path(p) for p in sys.argv[1:]]
+atomic_write(paths[0], writer(paths[1:]))
 """
 
 
-def leave_part_file(path: Path) -> Path:
-    """The temporary file a write killed with SIGKILL leaves beside `path`, named as selva names it."""
-    before = set(path.parent.iterdir())
-    done = subprocess.run([sys.executable, "-c", KILLED_WRITE, str(path)], cwd=ROOT, timeout=120)
+def leave_part_files(*paths: Path) -> list[Path]:
+    """The temporary files writes killed with SIGKILL leave beside `paths`, named as selva names them."""
+    before = {p for path in paths for p in path.parent.iterdir()}
+    done = subprocess.run([sys.executable, "-c", KILLED_WRITES, *map(str, paths)], cwd=ROOT, timeout=120)
     assert done.returncode == -9
-    (part,) = set(path.parent.iterdir()) - before
-    assert part.name.startswith(f".{path.name}.") and part.name.endswith(".part") and not path.exists()
-    return part
+    parts = []
+    for path in paths:
+        (part,) = [p for p in path.parent.glob(f".{path.name}.*.part") if p not in before]
+        assert not path.exists()
+        parts.append(part)
+    return parts
 
 
 def test_rerun_removes_the_stale_part_files_of_its_outputs(tiny_hub, clips, tmp_path, capsys):
     listing = write_csv(clips / "parts.csv", "video,prompt,seed\ndog.mp4,dog barking,1\n")
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    stale = [leave_part_file(out_dir / "dog.flac"), leave_part_file(out_dir / "dog.mp4")]
-    # Not this run's outputs: another list's, and a --samples run's candidate.
-    others = [leave_part_file(out_dir / "cat.flac"), leave_part_file(out_dir / "dog_1.flac")]
+    # The last two are not this run's outputs: another list's, and a --samples run's candidate.
+    parts = leave_part_files(*(out_dir / n for n in ("dog.flac", "dog.mp4", "cat.flac", "dog_1.flac")))
+    stale, others = parts[:2], parts[2:]
     code, out, err = run(capsys, "batch", listing, "--out", out_dir, *FAST)
     assert code == 0, err
     assert not any(p.exists() for p in stale)
+    assert f"removed 2 unfinished file(s) a stopped run left in {out_dir}" in err
     left = sorted(p.name for p in out_dir.iterdir())
     assert left == sorted(["dog.flac", "dog.mp4", *(p.name for p in others)])
 
