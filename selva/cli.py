@@ -34,11 +34,12 @@ from selva.batch import (
     EXIT_OK,
     OOM_HINT,
     cfg_arg,
+    check_options,
     duration_arg,
-    gain_arg,
     items_for,
     items_from_folder,
     max_duration_arg,
+    original_audio_gain_arg,
     run_items,
     samples_arg,
     seed_arg,
@@ -173,10 +174,30 @@ def _sound_options(p: argparse.ArgumentParser, *, required: bool) -> None:
 def _generation_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("generation")
     g.add_argument("--out", type=Path, default=Path("outputs"), metavar="DIR", help="default: %(default)s")
-    g.add_argument("--steps", type=steps_arg, default=25, metavar="N", help="flow steps (default: 25)")
-    g.add_argument("--cfg", type=cfg_arg, default=4.5, metavar="X", help="guidance (default: %(default)s)")
-    g.add_argument("--seed", type=seed_arg, metavar="N", help="default: random (logged)")
-    g.add_argument("--samples", type=samples_arg, default=1, metavar="N", help="candidates per clip")
+    g.add_argument(
+        "--steps",
+        type=steps_arg,
+        default=int(spec.STEPS.default),
+        metavar="N",
+        help="flow steps (default: %(default)s)",
+    )
+    g.add_argument(
+        "--cfg",
+        type=cfg_arg,
+        default=spec.CFG_STRENGTH.default,
+        metavar="X",
+        help="guidance (default: %(default)s)",
+    )
+    g.add_argument(
+        "--seed", type=seed_arg, default=spec.SEED.default, metavar="N", help="default: random (logged)"
+    )
+    g.add_argument(
+        "--samples",
+        type=samples_arg,
+        default=int(spec.NUM_SAMPLES.default),
+        metavar="N",
+        help="candidates per clip (default: %(default)s)",
+    )
     g.add_argument(
         "--duration", type=duration_arg, metavar="SEC", help="default: the rest of the video, up to the cap"
     )
@@ -187,7 +208,6 @@ def _generation_options(p: argparse.ArgumentParser) -> None:
         metavar="SEC",
         help="longest span (default: %(default)g s; past 8 s it runs in overlapping 8 s windows)",
     )
-    g.add_argument("--start", type=start_arg, default=0.0, metavar="SEC", help="default: 0")
     if p.prog.endswith("generate"):
         g.add_argument(
             "--save-project",
@@ -196,7 +216,14 @@ def _generation_options(p: argparse.ArgumentParser) -> None:
             help="also write the project file (FILE.selva.json; takes kept beside it) for `selva render`",
         )
     g.add_argument(
-        "--keep-original-audio", type=gain_arg, metavar="GAIN", help="mix in the video's own audio at GAIN"
+        "--start", type=start_arg, default=spec.START.default, metavar="SEC", help="default: %(default)g"
+    )
+    level = spec.ORIGINAL_AUDIO_GAIN
+    g.add_argument(
+        "--keep-original-audio",
+        type=original_audio_gain_arg,
+        metavar="GAIN",
+        help=f"mix in the video's own audio at GAIN ({level.minimum:g}-{level.maximum:g}; 1: its own level)",
     )
     g.add_argument("--format", choices=["flac", "wav"], default="flac", help="default: flac")
     _model_options(p, variant_default=DEFAULT_VARIANT)
@@ -227,6 +254,7 @@ def _common_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    check_options(args)
     items = items_for(args.videos, args)
     if args.save_project is not None and len(items) != 1:
         raise InputError("--save-project writes the project of one clip: give one VIDEO (or none)")
@@ -239,6 +267,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
+    check_options(args)
     source: Path = args.source
     if source.is_dir():
         items = items_from_folder(source, args)

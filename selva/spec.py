@@ -147,6 +147,8 @@ class Limit:
             hint = f" ({_show(self.default)} is typical)" if self.default is not None else ""
             who = self.label if by_label else self.name
             span = f"from {_show(self.minimum)} to {_show(self.maximum)}"
+            if self.maximum == math.inf:
+                span = f"of {_show(self.minimum)} or more"
             raise InputError(f"{who} must be {kind} {span}{hint}, got {value!r}")
         return value
 
@@ -192,7 +194,7 @@ def check_prompt(name: str, text: object) -> str:
     if not isinstance(text, str):
         raise InputError(f"{name} must be a string, got {type(text).__name__}")
     if len(text) > MAX_PROMPT_CHARS:
-        raise InputError(f"{name} is {len(text)} characters long; keep it under {MAX_PROMPT_CHARS}")
+        raise InputError(f"{name} is {len(text)} characters long; keep it to {MAX_PROMPT_CHARS} or fewer")
     return text
 
 
