@@ -28,12 +28,14 @@ so the number of compiles is bounded instead:
   makes dynamo recompile once with dynamic lengths (its automatic dynamic
   shapes), and that graph serves every later duration. CUDA graphs are then
   recorded once per distinct shape, a quick capture, not a compile;
-- the batch is padded up to one of `BATCH_BUCKETS` rows (repeating its last
-  row; the extra rows' outputs are dropped) before the generator and the
-  vocoder see it. Rows never look at each other, so this changes no real row,
-  and windows x candidates x (stems, CFG branches) give at most a handful of
-  batch sizes: two stems, three candidates or a last batch of fewer windows
-  land in a bucket already compiled instead of compiling again;
+- where shapes are not dynamic from the start (CUDA), the batch is padded up
+  to one of `BATCH_BUCKETS` rows (repeating its last row; the extra rows'
+  outputs are dropped) before the generator and the vocoder see it. Rows never
+  look at each other, so this changes no real row, and windows x candidates x
+  (stems, CFG branches) give at most a handful of batch sizes: two stems, three
+  candidates or a last batch of fewer windows land in a bucket already compiled
+  instead of compiling again. On the CPU every batch of 2 rows or more shares
+  the one dynamic graph, and padding would only add compute;
 - `torch._dynamo.config.recompile_limit` (raised to `RECOMPILE_LIMIT` if lower)
   caps what is left: past it a function runs eagerly, correct but uncompiled.
 
@@ -145,15 +147,17 @@ def compile_networks(
             buckets=BATCH_BUCKETS if padded else None,
         )
 
+    # Padding buys nothing where every length is dynamic already (the CPU) and costs its rows' compute.
+    pad = plan.dynamic is not True
     if generator is not None:
-        compile_(generator, "forward", plan.generator_mode, cuda_graphs=plan.cuda_graphs, padded=True)
+        compile_(generator, "forward", plan.generator_mode, cuda_graphs=plan.cuda_graphs, padded=pad)
     if text_synch is not None:
         compile_(text_synch, "encode_segments", plan.mode)
     if vocoder is not None:
         prepare = getattr(vocoder, "prepare", None)
         if prepare is not None:
             prepare()  # build the fused tensors eagerly: the compiled graph only reads them
-        compile_(vocoder, "forward", plan.mode, padded=True)
+        compile_(vocoder, "forward", plan.mode, padded=pad)
     log.info(
         "compiled for %s with %s: generator mode %r, others %r, dynamic=%s",
         plan.device_type,
