@@ -263,29 +263,27 @@ def _watched(
 ) -> Callable[..., torch.Tensor]:
     """`compiled` with its batch padded to `buckets` (None: as given), logging each call that compiles.
 
-    The first argument's rows are the batch. Compiling happens inside a call,
+    The first positional argument's rows are the batch. Compiling happens inside a call,
     so a call after which dynamo counts new graphs is reported with its time
     (the compile and the run; the compile is nearly all of it) and what
     inductor's on-disk cache served.
     """
 
     @functools.wraps(compiled)
-    def call(first: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        rows = first.shape[0]
-        padded = bucket_rows(rows, buckets) if buckets else rows
+    def call(*args: Any, **kwargs: Any) -> torch.Tensor:
+        first = args[0] if args else None
+        rows = first.shape[0] if isinstance(first, torch.Tensor) and first.dim() else None
+        padded = bucket_rows(rows, buckets) if buckets and rows else rows
         if padded != rows:
-            first, args, kwargs = (
-                pad_rows(first, rows, padded),
-                tuple(pad_rows(a, rows, padded) for a in args),
-                {k: pad_rows(v, rows, padded) for k, v in kwargs.items()},
-            )
+            args = tuple(pad_rows(a, rows, padded) for a in args)
+            kwargs = {k: pad_rows(v, rows, padded) for k, v in kwargs.items()}
         graphs, hits, misses = _compile_counts()
         begun = time.perf_counter()
-        out = compiled(first, *args, **kwargs)
+        out = compiled(*args, **kwargs)
         now_graphs, now_hits, now_misses = _compile_counts()
         if now_graphs > graphs:
             log.info(
-                "compiled %s for a batch of %d in %.1f s (%d graph(s); kernels from the cache: %d, new: %d)",
+                "compiled %s for a batch of %s in %.1f s (%d graph(s); kernels from the cache: %d, new: %d)",
                 name,
                 padded,
                 time.perf_counter() - begun,
