@@ -70,8 +70,9 @@ EXIT_CODES = """exit codes:
   130  interrupted (Ctrl-C); finished clips are kept (a batch rerun resumes)
   143  terminated (SIGTERM); as 130
 """
-# The modules whose lines are the command's own output: shown at INFO (the rest of `selva` at -v).
-CLI_LOGGERS = ("selva.cli", "selva.batch", "selva.batch_ray")
+# The modules whose lines are the command's own output: shown at INFO (the rest of `selva` at -v); the
+# compile modules say where kernels are cached and what each compile took.
+CLI_LOGGERS = ("selva.cli", "selva.batch", "selva.batch_ray", "selva.compile", "selva.compile_cache")
 PRECISIONS = spec.PRECISIONS
 OFFLOADS = (*spec.OFFLOADS, *spec.OFFLOAD_ALIASES)
 
