@@ -116,16 +116,15 @@ class FeatureEncoder:
     ) -> tuple[PromptFeatures, torch.Tensor | None]:
         """The prompt's T5 and CLIP features, and the negative prompt's CLIP features (None if blank).
 
-        The negative prompt never reaches TextSynch, so it gets no T5 pass; the CLIP prompts
-        not cached yet are encoded in one batch (CLIP pads every prompt to 77 tokens, so a
-        row of a batch is that prompt's features, up to float rounding). Both are cached per prompt.
+        The negative prompt never reaches TextSynch, so it gets no T5 pass. Each CLIP prompt is
+        encoded alone: a row of a batch differs from the prompt alone in the last bits, which the
+        flow magnifies, and a cached feature must not depend on which prompt it came with (the
+        same take through any front end, in any order, is the same to the bit). Both are cached
+        per prompt.
         """
         negative = negative_prompt if negative_prompt.strip() else None
         wanted = list(dict.fromkeys(p for p in (prompt, negative) if p is not None))
-        missing = [p for p in wanted if ("clip", p) not in self.prompt_cache]
-        fresh: dict[str, torch.Tensor] = {}
-        if missing:
-            fresh = dict(zip(missing, self._encode_clip(missing).split(1), strict=True))
+        fresh = {p: self._encode_clip([p]) for p in wanted if ("clip", p) not in self.prompt_cache}
 
         def clip_of(p: str) -> torch.Tensor:
             return self.prompt_cache.get_or_compute(

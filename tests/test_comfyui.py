@@ -202,7 +202,7 @@ def test_each_node_follows_the_classic_node_contract(name, tiny_hub):
 def test_the_variant_list_is_the_registry_with_medium_44k_first_choice(tiny_hub):
     variant, options = NODE_CLASS_MAPPINGS["SelvaModelLoader"].INPUT_TYPES()["required"]["variant"]
     assert variant[:4] == ["small_16k", "small_44k", "medium_44k", "large_44k"]
-    assert {"tiny_16k", "tiny_44k"} <= set(variant)  # registered by the tiny hub
+    assert {"tiny_16k", "tiny_44k"} <= set(variant)  # from the tiny hub's variants file
     assert options["default"] == "medium_44k"
 
 
