@@ -16,6 +16,7 @@ import torch
 
 from selva import spec
 from selva.features import frame_chunks
+from selva.loader import load_pipeline
 from selva.pipeline import SelvaPipeline
 from selva.sequence import SEGMENT_FRAMES, SEGMENT_STRIDE, SequenceLengths
 from selva.spec import CFG_STRENGTH, InputError, WeightsError
@@ -37,9 +38,14 @@ def load(
     offload: str,
     weights_dir: Path | None,
 ) -> SelvaPipeline:
-    pipe = SelvaPipeline.from_pretrained(
-        variant, device=device, dtype=precision, offload=offload, weights_dir=weights_dir
+    options = spec.LoadOptions(
+        variant=variant,
+        device=str(device) if device is not None else None,
+        precision=precision,
+        offload=offload,
+        weights_dir=str(weights_dir) if weights_dir is not None else None,
     )
+    pipe = load_pipeline(options)  # the one loader the app, the CLI and Ray use
     # ComfyUI draws its own bar on the node; a second one in the console per step is noise.
     pipe.set_progress_bar_config(disable=True)
     return pipe
