@@ -44,7 +44,16 @@ from selva.features import FeatureEncoder, Span, StageCallback, StageReport
 from selva.loading import release_freed_memory
 from selva.outputs import SelvaOutput
 from selva.sequence import SequenceLengths
-from selva.spec import DEFAULT_MAX_DURATION, CancelToken, GenerationRequest
+from selva.spec import (
+    CFG_STRENGTH,
+    DEFAULT_MAX_DURATION,
+    DEFAULT_VARIANT,
+    NUM_SAMPLES,
+    START,
+    STEPS,
+    CancelToken,
+    GenerationRequest,
+)
 from selva.synthesis import StepCallback, Synthesizer
 from selva.windows import (
     DEFAULT_WINDOW_OVERLAP,
@@ -137,7 +146,7 @@ class SelvaPipeline:
     @classmethod
     def from_pretrained(
         cls,
-        variant: str = "small_16k",
+        variant: str = DEFAULT_VARIANT,
         *,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
@@ -228,12 +237,12 @@ class SelvaPipeline:
         prompt: str,
         negative_prompt: str = "",
         *,
-        steps: int = 25,
-        cfg_strength: float = 4.5,
+        steps: int = int(STEPS.default),
+        cfg_strength: float = float(CFG_STRENGTH.default),
         seed: int | None = None,
         duration: float | None = None,
-        start: float = 0.0,
-        num_samples: int = 1,
+        start: float = float(START.default),
+        num_samples: int = int(NUM_SAMPLES.default),
         window_overlap: float | None = None,
         callback_on_step_end: StepCallback | None = None,
         callback_on_stage: StageCallback | None = None,
