@@ -221,6 +221,19 @@ def test_one_project_gives_the_same_audio_through_the_service_and_the_command_li
         np.testing.assert_array_equal(read_take(take.audio), wave)
     assert (tmp_path / "r" / "cli_mix.flac").is_file() and (tmp_path / "r" / "cli_mix.mp4").is_file()
 
+    # A batch CSV row with the same settings writes the same two takes (as WAV: 16-bit samples).
+    import av
+
+    rows = tmp_path / "list.csv"
+    rows.write_text(f"video,prompt,negative,seed\n{clip},dog barking,wind,7\n")
+    out = str(tmp_path / "b")
+    batch = ["batch", str(rows), "--steps", "2", "--samples", "2", "--format", "wav", "--out", out]
+    assert main([*batch, *common]) == 0
+    for k, wave in enumerate(expected, 1):
+        with av.open(str(tmp_path / "b" / f"clip_{k}.wav")) as f:
+            pcm = np.concatenate([fr.to_ndarray().reshape(-1) for fr in f.decode(audio=0)])
+        np.testing.assert_array_equal(pcm, np.round(wave * 32767).astype(np.int16))
+
 
 def test_render_refuses_the_original_soundtrack_without_a_video(pipe, tmp_path):
     project = Project(sounds=(Sound("rain"),), duration=1.0, mix=Mix(original_audio_gain=0.5))
