@@ -39,21 +39,12 @@ import torch
 from torch import nn
 
 from selva import device as devices
-from selva import media
+from selva import media, spec
 from selva.features import FeatureEncoder, Span, StageCallback, StageReport
 from selva.loading import release_freed_memory
 from selva.outputs import SelvaOutput
 from selva.sequence import SequenceLengths
-from selva.spec import (
-    CFG_STRENGTH,
-    DEFAULT_MAX_DURATION,
-    DEFAULT_VARIANT,
-    NUM_SAMPLES,
-    START,
-    STEPS,
-    CancelToken,
-    GenerationRequest,
-)
+from selva.spec import DEFAULT_MAX_DURATION, CancelToken, GenerationRequest
 from selva.synthesis import StepCallback, Synthesizer
 from selva.windows import (
     DEFAULT_WINDOW_OVERLAP,
@@ -146,7 +137,7 @@ class SelvaPipeline:
     @classmethod
     def from_pretrained(
         cls,
-        variant: str = DEFAULT_VARIANT,
+        variant: str = spec.DEFAULT_VARIANT,
         *,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
@@ -237,12 +228,12 @@ class SelvaPipeline:
         prompt: str,
         negative_prompt: str = "",
         *,
-        steps: int = int(STEPS.default),
-        cfg_strength: float = float(CFG_STRENGTH.default),
+        steps: int = int(spec.STEPS.default),
+        cfg_strength: float = float(spec.CFG_STRENGTH.default),
         seed: int | None = None,
         duration: float | None = None,
-        start: float = float(START.default),
-        num_samples: int = int(NUM_SAMPLES.default),
+        start: float = float(spec.START.default),
+        num_samples: int = int(spec.NUM_SAMPLES.default),
         window_overlap: float | None = None,
         callback_on_step_end: StepCallback | None = None,
         callback_on_stage: StageCallback | None = None,
