@@ -134,20 +134,20 @@ def score_clip(rendered, args: argparse.Namespace, where: str):
             seeds = ", ".join(str(s.take.seed) for s in rendered.project.sounds if s.take is not None)
             log.warning("%s: --best-of without scores keeps each sound's first take (seed %s)", where, seeds)
         return rendered, None
-    lines = [f"{where}: {line}" for line in score_lines(project)]
+    dropped_lines = []
     if best_of is not None:
         project = choose_best(project)
         rendered = remixed(rendered, project)
         for k, sound in enumerate(project.sounds):
-            kept = sound.take
-            dropped = [t for t in sound.takes if t is not kept]
-            lines.append(
-                f"{where}: best of {len(sound.takes)} for {k + 1}. {sound.prompt!r}: kept seed {kept.seed} "
-                f"({describe(kept.score)}); dropped "
-                + ", ".join(f"seed {t.seed} (score {t.score.score:.3f})" for t in dropped)
+            kept, others = sound.take, [t for i, t in enumerate(sound.takes) if i != sound.chosen]
+            dropped = ", ".join(f"seed {t.seed} (score {t.score.score:.3f})" for t in others)
+            dropped_lines.append(
+                f"{where}: best of {len(sound.takes)} for {k + 1}. {sound.prompt!r}: kept seed {kept.seed}: "
+                f"{describe(kept.score)}; dropped {dropped}"
             )
     else:
         rendered = replace(rendered, project=project)
+    lines = [f"{where}: {line}" for line in score_lines(project)] + dropped_lines
     return rendered, lines
 
 

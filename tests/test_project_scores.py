@@ -47,7 +47,8 @@ def scorer(clap_folder):
 
 def read_audio(path: Path) -> np.ndarray:
     with av.open(str(path)) as container:
-        return np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(audio=0)])
+        samples = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(audio=0)])
+    return samples / 32768.0 if samples.dtype == np.int16 else samples
 
 
 def expected_scores(scorer, takes: list[Path], prompt: str, negative: str = "", others=()) -> list[float]:
@@ -147,7 +148,7 @@ def test_best_of_3_keeps_the_best_scored_take_and_names_the_dropped_seeds(
     np.testing.assert_allclose(read_audio(out / "clip.flac"), read_take(sound.take.audio), atol=1e-4)
 
     dropped = [7 + k for k in range(3) if k != best]
-    kept = re.search(r"best of 3 for 1\. 'dog barking': kept seed (\d+) \(score (-?[\d.]+)", log)
+    kept = re.search(r"best of 3 for 1\. 'dog barking': kept seed (\d+): score (-?[\d.]+)", log)
     assert kept is not None and int(kept[1]) == 7 + best
     assert float(kept[2]) == pytest.approx(scores[best], abs=1e-3)
     named = [int(s) for s in re.findall(r"seed (\d+) \(score -?[\d.]+\)", log.split("dropped", 1)[1])]
