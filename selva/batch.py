@@ -442,6 +442,7 @@ def project_name(project_file: Path) -> str:
 
 def item_project(item: Item, args: argparse.Namespace) -> Project:
     """One clip of the batch as a project: one sound with --samples takes, or one sound per stem."""
+    from selva.cli_scores import best_of_project
     from selva.render import single_sound
     from selva.stems import stems_project
 
@@ -451,13 +452,16 @@ def item_project(item: Item, args: argparse.Namespace) -> Project:
     )  # fmt: skip
     original = args.keep_original_audio or 0.0
     if item.stems:
-        return stems_project(replace(request, num_samples=1), item.stems, original_audio_gain=original)
-    return single_sound(request, original_audio_gain=original)
+        project = stems_project(replace(request, num_samples=1), item.stems, original_audio_gain=original)
+    else:
+        project = single_sound(request, original_audio_gain=original)
+    return best_of_project(project, args, seed=item.seed)  # as drafted, or --best-of N takes per sound
 
 
 def generate_one(pipe, item: Item, args: argparse.Namespace) -> Callable[[], None]:
     """Render and save one clip's project; returns the call that logs what was written."""
     from selva import media
+    from selva.cli_scores import score_clip, write_clip_scores
     from selva.mux import mux
     from selva.project_files import write_mix
     from selva.render import render
@@ -467,6 +471,7 @@ def generate_one(pipe, item: Item, args: argparse.Namespace) -> Callable[[], Non
     save_project = getattr(args, "save_project", None)  # `selva generate` only
     takes = takes_folder(save_project) if save_project is not None else None
     rendered = render(pipe, item_project(item, args), takes)
+    rendered, score_lines = score_clip(rendered, args, item.where)  # --score, --best-of; never fails
     written: list[Path] = []
     if item.stems:
         files = write_mix(rendered, args.out, item.name, audio_format=args.format)
@@ -474,7 +479,9 @@ def generate_one(pipe, item: Item, args: argparse.Namespace) -> Callable[[], Non
         written += [p for p in (files.mix_video, files.tracks_video) if p is not None]
     else:
         gain = args.keep_original_audio or None
-        for k, (audio_path, video_path) in enumerate(output_paths(item, args)):
+        # --best-of writes only the chosen take, under the names of a single one.
+        kept = [rendered.project.sounds[0].chosen] if getattr(args, "best_of", None) else range(args.samples)
+        for k, (audio_path, video_path) in zip(kept, output_paths(item, args), strict=True):
             # Audio first, mp4 last: an item counts as done once its last file exists.
             wave = rendered.take_audio(0, k)
             written.append(media.write_audio(audio_path, wave, rendered.sample_rate))
@@ -483,9 +490,10 @@ def generate_one(pipe, item: Item, args: argparse.Namespace) -> Callable[[], Non
                     item.video, wave, rendered.sample_rate, video_path, start=rendered.start,
                     duration=rendered.duration, original_audio_gain=gain, info=rendered.info,
                 ))  # fmt: skip
+    written += write_clip_scores(rendered.project, args.out / item.name, score_lines)
     if save_project is not None:
         written.append(rendered.project.save(save_project))
     from selva.progress import project_info
 
-    names = ", ".join(str(p) for p in written)
-    return lambda: log.info("%s -> %s (%s)", item.where, names, project_info(rendered))
+    lines = [f"{item.where} -> {', '.join(str(p) for p in written)} ({project_info(rendered)})"]
+    return lambda: log.info("%s", "\n".join([*lines, *(score_lines or ())]))  # a line per scored take

@@ -48,6 +48,8 @@ PROJECT_VERSION = 1
 MAX_SOUNDS = MAX_STEMS
 # What `selva render` and the app's download name a project file.
 PROJECT_SUFFIX = ".selva.json"
+# CLAP's cosines are computed in float32: a similarity may stray this far past +-1.
+_COSINE_SLACK = 1e-4
 
 
 def take_seeds(seed: int, count: int) -> list[int]:
@@ -57,6 +59,38 @@ def take_seeds(seed: int, count: int) -> list[int]:
     from its own seed.
     """
     return [seed + k for k in range(count)]
+
+
+@dataclass(frozen=True)
+class Score:
+    """A take's CLAP scores (`selva.scoring` measures them; see there what each means).
+
+    Cosine similarities from -1 to 1: `agreement` with the take's own prompt,
+    `leakage` the highest one with its negative prompt and the other sounds'
+    prompts (None: there were none), and `score`, what takes are ranked by. A
+    hint for choosing among takes, not a judgement of their quality.
+    """
+
+    agreement: float
+    leakage: float | None
+    score: float
+    checkpoint: str  # the CLAP that scored it: scores of different checkpoints do not compare
+    leaked_into: str | None = None  # the prompt behind `leakage`
+
+    def checked(self, where: str) -> Score:
+        for name in ("agreement", "leakage"):
+            value = getattr(self, name)
+            if value is None and name == "leakage":
+                continue
+            if not _is_number(value) or abs(value) > 1 + _COSINE_SLACK:
+                raise InputError(f"{where}: score {name} must be a similarity from -1 to 1, got {value!r}")
+        if not _is_number(self.score):
+            raise InputError(f"{where}: score must be a number, got {self.score!r}")
+        if not isinstance(self.checkpoint, str) or not self.checkpoint:
+            raise InputError(f"{where}: score checkpoint must name the CLAP that scored it")
+        if self.leaked_into is not None and not isinstance(self.leaked_into, str):
+            raise InputError(f"{where}: score leaked_into must be a prompt or null, got {self.leaked_into!r}")
+        return self
 
 
 @dataclass(frozen=True)
@@ -73,6 +107,7 @@ class Take:
     cfg_strength: float = float(CFG_STRENGTH.default)
     batch: int = 0  # takes with the same batch were drawn in one call
     audio: str | None = None
+    score: Score | None = None  # None until scored (`selva.project_scores`)
 
     def checked(self, where: str) -> Take:
         _field(where, SEED, self.seed)
@@ -82,6 +117,10 @@ class Take:
             raise InputError(f"{where}: batch must be a whole number from 0, got {self.batch!r}")
         if self.audio is not None and not isinstance(self.audio, str):
             raise InputError(f"{where}: audio must be a file path or null, got {self.audio!r}")
+        if self.score is not None:
+            if not isinstance(self.score, Score):
+                raise InputError(f"{where}: score must be a Score or null, got {self.score!r}")
+            self.score.checked(where)
         return self
 
 
@@ -271,7 +310,12 @@ def _sound(data: Any, relative_to: str | Path | None) -> Sound:
         raise InputError("each sound of a project file is a JSON object")
     takes = []
     for take in data.get("takes", ()):
-        take = Take(**take)
+        if not isinstance(take, dict):
+            raise InputError("each take of a project file is a JSON object")
+        score = take.get("score")  # absent in files written before takes were scored
+        if score is not None and not isinstance(score, dict):
+            raise InputError(f"a take's score is a JSON object or null, got {score!r}")
+        take = Take(**{**take, "score": Score(**score) if score is not None else None})
         if take.audio is not None and relative_to is not None and not Path(take.audio).is_absolute():
             take = replace(take, audio=str(Path(relative_to) / take.audio))
         takes.append(take)

@@ -390,3 +390,5 @@ SCORER_CHECKPOINT = "laion/larger_clap_general"
 # score = agreement - LEAKAGE_WEIGHT * max(0, leakage): leakage costs half as much as agreement earns,
 # so a loose likeness to another prompt does not outweigh a clear match to its own (a choice, untuned).
 LEAKAGE_WEIGHT = 0.5
+# `selva generate --best-of N`: N takes per sound, scored, the best kept (each take is a generation).
+BEST_OF = Limit("best_of", "Best of", 2, 4, None, integer=True)
