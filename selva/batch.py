@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from selva import spec
 from selva.names import slug, sound_file
-from selva.project import PROJECT_SUFFIX, Project
+from selva.project import PROJECT_SUFFIX, Mix, Project
 from selva.spec import InputError, MediaError, SelvaError, is_out_of_memory
 from selva.stems import Stem, check_stems
 
@@ -111,6 +111,37 @@ original_audio_gain_arg = ranged(spec.ORIGINAL_AUDIO_GAIN)
 # The cap is --max-duration's, which argparse may read after --duration: see check_options.
 duration_arg = seconds_up_to(math.inf)
 max_duration_arg = seconds_up_to(math.inf)
+
+
+def sample_rate_arg(text: str) -> int | str:
+    """--sample-rate: a rate of `spec.OUTPUT_RATES` (48000), or "model" for the model's own."""
+    if text.strip().lower() == spec.OUTPUT_RATE_MODEL:
+        return spec.OUTPUT_RATE_MODEL
+    try:
+        return spec.check_output_rate(text, model_rate=0)  # "model" is answered above
+    except InputError:
+        choices = ", ".join(str(r) for r in spec.OUTPUT_RATES)
+        raise argparse.ArgumentTypeError(f"choose one of {choices}, got {text.strip()}") from None
+
+
+def loudness_arg(text: str) -> float | str:
+    """--loudness: a target of `spec.LOUDNESS_TARGETS` in LUFS (-23, -16, -14), or "off"."""
+    try:
+        target = spec.check_loudness_target(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("loudness target ")) from None
+    return spec.LOUDNESS_OFF if target is None else target
+
+
+def delivery_settings(mix: Mix, args: argparse.Namespace) -> Mix:
+    """`mix` with the --sample-rate and --loudness given (None: not given, the mix's own stays)."""
+    changes: dict[str, object] = {}
+    rate, loudness = getattr(args, "sample_rate", None), getattr(args, "loudness", None)
+    if rate is not None:
+        changes["sample_rate"] = None if rate == spec.OUTPUT_RATE_MODEL else rate
+    if loudness is not None:
+        changes["loudness"] = None if loudness == spec.LOUDNESS_OFF else loudness
+    return replace(mix, **changes)
 
 
 def check_options(args: argparse.Namespace) -> None:
@@ -455,6 +486,7 @@ def item_project(item: Item, args: argparse.Namespace) -> Project:
         project = stems_project(replace(request, num_samples=1), item.stems, original_audio_gain=original)
     else:
         project = single_sound(request, original_audio_gain=original)
+    project = replace(project, mix=delivery_settings(project.mix, args))
     return best_of_project(project, args, seed=item.seed)  # as drafted, or --best-of N takes per sound
 
 
@@ -463,7 +495,7 @@ def generate_one(pipe, item: Item, args: argparse.Namespace) -> Callable[[], Non
     from selva import media
     from selva.cli_scores import score_clip, write_clip_scores
     from selva.mux import mux
-    from selva.project_files import write_mix
+    from selva.project_files import delivered_take, output_rate, write_mix
     from selva.render import render
 
     if item.video is not None and not item.video.is_file():
@@ -481,13 +513,14 @@ def generate_one(pipe, item: Item, args: argparse.Namespace) -> Callable[[], Non
         gain = args.keep_original_audio or None
         # --best-of writes only the chosen take, under the names of a single one.
         kept = [rendered.project.sounds[0].chosen] if getattr(args, "best_of", None) else range(args.samples)
+        rate = output_rate(rendered)
         for k, (audio_path, video_path) in zip(kept, output_paths(item, args), strict=True):
             # Audio first, mp4 last: an item counts as done once its last file exists.
-            wave = rendered.take_audio(0, k)
-            written.append(media.write_audio(audio_path, wave, rendered.sample_rate))
+            wave = delivered_take(rendered, 0, k)
+            written.append(media.write_audio(audio_path, wave, rate))
             if video_path is not None:
                 written.append(mux(
-                    item.video, wave, rendered.sample_rate, video_path, start=rendered.start,
+                    item.video, wave, rate, video_path, start=rendered.start,
                     duration=rendered.duration, original_audio_gain=gain, info=rendered.info,
                 ))  # fmt: skip
     written += write_clip_scores(rendered.project, args.out / item.name, score_lines)

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import signal
 import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -38,9 +40,11 @@ from selva.batch import (
     duration_arg,
     items_for,
     items_from_folder,
+    loudness_arg,
     max_duration_arg,
     original_audio_gain_arg,
     run_items,
+    sample_rate_arg,
     samples_arg,
     seed_arg,
     start_arg,
@@ -136,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("outputs"), metavar="DIR", help="default: %(default)s")
     p.add_argument("--format", choices=["flac", "wav"], default="flac", help="default: flac")
     add_score_options(p, best_of=False)
+    _delivery_options(p, default="the project's")
     _model_options(p, variant_default=None)
 
     about = (
@@ -232,7 +237,30 @@ def _generation_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--format", choices=["flac", "wav"], default="flac", help="default: flac")
     add_score_options(p, best_of=p.prog.endswith("generate"))
+    _delivery_options(p, default="model")
     _model_options(p, variant_default=DEFAULT_VARIANT)
+
+
+def _delivery_options(p: argparse.ArgumentParser, *, default: str) -> None:
+    # Not given: None, so `selva render` keeps the project's settings; a new project's are "model", "off".
+    g = p.add_argument_group("delivery")
+    rates = ",".join(str(r) for r in spec.OUTPUT_RATES)
+    g.add_argument(
+        "--sample-rate",
+        type=sample_rate_arg,
+        metavar=f"{{{rates}}}",
+        help=f"rate of every file written: 48000 for video editors, or the model's own (default: {default})",
+    )
+    lufs = [f"{t:g}" for t in spec.LOUDNESS_TARGETS.values() if t is not None]
+    targets = ",".join([spec.LOUDNESS_OFF, *lufs])
+    ceiling = spec.TRUE_PEAK_CEILING_DB
+    g.add_argument(
+        "--loudness",
+        type=loudness_arg,
+        metavar=f"{{{targets}}}",
+        help=f"integrated loudness of the mix in LUFS (-23 EBU R128, -16, -14 streaming), true peak under "
+        f"{ceiling:g} dBTP; off: peak-normalised (default: {'off' if default == 'model' else default})",
+    )
 
 
 def _model_options(p: argparse.ArgumentParser, *, variant_default: str | None) -> None:
@@ -291,7 +319,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from selva.batch import load_pipeline, project_name, takes_folder
+    from selva.batch import delivery_settings, load_pipeline, project_name, takes_folder
     from selva.cli_scores import score_clip, write_clip_scores
     from selva.progress import project_info
     from selva.project import Project
@@ -300,6 +328,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
     check_score_options(args)
     project = Project.load(args.project)
+    project = replace(project, mix=delivery_settings(project.mix, args)).checked(max_duration=math.inf)
     variant = args.variant or project.variant or DEFAULT_VARIANT
     try:
         args.out.mkdir(parents=True, exist_ok=True)

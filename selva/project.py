@@ -35,12 +35,15 @@ from selva.spec import (
     CFG_STRENGTH,
     MAX_STEMS,
     ORIGINAL_AUDIO_GAIN,
+    OUTPUT_RATES,
     PAN,
     SEED,
     STEM_GAIN,
     STEPS,
     InputError,
     check_duration,
+    check_loudness_target,
+    check_output_rate,
     check_prompt,
 )
 
@@ -168,25 +171,61 @@ class Sound:
 
 
 @dataclass(frozen=True)
-class Mix:
-    """How the sounds become one soundtrack.
+class Measured:
+    """What a loudness meter read on the delivered mix (`selva.delivery.measure`); None for silence."""
 
-    `loudness` (a LUFS target) and `sample_rate` (of the delivered files) are
-    None for today's behaviour: a peak-normalised mix at the model's rate.
+    integrated_lufs: float | None = None  # ITU-R BS.1770 gated integrated loudness
+    true_peak_dbtp: float | None = None  # 4x oversampled peak, dB of full scale
+
+    def checked(self) -> Measured:
+        for name in ("integrated_lufs", "true_peak_dbtp"):
+            value = getattr(self, name)
+            if value is not None and not _is_number(value):
+                raise InputError(f"the mix's measured {name} must be a number or null, got {value!r}")
+        return self
+
+
+@dataclass(frozen=True)
+class Mix:
+    """How the sounds become one soundtrack, and the files it is delivered as.
+
+    `sample_rate` is the rate every delivered file is written at: None for the
+    model's own (16 or 44.1 kHz), or one of the rates in `spec.OUTPUT_RATES`
+    (48000). `loudness` is the mix's integrated loudness target in LUFS (one of
+    `spec.LOUDNESS_TARGETS`, with a true-peak ceiling), or None for today's
+    peak-normalised level. `measured` is what the delivered mix measured when its
+    files were last written (None before that).
     """
 
     original_audio_gain: float = float(ORIGINAL_AUDIO_GAIN.default)
     loudness: float | None = None
     sample_rate: int | None = None
+    measured: Measured | None = None
 
     def checked(self) -> Mix:
         _field("the mix", ORIGINAL_AUDIO_GAIN, self.original_audio_gain)
-        if self.loudness is not None and not (_is_number(self.loudness) and -70 <= self.loudness < 0):
-            raise InputError(f"the mix's loudness target must be in LUFS below 0, got {self.loudness!r}")
-        if self.sample_rate is not None and not (
-            isinstance(self.sample_rate, int) and 8000 <= self.sample_rate <= 192_000
-        ):
-            raise InputError(f"the mix's sample rate must be 8000-192000 Hz, got {self.sample_rate!r}")
+        # The spec's checks also read the form's strings ("-23 LUFS", "model"); the file holds numbers.
+        try:
+            if isinstance(self.loudness, str):
+                raise InputError(f"give a number, got {self.loudness!r}")
+            check_loudness_target(self.loudness)
+        except InputError as exc:
+            raise InputError(f"the mix's loudness: {exc} (null: off)") from None
+        if self.sample_rate is not None:
+            rates = ", ".join(str(r) for r in OUTPUT_RATES if isinstance(r, int))
+            wrong = InputError(
+                f"the mix's sample_rate must be null (the model's rate) or {rates}, got {self.sample_rate!r}"
+            )
+            if not isinstance(self.sample_rate, int) or isinstance(self.sample_rate, bool):
+                raise wrong
+            try:
+                check_output_rate(self.sample_rate, model_rate=0)  # 0: "model" is no number a file holds
+            except InputError:
+                raise wrong from None
+        if self.measured is not None:
+            if not isinstance(self.measured, Measured):
+                raise InputError(f"the mix's measured loudness must be an object, got {self.measured!r}")
+            self.measured.checked()
         return self
 
 
@@ -263,7 +302,7 @@ class Project:
             )
         try:
             sounds = tuple(_sound(s, relative_to) for s in data["sounds"])
-            mix = Mix(**data.get("mix", {}))
+            mix = _mix(data.get("mix", {}))
             known = {"version", "sounds", "mix", "video", "start", "duration", "variant"}
             extra = set(data) - known
             if extra:
@@ -320,6 +359,15 @@ def _sound(data: Any, relative_to: str | Path | None) -> Sound:
             take = replace(take, audio=str(Path(relative_to) / take.audio))
         takes.append(take)
     return Sound(**{**data, "takes": tuple(takes)})
+
+
+def _mix(data: Any) -> Mix:
+    if not isinstance(data, dict):
+        raise InputError("the mix of a project file is a JSON object")
+    measured = data.get("measured")
+    if isinstance(measured, dict):
+        measured = Measured(**measured)
+    return Mix(**{**data, "measured": measured})
 
 
 def _relative(path: Path, base: Path) -> str:
