@@ -32,18 +32,15 @@ from pathlib import Path
 from tqdm import tqdm
 
 from selva import spec
-from selva.batch import (
-    EXIT_OK,
-    OOM_HINT,
+from selva.batch import EXIT_OK, OOM_HINT, items_for, items_from_folder, run_items
+from selva.batch_csv import items_from_csv
+from selva.cli_options import (
     cfg_arg,
     check_options,
     duration_arg,
-    items_for,
-    items_from_folder,
     loudness_arg,
     max_duration_arg,
     original_audio_gain_arg,
-    run_items,
     sample_rate_arg,
     samples_arg,
     seed_arg,
@@ -51,7 +48,6 @@ from selva.batch import (
     stem_gain_arg,
     steps_arg,
 )
-from selva.batch_csv import items_from_csv
 from selva.cli_scores import add_score_options, check_score_options
 from selva.spec import (
     DEFAULT_VARIANT,
@@ -319,7 +315,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from selva.batch import delivery_settings, load_pipeline, project_name, takes_folder
+    from selva.batch import load_pipeline, project_name, takes_folder
+    from selva.cli_options import delivery_settings
     from selva.cli_scores import score_clip, write_clip_scores
     from selva.progress import project_info
     from selva.project import Project

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from selva import spec
-from selva.batch import ranged
+from selva.cli_options import ranged
 from selva.spec import InputError, SelvaError
 
 log = logging.getLogger(__name__)  # one of `selva.cli.CLI_LOGGERS`: its lines show at INFO
