@@ -17,7 +17,8 @@ import pytest
 from browser_support import TIMEOUT_MS, chromium, video_duration, wait_until_idle
 from media_factory import make_video
 
-import app
+from selva.app.handlers import EXAMPLE_SEED
+from selva.app.page import EXAMPLES_DIR
 
 pytestmark = pytest.mark.browser
 
@@ -61,7 +62,7 @@ def download_links(page) -> dict[str, str]:
 
 def test_upload_prompt_generate_and_download(page, tmp_path):
     clip = tmp_path / "dog_and_car.mp4"  # a synthetic clip (see examples/make_examples.py)
-    shutil.copy(app.EXAMPLES_DIR / "dog_and_car.mp4", clip)
+    shutil.copy(EXAMPLES_DIR / "dog_and_car.mp4", clip)
     upload(page, clip)
     page.locator("#prompt textarea").fill("dog barking")
     page.locator("#negative-prompt textarea").fill("car engine")
@@ -274,4 +275,4 @@ def test_an_example_fills_the_inputs_and_shows_its_cached_result(page):
     assert result_duration(page) == pytest.approx(5.0, abs=0.15)  # generated on first use, then cached
     assert page.locator("#prompt textarea").input_value() == "car engine passing by"
     assert page.locator("#negative-prompt textarea").input_value() == "dog barking"
-    assert f"seed {app.EXAMPLE_SEED}" in page.locator("#info textarea").input_value()
+    assert f"seed {EXAMPLE_SEED}" in page.locator("#info textarea").input_value()

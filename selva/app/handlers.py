@@ -19,8 +19,8 @@ from typing import Any
 
 import gradio as gr
 
-import stems_ui
 from selva import spec
+from selva.app.stems import stems_outputs
 from selva.serving import (
     MAX_CANDIDATES,
     GenerationService,
@@ -37,7 +37,7 @@ try:  # Hugging Face ZeroGPU; the package is absent (or a no-op) everywhere else
 except ImportError:
     spaces = None
 
-log = logging.getLogger("selva.app")
+log = logging.getLogger(__name__)
 
 EXAMPLE_SEED = 2025  # cached examples are reproducible
 ZEROGPU_SECONDS = 120  # the longest a ZeroGPU call may hold the GPU (an 8 s clip takes ~10 s on an A100)
@@ -118,7 +118,7 @@ class Studio:
                 req, progress, session=_session(request), original_audio_gain=gain or None
             )
         # Plain paths (None for unused players), so API callers get files, not component updates;
-        # the page's labels, audio players and history follow from the result (results_ui.present).
+        # the page's labels, audio players and history follow from the result (selva.app.results.present).
         videos = [*result.videos, *[None] * (MAX_CANDIDATES - len(result.videos))]
         return (*videos, list(result.audio_files), result.info, result)
 
@@ -220,7 +220,7 @@ class Studio:
             result = self.service.run_stems(
                 base, stems, progress, session=_session(request), original_audio_gain=gain
             )
-        return stems_ui.stems_outputs(result)[:-1] + (result,)
+        return stems_outputs(result)[:-1] + (result,)
 
     def cancel(self, request: gr.Request | None = None) -> None:
         if self.slot.cancel(_session(request)):
