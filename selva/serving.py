@@ -164,9 +164,9 @@ class PipelineSlot:
 
     # -- cancelling ------------------------------------------------------------------------------
 
-    def job(self, session: str) -> CancelToken:
-        """A cancel token for a new job of `session`, registered until `done` is called with it."""
-        token = CancelToken()
+    def job(self, session: str, token: CancelToken | None = None) -> CancelToken:
+        """A cancel token for a new job of `session` (`token`, or a new one), registered until `done`."""
+        token = token or CancelToken()
         with self._jobs_lock:
             self._jobs.setdefault(session, set()).add(token)
         return token
@@ -299,16 +299,18 @@ class GenerationService:
         *,
         session: str = "local",
         original_audio_gain: float | None = None,
+        cancel: CancelToken | None = None,
     ) -> GenerationResult:
         """Generate `req` (waiting for a job in flight) and write an mp4, a FLAC and a WAV per candidate.
 
         `session` names the visitor: only they can cancel the job (`PipelineSlot.cancel`),
-        which ends it with `GenerationCancelled`, also while it still waits for its turn.
+        which ends it with `GenerationCancelled`, also while it still waits for its turn;
+        `cancel` is the caller's own token for this one job (a front end's cancel of one request).
         `original_audio_gain` mixes the video's own soundtrack under the new audio in the mp4s.
         """
         if original_audio_gain:
             ORIGINAL_AUDIO_GAIN.check(original_audio_gain, by_label=True)
-        token = self.slot.job(session)
+        token = self.slot.job(session, cancel)
         try:
             out, pipe, load_seconds = self._generate(req, progress, token)
         finally:
@@ -383,16 +385,17 @@ class GenerationService:
         *,
         session: str = "local",
         original_audio_gain: float = 0.0,
+        cancel: CancelToken | None = None,
     ) -> StemsResult:
         """Generate each stem on `base`'s span (stem k with seed + k), mix them and save every file.
 
-        One job: it holds the pipeline for all its stems and is cancelled as a whole.
+        One job: it holds the pipeline for all its stems and is cancelled as a whole (as `run`).
         """
         from selva.stems import check_stems
 
         stems = check_stems(stems)
         ORIGINAL_AUDIO_GAIN.check(original_audio_gain, by_label=True)
-        token = self.slot.job(session)
+        token = self.slot.job(session, cancel)
         try:
             if progress is not None and self.slot.lock.locked():
                 progress(0.0, desc="Waiting for the job in progress to finish")

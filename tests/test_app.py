@@ -550,3 +550,59 @@ def test_generate_endpoint_from_gradio_client(app_server, clip):
     assert sorted(Path(f).suffix for f in files) == [".flac", ".wav"]
     assert decoded(files[0])[0].shape[-1] == 32000
 
+
+def test_cancel_through_the_api_stops_the_job_between_steps(app_server, clip, monkeypatch, caplog):
+    """gradio_client's `job.cancel()` stops the run after its current flow step, as the page's Cancel:
+    the cancel returns once the pipeline is free, no files are written, the client sees a clean cancel."""
+    from concurrent.futures import CancelledError
+
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+    from gradio_client.utils import Status
+
+    from selva.progress import ProgressReport
+    from selva.spec import CancelToken
+
+    caplog.set_level("INFO", logger="selva.app")
+    # Spies on the real step report and cancel: the first flow step waits until the job's token is
+    # cancelled, so the cancel always lands while the job runs, however fast the tiny model is.
+    running, cancelled, steps = threading.Event(), threading.Event(), []
+    report_step, cancel_token = ProgressReport.step, CancelToken.cancel
+
+    def step(self, pipe, index, t, state):
+        steps.append(index)
+        running.set()
+        assert cancelled.wait(120), "the cancel never reached the job"
+        report_step(self, pipe, index, t, state)
+
+    def cancel(self):
+        cancel_token(self)
+        cancelled.set()
+
+    monkeypatch.setattr(ProgressReport, "step", step)
+    monkeypatch.setattr(CancelToken, "cancel", cancel)
+    studio = app_server.demo.studio
+    written = set(studio.service.outputs.root.iterdir())
+
+    client = Client(app_server.url, verbose=False)
+    job = client.submit(handle_file(str(clip)), "dog barking", "", 100, 4.5, 3, 0, 0, "tiny_16k", 1,
+                        api_name="/generate")  # fmt: skip
+    assert running.wait(120), "the job never reached its flow steps"
+    job.cancel()  # answered once the server has stopped the job
+    assert steps == [0]  # stopped before its second step
+    assert not studio.slot.lock.locked()
+    assert "generation cancelled by the user" in caplog.text
+    assert set(studio.service.outputs.root.iterdir()) == written  # a cancelled job writes nothing
+    assert job.status().code == Status.CANCELLED
+    try:  # the client's own cancel, or the server's "cancelled", whichever it reads first
+        job.result(timeout=120)
+        pytest.fail("a cancelled job returned a result")
+    except CancelledError:
+        pass
+    except AppError as exc:
+        assert "Generation cancelled" in str(exc)
+
+    monkeypatch.undo()
+    *_, info = client.predict(handle_file(str(clip)), "dog barking", "", 2, 4.5, 14, 0, 0, "tiny_16k", 1,
+                              api_name="/generate")  # fmt: skip
+    assert "seed 14" in info  # the next request runs as usual

@@ -22,7 +22,14 @@ import gradio as gr
 from selva import spec
 from selva.app import results as results_ui
 from selva.app import stems as stems_ui
-from selva.app.handlers import EXAMPLE_SEED, SOURCE_PROMPT, SOURCE_VIDEO, Studio, check_source
+from selva.app.handlers import (
+    EXAMPLE_SEED,
+    SOURCE_PROMPT,
+    SOURCE_VIDEO,
+    Studio,
+    check_source,
+    stops_on_cancel,
+)
 from selva.serving import PipelineSlot
 
 if TYPE_CHECKING:
@@ -224,7 +231,7 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
         inputs = [video, prompt, negative, steps, cfg, seed, duration, start, variant, num_samples]
         inputs.append(original_level)
         event = checked.success(
-            studio.generate,
+            stops_on_cancel(studio.generate),
             inputs=inputs,
             outputs=[*results.videos, results.downloads, results.info, results.current],
             api_name="generate",
@@ -235,8 +242,8 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
             show_progress_on=[results.videos[0], results.audios[0]],
         )
         results_ui.wire_results(results, event, seed=seed, num_samples=num_samples)
-        # `cancels` drops the job from the queue (or stops waiting on it); `interrupt` stops the
-        # worker thread between flow steps, which gradio cannot do on its own.
+        # `cancels` drops a queued job, or cancels the running one, which `stops_on_cancel` stops
+        # after its current flow step; studio.cancel says so in a toast.
         stop.click(studio.cancel, None, None, cancels=[event], **private)
         reuse.click(lambda r: -1 if r is None else r.seed, results.current, seed, **private)
         variant.change(studio.describe, variant, status, **private)
@@ -247,7 +254,7 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
             stems_widgets,
             [video],
             [steps, cfg, seed, duration, start, variant, original_level],
-            generate=studio.generate_stems,
+            generate=stops_on_cancel(studio.generate_stems),
             cancel=studio.cancel,
         )
 
@@ -258,7 +265,7 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
                 # One candidate: gradio's example cache cannot store an empty video, so the unused
                 # players are no example outputs.
                 outputs=[results.videos[0], results.audios[0], results.downloads, results.info],
-                fn=studio.generate_example,
+                fn=stops_on_cancel(studio.generate_example),
                 cache_examples=True,
                 cache_mode="lazy",  # computed on first click, then served to everyone
                 example_labels=[f"{Path(r[0]).stem}: {r[1]}" for r in rows],

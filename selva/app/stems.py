@@ -222,8 +222,9 @@ def wire_stems(
         concurrency_id="gpu",
         show_progress_on=ui["mix_video"],
     )
-    # As the main Cancel: `cancels` drops the queued event, `cancel` stops the running job
-    # between flow steps (the job is registered under the session, whichever button started it).
+    # As the main Cancel: `cancels` drops the queued event or stops the running one after its
+    # current flow step (when `generate` is wrapped in `handlers.stops_on_cancel`); `cancel` stops the
+    # session's job too (registered under the session, whichever button started it) and says so.
     ui["cancel"].click(cancel, None, None, cancels=[event], queue=False, api_visibility="private")
     served = [ui["mix_video"], ui["tracks"], ui["mix_audio"], *ui["players"]]
     event.success(
