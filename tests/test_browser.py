@@ -14,7 +14,7 @@ import wave
 from pathlib import Path
 
 import pytest
-from browser_support import TIMEOUT_MS, chromium, video_duration, wait_until_idle
+from browser_support import TIMEOUT_MS, cancel_and_wait, chromium, video_duration
 from media_factory import make_video
 
 from selva.app.handlers import EXAMPLE_SEED
@@ -129,8 +129,8 @@ def test_progress_shows_the_steps_and_cancel_stops_the_job(page, app_server, tmp
     page.locator("#generate").click()
 
     page.get_by_text(re.compile(r"Generating: step \d+/100")).first.wait_for()
-    page.locator("#cancel").click()
-    wait_until_idle(app_server.demo.studio.slot)  # it stops after the current step
+    cancel_and_wait(page, "#cancel")  # answered once the job has stopped after its current step
+    assert not app_server.demo.studio.slot.lock.locked()
     assert "generation cancelled by the user" in caplog.text  # the pipeline stopped between steps
     assert page.locator("#result-1 video").count() == 0
 

@@ -10,7 +10,7 @@ import re
 
 import av
 import pytest
-from browser_support import TIMEOUT_MS, chromium, video_duration, wait_until_idle
+from browser_support import TIMEOUT_MS, cancel_and_wait, chromium, video_duration
 from media_factory import make_video
 from playwright.sync_api import expect
 
@@ -281,7 +281,7 @@ def test_cancel_stops_a_stems_job(page, app_server, tmp_path, caplog):
     page.locator("#generate-stems").click()
 
     page.get_by_text(re.compile(r"Stem 1/4: Generating: step \d+/100")).first.wait_for()
-    page.locator("#stems-cancel").click()
-    wait_until_idle(app_server.demo.studio.slot)  # it stops after the current step
+    cancel_and_wait(page, "#stems-cancel")  # answered once the job has stopped after its current step
+    assert not app_server.demo.studio.slot.lock.locked()
     assert "generation cancelled by the user" in caplog.text  # the pipeline stopped between steps
     assert page.locator("#stems-info textarea").input_value() == before  # nothing replaced the last result

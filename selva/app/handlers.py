@@ -273,10 +273,6 @@ class Studio:
             )
         return stems_outputs(result)[:-1] + (result,)
 
-    def cancel(self, request: gr.Request | None = None) -> None:
-        if self.slot.cancel(_session(request)):
-            gr.Info("Cancelling after the current step...")
-
     def describe(self, variant: str | None) -> str:
         """The model status line under the variant picker."""
         variant = variant or self.slot.default_variant

@@ -242,9 +242,9 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
             show_progress_on=[results.videos[0], results.audios[0]],
         )
         results_ui.wire_results(results, event, seed=seed, num_samples=num_samples)
-        # `cancels` drops a queued job, or cancels the running one, which `stops_on_cancel` stops
-        # after its current flow step; studio.cancel says so in a toast.
-        stop.click(studio.cancel, None, None, cancels=[event], **private)
+        # gradio's cancel: it drops a queued job, or cancels the running one, which `stops_on_cancel`
+        # stops after its current flow step (for this request alone, so no other visitor's job).
+        stop.click(None, None, None, cancels=[event], **private)
         reuse.click(lambda r: -1 if r is None else r.seed, results.current, seed, **private)
         variant.change(studio.describe, variant, status, **private)
         # Refresh the status after a run: the first one loads the model.
@@ -255,7 +255,6 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
             [video],
             [steps, cfg, seed, duration, start, variant, original_level],
             generate=stops_on_cancel(studio.generate_stems),
-            cancel=studio.cancel,
         )
 
         if examples and (rows := load_examples()):

@@ -190,13 +190,11 @@ def resize(count: int, delta: int) -> tuple[Any, ...]:
     return (count, *rows, *buttons, *[f[0] for f in fields], *[f[1] for f in fields], *[f[2] for f in fields])
 
 
-def wire_stems(
-    ui: dict[str, Any], video: list, settings: list, *, generate: Callable, cancel: Callable
-) -> None:
+def wire_stems(ui: dict[str, Any], video: list, settings: list, *, generate: Callable) -> None:
     """The stems editor's events: add/remove rows, Generate stems (`/stems`), Cancel, earlier results.
 
-    `generate` is the `/stems` handler (widget values in, `stems_outputs` and the result out) and
-    `cancel` stops the visitor's running job.
+    `generate` is the `/stems` handler (widget values in, `stems_outputs` and the result out); its
+    job stops after the current flow step when gradio cancels the event (`handlers.stops_on_cancel`).
     """
     rows, prompts, negatives, gains = ui["rows"], ui["prompts"], ui["negatives"], ui["gains"]
 
@@ -222,10 +220,8 @@ def wire_stems(
         concurrency_id="gpu",
         show_progress_on=ui["mix_video"],
     )
-    # As the main Cancel: `cancels` drops the queued event or stops the running one after its
-    # current flow step (when `generate` is wrapped in `handlers.stops_on_cancel`); `cancel` stops the
-    # session's job too (registered under the session, whichever button started it) and says so.
-    ui["cancel"].click(cancel, None, None, cancels=[event], queue=False, api_visibility="private")
+    # As the main Cancel: gradio's cancel drops the queued event or stops the running job.
+    ui["cancel"].click(None, None, None, cancels=[event], queue=False, api_visibility="private")
     served = [ui["mix_video"], ui["tracks"], ui["mix_audio"], *ui["players"]]
     event.success(
         remember,
