@@ -606,3 +606,37 @@ def test_cancel_through_the_api_stops_the_job_between_steps(app_server, clip, mo
     *_, info = client.predict(handle_file(str(clip)), "dog barking", "", 2, 4.5, 14, 0, 0, "tiny_16k", 1,
                               api_name="/generate")  # fmt: skip
     assert "seed 14" in info  # the next request runs as usual
+
+
+def test_a_client_that_disconnects_has_its_job_stopped(app_server, clip, monkeypatch):
+    """An API client that goes away (its heartbeat connection closes, as when its process ends) has its
+    running job stopped after the current step: the page's unload event, for that client's session."""
+    from gradio_client import Client, handle_file
+
+    from selva.progress import ProgressReport
+    from selva.spec import CancelToken
+
+    running, cancelled, steps = threading.Event(), threading.Event(), []
+    report_step, cancel_token = ProgressReport.step, CancelToken.cancel
+
+    def step(self, pipe, index, t, state):  # the first step waits for the cancel, as above
+        steps.append(index)
+        running.set()
+        assert cancelled.wait(120), "the disconnect never cancelled the job"
+        report_step(self, pipe, index, t, state)
+
+    def cancel(self):
+        cancel_token(self)
+        cancelled.set()
+
+    monkeypatch.setattr(ProgressReport, "step", step)
+    monkeypatch.setattr(CancelToken, "cancel", cancel)
+    slot = app_server.demo.studio.slot
+    client = Client(app_server.url, verbose=False)
+    client.submit(handle_file(str(clip)), "dog barking", "", 100, 4.5, 3, 0, 0, "tiny_16k", 1,
+                  api_name="/generate")  # fmt: skip
+    assert running.wait(120), "the job never reached its flow steps"
+    client.close()  # ends its heartbeat (at the next beat): the server sees the client gone
+    assert cancelled.wait(120)
+    with slot.lock:  # taken once the job has let go of the pipeline
+        assert steps == [0]  # stopped before its second step

@@ -273,6 +273,16 @@ class Studio:
             )
         return stems_outputs(result)[:-1] + (result,)
 
+    def leave(self, request: gr.Request | None = None) -> None:
+        """A visitor left (closed the tab, or an API client disconnected): stop their jobs.
+
+        The page's unload event: nobody is left to receive what the jobs would make, so a
+        running one stops after its current flow step and a queued one before it starts.
+        """
+        session = getattr(request, "session_hash", None)
+        if session and self.slot.cancel(session):
+            log.info("a visitor left: their job is cancelled")
+
     def describe(self, variant: str | None) -> str:
         """The model status line under the variant picker."""
         variant = variant or self.slot.default_variant

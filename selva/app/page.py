@@ -282,6 +282,8 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
                 **private,
             )
 
+        demo.unload(studio.leave)  # a visitor who closes the tab (or a client that disconnects)
+
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
     demo.studio = studio  # for tests and embedding: the handlers and the slot behind this UI
     return demo
