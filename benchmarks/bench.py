@@ -38,7 +38,6 @@ import argparse
 import contextlib
 import json
 import os
-import pickle
 import platform
 import resource
 import statistics
@@ -167,7 +166,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m benchmarks.bench",
         description="Time SelVA Studio at real model size on random weights (see the module docstring).",
     )
-    p.add_argument("--variant", default="small_16k", help="a registered variant (default small_16k)")
+    p.add_argument("--variant", default="small_16k", help="a known variant (default small_16k)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", default="auto", help="auto (the app's choice), bf16, fp16 or fp32")
     p.add_argument("--offload", default="auto", help="auto, keep_in_vram or offload_to_cpu")
@@ -209,7 +208,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--build-in-process", action="store_true", help=argparse.SUPPRESS)
     # Set on the child process that runs one of several lengths (see `main`).
     p.add_argument("--only-duration", type=float, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--variant-pickle", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     for name in ("size", "mux_size"):
         try:
@@ -240,11 +238,6 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.variant_pickle is not None:
-        from selva.variants import register_variant
-
-        register_variant(pickle.loads(args.variant_pickle.read_bytes()), replace=True)
-
     # 1. Weights and clips (built once, cached outside the repo).
     if args.weights_dir is not None:
         variant, weights_dir, source = get_variant(args.variant), args.weights_dir, "given"
@@ -493,31 +486,25 @@ def format_table(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_length_in_child(argv: Sequence[str], seconds: float, variant: str) -> dict[str, Any]:
+def run_length_in_child(argv: Sequence[str], seconds: float) -> dict[str, Any]:
     """This benchmark for one length in a fresh process; its output passes through, its result back.
 
     A process's peak RSS only ever grows, and one that has run a pipeline keeps
     some of its memory after dropping it, so each length of several gets its own
-    process: its peak RSS is that length's alone.
+    process: its peak RSS is that length's alone. The child inherits the environment, so it knows
+    the variants this process knows (SELVA_VARIANTS_FILE's extra ones too).
     """
-    from selva.variants import get_variant
-
     root = Path(__file__).resolve().parent.parent
     path = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path}
-    with tempfile.TemporaryDirectory() as tmp:
-        # The variant as this process knows it: one registered here (the tests' tiny ones) goes along.
-        variant_file = Path(tmp) / "variant.pkl"
-        variant_file.write_bytes(pickle.dumps(get_variant(variant)))
-        cmd = [sys.executable, "-m", "benchmarks.bench", *argv, "--only-duration", f"{seconds:g}",
-               "--variant-pickle", str(variant_file)]  # fmt: skip
-        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, text=True, bufsize=1)
-        assert proc.stdout is not None
-        result = None
-        for line in proc.stdout:
-            print(line, end="", flush=True)
-            if line.startswith(JSON_PREFIX):
-                result = json.loads(line.removeprefix(JSON_PREFIX))
+    cmd = [sys.executable, "-m", "benchmarks.bench", *argv, "--only-duration", f"{seconds:g}"]
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, text=True, bufsize=1)
+    assert proc.stdout is not None
+    result = None
+    for line in proc.stdout:
+        print(line, end="", flush=True)
+        if line.startswith(JSON_PREFIX):
+            result = json.loads(line.removeprefix(JSON_PREFIX))
     if proc.wait() != 0 or result is None:
         raise RuntimeError(f"the {seconds:g} s run failed (exit {proc.returncode}): {' '.join(cmd)}")
     return result
@@ -532,7 +519,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = []
     try:
         if len(args.durations) > 1:
-            results = [run_length_in_child(argv, seconds, args.variant) for seconds in args.durations]
+            results = [run_length_in_child(argv, seconds) for seconds in args.durations]
         else:
             result = run_benchmark(args)
             print(format_table(result))

@@ -457,7 +457,7 @@ def write_clip(variant: Variant, config_path: Path, weights_path: Path, *, visua
 
 
 def bench_variant(name: str) -> Variant:
-    """The registered variant with its MD5 sums dropped: random files cannot match the real ones."""
+    """The known variant with its MD5 sums dropped: random files cannot match the real ones."""
     from selva.variants import get_variant
 
     v = get_variant(name)

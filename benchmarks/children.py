@@ -107,12 +107,14 @@ def warm_page_cache(paths: Sequence[Path]) -> None:
                         pass
 
 
-def child_env(**extra: str) -> dict[str, str]:
-    """The environment both sides run in: CPU only, offline, unbuffered; no PYTHONPATH of ours."""
+def child_env(device: str = "cpu", **extra: str) -> dict[str, str]:
+    """The environment both sides run in: offline, unbuffered, no PYTHONPATH of ours; on the CPU
+    no GPU is visible (the reference's demo.py takes CUDA whenever it sees it)."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(
-        CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1",
-        PYTHONUNBUFFERED="1",
+        HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", PYTHONUNBUFFERED="1",
     )  # fmt: skip
+    if device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
     env.update(extra)
     return env

@@ -266,6 +266,13 @@ def lengths_of(pipe: Any, clip: Path, duration: float) -> Any:
     )
 
 
+def one_window_noise(pipe: Any, n: Any, seed: int) -> Any:
+    """The call's noise for a span of `n.duration` s run as one window (the pipeline's noise rule)."""
+    from selva.windows import Window
+
+    return pipe.prepare_latents([Window(0, 0, n.duration, pipe.sample_rate)], 1, seed)[0]
+
+
 def read_sync_frames(clip: Path, n: Any) -> Any:
     from selva import media
     from selva.sequence import SYNC_FPS, SYNC_SIZE
@@ -309,7 +316,7 @@ def time_stages(pipe: Any, clip: Path, *, steps: int, duration: float, seed: int
         with stopwatch(t, "encode_video", sync):
             sync_f = pipe.encode_video(frames.unsqueeze(0), feats.t5, feats.t5_mask)
         with stopwatch(t, "prepare_latents", sync):
-            x0 = pipe.prepare_latents(1, n.latent_len, seed)
+            x0 = one_window_noise(pipe, n, seed)
         with stopwatch(t, "prepare_conditions", sync):
             cond, uncond = pipe.prepare_conditions(sync_f, feats.clip, None, num_samples=1, lengths=n)
         with stopwatch(t, "denoise", sync):
@@ -376,7 +383,7 @@ def cpu_reference(
         sync_f = ref.encode_video(frames.unsqueeze(0), feats.t5, feats.t5_mask)
         cond, uncond = ref.prepare_conditions(sync_f, feats.clip, None, num_samples=1, lengths=n)
         latent = ref.denoise(
-            ref.prepare_latents(1, n.latent_len, seed), cond, uncond, steps=steps, cfg_strength=CFG_STRENGTH
+            one_window_noise(ref, n, seed), cond, uncond, steps=steps, cfg_strength=CFG_STRENGTH
         )
         mel = ref.decode_latents(latent)
         audio = ref.vocode(mel)
@@ -412,7 +419,7 @@ def check_against(pipe: Any, ref: dict[str, Any], *, tolerance: float) -> dict[s
         cond, uncond = pipe.prepare_conditions(
             ref["sync_features"].to(dev), feats.clip.to(dev), None, num_samples=1, lengths=n
         )
-        x0 = pipe.prepare_latents(1, n.latent_len, ref["seed"])
+        x0 = one_window_noise(pipe, n, ref["seed"])
         latent = pipe.denoise(x0, cond, uncond, steps=ref["steps"], cfg_strength=CFG_STRENGTH)
         mel = pipe.decode_latents(ref["latent"].to(dev))
         audio = pipe.vocode(ref["mel"].to(dev))

@@ -2,7 +2,8 @@
 
     items_for, items_from_folder     -> list[Item] from the options (the CSV's: selva.batch_csv)
     assign_names, item_files         the files each item writes, stable across runs
-    plan_items                       names, this process's shard, and what is left to do
+    plan_items                       names, this process's shard, what is left to do (its stale
+                                     .part files removed)
     run_items                        load_pipeline once, then run_loop item by item (generate_one)
 
 An Item is one clip: one generation (with --samples candidates), or stems (`Item.stems`: one
@@ -21,17 +22,19 @@ import math
 import re
 import sys
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
 from tqdm import tqdm
 
 from selva import spec
+from selva.names import slug, sound_file
+from selva.project import PROJECT_SUFFIX, Project
 from selva.spec import InputError, MediaError, SelvaError, is_out_of_memory
-from selva.stems import Stem, check_stems, slug
+from selva.stems import Stem, check_stems
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,46 +50,75 @@ VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpe
 # -- values: one converter per option, shared by the flags and the CSV columns ------------------
 
 
-def ranged(limit: spec.Limit, *, cast: type = float, open_below: bool = False):
-    """An argparse type for one of the spec's limits (`open_below`: the minimum itself is refused)."""
-
-    def convert(text: str):
-        try:
-            value = float(text)
-            if not math.isfinite(value) or (cast is int and not value.is_integer()):
-                raise ValueError
-            # int(text) keeps big seeds exact; int(value) takes the "7.0" that spreadsheets write.
-            value = cast(text) if cast is float or text.strip().lstrip("+-").isdigit() else cast(value)
-        except ValueError:
-            kind = "a whole number" if cast is int else "a number"
-            raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
-        if open_below and not limit.minimum < value <= limit.maximum:
-            most = f" and at most {_show(limit.maximum)}" if limit.maximum < math.inf else ""
-            raise argparse.ArgumentTypeError(f"must be above {_show(limit.minimum)}{most}, got {text}")
-        if not limit.minimum <= value <= limit.maximum:
-            if limit.maximum == math.inf:
-                raise argparse.ArgumentTypeError(f"must be {_show(limit.minimum)} or more, got {text}")
-            span = f"from {_show(limit.minimum)} to {_show(limit.maximum)}"
-            raise argparse.ArgumentTypeError(f"must be {span}, got {text}")
+def parse_number(text: str, *, integer: bool = False) -> float | int:
+    """A finite number typed in a flag or a cell; with `integer` a whole one ("7.0" is 7)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or (integer and not value.is_integer()):
+        kind = "a whole number" if integer else "a number"
+        raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}")
+    if not integer:
         return value
+    # int(text) keeps big seeds exact; int(value) takes the "7.0" that spreadsheets write.
+    return int(text) if text.strip().lstrip("+-").isdigit() else int(value)
+
+
+def ranged(limit: spec.Limit) -> Callable[[str], float | int]:
+    """An argparse type (and CSV cell converter) checking with `limit.check`: the spec's one rule."""
+
+    def convert(text: str) -> float | int:
+        value = parse_number(text, integer=limit.integer)
+        try:
+            return limit.check(value)
+        except InputError as exc:
+            # The spec names the argument as code does (cfg_strength) and shows the parsed value;
+            # argparse names the flag and the CSV reader the column, and both show what was typed.
+            rule = str(exc).removeprefix(f"{limit.name} ").rpartition(", got ")[0]
+            raise argparse.ArgumentTypeError(f"{rule}, got {text.strip()}") from None
 
     return convert
 
 
-def _show(x: float) -> str:
-    return f"{x:g}" if abs(x) < 1e6 else str(int(x))
+def seconds_up_to(max_duration: float) -> Callable[[str], float]:
+    """A duration in seconds by `spec.check_duration`: above 0, and at most `max_duration`."""
+
+    def convert(text: str) -> float:
+        value = parse_number(text)
+        try:
+            return spec.check_duration(value, max_duration)
+        except InputError:
+            raise argparse.ArgumentTypeError(_duration_rule(max_duration, text)) from None
+
+    return convert
 
 
-steps_arg = ranged(spec.STEPS, cast=int)
-samples_arg = ranged(spec.NUM_SAMPLES, cast=int)
+def _duration_rule(max_duration: float, given: str) -> str:
+    if max_duration == math.inf:
+        return f"must be above 0 seconds, got {given}"
+    cap = f"at most {max_duration:g} s, the --max-duration cap (raise it for longer spans)"
+    return f"must be above 0 and {cap}, got {given}"
+
+
+steps_arg = ranged(spec.STEPS)
+samples_arg = ranged(spec.NUM_SAMPLES)
 cfg_arg = ranged(spec.CFG_STRENGTH)
-seed_arg = ranged(spec.SEED, cast=int)
+seed_arg = ranged(spec.SEED)
 start_arg = ranged(spec.START)
-# No upper bound here: the cap is --max-duration's, and the pipeline words that refusal.
-duration_arg = ranged(spec.Limit("duration", "Duration", 0.0, math.inf, None), open_below=True)
-max_duration_arg = ranged(spec.Limit("max_duration", "Max duration", 0.0, math.inf, None), open_below=True)
-gain_arg = ranged(spec.Limit("gain", "Gain", 0.0, math.inf, None))
 stem_gain_arg = ranged(spec.STEM_GAIN)
+original_audio_gain_arg = ranged(spec.ORIGINAL_AUDIO_GAIN)
+# The cap is --max-duration's, which argparse may read after --duration: see check_options.
+duration_arg = seconds_up_to(math.inf)
+max_duration_arg = seconds_up_to(math.inf)
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """What one option's type cannot check alone: --duration against --max-duration (as CSV cells are)."""
+    try:
+        spec.check_duration(args.duration, args.max_duration)
+    except InputError:
+        raise InputError(f"--duration {_duration_rule(args.max_duration, f'{args.duration:g}')}") from None
 
 
 # -- work items -----------------------------------------------------------------------------------
@@ -150,11 +182,6 @@ def sound_fields(sound: Sound, args: argparse.Namespace, where: str = "", *, vid
             )
         if args.samples != 1:
             raise InputError("--samples works with one prompt; with stems each stem is one generation")
-        gain = args.keep_original_audio or 0.0
-        if gain > spec.ORIGINAL_AUDIO_GAIN.maximum:
-            raise InputError(
-                f"--keep-original-audio with stems is at most {spec.ORIGINAL_AUDIO_GAIN.maximum:g}"
-            )
         stems = check_stems(Stem(p, n, spec.STEM_GAIN.default if g is None else g) for p, n, g in sound)
     except InputError as exc:
         if not where:
@@ -204,7 +231,7 @@ def assign_names(items: list[Item]) -> None:
     stems = Counter(_stem(item) for item in items)
     for item in items:
         stem = _stem(item)
-        item.name = stem if stems[stem] == 1 else f"{stem}-{_slug(item.prompt)}"
+        item.name = stem if stems[stem] == 1 else f"{stem}-{slug(item.prompt, 40, empty='prompt')}"
     names = Counter(item.name for item in items)
     for i, item in enumerate(items, 1):
         if names[item.name] > 1:  # same video and prompt twice (other seeds, spans): number them
@@ -214,11 +241,7 @@ def assign_names(items: list[Item]) -> None:
 
 
 def _stem(item: Item) -> str:
-    return item.name or (item.video.stem if item.video is not None else _slug(item.prompt))
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40].strip("-") or "prompt"
+    return item.name or (item.video.stem if item.video is not None else slug(item.prompt, 40, empty='prompt'))
 
 
 def output_paths(item: Item, args: argparse.Namespace) -> list[tuple[Path, Path | None]]:
@@ -240,7 +263,7 @@ def item_files(item: Item, args: argparse.Namespace) -> list[Path]:
     """
     if item.stems:
         out, name, suffix = args.out, item.name, args.format
-        stems = [out / f"{name}_{k}-{slug(s.prompt)}.{suffix}" for k, s in enumerate(item.stems, 1)]
+        stems = [out / sound_file(name, k, s.prompt, suffix) for k, s in enumerate(item.stems)]
         return [*stems, out / f"{name}_mix.{suffix}", out / f"{name}_mix.mp4", out / f"{name}_tracks.mp4"]
     return [p for pair in output_paths(item, args) for p in pair if p is not None]
 
@@ -282,7 +305,7 @@ class Summary:
 def plan_items(
     items: list[Item], args: argparse.Namespace, *, skip_existing: bool
 ) -> tuple[list[Item], Summary]:
-    """Name the clips, take this process's shard, and drop those whose outputs exist."""
+    """Name the clips, take this process's shard, drop those whose outputs exist, clear stale .part files."""
     from selva.distributed import select_shard
 
     assign_names(items)
@@ -295,7 +318,36 @@ def plan_items(
         summary.skipped = len(items) - len(pending)
         if summary.skipped:
             log.info("skipping %d clip(s) whose outputs exist in %s", summary.skipped, args.out)
+    remove_stale_parts(pending, args)
     return pending, summary
+
+
+# selva.containers.atomic_write (and selva.tracks) write NAME through `.NAME.<8 hex digits>.part`
+# beside it and rename that into place; only a process killed outright (kill -9, power loss)
+# leaves one behind.
+_PART = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{8}\.part")
+
+
+def remove_stale_parts(items: list[Item], args: argparse.Namespace) -> None:
+    """Delete the temporary files a killed run left for the outputs `items` are about to write.
+
+    Only those outputs' own: other files in the folder (another list's, a shard's) stay.
+    """
+    names: dict[Path, set[str]] = defaultdict(set)
+    for item in items:
+        for path in item_files(item, args):
+            names[path.parent].add(path.name)
+    removed = 0
+    for folder, wanted in names.items():
+        if not folder.is_dir():
+            continue
+        for part in folder.iterdir():
+            match = _PART.fullmatch(part.name)
+            if match and match["name"] in wanted and part.is_file():
+                part.unlink(missing_ok=True)
+                removed += 1
+    if removed:
+        log.info("removed %d unfinished file(s) a stopped run left in %s", removed, args.out)
 
 
 def run_items(items: list[Item], args: argparse.Namespace, *, skip_existing: bool) -> int:
@@ -348,64 +400,92 @@ def print_summary(summary: Summary, args: argparse.Namespace) -> None:
         print(summary.table(), flush=True)
 
 
-def load_pipeline(args: argparse.Namespace):
-    from selva.pipeline import SelvaPipeline
-
-    started = time.perf_counter()
-    log.info("loading %s models", args.variant)
-    pipe = SelvaPipeline.from_pretrained(
-        args.variant,
+def load_options(args: argparse.Namespace, variant: str | None = None) -> spec.LoadOptions:
+    """The command line's model options as the one set every front end loads with."""
+    return spec.LoadOptions(
+        variant=variant or args.variant,
         device=args.device,
-        dtype=args.precision,
+        precision=args.precision,
         offload=args.offload,
-        weights_dir=args.weights_dir,
+        compile=args.compile,
+        weights_dir=str(args.weights_dir) if args.weights_dir is not None else None,
         revision=args.revision,
         max_duration=args.max_duration,
-        compile=args.compile,
-    )
+    ).checked()
+
+
+def load_pipeline(args: argparse.Namespace, variant: str | None = None):
+    from selva.loader import load_pipeline as load
+
+    started = time.perf_counter()
+    options = load_options(args, variant)
+    log.info("loading %s models", options.variant)
+    pipe = load(options)
     pipe.set_progress_bar_config(disable=args.quiet or None, file=sys.stderr, dynamic_ncols=True)
     log.info("models ready in %.1f s", time.perf_counter() - started)
     return pipe
 
 
+def takes_folder(project_file: Path) -> Path:
+    """Where a project file's takes live: `dog.selva.json` keeps them in `dog_takes/` beside it."""
+    return project_file.parent / f"{project_name(project_file)}_takes"
+
+
+def project_name(project_file: Path) -> str:
+    """`dog.selva.json` (or `dog.json`) -> `dog`: the name its outputs are written under."""
+    name = project_file.name
+    for suffix in (PROJECT_SUFFIX, ".json"):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return project_file.stem
+
+
+def item_project(item: Item, args: argparse.Namespace) -> Project:
+    """One clip of the batch as a project: one sound with --samples takes, or one sound per stem."""
+    from selva.render import single_sound
+    from selva.stems import stems_project
+
+    request = spec.GenerationRequest(
+        item.video, item.prompt, item.negative, steps=args.steps, cfg_strength=args.cfg, seed=item.seed,
+        duration=item.duration, start=item.start, num_samples=args.samples,
+    )  # fmt: skip
+    original = args.keep_original_audio or 0.0
+    if item.stems:
+        return stems_project(replace(request, num_samples=1), item.stems, original_audio_gain=original)
+    return single_sound(request, original_audio_gain=original)
+
+
 def generate_one(pipe, item: Item, args: argparse.Namespace) -> Callable[[], None]:
-    """Generate and save one clip; returns the call that logs what was written."""
+    """Render and save one clip's project; returns the call that logs what was written."""
+    from selva import media
+    from selva.mux import mux
+    from selva.project_files import write_mix
+    from selva.render import render
+
     if item.video is not None and not item.video.is_file():
         raise MediaError(f"no such video: {item.video}")
+    save_project = getattr(args, "save_project", None)  # `selva generate` only
+    takes = takes_folder(save_project) if save_project is not None else None
+    rendered = render(pipe, item_project(item, args), takes)
+    written: list[Path] = []
     if item.stems:
-        return generate_stems_one(pipe, item, args)
-    out = pipe(
-        item.video,
-        item.prompt,
-        item.negative,
-        steps=args.steps,
-        cfg_strength=args.cfg,
-        seed=item.seed,
-        duration=item.duration,
-        start=item.start,
-        num_samples=args.samples,
-    )
-    written = []
-    for k, (audio_path, video_path) in enumerate(output_paths(item, args)):
-        # Audio first, mp4 last: an item counts as done once its last file exists.
-        written.append(out.save_audio(audio_path, k))
-        if video_path is not None:
-            written.append(out.save_video(video_path, k, original_audio_gain=args.keep_original_audio))
-    span = f"{out.start:.2f}-{out.start + out.duration:.2f} s"
+        files = write_mix(rendered, args.out, item.name, audio_format=args.format)
+        written += [*files.sound_audio, files.mix_audio]
+        written += [p for p in (files.mix_video, files.tracks_video) if p is not None]
+    else:
+        gain = args.keep_original_audio or None
+        for k, (audio_path, video_path) in enumerate(output_paths(item, args)):
+            # Audio first, mp4 last: an item counts as done once its last file exists.
+            wave = rendered.take_audio(0, k)
+            written.append(media.write_audio(audio_path, wave, rendered.sample_rate))
+            if video_path is not None:
+                written.append(mux(
+                    item.video, wave, rendered.sample_rate, video_path, start=rendered.start,
+                    duration=rendered.duration, original_audio_gain=gain, info=rendered.info,
+                ))  # fmt: skip
+    if save_project is not None:
+        written.append(rendered.project.save(save_project))
+    from selva.progress import project_info
+
     names = ", ".join(str(p) for p in written)
-    return lambda: log.info("%s -> %s (seed %d, %s)", item.where, names, out.seed, span)
-
-
-def generate_stems_one(pipe, item: Item, args: argparse.Namespace) -> Callable[[], None]:
-    """Generate and save every stem of `item.stems` and their mix for one clip."""
-    from selva.stems import generate_stems, save_stems, stems_info
-
-    base = spec.GenerationRequest(
-        item.video, item.prompt, steps=args.steps, cfg_strength=args.cfg, seed=item.seed,
-        duration=item.duration, start=item.start,
-    )  # fmt: skip
-    out = generate_stems(pipe, base, item.stems, original_audio_gain=args.keep_original_audio or 0.0)
-    files = save_stems(out, args.out, item.name, audio_format=args.format)
-    written = [*files.stem_audio, files.mix_audio, files.mix_video, files.tracks_video]
-    names = ", ".join(str(p) for p in written)
-    return lambda: log.info("%s -> %s (%s)", item.where, names, stems_info(out))
+    return lambda: log.info("%s -> %s (%s)", item.where, names, project_info(rendered))

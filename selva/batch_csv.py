@@ -12,15 +12,20 @@ stems, the files `selva generate VIDEO --prompt A --prompt B` writes. Every valu
 cell, so prompts may hold commas (quoted, as spreadsheets write them). Empty cells take the
 matching option (stem k's negative and gain: the k-th --negative and --gain), and a row with no
 prompt at all takes every --prompt. Every row is checked here, before any model loads: an error
-names the line.
+names the line. So is the file itself: UTF-8 only, one line per row (a quote left open would take
+the following rows into its cell), no more cells than columns. A row repeating an earlier one
+(same video, prompts and settings) is reported and runs once.
 """
 
 from __future__ import annotations
 
 import argparse
+import codecs
 import csv
+import io
+import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from selva import spec
@@ -30,13 +35,15 @@ from selva.batch import (
     nth,
     option_settings,
     option_sound,
-    ranged,
+    seconds_up_to,
     seed_arg,
     sound_fields,
     start_arg,
     stem_gain_arg,
 )
 from selva.spec import InputError
+
+log = logging.getLogger(__name__)
 
 # -- columns --------------------------------------------------------------------------------------
 
@@ -57,15 +64,12 @@ ALLOWED = (
 def items_from_csv(path: Path, args: argparse.Namespace) -> list[Item]:
     """Every row checked before any model loads: a typo should not cost a model load."""
     defaults = option_sound(args)
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: Excel writes a BOM
-            reader = csv.reader(f)
-            header = _header(f"{path} line 1", next(reader, []))
-            rows = [(_cells(path, header, cells, reader.line_num), reader.line_num) for cells in reader]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise InputError(f"cannot read {path}: {exc}") from None
+    lines = _rows(path, _text(path))
+    header_line, header_cells = next(lines, (1, []))
+    header = _header(f"{path} line {header_line}", header_cells)
+    rows = [(_cells(path, header, cells, line), line) for line, cells in lines]
     # A row's duration is checked against this run's cap now, before any model loads.
-    capped = ranged(spec.Limit("duration", "Duration", 0.0, args.max_duration, None), open_below=True)
+    capped = seconds_up_to(args.max_duration)
     items = []
     for row, line in rows:
         if not any(row.values()):
@@ -79,10 +83,95 @@ def items_from_csv(path: Path, args: argparse.Namespace) -> list[Item]:
                 settings[column] = _convert(convert, row[column], f"{where}: {column}")
         video = Path(row["video"]).expanduser()
         sound = sound_fields(_row_sound(row, defaults, args, where), args, where)
-        items.append(Item(path.parent / video, where=f"{where} ({video.name})", **sound, **settings))
+        items.append((line, Item(path.parent / video, where=f"{where} ({video.name})", **sound, **settings)))
     if not items:
         raise InputError(f"{path} has no rows")
-    return items
+    return _once(path, items)
+
+
+# -- reading --------------------------------------------------------------------------------------
+
+SAVE_AS_UTF8 = "save it as UTF-8 (in Excel: Save As, CSV UTF-8)"
+
+
+def _text(path: Path) -> str:
+    """The file as text, or an error naming the line where it stops being UTF-8."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc}") from None
+    # UTF-16 (Excel's "Unicode text", PowerShell's default) puts a NUL byte beside every ASCII
+    # character; UTF-8 would decode those NULs as characters, so they are looked for first.
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or b"\x00" in data:
+        line = data[: max(data.find(b"\x00"), 0)].count(b"\n") + 1
+        raise InputError(f"{path} line {line} is UTF-16 text (or holds NUL bytes); {SAVE_AS_UTF8}")
+    try:
+        return data.decode("utf-8-sig")  # -sig: Excel writes a BOM
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        byte = data[exc.start]
+        raise InputError(
+            f"{path} line {line} is not UTF-8 text (byte 0x{byte:02x}); {SAVE_AS_UTF8}"
+        ) from None
+
+
+def _rows(path: Path, text: str) -> Iterator[tuple[int, list[str]]]:
+    """(line, cells) per row. A row must sit on one line: a quote left open would otherwise take
+    every following row into one cell, silently."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    line = 1  # where the next row starts: reader.line_num is where the last one ended
+    try:
+        for cells in reader:
+            if reader.line_num > line:
+                raise InputError(
+                    f"{path} line {line}: a quote is not closed on its line (the cell runs on to line "
+                    f"{reader.line_num}); close it, or remove the stray quote"
+                )
+            yield line, cells
+            line = reader.line_num + 1
+    except csv.Error as exc:
+        if "end of data" in str(exc):  # strict mode's word for a quote open at the end of the file
+            raise InputError(
+                f"{path} line {line}: a quote is not closed (the cell runs to the end of the file); "
+                "close it, or remove the stray quote"
+            ) from None
+        if "expected after" in str(exc):  # text after a closing quote: `"dog" barking`
+            raise InputError(
+                f"{path} line {line}: a quoted cell must end at its closing quote ({exc}); quote the "
+                'whole cell and double the quotes inside it: """dog"" barking"'
+            ) from None
+        raise InputError(f"{path} line {line} cannot be read as CSV: {exc}") from None
+
+
+def _once(path: Path, items: list[tuple[int, Item]]) -> list[Item]:
+    """The items without repeated rows, each repeat reported: the same clip twice is a pasting slip.
+
+    A repeat has the same video, prompts and settings (an empty seed included): it would only make
+    the same files again, or a second random take nobody named (--samples is for takes).
+    """
+    first: dict[tuple, int] = {}
+    kept = []
+    for line, item in items:
+        assert item.video is not None  # a row always names its video
+        key = (
+            item.video.resolve(),
+            item.prompt,
+            item.negative,
+            item.seed,
+            item.start,
+            item.duration,
+            item.stems,
+        )
+        if key in first:
+            log.warning(
+                "%s line %d repeats line %d (same video, prompts and settings); it runs once: "
+                "for several takes give each row its own seed, or use --samples",
+                path, line, first[key],
+            )  # fmt: skip
+            continue
+        first[key] = line
+        kept.append(item)
+    return kept
 
 
 # -- rows -----------------------------------------------------------------------------------------

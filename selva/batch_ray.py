@@ -16,9 +16,8 @@ with its error: Ray Data would stop the whole dataset on an exception. The drive
 same summary table and returns the same exit codes as `selva batch`.
 
 Workers are separate processes: they get the driver's HF/SELVA environment variables when Ray is
-started here, the driver's registered `Variant` for `--variant` (so a variant registered in the
-driver, such as the tests' tiny ones, exists in every worker), and an optional `setup` callable
-that each actor runs before loading.
+started here (SELVA_VARIANTS_FILE among them, so extra variants such as the tests' tiny ones are
+known there as in the driver), and an optional `setup` callable that each actor runs before loading.
 
 Ray is imported only when this module's functions run.
 """
@@ -29,6 +28,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -83,19 +83,15 @@ def decode_stage(row: dict[str, Any]) -> dict[str, Any]:
     from selva import media
     from selva.sequence import SYNC_FPS, SYNC_SIZE
     from selva.spec import MediaError
+    from selva.windows import resolve_span
 
     item = item_from_row(row)
     try:
         if not item.video.is_file():
             raise MediaError(f"no such video: {item.video}")
         info = media.probe(item.video)
-        left = info.duration - item.start
-        if left <= 0:
-            raise InputError(
-                f"start {item.start:.2f} s is at or past the end of the {info.duration:.2f} s video"
-            )
-        # read_frames refuses a span past the last frame; the pipeline clamps to what is left.
-        span = left if item.duration is None else min(item.duration, left)
+        # The pipeline's span rule; the cap on a span is the actor's (--max-duration), not known here.
+        span = resolve_span(info.duration, item.start, item.duration, max_duration=math.inf)
         frames = media.read_frames(item.video, start=item.start, duration=span, fps=SYNC_FPS, size=SYNC_SIZE)
     except Exception as exc:  # a row, not a raise: one bad clip must not stop the dataset
         return _failure(row, item.where, exc)
@@ -108,18 +104,9 @@ def decode_stage(row: dict[str, Any]) -> dict[str, Any]:
 class PipelineActor:
     """One SelvaPipeline per actor (per GPU), loaded once; generates and saves one clip per row."""
 
-    def __init__(
-        self,
-        args: argparse.Namespace,
-        variant: Any = None,
-        setup: Callable[[], None] | None = None,
-    ) -> None:
+    def __init__(self, args: argparse.Namespace, setup: Callable[[], None] | None = None) -> None:
         if setup is not None:
             setup()
-        if variant is not None:
-            from selva.variants import register_variant
-
-            register_variant(variant, replace=True)  # the driver's definition wins: it named the clips
         args = argparse.Namespace(**vars(args))
         args.quiet = True  # per-step bars from many actors would interleave; the driver reports
         self.args = args
@@ -226,7 +213,7 @@ def run_ray(
             args.device = "cuda"  # Ray hides the other GPUs: each actor sees its own as cuda:0
         log.info("ray: %d %s actor(s) for %d clip(s)", workers, "GPU" if gpus else "CPU", len(rows))
         try:
-            for result in _stream(ray, rows, args, variant, setup, workers=workers, gpus=gpus > 0):
+            for result in _stream(ray, rows, args, setup, workers=workers, gpus=gpus > 0):
                 if result["error"]:
                     log.error("%s: %s", result["where"], result["error"])
                     summary.failed.append((result["where"], result["error"]))
@@ -269,7 +256,6 @@ def _stream(
     ray: Any,
     rows: list[dict[str, Any]],
     args: argparse.Namespace,
-    variant: Any,
     setup: Callable[[], None] | None,
     *,
     workers: int,
@@ -282,7 +268,7 @@ def _stream(
     dataset = dataset.map(decode_stage, num_cpus=1)
     dataset = dataset.map(
         PipelineActor,
-        fn_constructor_kwargs=dict(args=args, variant=variant, setup=setup),
+        fn_constructor_kwargs=dict(args=args, setup=setup),
         concurrency=workers,
         num_gpus=1 if gpus else 0,
         num_cpus=0 if gpus else 1,  # GPU actors mostly wait on the GPU; CPU actors need a core

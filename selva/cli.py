@@ -2,6 +2,7 @@
 
     selva generate VIDEO [VIDEO...] --prompt TEXT [--prompt TEXT...] [options]
     selva batch LIST.csv | FOLDER [--prompt TEXT...] [options]
+    selva render PROJECT.selva.json [options]
     selva download [--variant NAME ...]
 
 Exit codes, for scripts:
@@ -33,11 +34,12 @@ from selva.batch import (
     EXIT_OK,
     OOM_HINT,
     cfg_arg,
+    check_options,
     duration_arg,
-    gain_arg,
     items_for,
     items_from_folder,
     max_duration_arg,
+    original_audio_gain_arg,
     run_items,
     samples_arg,
     seed_arg,
@@ -68,8 +70,9 @@ EXIT_CODES = """exit codes:
   130  interrupted (Ctrl-C); finished clips are kept (a batch rerun resumes)
   143  terminated (SIGTERM); as 130
 """
-# The modules whose lines are the command's own output: shown at INFO (the rest of `selva` at -v).
-CLI_LOGGERS = ("selva.cli", "selva.batch", "selva.batch_ray")
+# The modules whose lines are the command's own output: shown at INFO (the rest of `selva` at -v); the
+# compile modules say where kernels are cached and what each compile took.
+CLI_LOGGERS = ("selva.cli", "selva.batch", "selva.batch_ray", "selva.compile", "selva.compile_cache")
 PRECISIONS = spec.PRECISIONS
 OFFLOADS = (*spec.OFFLOADS, *spec.OFFLOAD_ALIASES)
 
@@ -119,6 +122,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_batch_options(p)
 
     about = (
+        "Render a project file (written by `selva generate --save-project` or the app): generate\n"
+        "the takes it is missing (their audio is kept in <name>_takes/ beside the file), mix the\n"
+        "chosen takes and write OUT/<name>_<k>-<prompt>.flac per sound, OUT/<name>_mix.flac and,\n"
+        "with a video, OUT/<name>_mix.mp4 and OUT/<name>_tracks.mp4. The file is updated with\n"
+        "the takes' audio, so a later render (or an edit) continues from it."
+    )
+    p = sub.add_parser("render", help="render a project file", description=about, **shared)
+    p.add_argument("project", type=Path, metavar="PROJECT.selva.json")
+    p.add_argument("--out", type=Path, default=Path("outputs"), metavar="DIR", help="default: %(default)s")
+    p.add_argument("--format", choices=["flac", "wav"], default="flac", help="default: flac")
+    _model_options(p, variant_default=None)
+
+    about = (
         "Download and verify every file a variant needs (for Docker images and Spaces builds).\n"
         "With --weights-dir DIR the files also land in DIR, in the layout --weights-dir reads."
     )
@@ -159,10 +175,30 @@ def _sound_options(p: argparse.ArgumentParser, *, required: bool) -> None:
 def _generation_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("generation")
     g.add_argument("--out", type=Path, default=Path("outputs"), metavar="DIR", help="default: %(default)s")
-    g.add_argument("--steps", type=steps_arg, default=25, metavar="N", help="flow steps (default: 25)")
-    g.add_argument("--cfg", type=cfg_arg, default=4.5, metavar="X", help="guidance (default: %(default)s)")
-    g.add_argument("--seed", type=seed_arg, metavar="N", help="default: random (logged)")
-    g.add_argument("--samples", type=samples_arg, default=1, metavar="N", help="candidates per clip")
+    g.add_argument(
+        "--steps",
+        type=steps_arg,
+        default=int(spec.STEPS.default),
+        metavar="N",
+        help="flow steps (default: %(default)s)",
+    )
+    g.add_argument(
+        "--cfg",
+        type=cfg_arg,
+        default=spec.CFG_STRENGTH.default,
+        metavar="X",
+        help="guidance (default: %(default)s)",
+    )
+    g.add_argument(
+        "--seed", type=seed_arg, default=spec.SEED.default, metavar="N", help="default: random (logged)"
+    )
+    g.add_argument(
+        "--samples",
+        type=samples_arg,
+        default=int(spec.NUM_SAMPLES.default),
+        metavar="N",
+        help="candidates per clip (default: %(default)s)",
+    )
     g.add_argument(
         "--duration", type=duration_arg, metavar="SEC", help="default: the rest of the video, up to the cap"
     )
@@ -173,17 +209,37 @@ def _generation_options(p: argparse.ArgumentParser) -> None:
         metavar="SEC",
         help="longest span (default: %(default)g s; past 8 s it runs in overlapping 8 s windows)",
     )
-    g.add_argument("--start", type=start_arg, default=0.0, metavar="SEC", help="default: 0")
+    if p.prog.endswith("generate"):
+        g.add_argument(
+            "--save-project",
+            type=Path,
+            metavar="FILE",
+            help="also write the project file (FILE.selva.json; takes kept beside it) for `selva render`",
+        )
     g.add_argument(
-        "--keep-original-audio", type=gain_arg, metavar="GAIN", help="mix in the video's own audio at GAIN"
+        "--start", type=start_arg, default=spec.START.default, metavar="SEC", help="default: %(default)g"
+    )
+    level = spec.ORIGINAL_AUDIO_GAIN
+    g.add_argument(
+        "--keep-original-audio",
+        type=original_audio_gain_arg,
+        metavar="GAIN",
+        help=f"mix in the video's own audio at GAIN ({level.minimum:g}-{level.maximum:g}; 1: its own level)",
     )
     g.add_argument("--format", choices=["flac", "wav"], default="flac", help="default: flac")
+    _model_options(p, variant_default=DEFAULT_VARIANT)
+
+
+def _model_options(p: argparse.ArgumentParser, *, variant_default: str | None) -> None:
     g = p.add_argument_group("models")
-    g.add_argument("--variant", default=DEFAULT_VARIANT, metavar="NAME", help="default: %(default)s")
+    shown = "default: %(default)s" if variant_default else "default: the project's"
+    g.add_argument("--variant", default=variant_default, metavar="NAME", help=shown)
     g.add_argument("--device", metavar="DEV", help="cuda, cuda:1, mps or cpu (default: the best one)")
     g.add_argument("--precision", choices=PRECISIONS, default="auto", help="default: auto")
     g.add_argument("--offload", choices=OFFLOADS, default="auto", help="text encoders wait on the CPU")
     g.add_argument("--compile", action="store_true", help="torch.compile the networks (fastest on CUDA)")
+    if variant_default is None:  # `selva render`: the cap only guards new spans, a project's is set
+        p.set_defaults(max_duration=spec.DEFAULT_MAX_DURATION)
     _common_options(p)
 
 
@@ -199,7 +255,10 @@ def _common_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    check_options(args)
     items = items_for(args.videos, args)
+    if args.save_project is not None and len(items) != 1:
+        raise InputError("--save-project writes the project of one clip: give one VIDEO (or none)")
     if not args.videos and args.out.suffix.lower() in (".flac", ".wav"):
         # Sound from the prompt alone, written to the file --out names rather than into a folder.
         items[0].name = args.out.stem
@@ -209,6 +268,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
+    check_options(args)
     source: Path = args.source
     if source.is_dir():
         items = items_from_folder(source, args)
@@ -223,11 +283,34 @@ def cmd_batch(args: argparse.Namespace) -> int:
     return run_items(items, args, skip_existing=not args.overwrite)
 
 
+def cmd_render(args: argparse.Namespace) -> int:
+    from selva.batch import load_pipeline, project_name, takes_folder
+    from selva.progress import project_info
+    from selva.project import Project
+    from selva.project_files import write_mix
+    from selva.render import render
+
+    project = Project.load(args.project)
+    variant = args.variant or project.variant or DEFAULT_VARIANT
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the output folder {args.out}: {exc}") from None
+    pipe = load_pipeline(args, variant)
+    rendered = render(pipe, project, takes_folder(args.project))
+    name = project_name(args.project)
+    files = write_mix(rendered, args.out, name, audio_format=args.format)
+    rendered.project.save(args.project)
+    written = [*files.sound_audio, files.mix_audio, files.mix_video, files.tracks_video]
+    log.info("%s -> %s (%s)", args.project, ", ".join(str(p) for p in written if p), project_info(rendered))
+    return EXIT_OK
+
+
 def cmd_download(args: argparse.Namespace) -> int:
     from selva import hub
-    from selva.variants import VARIANTS, get_variant, human_size
+    from selva.variants import get_variant, human_size, known_variants
 
-    names = list(VARIANTS) if args.all else args.variant or [DEFAULT_VARIANT]
+    names = list(known_variants()) if args.all else args.variant or [DEFAULT_VARIANT]
     for name in dict.fromkeys(names):  # stops at the first failure: a half-filled image should not build
         started, size = time.perf_counter(), human_size(get_variant(name).download_bytes())
         log.info("%s: checking %s of weights, downloading what is missing", name, size)
@@ -238,7 +321,7 @@ def cmd_download(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"generate": cmd_generate, "batch": cmd_batch, "download": cmd_download}
+COMMANDS = {"generate": cmd_generate, "batch": cmd_batch, "render": cmd_render, "download": cmd_download}
 
 
 # -- entry point ------------------------------------------------------------------------------------

@@ -28,26 +28,44 @@ so the number of compiles is bounded instead:
   makes dynamo recompile once with dynamic lengths (its automatic dynamic
   shapes), and that graph serves every later duration. CUDA graphs are then
   recorded once per distinct shape, a quick capture, not a compile;
+- where shapes are not dynamic from the start (CUDA), the batch is padded up
+  to one of `BATCH_BUCKETS` rows (repeating its last row; the extra rows'
+  outputs are dropped) before the generator and the vocoder see it. Rows never
+  look at each other, so this changes no real row, and windows x candidates x
+  (stems, CFG branches) give at most a handful of batch sizes: two stems, three
+  candidates or a last batch of fewer windows land in a bucket already compiled
+  instead of compiling again. On the CPU every batch of 2 rows or more shares
+  the one dynamic graph, and padding would only add compute;
 - `torch._dynamo.config.recompile_limit` (raised to `RECOMPILE_LIMIT` if lower)
-  caps what is left, e.g. a new batch size from another `num_samples`: past
-  it a function runs eagerly, correct but uncompiled.
+  caps what is left: past it a function runs eagerly, correct but uncompiled.
+
+`compile_pipeline` also points PyTorch's on-disk compile caches at a folder
+under the Hugging Face cache (`selva.compile_cache`), so a second start reuses
+the kernels. Each call that compiles logs what it compiled and how long it took.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+from torch._dynamo.utils import counters
 
 log = logging.getLogger(__name__)
 
 RECOMPILE_LIMIT = 8  # per compiled function: durations, batch sizes, dtypes seen in one process
 CUDA_GRAPH_MODE = "reduce-overhead"
+# Batch sizes the generator and the vocoder are compiled for: the generator's batch is
+# windows x candidates x CFG branches, at most 16 windows x candidates (the pipeline's
+# WINDOW_BATCH) times 2; larger batches round up to a multiple of the last bucket.
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32)
 
 
 @dataclass(frozen=True)
@@ -94,8 +112,12 @@ def compile_networks(
     device: torch.device | str,
     mode: str | None = None,
     backend: str = "inductor",
+    plan: CompilePlan | None = None,
 ) -> CompilePlan:
     """Compile the given networks in place for `device` (see the module notes); None skips one.
+
+    `plan` replaces `compile_plan(device, mode)` (e.g. shapes static from the
+    first call on the CPU too, as on CUDA).
 
     `backend` other than inductor (e.g. "eager", "aot_eager": dynamo's tracing
     alone, to tell a tracing problem from a code-generation one, and quick to
@@ -107,12 +129,14 @@ def compile_networks(
     while (seconds for the tiny test models, minutes at real size on a CPU).
     Safe on the CPU (inductor needs a C++ compiler there). Returns the plan used.
     """
-    plan = compile_plan(device, mode)
+    plan = plan or compile_plan(device, mode)
     tune_backends(device)
     _raise_recompile_limit(RECOMPILE_LIMIT)
     inductor = backend == "inductor"
 
-    def compile_(module: nn.Module, name: str, mode: str, cuda_graphs: bool = False) -> None:
+    def compile_(
+        module: nn.Module, name: str, mode: str, cuda_graphs: bool = False, padded: bool = False
+    ) -> None:
         _compile_method(
             module,
             name,
@@ -120,17 +144,20 @@ def compile_networks(
             mode=mode if inductor else None,
             dynamic=plan.dynamic,
             cuda_graphs=cuda_graphs and inductor,
+            buckets=BATCH_BUCKETS if padded else None,
         )
 
+    # Padding buys nothing where every length is dynamic already (the CPU) and costs its rows' compute.
+    pad = plan.dynamic is not True
     if generator is not None:
-        compile_(generator, "forward", plan.generator_mode, cuda_graphs=plan.cuda_graphs)
+        compile_(generator, "forward", plan.generator_mode, cuda_graphs=plan.cuda_graphs, padded=pad)
     if text_synch is not None:
         compile_(text_synch, "encode_segments", plan.mode)
     if vocoder is not None:
         prepare = getattr(vocoder, "prepare", None)
         if prepare is not None:
             prepare()  # build the fused tensors eagerly: the compiled graph only reads them
-        compile_(vocoder, "forward", plan.mode)
+        compile_(vocoder, "forward", plan.mode, padded=pad)
     log.info(
         "compiled for %s with %s: generator mode %r, others %r, dynamic=%s",
         plan.device_type,
@@ -147,7 +174,14 @@ def compile_pipeline(pipe: Any, *, mode: str | None = None, backend: str = "indu
 
     An offloaded vocoder moves between the CPU and the GPU around every use,
     which would throw its compiled graph's device away each time: it then stays eager.
+    The compiled kernels are kept in `selva.compile_cache.compile_cache_dir`
+    for the pipeline's variant and device, so the next process compiles nothing new.
     """
+    from selva.compile_cache import use_compile_cache
+
+    variant = getattr(getattr(pipe, "variant", None), "name", None) or "custom"
+    if backend == "inductor":
+        use_compile_cache(variant, pipe.device)
     vocoder = None if pipe.offload else pipe.vocoder
     if pipe.offload:
         log.info("vocoder offloaded between uses: left uncompiled")
@@ -169,6 +203,7 @@ def _compile_method(
     mode: str | None,
     dynamic: bool | None,
     cuda_graphs: bool,
+    buckets: tuple[int, ...] | None = None,
 ) -> None:
     if is_compiled(module, name):
         return
@@ -176,6 +211,7 @@ def _compile_method(
     compiled = torch.compile(eager, backend=backend, mode=mode, dynamic=dynamic)
     if cuda_graphs:
         compiled = _replayed(compiled)
+    compiled = _watched(compiled, f"{type(module).__name__}.{name}", buckets)
     # An instance attribute shadows the class method: hooks, `config` and the other methods stay as they were.
     setattr(module, name, compiled)
     compiled._selva_compiled = True  # type: ignore[attr-defined]
@@ -196,6 +232,77 @@ def _replayed(compiled: Callable[..., torch.Tensor]) -> Callable[..., torch.Tens
         return compiled(*args, **kwargs).clone()
 
     return call
+
+
+def bucket_rows(rows: int, buckets: tuple[int, ...] = BATCH_BUCKETS) -> int:
+    """The smallest bucket holding `rows`; past the last, the next multiple of the last."""
+    for size in buckets:
+        if rows <= size:
+            return size
+    return -(-rows // buckets[-1]) * buckets[-1]
+
+
+def pad_rows(value: Any, rows: int, padded: int) -> Any:
+    """`value` with every tensor of `rows` rows (dataclass fields too) padded to `padded` rows.
+
+    The last row is repeated: real values, so the padding rows compute nothing
+    that could overflow, and they are dropped afterwards.
+    """
+    if isinstance(value, torch.Tensor):
+        if value.dim() == 0 or value.shape[0] != rows:
+            return value
+        return torch.cat([value, value[-1:].expand(padded - rows, *value.shape[1:])])
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        changes = {f.name: pad_rows(getattr(value, f.name), rows, padded) for f in dataclasses.fields(value)}
+        return dataclasses.replace(value, **changes)
+    return value
+
+
+def _watched(
+    compiled: Callable[..., torch.Tensor], name: str, buckets: tuple[int, ...] | None
+) -> Callable[..., torch.Tensor]:
+    """`compiled` with its batch padded to `buckets` (None: as given), logging each call that compiles.
+
+    The first positional argument's rows are the batch. Compiling happens inside a call,
+    so a call after which dynamo counts new graphs is reported with its time
+    (the compile and the run; the compile is nearly all of it) and what
+    inductor's on-disk cache served.
+    """
+
+    @functools.wraps(compiled)
+    def call(*args: Any, **kwargs: Any) -> torch.Tensor:
+        first = args[0] if args else None
+        rows = first.shape[0] if isinstance(first, torch.Tensor) and first.dim() else None
+        padded = bucket_rows(rows, buckets) if buckets and rows else rows
+        if padded != rows:
+            args = tuple(pad_rows(a, rows, padded) for a in args)
+            kwargs = {k: pad_rows(v, rows, padded) for k, v in kwargs.items()}
+        graphs, hits, misses = _compile_counts()
+        begun = time.perf_counter()
+        out = compiled(*args, **kwargs)
+        now_graphs, now_hits, now_misses = _compile_counts()
+        if now_graphs > graphs:
+            log.info(
+                "compiled %s for a batch of %s in %.1f s (%d graph(s); kernels from the cache: %d, new: %d)",
+                name,
+                padded,
+                time.perf_counter() - begun,
+                now_graphs - graphs,
+                now_hits - hits,
+                now_misses - misses,
+            )
+        return out[:rows] if padded != rows else out
+
+    return call
+
+
+def _compile_counts() -> tuple[int, int, int]:
+    """(graphs dynamo compiled, inductor FX graph cache hits, misses) so far in this process."""
+    return (
+        counters["stats"]["unique_graphs"],
+        counters["inductor"]["fxgraph_cache_hit"],
+        counters["inductor"]["fxgraph_cache_miss"],
+    )
 
 
 def _raise_recompile_limit(limit: int) -> None:

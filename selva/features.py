@@ -1,10 +1,11 @@
 """Steps 3 and 4 of a call: prompt features (T5, CLIP text) and sync features (TextSynch), cached.
 
-`FeatureEncoding` is a base of `SelvaPipeline`: these methods are the pipeline's
-own (`pipe.encode_prompt`, `pipe.sync_features`, ...), kept here so the call in
-`selva.pipeline` reads as its recipe. They use what the pipeline holds: its
-networks and caches, its device and precision, and its `_resident` (offloaded
-networks visit the device) and `_timed` (stage timings) helpers.
+`FeatureEncoder` is a component of `SelvaPipeline` (`pipe.features`): it holds
+the text encoders, TextSynch and the two feature caches. The pipeline hands it
+two of its own helpers at construction: `resident` (an offloaded network
+visits the device for a block, under the pipeline's lock) and `timed` (a
+stage's seconds go into a call's timings), so offloading and timing stay one
+thing for the whole pipeline.
 
 Features are cached per prompt (T5, CLIP) and per clip content, prompt, span and
 variant (sync features), so a re-roll skips decoding and TextSynch. Frames reach
@@ -14,8 +15,9 @@ current one is encoded, so a long span never holds all its frames.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +28,15 @@ from selva import media
 from selva.cache import LRUCache
 from selva.frame_feed import FrameFeed
 from selva.outputs import PromptFeatures
-from selva.sequence import SequenceLengths
+from selva.sequence import SEGMENT_FRAMES, SEGMENT_STRIDE, SequenceLengths
 from selva.spec import CancelToken
+from selva.windows import Window
 
 StageCallback = Callable[[str], None]
+Resident = Callable[[nn.Module], AbstractContextManager[Any]]
+Timed = Callable[[dict[str, float], str], AbstractContextManager[None]]
+# Past the flow a cancel is too late: the work is nearly done, so these stages are not stopped.
+PAST_THE_FLOW = ("vae", "vocoder")
 
 # TextSynch segments per batch on the CPU. Measured on 2 cores, bf16, 8 s clip (24 segments):
 # one at a time 9.0 s and 90 MB of activations, all at once 16.5 s and 700 MB (glibc maps and
@@ -41,27 +48,64 @@ CPU_SEGMENT_CHUNK = 1
 SYNC_CHUNK_SEGMENTS = 24
 
 
-class FeatureEncoding:
-    """The feature steps of `SelvaPipeline` (see the module docstring for what they use)."""
+class StageReport:
+    """One call's stage reports: `callback(name)` as each stage begins, `cancel` looked at first
+    (except past the flow). The one stage callback every step of a call is handed."""
 
-    variant: Any
-    text_synch: nn.Module
-    t5: Any
-    clip: Any
-    device: torch.device
-    dtype: torch.dtype
-    prompt_cache: LRUCache[Any]
-    sync_cache: LRUCache[torch.Tensor]
+    def __init__(self, callback: StageCallback | None, cancel: CancelToken):
+        self.callback, self.cancel = callback, cancel
 
-    # Provided by SelvaPipeline.
-    def resolve_duration(self, video_duration: float, start: float, duration: float | None) -> float:
-        raise NotImplementedError
+    def __call__(self, name: str) -> None:
+        if name not in PAST_THE_FLOW:
+            self.cancel.raise_if_cancelled()
+        if self.callback is not None:
+            self.callback(name)
 
-    def _resident(self, module: nn.Module) -> AbstractContextManager[Any]:
-        raise NotImplementedError
 
-    def _timed(self, timings: dict[str, float], name: str) -> AbstractContextManager[None]:
-        raise NotImplementedError
+@dataclass(frozen=True)
+class Span:
+    """What a call sonifies: the video (None: the prompt alone), its probe, the seconds and the windows."""
+
+    video: Path | None
+    info: media.VideoInfo | None
+    start: float
+    duration: float
+    windows: list[Window]
+
+
+class FeatureEncoder:
+    """T5 and the CLIP text tower (prompt features) and TextSynch (sync features), with their caches."""
+
+    def __init__(
+        self,
+        *,
+        variant: Any,
+        text_synch: nn.Module,
+        t5: Any,
+        clip: Any,
+        device: torch.device,
+        dtype: torch.dtype,
+        cache_size: int = 16,
+        resident: Resident,
+        timed: Timed,
+    ):
+        self.variant = variant
+        self.text_synch = text_synch
+        self.t5 = t5
+        self.clip = clip
+        self.device = device
+        self.dtype = dtype
+        self.resident = resident
+        self.timed = timed
+        # ("t5", prompt) -> (states, mask); ("clip", prompt) -> states
+        self.prompt_cache: LRUCache[Any] = LRUCache(cache_size)
+        self.sync_cache: LRUCache[torch.Tensor] = LRUCache(cache_size)
+
+    def clear_caches(self) -> None:
+        self.prompt_cache.clear()
+        self.sync_cache.clear()
+
+    # -- prompts -------------------------------------------------------------------------------
 
     def encode_prompt(self, prompt: str) -> PromptFeatures:
         """T5 and CLIP text features of one prompt, cached."""
@@ -72,16 +116,15 @@ class FeatureEncoding:
     ) -> tuple[PromptFeatures, torch.Tensor | None]:
         """The prompt's T5 and CLIP features, and the negative prompt's CLIP features (None if blank).
 
-        The negative prompt never reaches TextSynch, so it gets no T5 pass; the CLIP prompts
-        not cached yet are encoded in one batch (CLIP pads every prompt to 77 tokens, so a
-        row of a batch is that prompt's features, up to float rounding). Both are cached per prompt.
+        The negative prompt never reaches TextSynch, so it gets no T5 pass. Each CLIP prompt is
+        encoded alone: a row of a batch differs from the prompt alone in the last bits, which the
+        flow magnifies, and a cached feature must not depend on which prompt it came with (the
+        same take through any front end, in any order, is the same to the bit). Both are cached
+        per prompt.
         """
         negative = negative_prompt if negative_prompt.strip() else None
         wanted = list(dict.fromkeys(p for p in (prompt, negative) if p is not None))
-        missing = [p for p in wanted if ("clip", p) not in self.prompt_cache]
-        fresh: dict[str, torch.Tensor] = {}
-        if missing:
-            fresh = dict(zip(missing, self._encode_clip(missing).split(1), strict=True))
+        fresh = {p: self._encode_clip([p]) for p in wanted if ("clip", p) not in self.prompt_cache}
 
         def clip_of(p: str) -> torch.Tensor:
             return self.prompt_cache.get_or_compute(
@@ -89,7 +132,7 @@ class FeatureEncoding:
             )
 
         def compute_t5() -> tuple[torch.Tensor, torch.Tensor]:
-            with self._resident(self.t5):
+            with self.resident(self.t5):
                 t5, t5_mask = self.t5([prompt])
             return t5.to(self.device, self.dtype), t5_mask.to(self.device)
 
@@ -98,38 +141,51 @@ class FeatureEncoding:
         return positive, (clip_of(negative) if negative is not None else None)
 
     def _encode_clip(self, prompts: list[str]) -> torch.Tensor:
-        with self._resident(self.clip):
+        with self.resident(self.clip):
             return self.clip(prompts).to(self.device, self.dtype)  # (B, 77, D)
+
+    # -- sync features of a span ---------------------------------------------------------------
+
+    def prefetch(self, span: Span, prompts: list[str]) -> AbstractContextManager[FrameFeed | None]:
+        """Start decoding `span`'s frames on a worker thread, unless no prompt needs them.
+
+        Entered before the prompts are encoded, so decoding overlaps the text encoders; the
+        feed is then handed to `sync_features`. None (nothing to decode) from the prompt alone
+        or when every prompt's sync features are cached.
+        """
+        if span.info is None or all(self._sync_key(span, p) in self.sync_cache for p in prompts):
+            return nullcontext(None)
+        return self.frame_feed(span)
 
     def sync_features(
         self,
-        video: str | Path,
+        span: Span,
         prompts: list[str],
         *,
-        start: float = 0.0,
-        duration: float | None = None,
+        feed: FrameFeed | None = None,
+        stage: StageCallback | None = None,
+        timings: dict[str, float] | None = None,
         cancel: CancelToken | None = None,
     ) -> list[torch.Tensor]:
-        """Sync features (1, S * 8, D) of one span for each prompt, decoding the span once.
+        """Sync features (1, S * 8, D) of `span` for each prompt, decoding the span at most once.
 
-        Cached as a call's are, so calls with these prompts on this span skip decoding and
-        TextSynch (`selva.stems` runs this first, then one call per stem).
+        Cached, so calls with these prompts on this span skip decoding and TextSynch. `feed`
+        (from `prefetch`) is used for the first decode; `stage` hears "decode" and "text_synch".
         """
-        info = media.probe(video)
-        duration = self.resolve_duration(info.duration, start, duration)
-        lengths = SequenceLengths.from_duration(
-            duration, sample_rate=self.variant.sample_rate, hop_length=self.variant.hop_length
-        )
-        keys = [self._sync_key(Path(video), p, start, duration) for p in prompts]
+        if span.info is None:
+            raise ValueError("sync features need a video; from the prompt alone there are none")
+        keys = [self._sync_key(span, p) for p in prompts]
         todo = list(
             dict.fromkeys(p for p, key in zip(prompts, keys, strict=True) if key not in self.sync_cache)
         )
+        spare = [feed] if feed is not None else []
         fresh: dict[str, torch.Tensor] = {}
 
         def encode(todo: list[str]) -> None:
-            with self._frame_feed(info, start, lengths) as frames:
-                features = self.encode_span(frames, [self.encode_prompt(p) for p in todo], cancel=cancel)
-                fresh.update(zip(todo, features, strict=True))
+            with spare.pop() if spare else self.frame_feed(span) as frames:
+                encoded = [self.encode_prompt(p) for p in todo]
+                features = self.encode_span(frames, encoded, stage=stage, timings=timings, cancel=cancel)
+            fresh.update(zip(todo, features, strict=True))
 
         if todo:
             encode(todo)
@@ -146,7 +202,7 @@ class FeatureEncoding:
 
     def encode_span(
         self,
-        frames: FrameFeed,
+        frames: Iterable[tuple[int, torch.Tensor]],
         prompts: list[PromptFeatures],
         *,
         stage: StageCallback | None = None,
@@ -155,9 +211,10 @@ class FeatureEncoding:
     ) -> list[torch.Tensor]:
         """Sync features (1, S * 8, D) of a whole span for each prompt, from its frames chunk by chunk.
 
-        TextSynch sees every segment on its own, so the chunks' features side by side are the
-        features of one pass; each chunk is encoded for every prompt before the next is taken.
-        `cancel` is looked at before each chunk.
+        `frames` yields (first segment, uint8 frames) chunks: a `FrameFeed`, or `frame_chunks`
+        of frames in memory. TextSynch sees every segment on its own, so the chunks' features
+        side by side are the features of one pass; each chunk is encoded for every prompt
+        before the next is taken. `cancel` is looked at before each chunk.
         """
         timings = {} if timings is None else timings
         parts: list[list[torch.Tensor]] = [[] for _ in prompts]
@@ -168,23 +225,12 @@ class FeatureEncoding:
                 cancel.raise_if_cancelled()
             if stage is not None and first == 0:
                 stage("text_synch")
-            with self._timed(timings, "text_synch"):
+            with self.timed(timings, "text_synch"):
                 for part, p in zip(parts, prompts, strict=True):
                     part.append(self.encode_video(chunk.unsqueeze(0), p.t5, p.t5_mask))
-        timings["decode"] = timings.get("decode", 0.0) + frames.decode_seconds
+        if isinstance(frames, FrameFeed):
+            timings["decode"] = timings.get("decode", 0.0) + frames.decode_seconds
         return [torch.cat(part, dim=1) for part in parts]
-
-    def _sync_key(self, video: Path, prompt: str, start: float, duration: float) -> tuple:
-        return (media.content_hash(video), prompt, round(start, 4), round(duration, 4), self.variant.name)
-
-    def _frame_feed(self, info: media.VideoInfo, start: float, lengths: SequenceLengths) -> FrameFeed:
-        return FrameFeed(
-            info,
-            start=start,
-            lengths=lengths,
-            chunk_segments=SYNC_CHUNK_SEGMENTS,
-            pin_memory=self.device.type == "cuda",
-        )
 
     def encode_video(self, frames: torch.Tensor, t5: torch.Tensor, t5_mask: torch.Tensor) -> torch.Tensor:
         """uint8 or [-1, 1] frames (B, T, 3, 224, 224) -> sync features (B, S * 8, D)."""
@@ -198,3 +244,35 @@ class FeatureEncoding:
         t5 = t5.to(self.device, self.dtype)
         chunk = CPU_SEGMENT_CHUNK if self.device.type == "cpu" else None
         return self.text_synch(frames, t5, t5_mask.to(self.device), segment_chunk=chunk)
+
+    def frame_feed(self, span: Span) -> FrameFeed:
+        assert span.info is not None
+        return FrameFeed(
+            span.info,
+            start=span.start,
+            lengths=self._lengths(span.duration),
+            chunk_segments=SYNC_CHUNK_SEGMENTS,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    def _lengths(self, duration: float) -> SequenceLengths:
+        return SequenceLengths.from_duration(
+            duration, sample_rate=self.variant.sample_rate, hop_length=self.variant.hop_length
+        )
+
+    def _sync_key(self, span: Span, prompt: str) -> tuple:
+        assert span.video is not None
+        where = (round(span.start, 4), round(span.duration, 4))
+        return (media.content_hash(span.video), prompt, *where, self.variant.name)
+
+
+def frame_chunks(frames: torch.Tensor, segments: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """(first segment, frames) chunks of `segments` whole segments from frames already in memory.
+
+    The chunks a `FrameFeed` hands out, for a caller holding the frames (T, 3, 224, 224):
+    consecutive chunks share 8 frames, as TextSynch's segments do.
+    """
+    for first in range(0, segments, SYNC_CHUNK_SEGMENTS):
+        count = min(SYNC_CHUNK_SEGMENTS, segments - first)
+        begin = first * SEGMENT_STRIDE
+        yield first, frames[begin : begin + (count - 1) * SEGMENT_STRIDE + SEGMENT_FRAMES]

@@ -10,24 +10,21 @@ Look-up order for every file:
    its progress bars, `HF_TOKEN`, `HF_HUB_OFFLINE` and pinned revisions work
    as everywhere else in the ecosystem.
 
-Files with a known MD5 (SelVA's own) are hashed once after download, and so
-are the other repos' large files, against the SHA-256 the Hub names their
-blob by; the result is remembered (keyed by the blob's path, size and mtime)
-so a start never re-hashes gigabytes. A corrupt file is fetched again; offline, or for a
-local folder, the error says which file and what to do. All problems are
-collected first so one error lists every missing file.
+Every file is checked once against its MD5 or blob SHA-256 (`selva.checksums`).
+A corrupt file is fetched again; offline, or for a local folder, the error
+says which file and what to do. All problems are collected first so one
+error lists every missing file, and says why they are missing: HF_HUB_OFFLINE
+is set, or there is no network (found by one short look at the Hub before the
+first download, `selva.hub_network`, rather than after minutes of retries).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import os
-import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -39,14 +36,25 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from huggingface_hub.utils import tqdm as hub_tqdm
 
+from selva.checksums import STATE_DIR_ENV, blob_sha256, verify_digest, verify_md5
+from selva.hub_network import (
+    DownloadProgress,
+    DownloadTracker,
+    accepts_tqdm_class,
+    hub_unreachable,
+    one_line_per_hub_warning,
+)
 from selva.spec import WeightsError
 from selva.variants import REPOS, Variant, WeightFile, get_variant, human_size
 
 __all__ = [
+    "DOWNLOAD_COMMAND",
     "REPOS",
+    "STATE_DIR_ENV",
+    "DownloadProgress",
     "WeightFile",
+    "blob_sha256",
     "download",
     "fetch_files",
     "is_offline",
@@ -60,8 +68,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 WEIGHTS_DIR_ENV = "SELVA_WEIGHTS_DIR"
-STATE_DIR_ENV = "SELVA_STATE_DIR"  # where the checksum memo lives (default: $HF_HOME/selva)
-_CHUNK = 8 * 1024 * 1024
+# What messages tell users to run: works right after the Quick start (`pip install -r requirements.txt`
+# puts no `selva` on PATH) and after `pip install -e .` alike.
+DOWNLOAD_COMMAND = "python -m selva download"
 
 
 def required_files(variant: str | Variant) -> list[WeightFile]:
@@ -94,6 +103,7 @@ def resolve(
     revision: str | None = None,
     offline: bool | None = None,
     verify: bool = True,
+    on_download: Callable[[DownloadProgress], object] | None = None,
 ) -> dict[str, Path]:
     """Local paths of everything `variant` needs, downloading what is missing unless offline.
 
@@ -101,12 +111,20 @@ def resolve(
     "vocoder_config" for BigVGAN v2) are files; "t5" and "clip" are folders
     holding that encoder's files. `revision` pins the SelVA repo (a branch,
     tag or commit); other repos use the revisions in the registry.
+    `on_download` receives a `DownloadProgress` as files download (at each
+    file's start and end, and about twice a second between); nothing when all
+    are here. Before the first download the Hub is asked once whether it
+    answers (`hub_network.NETWORK_CHECK_SECONDS`): with no network this fails
+    at once instead of retrying file after file.
     Raises `WeightsError` listing every file that is missing or corrupt.
     """
     v = get_variant(variant)
     weights_dir = _weights_dir(weights_dir)
     offline = is_offline() if offline is None else offline
     finder = _Finder(weights_dir=weights_dir, revision=revision, offline=offline, verify=verify)
+    if on_download is not None:
+        pending = [f for _, f in v.all_files() if finder.needs_download(f)]
+        finder.tracker = DownloadTracker(v.name, pending, on_download)
     found: dict[str, Path] = {}
     for role, f in v.network_files().items():
         path = finder.locate(f)
@@ -162,15 +180,23 @@ def _place(source: Path, target: Path) -> None:
 
 
 def fetch_files(
-    files: Sequence[WeightFile], *, revision: str | None = None, offline: bool | None = None
+    files: Sequence[WeightFile],
+    *,
+    revision: str | None = None,
+    offline: bool | None = None,
+    on_download: Callable[[DownloadProgress], object] | None = None,
 ) -> Path:
     """The folder (one snapshot of one repo) holding `files`, downloaded as needed.
 
-    For a text encoder loaded on its own; `revision` overrides the files' own.
+    For a text encoder loaded on its own; `revision` overrides the files' own;
+    `on_download` as for `resolve`.
     """
     offline = is_offline() if offline is None else offline
     finder = _Finder(weights_dir=None, revision=None, offline=offline, verify=True)
     files = tuple(replace(f, revision=revision or f.revision) for f in files)
+    if on_download is not None:
+        pending = [f for f in files if finder.needs_download(f)]
+        finder.tracker = DownloadTracker(files[0].repo, pending, on_download)
     folder = finder.locate_group(files)
     if finder.problems or folder is None:
         raise WeightsError(finder.report(files[0].repo))
@@ -198,6 +224,48 @@ class _Finder:
         self.verify = verify
         self.problems: list[_Problem] = []
         self._listings: dict[tuple[str, str | None], set[str]] = {}
+        self.tracker: DownloadTracker | None = None
+        self.no_network: str | None = None  # why the Hub cannot be reached, once found out
+        self._network_checked = False
+        if not offline:
+            one_line_per_hub_warning()
+
+    def needs_download(self, f: WeightFile) -> bool:
+        """Whether `f` is neither in the local folder nor in the cache (so it would be fetched)."""
+        return not self.offline and self._local(f) is None and self._cached(f, self.revision_of(f)) is None
+
+    def _network_problem(self) -> str | None:
+        """Why the Hub cannot be reached (asked once per look-up), or None."""
+        if not self._network_checked:
+            self._network_checked = True
+            problem = hub_unreachable()
+            if problem is not None:
+                self.no_network = problem
+                log.warning("the Hub (%s) cannot be reached: %s", constants.ENDPOINT, problem)
+        return self.no_network
+
+    def _fetch(self, f: WeightFile, path: str, revision: str | None, **kwargs) -> Path:
+        """hf_hub_download of one file, its bytes counted by the tracker if there is one."""
+        if self.tracker is None:
+            return Path(hf_hub_download(f.repo, path, revision=revision, **kwargs))
+        if accepts_tqdm_class(hf_hub_download):
+            kwargs["tqdm_class"] = self.tracker.bar_class()
+        self.tracker.begin(f)
+        found = Path(hf_hub_download(f.repo, path, revision=revision, **kwargs))
+        self.tracker.end(f)
+        return found
+
+    def _cached(self, f: WeightFile, revision: str | None) -> Path | None:
+        for p in f.paths:
+            try:
+                return Path(hf_hub_download(f.repo, p, revision=revision, local_files_only=True))
+            except LocalEntryNotFoundError:
+                continue
+        return None
+
+    @property
+    def offline_reason(self) -> str:
+        return "HF_HUB_OFFLINE is set" if is_offline() else "downloads are off"
 
     def revision_of(self, f: WeightFile) -> str | None:
         return self.revision if self.revision and f.repo == REPOS["selva"] else f.revision
@@ -266,7 +334,7 @@ class _Finder:
                     f,
                     "corrupt",
                     f"{path} is corrupt or incomplete ({_checksum_of(path, f)} does not match) and "
-                    "downloads are off (HF_HUB_OFFLINE=1): go online to fetch it again, "
+                    f"{self.offline_reason}: go online to fetch it again, "
                     "or delete it and place a good copy",
                     self._destination(f),
                 )
@@ -274,8 +342,11 @@ class _Finder:
             return None
         log.warning("%s/%s is corrupt or incomplete: downloading it again", f.repo, f.path)
         repo_path = _repo_path_of(path, f)
+        problem = self._network_problem()
         try:
-            path = Path(hf_hub_download(f.repo, repo_path, revision=revision, force_download=True))
+            if problem is not None:
+                raise OSError(f"there is no network ({problem})")
+            path = self._fetch(f, repo_path, revision, force_download=True)
         except OSError as exc:
             detail = f"{path} is corrupt or incomplete and downloading it again failed: {exc}"
             self.problems.append(_Problem(f, "corrupt", detail, self._destination(f)))
@@ -296,17 +367,18 @@ class _Finder:
         # Cache first: online, hf_hub_download would ask the Hub about every cached file on every
         # start (and wait out a timeout for each on a dead network). The files of a variant do
         # not change under it, and a cached copy that went bad is caught by its checksum.
-        for p in f.paths:
-            try:
-                return Path(hf_hub_download(f.repo, p, revision=revision, local_files_only=True))
-            except LocalEntryNotFoundError:
-                continue
+        cached = self._cached(f, revision)
+        if cached is not None:
+            return cached
         if self.offline:
-            raise _NotFound("not in the Hugging Face cache and downloads are off (HF_HUB_OFFLINE=1)")
+            raise _NotFound(f"not in the Hugging Face cache and {self.offline_reason}")
+        if self._network_problem() is not None:
+            raise _NotFound("not in the Hugging Face cache and there is no network")
         try:
-            return Path(hf_hub_download(f.repo, f.path, revision=revision))
-        except LocalEntryNotFoundError as exc:  # no connection and not cached
-            raise _NotFound(f"not in the cache and the Hub cannot be reached ({exc})") from None
+            return self._fetch(f, f.path, revision)
+        except LocalEntryNotFoundError as exc:  # the network went away since the check
+            self.no_network = " ".join(str(exc).split())  # the files after this one fail at once
+            raise _NotFound("not in the Hugging Face cache and there is no network") from None
         except EntryNotFoundError:
             if not f.alt_paths:
                 raise _NotFound(f"{f.repo} has no file {f.path}") from None
@@ -315,7 +387,7 @@ class _Finder:
         for p in f.alt_paths:
             if p in listing:
                 log.info("%s: using %s (the documented name %s is absent)", f.repo, p, f.path)
-                return Path(hf_hub_download(f.repo, p, revision=revision))
+                return self._fetch(f, p, revision)
         raise _NotFound(f"{f.repo} has none of {', '.join(f.paths)}")
 
     def _listing(self, repo: str, revision: str | None) -> set[str]:
@@ -340,18 +412,27 @@ class _Finder:
         others = [p for p in self.problems if p.kind != "missing"]
         lines: list[str] = []
         if missing:
-            why = "downloads are off (HF_HUB_OFFLINE=1)" if self.offline else "they could not be downloaded"
+            if self.offline:
+                why = self.offline_reason
+                go = "unset HF_HUB_OFFLINE and run" if is_offline() else "run"
+            elif self.no_network is not None:
+                reached = f"the Hub at {constants.ENDPOINT} cannot be reached: {self.no_network}"
+                why = f"there is no network ({reached})"
+                go = "connect to the network and run"
+            else:
+                why = "they could not be downloaded"
+                go = "fix the problems shown and run"
             lines.append(f"{name}: {len(missing)} file(s) missing and {why}:")
             for p in missing:
                 lines.append(f"  - {p.file.repo}: {p.file.path} ({human_size(p.file.size)})")
                 lines.append(f"      put it at {p.destination}")
-                if not self.offline:
+                if not self.offline and self.no_network is None:  # else the reason is said once above
                     lines.append(f"      ({p.detail})")
             total = human_size(sum(p.file.size for p in missing))
             where = f"folders shown under {self.weights_dir}" if self.weights_dir else "places shown"
+            command = DOWNLOAD_COMMAND if "/" in name else f"{DOWNLOAD_COMMAND} --variant {name}"
             lines.append(
-                f"Missing in total: {total}. Either go online (unset HF_HUB_OFFLINE) and run "
-                f"`selva download --variant {name}` to fill the Hugging Face cache "
+                f"Missing in total: {total}. Either {go} `{command}` to fill the Hugging Face cache "
                 f"({constants.HF_HUB_CACHE}), "
                 f"or copy the files to the {where} and pass --weights-dir DIR "
                 f"(or set {WEIGHTS_DIR_ENV}=DIR)."
@@ -386,85 +467,5 @@ def _weights_dir(weights_dir: str | Path | None) -> Path | None:
     return path
 
 
-# -- checksums, once per file -----------------------------------------------------------------------
-
-
-def blob_sha256(path: Path) -> str | None:
-    """The SHA-256 a Hub cache file should have: large (LFS) blobs are named by it. None elsewhere."""
-    real = path.resolve()
-    if real.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", real.name):
-        return real.name
-    return None
-
-
 def _checksum_of(path: Path, f: WeightFile) -> str:
     return f"MD5 {f.md5}" if f.md5 is not None else f"SHA-256 {blob_sha256(path)}"
-
-
-def _state_file() -> Path:
-    base = os.environ.get(STATE_DIR_ENV) or os.path.join(constants.HF_HOME, "selva")
-    return Path(base) / "verified_md5.json"
-
-
-_memo: dict[str, dict] = {}
-
-
-def _stamp(path: Path) -> tuple[str, int, int]:
-    real = path.resolve()  # the blob behind a snapshot symlink: one entry per content
-    st = real.stat()
-    return str(real), st.st_size, st.st_mtime_ns
-
-
-def _load_state() -> dict:
-    try:
-        return json.loads(_state_file().read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _remember(key: str, entry: dict) -> None:
-    _memo[key] = entry
-    state_file = _state_file()
-    state = _load_state()
-    state[key] = entry
-    # Write-then-rename: concurrent starts never read half a file (the worst case is a lost entry).
-    tmp = state_file.with_name(f"{state_file.name}.{os.getpid()}.tmp")
-    try:
-        state_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(state, indent=0, sort_keys=True))
-        os.replace(tmp, state_file)
-    except OSError as exc:  # a read-only home only costs a re-hash next start
-        log.debug("cannot record the checksum in %s: %s", state_file, exc)
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-
-
-def verify_md5(path: str | Path, md5: str) -> bool:
-    """Whether `path` has MD5 `md5`; hashed once, then remembered while size and mtime stay the same."""
-    return verify_digest(path, "md5", md5)
-
-
-def verify_digest(path: str | Path, algorithm: str, expected: str) -> bool:
-    """Whether `path` hashes to `expected` with `algorithm` ("md5", "sha256"); remembered as for MD5."""
-    key, size, mtime_ns = _stamp(Path(path))
-    entry = {"size": size, "mtime_ns": mtime_ns, algorithm: expected}
-    if _memo.get(key) == entry:
-        return True
-    if _load_state().get(key) == entry:
-        _memo[key] = entry
-        return True
-    digest = hashlib.new(algorithm, usedforsecurity=False)
-    with (
-        open(key, "rb") as fh,
-        hub_tqdm(
-            total=size, unit="B", unit_scale=True, desc=f"Verifying {Path(path).name}", disable=size < 2**27
-        ) as bar,
-    ):
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-            bar.update(len(chunk))
-    if digest.hexdigest() != expected:
-        log.warning("%s: %s %s, expected %s", path, algorithm, digest.hexdigest(), expected)
-        return False
-    _remember(key, entry)
-    return True

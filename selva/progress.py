@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-    from selva.outputs import SelvaOutput
     from selva.pipeline import SelvaPipeline
+    from selva.render import Rendered
 
 ProgressFn = Callable[..., object]  # called as progress(fraction, desc=...), as gradio's gr.Progress is
 
@@ -102,9 +102,20 @@ _STAGES = {
 }
 
 
-def info_line(out: SelvaOutput, pipe: SelvaPipeline, load_seconds: float = 0.0) -> str:
-    """Seed, span, device and seconds per stage, in one line a user can paste into a bug report."""
-    timings = out.timings
+def info_line(
+    timings: dict[str, float],
+    pipe: SelvaPipeline,
+    *,
+    seed: int,
+    duration: float,
+    start: float | None,
+    candidates: int,
+    load_seconds: float = 0.0,
+) -> str:
+    """Seed, span, device and seconds per stage, in one line a user can paste into a bug report.
+
+    `start=None` says the sound came from the prompt alone.
+    """
     stages = []
     for key, label in _STAGES.items():
         if key in timings:
@@ -120,17 +131,40 @@ def info_line(out: SelvaOutput, pipe: SelvaPipeline, load_seconds: float = 0.0) 
         if k not in _STAGES and k not in ("total", "flow_per_step")
     ]
     total = timings.get("total", sum(timings.get(k, 0.0) for k in _STAGES))
-    candidates = out.audio.shape[0]
-    span = f"from {out.start:.2f} s" if out.video is not None else "from the prompt alone"
+    span = f"from {start:.2f} s" if start is not None else "from the prompt alone"
+    rate = pipe.variant.sample_rate
     parts = [
-        f"seed {out.seed}",
-        f"{out.duration:.2f} s {span}",
-        f"{candidates} candidate{'s' if candidates > 1 else ''} at {out.sample_rate / 1000:g} kHz",
+        f"seed {seed}",
+        f"{duration:.2f} s {span}",
+        f"{candidates} candidate{'s' if candidates > 1 else ''} at {rate / 1000:g} kHz",
         f"{pipe.variant.name} on {pipe.device} ({dtype_name(pipe.dtype)})",
         ", ".join(stages) + f"; total {total:.2f} s",
     ]
     if load_seconds:
         parts.append(f"model loaded in {load_seconds:.1f} s")
+    return " · ".join(parts)
+
+
+def project_info(rendered: Rendered) -> str:
+    """Each sound's seed and gain, the span, the original's level and any normalising, in one line."""
+    project = rendered.project
+    parts = [
+        ", ".join(
+            f"{k + 1}. {s.prompt!r} seed {s.take.seed} gain {s.gain:g}"
+            for k, s in enumerate(project.sounds)
+            if s.take is not None
+        )
+    ]
+    rate = rendered.sample_rate / 1000
+    parts.append(f"{rendered.duration:.2f} s from {rendered.start:.2f} s at {rate:g} kHz")
+    if rendered.original is not None and project.mix.original_audio_gain:
+        parts.append(f"original audio at {project.mix.original_audio_gain:g}")
+    if rendered.normalised_db:
+        parts.append(f"mix normalised by {rendered.normalised_db:.1f} dB")
+    else:
+        parts.append("mix not normalised (peak under 1.0)")
+    if "total" in rendered.timings:
+        parts.append(f"total {rendered.timings['total']:.2f} s")
     return " · ".join(parts)
 
 

@@ -8,9 +8,9 @@ frames at 8 fps, and audio latents at one per two mel hops.
 import math
 from dataclasses import dataclass
 
-SYNC_FPS = 25
+from selva.spec import SEGMENT_FRAMES, SYNC_FPS
+
 SYNC_SIZE = 224
-SEGMENT_FRAMES = 16
 SEGMENT_STRIDE = 8
 TOKENS_PER_SEGMENT = 8
 CLIP_FPS = 8

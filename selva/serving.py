@@ -5,7 +5,7 @@ first use, swaps to another variant on request (freeing the old one first, so
 only one generator is ever in memory), and lets the visitor who started a
 generation cancel it. `parse_request` turns form or API values into a checked
 `GenerationRequest`; `GenerationService` runs one on the slot's pipeline and
-writes its files into the short-lived folders of an `OutputStore`. What a run
+writes its files into the short-lived folders of an `OutputStore` (`selva.output_store`). What a run
 reports (progress text, the info line) lives in `selva.progress`.
 
 Nothing here imports gradio, and torch and the pipeline only load on first use,
@@ -16,19 +16,17 @@ from __future__ import annotations
 
 import gc
 import logging
-import re
-import shutil
-import tempfile
 import threading
 import time
-import uuid
-import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from selva.progress import ProgressFn, ProgressReport, StemsProgress, dtype_name, info_line
+from selva.names import slug
+from selva.output_store import OUTPUT_KEEP_SECONDS, OutputStore  # noqa: F401 (re-exported)
+from selva.progress import ProgressFn, ProgressReport, StemsProgress, dtype_name, info_line, project_info
+from selva.project import Project, take_seeds
 from selva.spec import (
     DEFAULT_MAX_DURATION,
     DEFAULT_VARIANT,
@@ -36,16 +34,19 @@ from selva.spec import (
     ORIGINAL_AUDIO_GAIN,
     CancelToken,
     GenerationRequest,
+    LoadOptions,
+    SelvaError,
 )
 
 if TYPE_CHECKING:
-    from selva.pipeline import SelvaOutput, SelvaPipeline
-    from selva.stems import Stem, StemsOutput
+    from selva.hub_network import DownloadProgress
+    from selva.pipeline import SelvaPipeline
+    from selva.render import Rendered
+    from selva.stems import Stem
 
 log = logging.getLogger(__name__)
 
 MAX_CANDIDATES = int(NUM_SAMPLES.maximum)  # each candidate costs a full generation and a video file
-OUTPUT_KEEP_SECONDS = 600  # our copies only need to live until the front end has copied them
 
 
 # -- requests ----------------------------------------------------------------------------------------
@@ -56,6 +57,21 @@ parse_request = GenerationRequest.from_form
 
 
 # -- the resident pipeline ---------------------------------------------------------------------------
+
+DOWNLOAD_SHARE = 0.8  # of a loading bar: the weights' download; building the networks takes the rest
+
+
+@dataclass(frozen=True)
+class LoadStatus:
+    """What a `PipelineSlot`'s loading is doing, as a page shows it (`PipelineSlot.status`)."""
+
+    state: str  # "idle" (nothing asked yet), "loading", "ready" or "failed"
+    variant: str | None
+    fraction: float = 0.0
+    desc: str = ""  # one line, e.g. "Downloading small_16k: 1.2 GB of 7.2 GB, file 3 of 11 (...)"
+    error: str | None = None  # when failed: the message, which says what to do
+    download: DownloadProgress | None = None  # while downloading: files, bytes, speed, time left
+
 
 
 class PipelineSlot:
@@ -92,6 +108,20 @@ class PipelineSlot:
         self.lock = threading.Lock()
         self._jobs: dict[str, set[CancelToken]] = {}  # session -> tokens of its queued or running jobs
         self._jobs_lock = threading.Lock()
+        self._status = LoadStatus("ready" if pipe is not None else "idle", variant, 1.0 if pipe else 0.0)
+
+    def options(self, variant: str | None = None) -> LoadOptions:
+        """How this slot loads `variant` (default: its start-up one)."""
+        return LoadOptions(
+            variant=variant or self.default_variant,
+            device=self.device,
+            precision=self.precision,
+            offload=self.offload,
+            compile=self.compile,
+            weights_dir=str(self.weights_dir) if self.weights_dir is not None else None,
+            revision=self.revision,
+            max_duration=self.max_duration,
+        )
 
     @classmethod
     def wrap(cls, pipe: SelvaPipeline, **options: Any) -> PipelineSlot:
@@ -115,40 +145,77 @@ class PipelineSlot:
         """The pipeline for `variant` (default: the start-up one) and the seconds spent loading it.
 
         Call with `lock` held. Loading happens here, once per switch, never per request.
+        `report(fraction, desc=...)` hears how it goes: the weights' download (file,
+        bytes, speed, time left) fills the first `DOWNLOAD_SHARE` of the bar. The same
+        lines go to `status`, for a page that polls it.
         """
         variant = variant or self.default_variant
         if self.pipe is not None and self.pipe.variant.name == variant:
             return self.pipe, 0.0
         from selva import hub
-        from selva.pipeline import SelvaPipeline
+        from selva.loader import load_pipeline
         from selva.variants import get_variant
 
         get_variant(variant)  # an unknown name fails here, before the resident pipeline is dropped
-        if report is not None:
-            report(0.0, desc=f"Loading {variant} (first use of this model; later requests skip this)")
+
+        def say(fraction: float, desc: str, download: DownloadProgress | None = None) -> None:
+            self._status = LoadStatus("loading", variant, fraction, desc, download=download)
+            if report is not None:
+                report(fraction, desc=desc)
+
+        say(0.0, f"Loading {variant} (first use of this model; later requests skip this)")
         started = time.perf_counter()
-        # Missing or corrupt files (offline, say) must fail while the resident pipeline is still
-        # here, or one bad request would leave the server with no model. `from_pretrained` resolves
-        # again with the same arguments; the checksums verified here are remembered, so that costs little.
-        hub.resolve(variant, weights_dir=self.weights_dir, revision=self.revision)
-        self.release()
-        kwargs: dict[str, Any] = dict(
-            device=self.device,
-            dtype=self.precision,
-            offload=self.offload,
-            weights_dir=self.weights_dir,
-            revision=self.revision,
-            compile=self.compile,
-        )
-        if self._max_duration is not None:
-            kwargs["max_duration"] = self._max_duration
-        pipe = SelvaPipeline.from_pretrained(variant, **kwargs)
+        try:
+            # Missing or corrupt files (offline, say) must fail while the resident pipeline is still
+            # here, or one bad request would leave the server with no model. `from_pretrained` resolves
+            # again with the same arguments; the checksums verified here are remembered, so that costs
+            # little.
+            hub.resolve(
+                variant,
+                weights_dir=self.weights_dir,
+                revision=self.revision,
+                on_download=lambda p: say(DOWNLOAD_SHARE * p.fraction, p.describe(), p),
+            )
+            say(DOWNLOAD_SHARE, f"Loading {variant} into memory")
+            self.release()
+            pipe = load_pipeline(self.options(variant))
+        except Exception as exc:
+            # A page shows this instead of a bar that never moves; our errors say what to do.
+            error = str(exc) if isinstance(exc, SelvaError) else f"{type(exc).__name__}: {exc}"
+            self._status = LoadStatus("failed", variant, 0.0, f"Loading {variant} failed", error=error)
+            raise
         # Gradio shows our own stage/step progress; the tqdm bar would only add noise to the logs.
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe
         seconds = time.perf_counter() - started
+        self._status = LoadStatus("ready", variant, 1.0, f"{variant} loaded in {seconds:.1f} s")
         log.info("loaded %s on %s in %.1f s", variant, pipe.device, seconds)
         return pipe, seconds
+
+    @property
+    def status(self) -> LoadStatus:
+        """What loading is doing now (or did last): for a page to poll while it waits."""
+        return self._status
+
+    def load_in_background(self, variant: str | None = None) -> threading.Thread:
+        """Start loading `variant` (default: the start-up one) on a thread and return at once.
+
+        The page comes up meanwhile and polls `status`. A failure is kept in
+        `status` (and logged); the next request tries again and reports it.
+        """
+
+        def load() -> None:
+            try:
+                with self.lock:
+                    self.get(variant)
+            except SelvaError as exc:
+                log.error("%s", exc)
+            except Exception:
+                log.exception("loading %s failed", variant or self.default_variant)
+
+        thread = threading.Thread(target=load, name="selva-load", daemon=True)
+        thread.start()
+        return thread
 
     def release(self) -> None:
         """Drop the resident pipeline and give its memory back (before another variant loads)."""
@@ -191,39 +258,6 @@ class PipelineSlot:
         return bool(tokens)
 
 
-class OutputStore:
-    """A private temp folder with one sub-folder per request.
-
-    Gradio copies every returned file into its own cache (pruned by
-    `delete_cache`), so our copies are only needed for a short while; old
-    request folders are removed as new ones are made, and the whole folder
-    when the process exits.
-    """
-
-    def __init__(self, keep_seconds: float = OUTPUT_KEEP_SECONDS):
-        self.keep_seconds = keep_seconds
-        self._root: Path | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def root(self) -> Path:
-        with self._lock:
-            if self._root is None:  # made on first use, not at import or build time
-                self._root = Path(tempfile.mkdtemp(prefix="selva-studio-"))
-                weakref.finalize(self, shutil.rmtree, self._root, ignore_errors=True)
-            return self._root
-
-    def new_folder(self) -> Path:
-        root = self.root
-        cutoff = time.time() - self.keep_seconds
-        for old in root.iterdir():
-            if old.is_dir() and old.stat().st_mtime < cutoff:
-                shutil.rmtree(old, ignore_errors=True)
-        folder = root / uuid.uuid4().hex
-        folder.mkdir()
-        return folder
-
-
 # -- running a request -------------------------------------------------------------------------------
 
 
@@ -244,6 +278,7 @@ class GenerationResult:
     duration: float = 0.0  # the span made, in seconds (never "auto": what the pipeline settled on)
     start: float = 0.0
     source: str | None = None  # the video's file name; None for sound from the prompt alone
+    project: Project | None = None  # what was rendered, to continue from or save
 
     @property
     def count(self) -> int:
@@ -251,7 +286,7 @@ class GenerationResult:
         return len(self.audio_files) // 2
 
     def candidate_seed(self, k: int) -> int:
-        return self.seed + k
+        return take_seeds(self.seed, k + 1)[k]
 
     def candidate_audio(self, k: int) -> tuple[str, str]:
         """Candidate k's FLAC and WAV."""
@@ -288,9 +323,7 @@ class GenerationService:
     ):
         self.slot = slot
         self.outputs = outputs or OutputStore()
-        self._infer = on_gpu(self._infer_here) if on_gpu is not None else self._infer_here
-        wrap = on_gpu or (lambda fn: fn)
-        self._infer_stems = wrap(self._infer_stems_here)
+        self._render = on_gpu(self._render_here) if on_gpu is not None else self._render_here
 
     def run(
         self,
@@ -303,77 +336,95 @@ class GenerationService:
     ) -> GenerationResult:
         """Generate `req` (waiting for a job in flight) and write an mp4, a FLAC and a WAV per candidate.
 
+        One sound's project with `num_samples` takes, rendered by `render`.
         `session` names the visitor: only they can cancel the job (`PipelineSlot.cancel`),
         which ends it with `GenerationCancelled`, also while it still waits for its turn;
         `cancel` is the caller's own token for this one job (a front end's cancel of one request).
         `original_audio_gain` mixes the video's own soundtrack under the new audio in the mp4s.
         """
+        from selva.project_files import write_takes
+        from selva.render import single_sound
+
         if original_audio_gain:
             ORIGINAL_AUDIO_GAIN.check(original_audio_gain, by_label=True)
-        token = self.slot.job(session, cancel)
-        try:
-            out, pipe, load_seconds = self._generate(req, progress, token)
-        finally:
-            self.slot.done(session, token)
-        return self._save(req, out, pipe, load_seconds, original_audio_gain)
-
-    def _generate(
-        self, req: GenerationRequest, progress: ProgressFn | None, token: CancelToken
-    ) -> tuple[SelvaOutput, SelvaPipeline, float]:
-        if progress is not None and self.slot.lock.locked():
-            progress(0.0, desc="Waiting for the job in progress to finish")
-        with self.slot.lock:  # one generation at a time; no variant swap during one
-            token.raise_if_cancelled()  # cancelled while it waited: do not even load
-            pipe, load_seconds = self.slot.get(req.variant, progress)
-            out = self._infer(req, progress, token)
-        return out, pipe, load_seconds
-
-    def _infer_here(
-        self, req: GenerationRequest, progress: ProgressFn | None, token: CancelToken
-    ) -> SelvaOutput:
-        pipe = self.slot.pipe
-        assert pipe is not None  # loaded by _generate under the lock
-        report = ProgressReport(progress, req.steps)
-        out = pipe.generate(
-            req, callback_on_stage=report.stage, callback_on_step_end=report.step, cancel=token
-        )
-        report.finish()
-        return out
-
-    def _save(
-        self,
-        req: GenerationRequest,
-        out: SelvaOutput,
-        pipe: SelvaPipeline,
-        load_seconds: float,
-        original_audio_gain: float | None = None,
-    ) -> GenerationResult:
+        project = single_sound(req, original_audio_gain=original_audio_gain or 0.0)
         folder = self.outputs.new_folder()
+        rendered, pipe, load_seconds = self.render(
+            project, folder / "takes", progress, session=session, cancel=cancel
+        )
         source = Path(req.video).stem if req.video is not None else "prompt"
-        stem = f"{_slug(source, 24)}_{_slug(req.prompt, 32)}"
-        videos: list[str] = []
-        audio_files: list[str] = []
-        count = out.audio.shape[0]
-        for k in range(count):
-            # Candidate k is drawn from seed + k: its file names carry the seed that makes it again.
-            name = f"{stem}_seed{out.seed + k}"
-            if out.video is not None:
-                gain = original_audio_gain or None
-                videos.append(str(out.save_video(folder / f"{name}.mp4", k, original_audio_gain=gain)))
-            audio_files += [str(out.save_audio(folder / f"{name}.{ext}", k)) for ext in ("flac", "wav")]
-        info = info_line(out, pipe, load_seconds)
+        files = write_takes(rendered, folder, f"{slug(source, 24)}_{slug(req.prompt, 32)}")
+        first = rendered.project.sounds[0].takes[rendered.generated[0][1]]
+        info = info_line(
+            rendered.timings,
+            pipe,
+            seed=first.seed,
+            duration=rendered.duration,
+            start=rendered.start if req.video is not None else None,
+            candidates=len(files),
+            load_seconds=load_seconds,
+        )
         if original_audio_gain:
             info += f" · original audio at {original_audio_gain:g}"
         return GenerationResult(
-            videos=tuple(videos),
-            audio_files=tuple(audio_files),
+            videos=tuple(str(f.video) for f in files if f.video is not None),
+            audio_files=tuple(str(p) for f in files for p in f.audio),
             info=info,
-            seed=out.seed,
+            seed=first.seed,
             prompt=req.prompt,
-            duration=out.duration,
-            start=out.start,
+            duration=rendered.duration,
+            start=rendered.start,
             source=Path(req.video).name if req.video is not None else None,
+            project=rendered.project,
         )
+
+    def render(
+        self,
+        project: Project,
+        folder: Path | None,
+        progress: ProgressFn | None = None,
+        *,
+        session: str = "local",
+        cancel: CancelToken | None = None,
+    ) -> tuple[Rendered, SelvaPipeline, float]:
+        """Render `project` on the slot's pipeline (loading its variant if needed): one job.
+
+        Returns the rendered project, the pipeline and the seconds spent loading it. `cancel`
+        is the caller's own token for this job (else the slot makes one for `session`).
+        """
+        token = self.slot.job(session, cancel)
+        try:
+            if progress is not None and self.slot.lock.locked():
+                progress(0.0, desc="Waiting for the job in progress to finish")
+            with self.slot.lock:  # one generation at a time; no variant swap during one
+                token.raise_if_cancelled()  # cancelled while it waited: do not even load
+                pipe, load_seconds = self.slot.get(project.variant, progress)
+                rendered = self._render(project, folder, progress, token)
+        finally:
+            self.slot.done(session, token)
+        return rendered, pipe, load_seconds
+
+    def _render_here(
+        self, project: Project, folder: Path | None, progress: ProgressFn | None, token: CancelToken
+    ) -> Rendered:
+        from selva.render import render
+
+        pipe = self.slot.pipe
+        assert pipe is not None  # loaded by `render` under the lock
+        steps = max((t.steps for s in project.sounds for t in s.takes if t.audio is None), default=1)
+        several = len(project.sounds) > 1
+        report = StemsProgress(progress, steps) if several else ProgressReport(progress, steps)
+        rendered = render(
+            pipe,
+            project,
+            folder,
+            callback_on_stage=report.stage,
+            callback_on_step_end=report.step,
+            on_sound=getattr(report, "begin", None),
+            cancel=token,
+        )
+        report.finish()
+        return rendered
 
     # -- several sources at once (selva.stems) ----------------------------------------------------
 
@@ -391,62 +442,31 @@ class GenerationService:
 
         One job: it holds the pipeline for all its stems and is cancelled as a whole (as `run`).
         """
-        from selva.stems import check_stems
+        from selva.project_files import write_mix
+        from selva.stems import stems_project
 
-        stems = check_stems(stems)
         ORIGINAL_AUDIO_GAIN.check(original_audio_gain, by_label=True)
-        token = self.slot.job(session, cancel)
-        try:
-            if progress is not None and self.slot.lock.locked():
-                progress(0.0, desc="Waiting for the job in progress to finish")
-            with self.slot.lock:
-                token.raise_if_cancelled()
-                pipe, load_seconds = self.slot.get(base.variant, progress)
-                out = self._infer_stems(base, list(stems), float(original_audio_gain), progress, token)
-        finally:
-            self.slot.done(session, token)
-        from selva.stems import save_stems, stems_info
-
+        project = stems_project(base, stems, original_audio_gain=original_audio_gain)
         folder = self.outputs.new_folder()
-        files = save_stems(out, folder, f"{_slug(Path(base.video).stem, 24)}_seed{out.seed}")
-        info = stems_info(out) + f" · {pipe.variant.name} on {pipe.device} ({dtype_name(pipe.dtype)})"
+        rendered, pipe, load_seconds = self.render(
+            project, folder / "takes", progress, session=session, cancel=cancel
+        )
+        seeds = tuple(rendered.seeds)
+        files = write_mix(rendered, folder, f"{slug(Path(project.video).stem, 24)}_seed{seeds[0]}")
+        info = project_info(rendered) + f" · {pipe.variant.name} on {pipe.device} ({dtype_name(pipe.dtype)})"
         if load_seconds:
             info += f" · model loaded in {load_seconds:.1f} s"
+        assert files.mix_video is not None and files.tracks_video is not None  # stems have a video
         return StemsResult(
             mix_video=str(files.mix_video),
             tracks_video=str(files.tracks_video),
             mix_audio=str(files.mix_audio),
-            stem_audio=tuple(str(p) for p in files.stem_audio),
-            prompts=tuple(s.prompt for s in out.stems),
-            seeds=files.seeds,
+            stem_audio=tuple(str(p) for p in files.sound_audio),
+            prompts=tuple(s.prompt for s in rendered.project.sounds),
+            seeds=seeds,
             info=info,
+            project=rendered.project,
         )
-
-    def _infer_stems_here(
-        self,
-        base: GenerationRequest,
-        stems: list[Stem],
-        original_audio_gain: float,
-        progress: ProgressFn | None,
-        token: CancelToken,
-    ) -> StemsOutput:
-        from selva.stems import generate_stems
-
-        pipe = self.slot.pipe
-        assert pipe is not None  # loaded by run_stems under the lock
-        report = StemsProgress(progress, base.steps)
-        out = generate_stems(
-            pipe,
-            base,
-            stems,
-            original_audio_gain=original_audio_gain,
-            callback_on_stage=report.stage,
-            callback_on_step_end=report.step,
-            on_stem=report.begin,
-            cancel=token,
-        )
-        report.finish()
-        return out
 
 
 @dataclass(frozen=True)
@@ -460,12 +480,9 @@ class StemsResult:
     prompts: tuple[str, ...]
     seeds: tuple[int, ...]  # stem k: seed + k
     info: str
+    project: Project | None = None  # what was rendered, to continue from or save
 
     @property
     def label(self) -> str:
         """How a list of earlier results names this one."""
         return " + ".join(self.prompts) + f" (seed {self.seeds[0]})"
-
-
-def _slug(text: str, limit: int) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-") or "clip"

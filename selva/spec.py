@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import numbers
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,13 +99,7 @@ class CancelToken:
 
 # -- names --------------------------------------------------------------------------------------------
 
-# The released variants and what the UI says of each; `selva.variants` holds their files and configs.
-VARIANTS: dict[str, str] = {
-    "small_16k": "157 M generator, 16 kHz (recommended)",
-    "small_44k": "157 M generator, 44.1 kHz",
-    "medium_44k": "622 M generator, 44.1 kHz",
-    "large_44k": "1.03 B generator, 44.1 kHz",
-}
+# The variants themselves (names, descriptions, files) are `selva.variants`'s registry.
 DEFAULT_VARIANT = "small_16k"
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -152,6 +147,8 @@ class Limit:
             hint = f" ({_show(self.default)} is typical)" if self.default is not None else ""
             who = self.label if by_label else self.name
             span = f"from {_show(self.minimum)} to {_show(self.maximum)}"
+            if self.maximum == math.inf:
+                span = f"of {_show(self.minimum)} or more"
             raise InputError(f"{who} must be {kind} {span}{hint}, got {value!r}")
         return value
 
@@ -168,6 +165,8 @@ MAX_STEMS = 4
 STEM_GAIN = Limit("gain", "Gain", 0.0, 2.0, 1.0)
 # The video's own soundtrack under the new audio: 0 replaces it, 1 keeps it at its level.
 ORIGINAL_AUDIO_GAIN = Limit("original_audio_gain", "Original audio level", 0.0, 2.0, 0.0)
+# Constant-power stereo position of one sound: -1 is hard left, 0 the centre, 1 hard right.
+PAN = Limit("pan", "Pan", -1.0, 1.0, 0.0)
 
 
 def check_duration(duration: object, max_duration: float) -> float | None:
@@ -184,11 +183,10 @@ def check_duration(duration: object, max_duration: float) -> float | None:
     return float(duration)
 
 
-def check_variant(name: object, known: dict[str, object] | None = None) -> str:
-    """`name` if it is a known variant (the released ones, or those in `known`)."""
-    names = VARIANTS if known is None else known
-    if not isinstance(name, str) or name not in names:
-        raise InputError(f"unknown variant {name!r}; known variants: {', '.join(names)}")
+def check_variant(name: object, known: Collection[str]) -> str:
+    """`name` if it is one of the `known` variant names (`selva.variants.known_variants()`)."""
+    if not isinstance(name, str) or name not in known:
+        raise InputError(f"unknown variant {name!r}; known variants: {', '.join(known)}")
     return name
 
 
@@ -196,8 +194,37 @@ def check_prompt(name: str, text: object) -> str:
     if not isinstance(text, str):
         raise InputError(f"{name} must be a string, got {type(text).__name__}")
     if len(text) > MAX_PROMPT_CHARS:
-        raise InputError(f"{name} is {len(text)} characters long; keep it under {MAX_PROMPT_CHARS}")
+        raise InputError(f"{name} is {len(text)} characters long; keep it to {MAX_PROMPT_CHARS} or fewer")
     return text
+
+
+# -- loading ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to load a pipeline: the one set of loading choices every front end fills in.
+
+    `device=None` and `precision="auto"` pick for this machine; `offload="auto"`
+    keeps the text encoders and vocoder on the CPU when the accelerator is small.
+    `window_overlap=None` is the pipeline's default overlap of long spans' windows.
+    """
+
+    variant: str = DEFAULT_VARIANT
+    device: str | None = None
+    precision: str | None = "auto"  # or a torch dtype, for a pipeline loaded like another
+    offload: str = "auto"
+    compile: bool = False
+    weights_dir: str | None = None
+    revision: str | None = None
+    max_duration: float = DEFAULT_MAX_DURATION
+    window_overlap: float | None = None
+
+    def checked(self) -> LoadOptions:
+        """The cap checked here; device, precision and offload names are checked where they are used."""
+        if not _is_number(self.max_duration) or self.max_duration < MIN_DURATION:
+            raise InputError(f"max_duration must be at least {MIN_DURATION:g} s, got {self.max_duration!r}")
+        return self
 
 
 # -- the request --------------------------------------------------------------------------------------
@@ -332,3 +359,34 @@ def _show(x: float) -> str:
     if x == math.inf:
         return "any"
     return f"{x:g}" if isinstance(x, float) and not float(x).is_integer() or x < 1e6 else str(int(x))
+
+
+# -- delivery -----------------------------------------------------------------------------------------
+# What the files handed to a video editor sound like (selva.delivery): stereo, rate, loudness.
+
+# Video audio is 48 kHz almost everywhere; "model" keeps the variant's own rate (16 or 44.1 kHz).
+OUTPUT_RATE_MODEL = "model"
+DEFAULT_OUTPUT_RATE = 48_000
+OUTPUT_RATES: tuple[int | str, ...] = (DEFAULT_OUTPUT_RATE, OUTPUT_RATE_MODEL)
+
+# Integrated loudness targets for a mix (ITU-R BS.1770 / EBU R128), in LUFS; None leaves the level.
+LOUDNESS_OFF = "off"
+LOUDNESS_TARGETS: dict[str, float | None] = {
+    LOUDNESS_OFF: None,
+    "-23 LUFS (EBU R128 broadcast)": -23.0,
+    "-16 LUFS (podcasts, mobile)": -16.0,
+    "-14 LUFS (streaming platforms)": -14.0,
+}
+DEFAULT_LOUDNESS_TARGET: float | None = None
+# No true peak of a loudness-normalised output goes above this (EBU R128's ceiling for delivery).
+TRUE_PEAK_CEILING_DB = -1.0
+
+
+# -- scoring ------------------------------------------------------------------------------------------
+# selva.scoring: a take's agreement with its prompt and its leakage into other prompts, by CLAP.
+
+# The CLAP checkpoint (transformers format) that scores takes; another repo id or folder per call.
+SCORER_CHECKPOINT = "laion/larger_clap_general"
+# score = agreement - LEAKAGE_WEIGHT * max(0, leakage): leakage costs half as much as agreement earns,
+# so a loose likeness to another prompt does not outweigh a clear match to its own (a choice, untuned).
+LEAKAGE_WEIGHT = 0.5

@@ -20,14 +20,12 @@ Importing this module loads neither torch nor a model (the server imports it).
 
 from __future__ import annotations
 
-import math
-import random
-import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from selva.project import Mix, Project, Sound
 from selva.spec import (
     MAX_STEMS,
     ORIGINAL_AUDIO_GAIN,
@@ -42,6 +40,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from selva.pipeline import SelvaPipeline, StageCallback, StepCallback
+    from selva.render import Rendered
 
 
 @dataclass(frozen=True)
@@ -103,23 +102,11 @@ class StemsOutput:
     duration: float
     video: Path
     timings: dict[str, float] = field(default_factory=dict)
+    rendered: Rendered | None = None  # the project behind these stems, for `save_stems`
 
     @property
     def seed(self) -> int:
         return self.seeds[0]
-
-
-def mix_waves(waves: Sequence[np.ndarray], gains: Sequence[float]) -> tuple[np.ndarray, float]:
-    """(the gained sum scaled to peak at most 1.0, the scaling in dB: 0.0 when none was needed)."""
-    import numpy as np
-
-    mix = np.zeros_like(np.asarray(waves[0], dtype=np.float32))
-    for wave, gain in zip(waves, gains, strict=True):
-        mix += np.float32(gain) * np.asarray(wave, dtype=np.float32)
-    peak = float(np.abs(mix).max(initial=0.0))
-    if peak <= 1.0:
-        return mix, 0.0
-    return (mix / np.float32(peak)).astype(np.float32), 20.0 * math.log10(1.0 / peak)
 
 
 def generate_stems(
@@ -135,10 +122,43 @@ def generate_stems(
 ) -> StemsOutput:
     """Generate every stem on `base`'s span and settings (its prompts are ignored), then mix them.
 
-    `base.seed=None` draws one seed; stem k uses seed + k. `on_stem(k, count)`
-    is called as stem k starts (for progress bars).
+    A project of one sound per stem rendered by `selva.render.render`. `base.seed=None`
+    draws one seed; stem k uses seed + k. `on_stem(k, count)` is called as stem k starts.
     """
-    from selva import tracks
+    from selva.render import render
+
+    project = stems_project(base, stems, original_audio_gain=original_audio_gain)
+    rendered = render(
+        pipe,
+        project,
+        None,
+        callback_on_step_end=callback_on_step_end,
+        callback_on_stage=callback_on_stage,
+        on_sound=on_stem,
+        cancel=cancel,
+    )
+    return StemsOutput(
+        stems=list(stems),
+        audio=[rendered.take_audio(k) for k in range(len(stems))],
+        seeds=rendered.seeds,
+        mix=rendered.mix,
+        original=rendered.original,
+        original_audio_gain=float(original_audio_gain),
+        normalised_db=rendered.normalised_db,
+        sample_rate=rendered.sample_rate,
+        start=rendered.start,
+        duration=rendered.duration,
+        video=Path(base.video),
+        timings=rendered.timings,
+        rendered=rendered,
+    )
+
+
+def stems_project(
+    base: GenerationRequest, stems: Sequence[Stem], *, original_audio_gain: float = 0.0
+) -> Project:
+    """Stems as a project: one sound per stem, one take each, stem k from seed + k."""
+    from selva.render import draft_takes
 
     stems = check_stems(stems)
     ORIGINAL_AUDIO_GAIN.check(original_audio_gain)
@@ -147,52 +167,14 @@ def generate_stems(
         raise InputError(
             "stems follow sources in a video: upload one first (sound from text alone takes a single prompt)"
         )
-    seed = random.randrange(2**31) if base.seed is None else base.seed
-    waves, seeds, timings = [], [], {}
-    # Every stem's sync features from one decode of the span; the calls below find them cached.
-    if callback_on_stage is not None:
-        callback_on_stage("decode")
-    prompts = [s.prompt for s in stems]
-    pipe.sync_features(base.video, prompts, start=base.start, duration=base.duration, cancel=cancel)
-    out = None
-    for k, stem in enumerate(stems):
-        if on_stem is not None:
-            on_stem(k, len(stems))
-        req = replace(
-            base,
-            prompt=stem.prompt,
-            negative_prompt=stem.negative_prompt,
-            seed=seed + k,
-            num_samples=1,
-        )
-        out = pipe.generate(
-            req, callback_on_step_end=callback_on_step_end, callback_on_stage=callback_on_stage, cancel=cancel
-        )
-        waves.append(out.audio[0].numpy())
-        seeds.append(out.seed)
-        for name, seconds in out.timings.items():
-            timings[name] = timings.get(name, 0.0) + seconds
-    assert out is not None  # check_stems guarantees one stem at least
-    original = tracks.original_audio(out.video, out.start, out.duration, out.sample_rate)
-    layers, gains = list(waves), [s.gain for s in stems]
-    if original is not None and original_audio_gain:
-        layers.append(original)
-        gains.append(original_audio_gain)
-    mix, normalised_db = mix_waves(layers, gains)
-    return StemsOutput(
-        stems=stems,
-        audio=waves,
-        seeds=seeds,
-        mix=mix,
-        original=original,
-        original_audio_gain=float(original_audio_gain),
-        normalised_db=normalised_db,
-        sample_rate=out.sample_rate,
-        start=out.start,
-        duration=out.duration,
-        video=out.video,
-        timings=timings,
+    project = Project(
+        sounds=tuple(Sound(s.prompt, s.negative_prompt, s.gain) for s in stems),
+        video=str(base.video),
+        start=float(base.start),
+        duration=base.duration,
+        mix=Mix(original_audio_gain=float(original_audio_gain)),
     )
+    return draft_takes(project, seed=base.seed, steps=base.steps, cfg_strength=base.cfg_strength)
 
 
 @dataclass(frozen=True)
@@ -207,46 +189,19 @@ class StemsFiles:
 
 
 def save_stems(out: StemsOutput, folder: str | Path, name: str, *, audio_format: str = "flac") -> StemsFiles:
-    """Write `name`_mix.mp4, `name`_tracks.mp4, `name`_mix.FMT and `name`_K-prompt.FMT per stem."""
-    from selva import media, tracks
-    from selva.mux import mux
+    """Write `name`_K-prompt.FMT per stem, `name`_mix.FMT, `name`_mix.mp4 and `name`_tracks.mp4."""
+    from selva.project_files import write_mix
 
-    folder = Path(folder)
-    stem_files = []
-    for k, (stem, wave) in enumerate(zip(out.stems, out.audio, strict=True)):
-        path = folder / f"{name}_{k + 1}-{slug(stem.prompt)}.{audio_format}"
-        stem_files.append(media.write_audio(path, wave, out.sample_rate))
-    mix_audio = media.write_audio(folder / f"{name}_mix.{audio_format}", out.mix, out.sample_rate)
-    mix_video = mux(
-        out.video,
-        out.mix,
-        out.sample_rate,
-        folder / f"{name}_mix.mp4",
-        start=out.start,
-        duration=out.duration,
-    )
-    extra = [(stem.prompt, wave) for stem, wave in zip(out.stems, out.audio, strict=True)]
-    if out.original is not None:
-        extra.append(("original", out.original))
-    tracks_video = tracks.write_multitrack(mix_video, extra, out.sample_rate, folder / f"{name}_tracks.mp4")
-    return StemsFiles(mix_video, tracks_video, mix_audio, tuple(stem_files), tuple(out.seeds))
+    assert out.rendered is not None  # made by generate_stems
+    files = write_mix(out.rendered, folder, name, audio_format=audio_format)
+    assert files.mix_video is not None and files.tracks_video is not None  # stems have a video
+    seeds = tuple(out.seeds)
+    return StemsFiles(files.mix_video, files.tracks_video, files.mix_audio, files.sound_audio, seeds)
 
 
 def stems_info(out: StemsOutput) -> str:
     """Seeds per stem, the span, and whether the mix was normalised, in one line."""
-    parts = [", ".join(f"{k + 1}. {s.prompt!r} seed {seed} gain {s.gain:g}"
-                       for k, (s, seed) in enumerate(zip(out.stems, out.seeds, strict=True)))]  # fmt: skip
-    parts.append(f"{out.duration:.2f} s from {out.start:.2f} s at {out.sample_rate / 1000:g} kHz")
-    if out.original is not None and out.original_audio_gain:
-        parts.append(f"original audio at {out.original_audio_gain:g}")
-    if out.normalised_db:
-        parts.append(f"mix normalised by {out.normalised_db:.1f} dB")
-    else:
-        parts.append("mix not normalised (peak under 1.0)")
-    if "total" in out.timings:
-        parts.append(f"total {out.timings['total']:.2f} s")
-    return " · ".join(parts)
+    from selva.progress import project_info
 
-
-def slug(text: str, limit: int = 32) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-") or "stem"
+    assert out.rendered is not None  # made by generate_stems
+    return project_info(out.rendered)

@@ -79,7 +79,7 @@ def _unreadable_as_weights_error(name: str, where: Path, library: str) -> Iterat
             ) from exc
         raise WeightsError(
             f"cannot load the {name} text encoder from {where}: {damaged} is damaged or incomplete "
-            f"({type(exc).__name__}: {exc}). Delete it and run `selva download` "
+            f"({type(exc).__name__}: {exc}). Delete it and run `python -m selva download` "
             "(or copy it again into --weights-dir)."
         ) from exc
 

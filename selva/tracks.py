@@ -25,6 +25,7 @@ import numpy as np
 from selva.spec import MediaError
 
 _AAC_BIT_RATE = 192_000
+_LAYOUTS = {1: "mono", 2: "stereo"}
 
 
 def original_audio(video: str | Path, start: float, duration: float, sample_rate: int) -> np.ndarray | None:
@@ -82,8 +83,10 @@ def write_multitrack(
 
     The existing audio track is titled `mix_title` and stays the default; the
     added ones are not default, so a player plays the mix and an editor lists
-    every track by its title (stream `title` and handler name). Waves are mono
-    (N,) float in [-1, 1]. Nothing is left at `out_path` on failure.
+    every track by its title (stream `title` and handler name). Waves are float
+    in [-1, 1], mono (N,) or stereo (2, N) (a sound as the user panned it), at
+    `sample_rate` (any rate AAC has: the model's, or 48 kHz for delivery).
+    Nothing is left at `out_path` on failure.
     """
     mixed_mp4, out_path = Path(mixed_mp4), Path(out_path)
     tmp = out_path.parent / f".{out_path.name}.{uuid.uuid4().hex[:8]}.part"
@@ -105,10 +108,12 @@ def write_multitrack(
                 packet.stream = mapping[packet.stream.index]
                 copied.append(packet)
             for title, wave in tracks:
-                stream = dst.add_stream("aac", rate=sample_rate, layout="mono", options={"aac_coder": "fast"})
+                samples = _channels(wave, title)
+                layout = _LAYOUTS[samples.shape[0]]
+                stream = dst.add_stream("aac", rate=sample_rate, layout=layout, options={"aac_coder": "fast"})
                 stream.bit_rate = _AAC_BIT_RATE
                 _label(stream, title, default=False)
-                copied += _encode(stream, wave, sample_rate)
+                copied += _encode(stream, samples, sample_rate)
             # Decoding-time order across all tracks, so a streaming player finds them together.
             copied.sort(key=lambda p: p.dts * p.time_base)
             for packet in copied:
@@ -130,8 +135,16 @@ def _label(stream: av.stream.Stream, title: str, *, default: bool) -> None:
     stream.disposition = av.stream.Disposition.default if default else av.stream.Disposition(0)
 
 
-def _encode(stream: av.AudioStream, wave: np.ndarray, sample_rate: int) -> list[av.Packet]:
-    samples = np.ascontiguousarray(np.clip(np.asarray(wave, dtype=np.float32), -1.0, 1.0)[None])
-    frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+def _channels(wave: np.ndarray, title: str) -> np.ndarray:
+    """(C, N) float32 in [-1, 1] from mono (N,) or (1 or 2, N)."""
+    samples = np.asarray(wave, dtype=np.float32)
+    samples = samples[None] if samples.ndim == 1 else samples
+    if samples.ndim != 2 or samples.shape[0] not in _LAYOUTS or samples.shape[1] == 0:
+        raise MediaError(f"track {title!r} must be mono (N,) or stereo (2, N) audio, got {np.shape(wave)}")
+    return np.ascontiguousarray(np.clip(samples, -1.0, 1.0))
+
+
+def _encode(stream: av.AudioStream, samples: np.ndarray, sample_rate: int) -> list[av.Packet]:
+    frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout=_LAYOUTS[samples.shape[0]])
     frame.sample_rate, frame.pts, frame.time_base = sample_rate, 0, Fraction(1, sample_rate)
     return stream.encode(frame) + stream.encode()

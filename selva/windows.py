@@ -8,18 +8,19 @@ whole span's tokens, and one TextSynch pass over the span serves every window.
 A start on a stride is also a whole number of audio samples at 16 kHz and
 44.1 kHz, so the windows' audio lines up sample for sample.
 
-The plan is plain arithmetic; the per-window noise and the crossfade make tensors.
+The plan is plain arithmetic; the noise rule (`draw_noise`) and the crossfade make tensors.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from selva.sequence import SEGMENT_FRAMES, SEGMENT_STRIDE, SYNC_FPS, TOKENS_PER_SEGMENT, SequenceLengths
-from selva.spec import MIN_DURATION, TRAINED_DURATION, InputError
+from selva.sequence import SEGMENT_FRAMES, SEGMENT_STRIDE, SYNC_FPS, TOKENS_PER_SEGMENT
+from selva.spec import MIN_DURATION, TRAINED_DURATION, InputError, check_duration
 
 DEFAULT_WINDOW_OVERLAP = 1.0  # seconds; long enough to hide a seam, short enough to cost little
 STRIDE_SECONDS = SEGMENT_STRIDE / SYNC_FPS  # 0.32 s: the grid window starts sit on
@@ -132,23 +133,19 @@ def _rms(x: torch.Tensor) -> torch.Tensor:
     return x.pow(2).mean(dim=1).sqrt()
 
 
-def window_noise(
-    windows: list[Window], num_samples: int, seed: int, *, latent_dim: int, hop_length: int
+def draw_noise(
+    latent_lens: Sequence[int], num_samples: int, seed: int, *, latent_dim: int
 ) -> list[torch.Tensor]:
-    """Per window, noise (num_samples, L_w, C): candidate k's windows come in order from seed + k.
+    """The noise rule: per window of latent length L_w, noise (num_samples, L_w, C).
 
-    One CPU generator per candidate, so the same seed gives the same noise on every device,
-    any candidate can be reproduced alone, and the first window's noise is a one-window
-    call's noise: a span of one window is exactly the plain call.
+    Candidate k's noise comes from one CPU generator seeded with seed + k, which draws its
+    windows' noise in window order. So the same seed gives the same noise on every device,
+    any candidate can be reproduced alone (candidate k of seed s is candidate 0 of seed s + k),
+    and a span of one window is drawn exactly as the first window of a longer one.
+    Every caller (the pipeline's call, ComfyUI, the tests) gets its noise from here.
     """
     gens = [torch.Generator().manual_seed(seed + k) for k in range(num_samples)]
-    out = []
-    for w in windows:
-        n = SequenceLengths.from_duration(
-            w.duration, sample_rate=w.sample_rate, hop_length=hop_length
-        ).latent_len
-        out.append(torch.cat([torch.randn((1, n, latent_dim), generator=g) for g in gens]))
-    return out
+    return [torch.cat([torch.randn((1, n, latent_dim), generator=g) for g in gens]) for n in latent_lens]
 
 
 def window_batches(windows: list[Window], size: int) -> list[list[Window]]:
@@ -167,9 +164,13 @@ def resolve_span(
 ) -> float:
     """The seconds to sonify from `start`: as asked, or what is left of the video up to `max_duration`.
 
-    Refuses a start past the end, a duration running past it (by more than a frame) and spans
-    shorter than one TextSynch segment, each with the fix in its message.
+    The one span rule of every front end (`video_duration` is math.inf for sound from the
+    prompt alone). Refuses a duration over `max_duration`, a start past the end, a duration
+    running past it (by more than a frame) and spans shorter than one TextSynch segment,
+    each with the fix in its message.
     """
+    if duration is not None:
+        check_duration(duration, max_duration)
     left = video_duration - start
     if left <= 0:
         raise InputError(

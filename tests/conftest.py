@@ -18,7 +18,7 @@ def fixtures_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_hub(fixtures_dir, tmp_path_factory):
     """The tiny fake Hub (see tests/tiny_hub.py), active for the whole session: HF_HOME and
-    HF_HUB_CACHE point at it, HF_HUB_OFFLINE=1, and the variants tiny_16k / tiny_44k are registered.
+    HF_HUB_CACHE point at it, HF_HUB_OFFLINE=1, and SELVA_VARIANTS_FILE names tiny_16k / tiny_44k.
     Treat it as read-only; tests that break files use `fresh_tiny_hub`."""
     from tiny_hub import build_tiny_hub
 

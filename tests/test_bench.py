@@ -142,7 +142,7 @@ def test_bench_builds_loads_and_reports_every_field(
 
 
 def test_bench_on_given_weights_dir(bench, tiny_hub, tmp_path, capsys):
-    # --weights-dir: the registered variant as is (MD5 sums checked), nothing built.
+    # --weights-dir: the known variant as is (MD5 sums checked), nothing built.
     weights = tiny_hub.write_weights_dir(tmp_path / "weights", TINY_16K)
     assert bench.main([*tiny_args(tmp_path / "cache"), "--weights-dir", str(weights)]) == 0
     result = bench_json(capsys)
@@ -375,6 +375,52 @@ def test_vs_reference_refuses_without_the_reference(vs_reference, tmp_path, caps
     assert vs_reference.main(args) == 2
     assert "venv/bin/python is not an executable file" in capsys.readouterr().err
     assert not (tmp_path / "cache").exists()  # refused before building or running anything
+
+
+def test_vs_reference_cuda_commands_without_the_reference(vs_reference, tmp_path):
+    """--device cuda: both sides see the GPU, the reference at its default bf16, ours compiled on cuda
+    with its compile cache in our state folder; nothing needs the reference or a GPU to build them."""
+    ref_dir, python, clip, weights = (tmp_path / n for n in ("ref", "py", "clip.mp4", "w"))
+    state = tmp_path / "state"
+
+    def commands(*extra: str):
+        args = vs_reference.parse_args(["--cache-dir", str(tmp_path / "cache"), *extra])
+        ours = vs_reference.ours_cmd(args, clip, weights, tmp_path / "o", args.ours_precision[0])
+        reference = vs_reference.reference_cmd(args, ref_dir, python, clip, tmp_path / "r")
+        return (
+            args,
+            ours,
+            reference,
+            vs_reference.side_envs(args, ref_dir, state),
+            vs_reference.bench_cmd(args),
+        )
+
+    args, ours, reference, (ref_env, ours_env), bench = commands("--device", "cuda")
+    assert (args.reference_precision, args.ours_precision) == ("bf16", ["auto"])
+    assert ours[1:4] == ["-m", "selva", "generate"] and "--compile" in ours and "--precision" not in ours
+    assert ours[ours.index("--device") + 1] == "cuda"
+    assert reference[0] == str(python) and reference[3] == str(ref_dir.resolve())
+    assert "--full_precision" not in reference  # the demo's own default: bfloat16 on CUDA
+    assert reference[reference.index("--video") + 1] == str(clip)
+    assert "CUDA_VISIBLE_DEVICES" not in ref_env and "CUDA_VISIBLE_DEVICES" not in ours_env
+    assert ours_env["SELVA_STATE_DIR"] == str(state) and ref_env["HF_HOME"] == str(ref_dir / "hf")
+    assert ref_env["HF_HUB_OFFLINE"] == ours_env["HF_HUB_OFFLINE"] == "1"
+    assert bench[bench.index("--device") + 1] == "cuda" and "--compile" in bench
+
+    # The CPU run is as before: no GPU visible to either side (demo.py would take one), fp32 reference.
+    args, ours, reference, (ref_env, ours_env), bench = commands()
+    assert (args.reference_precision, args.ours_precision) == ("fp32", ["auto", "fp32"])
+    assert "--compile" not in ours and ours[ours.index("--device") + 1] == "cpu"
+    assert reference[-1] == "--full_precision"
+    assert ref_env["CUDA_VISIBLE_DEVICES"] == ours_env["CUDA_VISIBLE_DEVICES"] == ""
+    assert "--compile" not in bench and bench[bench.index("--device") + 1] == "cpu"
+
+
+def test_vs_reference_call_seconds_compare_like_with_like(vs_reference):
+    ours = {"load": 9.0, "generate_and_save": 0.5}
+    reference = {"load": 20.0, "decode": 0.5, "generate": 2.0, "mux": 0.5, "imports": 4.0}
+    assert vs_reference.call_seconds(ours, reference) == (0.5, 3.0)
+    assert vs_reference.call_seconds({}, {"generate": 2.0}) == (None, None)  # a failed side's stages
 
 
 def test_vs_reference_measures_a_child(children, tmp_path):

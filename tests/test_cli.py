@@ -83,9 +83,21 @@ def test_defaults_and_limits_come_from_the_spec(capsys):
     assert batch.samples_arg(str(spec.NUM_SAMPLES.maximum)) == spec.NUM_SAMPLES.maximum
     assert batch.seed_arg("7.0") == 7  # spreadsheets write whole numbers so
     assert batch.seed_arg(str(spec.SEED.maximum)) == spec.SEED.maximum  # exact, not through a float
-    for flag, limit in (("--cfg", spec.CFG_STRENGTH), ("--samples", spec.NUM_SAMPLES), ("--seed", spec.SEED)):
+    args = cli.build_parser().parse_args(["generate", "clip.mp4", "--prompt", "x"])
+    assert (args.steps, args.cfg, args.samples, args.seed, args.start, args.max_duration) == (
+        spec.STEPS.default,
+        spec.CFG_STRENGTH.default,
+        spec.NUM_SAMPLES.default,
+        spec.SEED.default,
+        spec.START.default,
+        spec.DEFAULT_MAX_DURATION,
+    )
+    limits = [("--cfg", spec.CFG_STRENGTH), ("--samples", spec.NUM_SAMPLES), ("--seed", spec.SEED)]
+    for flag, limit in limits:
         code, _, err = run(capsys, "generate", "clip.mp4", "--prompt", "x", flag, str(limit.maximum + 1))
-        assert code == 2 and f"from {batch._show(limit.minimum)} to {batch._show(limit.maximum)}" in err, err
+        assert code == 2 and f"from {limit.minimum:g} to {int(limit.maximum)}" in err, err
+        # The spec's own words (Limit.check), with the flag for the argument's name.
+        assert f"argument {flag}: must be a " in err and "Traceback" not in err
 
 
 def test_missing_video_is_one_line(capsys, tmp_path):
@@ -126,7 +138,7 @@ def test_missing_list_exits_2(capsys, tmp_path):
         ("video,negative\na.mp4,wind\n", "header needs the columns video and prompt"),
         ("video,prompt,sed\na.mp4,dog,1\n", "unknown column(s) sed"),
         ("video,prompt,seed\na.mp4,dog,1\nb.mp4,cat,one\n", "line 3: seed expected a whole number"),
-        ("video,prompt,start\na.mp4,dog,-2\n", "line 2: start must be 0 or more"),
+        ("video,prompt,start\na.mp4,dog,-2\n", "line 2: start must be a number of 0 or more"),
         ("video,prompt,duration\na.mp4,dog,1e9\n", "line 2: duration must be above 0 and at most 600"),
         ("video,prompt\na.mp4,\n", "line 2: the prompt cell is empty"),
         ("video,prompt\n,dog\n", "line 2: the video cell is empty"),
@@ -141,7 +153,10 @@ def test_missing_list_exits_2(capsys, tmp_path):
         ),
         ("video,prompt,prompt_3\na.mp4,dog,rain\n", "line 2: prompt_3 is filled but prompt_2 is empty"),
         ("video,prompt_2\na.mp4,dog\n", "header needs the columns video and prompt"),
-        ("video,prompt,prompt_2,gain_2\na.mp4,dog,rain,2.5\n", "line 2: gain_2 must be from 0 to 2, got 2.5"),
+        (
+            "video,prompt,prompt_2,gain_2\na.mp4,dog,rain,2.5\n",
+            "line 2: gain_2 must be a number from 0 to 2 (1 is typical), got 2.5",
+        ),
         ("video,prompt,gain\na.mp4,dog,loud\n", "line 2: gain expected a number, got 'loud'"),
         (
             "video,prompt,prompt_2,prompt_3,prompt_4,prompt_5\na.mp4,a,b,c,d,e\n",
@@ -211,7 +226,6 @@ def test_list_rows_with_several_prompts_are_stems(tmp_path):
     ("options", "message"),
     [
         (["--samples", "2"], "line 3: --samples works with one prompt"),
-        (["--keep-original-audio", "2.5"], "line 3: --keep-original-audio with stems is at most 2"),
         (["--prompt", "a", "--negative", "x", "--negative", "y"], "give --negative once per --prompt (1)"),
     ],
 )
@@ -228,6 +242,132 @@ def test_five_prompts_are_refused_before_loading(capsys, tmp_path):
     for command in (["batch", listing], ["generate", listing]):
         code, _, err = run(capsys, *command, *five, "--variant", NO_SUCH_VARIANT)
         assert code == 2 and "give 1 to 4 stems (one --prompt each), got 5" in err
+
+
+# -- malformed lists, duplicates and late checks: refused before any model loads -----------------
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # An unterminated quote used to swallow every following row into its prompt.
+        (
+            'video,prompt,seed\na.mp4,dog,1\nshort.mp4,"car engine,2\nb.mp4,dog,3\nc.mp4,cat,4\n',
+            "line 3: a quote is not closed",
+        ),
+        # Closed rows later: the one cell would run over three lines.
+        ('video,prompt\nshort.mp4,"car engine\nb.mp4,dog\nc.mp4,cat"\n', "line 2: a quote is not closed"),
+        ('video,prompt\na.mp4,"dog" barking\n', "line 2: "),
+        ('video,prompt\na.mp4,dog,"barking, loud"\n', "line 2 has more cells than columns"),
+    ],
+)
+def test_broken_quotes_exit_2_with_the_line(capsys, tmp_path, text, message):
+    listing = write_csv(tmp_path / "list.csv", text)
+    code, out, err = run(capsys, "batch", listing, "--variant", NO_SUCH_VARIANT)
+    assert code == 2, err
+    assert f"selva: error: {listing} {message}" in err
+    assert len(err.strip().splitlines()) == 1 and out == ""
+
+
+@pytest.mark.parametrize(
+    ("encoding", "message"),
+    [
+        ("utf-16", "line 1 is UTF-16 text"),  # what Excel's "Unicode text" and PowerShell write
+        ("utf-16-le", "line 1 is UTF-16 text"),  # the same without its byte-order mark
+        ("cp1252", "line 3 is not UTF-8 text"),  # Excel's plain "CSV" on Windows
+    ],
+)
+def test_lists_not_in_utf8_exit_2_saying_so(capsys, tmp_path, encoding, message):
+    listing = tmp_path / "list.csv"
+    listing.write_bytes("video,prompt\na.mp4,dog\nb.mp4,café terrace\n".encode(encoding))
+    code, out, err = run(capsys, "batch", listing, "--variant", NO_SUCH_VARIANT)
+    assert code == 2, err
+    assert f"{listing} {message}" in err and "save it as UTF-8" in err
+    assert len(err.strip().splitlines()) == 1 and out == ""
+
+
+def test_duplicate_rows_are_reported_and_run_once(capsys, tmp_path):
+    listing = write_csv(
+        tmp_path / "list.csv",
+        "video,prompt,seed\na.mp4,dog,1\nb.mp4,cat,\n./a.mp4, dog ,1\nb.mp4,cat,\na.mp4,dog,2\n",
+    )
+    args = cli.build_parser().parse_args(["batch", str(listing)])
+    items = batch_csv.items_from_csv(listing, args)
+    kept = [f"{listing} line {n} ({video})" for n, video in ((2, "a.mp4"), (3, "b.mp4"), (6, "a.mp4"))]
+    assert [i.where for i in items] == kept
+    # Through the command: a warning per repeat, naming both lines, before anything loads.
+    code, _, err = run(capsys, "batch", listing, "--variant", NO_SUCH_VARIANT)
+    assert code == 2 and "unknown variant" in err
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 2
+    assert f"{listing} line 4 repeats line 2" in warnings[0] and "runs once" in warnings[0]
+    assert f"{listing} line 5 repeats line 3" in warnings[1]
+
+
+@pytest.mark.parametrize("command", ["generate", "batch"])
+def test_duration_over_the_cap_is_refused_before_loading(capsys, tmp_path, command):
+    """`--duration 1e9` is refused as the same value in a CSV cell is: before the variant is looked up."""
+    video = tmp_path / "a.mp4"
+    video.write_bytes(b"")
+    source = video if command == "generate" else write_csv(tmp_path / "list.csv", "video,prompt\na.mp4,dog\n")
+    argv = [command, source, "--prompt", "dog", "--variant", NO_SUCH_VARIANT, "--out", tmp_path / "out"]
+    code, out, err = run(capsys, *argv, "--duration", "1e9")
+    assert code == 2, err
+    assert "--duration" in err and "at most 600" in err and "--max-duration" in err
+    assert "unknown variant" not in err and out == "" and not (tmp_path / "out").exists()
+    # The cap is --max-duration's: raising it lets the same span through to the variant's lookup.
+    code, _, err = run(capsys, *argv, "--duration", "700", "--max-duration", "800")
+    assert code == 2 and "unknown variant" in err
+
+
+def test_duration_over_the_cap_fails_as_input_not_weights_with_an_empty_cache(capsys, tmp_path, monkeypatch):
+    """No weights at all (an empty offline cache): the input error still comes first, exit 2, not 3."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "empty_cache"
+    cache.mkdir()
+    for key, value in (("HF_HOME", cache), ("HF_HUB_CACHE", cache), ("HF_HUB_OFFLINE", "1")):
+        monkeypatch.setenv(key, str(value))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.delenv("SELVA_WEIGHTS_DIR", raising=False)
+    video = tmp_path / "a.mp4"
+    video.write_bytes(b"")
+    argv = ["generate", video, "--prompt", "dog", "--out", tmp_path / "out", "--device", "cpu"]
+    code, _, err = run(capsys, *argv, "--duration", "1e9")
+    assert code == 2 and "--duration" in err, err
+    code, _, err = run(capsys, *argv, "--duration", "1")  # the same command, valid: the weights are missing
+    assert code == 3, err
+
+
+@pytest.mark.parametrize("value", ["99", "1e30", "-1", "nan"])
+def test_keep_original_audio_has_one_range(capsys, tmp_path, value):
+    from selva import spec
+
+    limit = spec.ORIGINAL_AUDIO_GAIN
+    for prompts in (["--prompt", "dog"], ["--prompt", "dog", "--prompt", "rain"]):  # one generation, stems
+        argv = ["generate", "a.mp4", *prompts, "--keep-original-audio", value, "--variant", NO_SUCH_VARIANT]
+        code, _, err = run(capsys, *argv)
+        assert code == 2, err
+        assert "--keep-original-audio" in err and "Traceback" not in err
+        if value != "nan":
+            assert f"from {limit.minimum:g} to {limit.maximum:g}" in err
+    args = cli.build_parser().parse_args(["generate", "a.mp4", "--prompt", "x", "--keep-original-audio", "2"])
+    assert args.keep_original_audio == limit.maximum
+
+
+def test_prompt_limit_is_inclusive_as_worded(capsys, tmp_path):
+    from selva import spec
+
+    video = tmp_path / "a.mp4"
+    video.write_bytes(b"")
+    most = "x" * spec.MAX_PROMPT_CHARS
+    args = cli.build_parser().parse_args(["generate", str(video), "--prompt", most])
+    assert batch.items_for([video], args)[0].prompt == most
+    code, _, err = run(capsys, "generate", video, "--prompt", most + "x", "--variant", NO_SUCH_VARIANT)
+    assert code == 2
+    most = spec.MAX_PROMPT_CHARS
+    assert f"is {most + 1} characters long; keep it to {most} or fewer" in err
 
 
 def test_items_never_write_each_others_files(capsys, tmp_path):
@@ -656,7 +796,7 @@ def assert_hint_names_real_options(capsys) -> None:
     """Every option the out-of-memory hint suggests exists, and takes the value it suggests."""
     import re
 
-    from selva.variants import VARIANTS
+    from selva.variants import RELEASED
 
     suggested = re.findall(r"(--[a-z-]+)(?: ([a-z0-9_]+))?", batch.OOM_HINT)
     assert [flag for flag, _ in suggested] == [
@@ -669,7 +809,7 @@ def assert_hint_names_real_options(capsys) -> None:
     ]
     with_values = [part for flag, value in suggested if value for part in (flag, value)]
     args = cli.build_parser().parse_args(["generate", "clip.mp4", "--prompt", "x", *with_values])
-    assert args.variant in VARIANTS
+    assert args.variant in RELEASED
     for command in ("generate", "batch"):
         _, help_text, _ = run(capsys, command, "--help")
         assert all(flag in help_text for flag, value in suggested if not value)
@@ -699,6 +839,54 @@ def test_missing_weights_exit_3(fresh_tiny_hub, clips, tmp_path, capsys):
     assert not any(out_dir.iterdir())
 
 
+KILLED_WRITES = """
+import os, signal, sys
+from pathlib import Path
+from selva.containers import atomic_write
+
+def writer(rest):
+    # Each write opens the next, so every temporary file exists when the process is killed outright
+    # (kill -9): the finally that would remove them never runs.
+    def write(tmp):
+        tmp.write_bytes(b"half")
+        if rest:
+            atomic_write(rest[0], writer(rest[1:]))
+        os.kill(os.getpid(), signal.SIGKILL)
+    return write
+
+paths = [Path(p) for p in sys.argv[1:]]
+atomic_write(paths[0], writer(paths[1:]))
+"""
+
+
+def leave_part_files(*paths: Path) -> list[Path]:
+    """The temporary files writes killed with SIGKILL leave beside `paths`, named as selva names them."""
+    before = {p for path in paths for p in path.parent.iterdir()}
+    done = subprocess.run([sys.executable, "-c", KILLED_WRITES, *map(str, paths)], cwd=ROOT, timeout=120)
+    assert done.returncode == -9
+    parts = []
+    for path in paths:
+        (part,) = [p for p in path.parent.glob(f".{path.name}.*.part") if p not in before]
+        assert not path.exists()
+        parts.append(part)
+    return parts
+
+
+def test_rerun_removes_the_stale_part_files_of_its_outputs(tiny_hub, clips, tmp_path, capsys):
+    listing = write_csv(clips / "parts.csv", "video,prompt,seed\ndog.mp4,dog barking,1\n")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    # The last two are not this run's outputs: another list's, and a --samples run's candidate.
+    parts = leave_part_files(*(out_dir / n for n in ("dog.flac", "dog.mp4", "cat.flac", "dog_1.flac")))
+    stale, others = parts[:2], parts[2:]
+    code, out, err = run(capsys, "batch", listing, "--out", out_dir, *FAST)
+    assert code == 0, err
+    assert not any(p.exists() for p in stale)
+    assert f"removed 2 unfinished file(s) a stopped run left in {out_dir}" in err
+    left = sorted(p.name for p in out_dir.iterdir())
+    assert left == sorted(["dog.flac", "dog.mp4", *(p.name for p in others)])
+
+
 CHILD = """
 import sys
 import pytest
@@ -725,7 +913,8 @@ def test_signal_stops_a_batch_keeping_finished_clips(
     import signal
     import threading
 
-    listing = write_csv(clips / "many.csv", "video,prompt,seed\n" + "dog.mp4,dog barking,1\n" * 40)
+    rows = "".join(f"dog.mp4,dog barking,{seed}\n" for seed in range(1, 41))  # repeated rows would run once
+    listing = write_csv(clips / "many.csv", "video,prompt,seed\n" + rows)
     out_dir = tmp_path / "out"
     argv = ["batch", str(listing), "--out", str(out_dir), *FAST[:2], "--steps", "100", "--device", "cpu"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])}

@@ -202,7 +202,7 @@ def test_each_node_follows_the_classic_node_contract(name, tiny_hub):
 def test_the_variant_list_is_the_registry_with_medium_44k_first_choice(tiny_hub):
     variant, options = NODE_CLASS_MAPPINGS["SelvaModelLoader"].INPUT_TYPES()["required"]["variant"]
     assert variant[:4] == ["small_16k", "small_44k", "medium_44k", "large_44k"]
-    assert {"tiny_16k", "tiny_44k"} <= set(variant)  # registered by the tiny hub
+    assert {"tiny_16k", "tiny_44k"} <= set(variant)  # from the tiny hub's variants file
     assert options["default"] == "medium_44k"
 
 
@@ -271,6 +271,20 @@ def test_extractor_and_sampler_make_the_pipelines_audio(model, clip25, tmp_path)
     (short,) = sample(model, features, "", "wind noise", 1.5, 4, 4.5, 3)  # empty prompt: the extractor's
     out = model(clip25, "dog barking", "wind noise", steps=4, cfg_strength=4.5, seed=3, duration=1.5)
     torch.testing.assert_close(short["waveform"][0], out.audio, atol=1e-5, rtol=1e-4)
+
+
+def test_a_20_second_span_runs_through_the_pipelines_windows(comfyui, model, tmp_path):
+    clip = make_video(tmp_path / "clip20.mp4", seconds=20.0, fps=25, gop=25)
+    image = as_image(decoded_squashed(clip))
+    features, duration = extract(model, image, "dog barking", 25.0, 0.0, str(tmp_path))
+    assert duration == pytest.approx(20.0)
+    (audio,) = sample(model, features, "dog barking", "wind noise", 0.0, 2, 4.5, 3)
+    out = model(clip, "dog barking", "wind noise", steps=2, cfg_strength=4.5, seed=3)
+    assert out.windows == 3  # the app's call sonifies 20 s in overlapping 8 s windows
+    assert audio["waveform"].shape == (1, 1, out.audio.shape[1]) == (1, 1, 20 * 16000)
+    torch.testing.assert_close(audio["waveform"][0], out.audio, atol=1e-5, rtol=0)
+    # The node's bar counts the steps of every window pass: two equal windows, then the last.
+    assert comfyui.progress == [(1, 4), (2, 4), (3, 4), (4, 4)]
 
 
 def test_a_30_fps_clip_gives_audio_as_long_as_the_clip(model, clip30, tmp_path):

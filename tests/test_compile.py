@@ -8,12 +8,27 @@ freshly initialised weights: compiling is what is tested here, parity with
 the reference is tested elsewhere. Each compile takes a while on two cores, so each network compiles once.
 """
 
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 from torch._dynamo.utils import counters
 
-from selva.compile import CUDA_GRAPH_MODE, compile_networks, compile_pipeline, compile_plan, is_compiled
+from selva.compile import (
+    CUDA_GRAPH_MODE,
+    CompilePlan,
+    bucket_rows,
+    compile_networks,
+    compile_pipeline,
+    compile_plan,
+    is_compiled,
+)
+from selva.compile_cache import INDUCTOR_CACHE_ENV, compile_cache_dir
 from selva.models.bigvgan import BigVGAN, BigVGANConfig
 from selva.models.generator import Generator, GeneratorConfig
 from selva.models.text_synch import MotionFormerConfig, TextSynch, TextSynchConfig
@@ -34,7 +49,7 @@ TINY_VOCODER = BigVGANConfig(
     resblock_dilation_sizes=((1, 3),),
 )
 TOLERANCE = dict(atol=1e-4, rtol=1e-4)
-
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def compiles() -> int:
@@ -67,16 +82,22 @@ def test_compile_plans():
     assert compile_plan("mps", "max-autotune").generator_mode == "max-autotune"
 
 
-def test_compile_pipeline_leaves_an_offloaded_vocoder_eager():
+def test_compile_pipeline_leaves_an_offloaded_vocoder_eager(tmp_path, monkeypatch):
     # Nothing is compiled before a first call, so this costs no compile time.
+    monkeypatch.setenv("SELVA_STATE_DIR", str(tmp_path))
+    monkeypatch.delenv(INDUCTOR_CACHE_ENV, raising=False)  # restored after the test
     pipe = SimpleNamespace(
         generator=Generator(TINY_GENERATOR),
         text_synch=TextSynch(TINY_TEXT_SYNCH),
         vocoder=BigVGAN(TINY_VOCODER),
         device=torch.device("cpu"),
         offload=True,
+        variant=SimpleNamespace(name="tiny_16k"),
     )
     compile_pipeline(pipe)
+    folder = compile_cache_dir("tiny_16k", "cpu")
+    assert os.environ[INDUCTOR_CACHE_ENV] == str(folder) and folder.is_dir()
+    assert folder.parent == tmp_path / "compile" and folder.name.startswith(torch.__version__)
     assert is_compiled(pipe.generator) and is_compiled(pipe.text_synch, "encode_segments")
     assert not is_compiled(pipe.vocoder)
     forward = pipe.generator.forward
@@ -147,3 +168,83 @@ def test_compiled_vocoder_matches_eager_at_two_durations():
             torch.testing.assert_close(voc(mel), expected, **TOLERANCE)
     assert compiles() == before + 1
 
+
+def test_bucket_rows():
+    assert [bucket_rows(n) for n in (1, 2, 3, 4, 5, 9, 17, 32, 33, 65)] == [1, 2, 4, 4, 8, 16, 32, 32, 64, 96]
+
+
+def repeated(conditions, times: int):
+    return dataclasses.replace(
+        conditions,
+        **{
+            f.name: getattr(conditions, f.name).repeat_interleave(times, dim=0)
+            for f in dataclasses.fields(conditions)
+        },
+    )
+
+
+def test_two_row_counts_in_one_bucket_compile_once():
+    # Static shapes, as CUDA's first compile: without the padding, 6 rows after 8 would compile again.
+    gen = Generator(TINY_GENERATOR).eval()
+    static = CompilePlan("cpu", "default", "default", dynamic=False)
+    with torch.inference_mode():  # inputs made inside too, as the pipeline makes them (dynamo guards on it)
+        latent, t, both = generator_inputs(gen, 1.0, 2)  # 2 rows: both CFG branches of one candidate
+        four = (latent.repeat(4, 1, 1), t.repeat(4), repeated(both, 4))  # 8 rows: 4 candidates
+        three = (latent.repeat(3, 1, 1), t.repeat(3), repeated(both, 3))  # 6 rows: 3 candidates
+        expected = gen(*three)
+        compile_networks(gen, None, None, device="cpu", plan=static)
+        before = compiles()
+        gen(*four)
+        got = gen(*three)
+    assert compiles() == before + 1  # one graph for the bucket of 8 rows
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, **TOLERANCE)
+
+
+# One joint block: the least graph that still runs every piece of the forward, since inductor
+# compiles it in full in the first process (minutes on two busy cores).
+CACHED_GENERATOR = dataclasses.replace(TINY_GENERATOR, depth=1, fused_depth=0)
+
+CHILD = """
+import json, sys
+import torch
+from types import SimpleNamespace
+from torch._dynamo.utils import counters
+from selva.compile import compile_pipeline
+from selva.models.generator import Generator
+from test_compile import CACHED_GENERATOR, generator_inputs
+
+torch.manual_seed(0)
+gen = Generator(CACHED_GENERATOR).eval()
+pipe = SimpleNamespace(generator=gen, text_synch=None, vocoder=None, device=torch.device("cpu"),
+                       offload=False, variant=SimpleNamespace(name="tiny_16k"))
+compile_pipeline(pipe)
+with torch.inference_mode():
+    gen(*generator_inputs(gen, 1.0, 0))
+print(json.dumps({"inductor": dict(counters["inductor"]), "graphs": counters["stats"]["unique_graphs"]}))
+"""
+
+
+def compile_in_a_new_process(state_dir: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != INDUCTOR_CACHE_ENV}
+    env.update(
+        SELVA_STATE_DIR=str(state_dir),
+        PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
+        TORCHINDUCTOR_COMPILE_THREADS="1",  # no pool of compile workers for one tiny graph
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_second_process_reads_the_compile_cache(tmp_path):
+    first = compile_in_a_new_process(tmp_path)
+    assert first["inductor"].get("fxgraph_cache_miss", 0) >= 1  # compiled, and stored
+    folder = compile_cache_dir("tiny_16k", "cpu")  # named alike in this process (same torch and CPU)
+    assert (tmp_path / "compile" / folder.name).is_dir()
+    second = compile_in_a_new_process(tmp_path)
+    assert second["graphs"] == first["graphs"]  # dynamo traced the same graphs again...
+    assert second["inductor"].get("fxgraph_cache_miss", 0) == 0  # ...and inductor compiled none of them
+    assert second["inductor"].get("fxgraph_cache_hit", 0) == first["inductor"]["fxgraph_cache_miss"]

@@ -1,12 +1,16 @@
-"""Frames for TextSynch in chunks: one decoder pass in blocks, a worker thread ahead of TextSynch."""
+"""Frames for TextSynch in chunks: one decoder pass in blocks, a worker thread ahead of TextSynch;
+and the device-side resize (selva.device_frames) against the CPU path."""
 
 import threading
 
+import av
+import numpy as np
 import pytest
 import torch
-from media_factory import make_video
+from media_factory import make_moving_video, make_video
 
 from selva import media
+from selva.device_frames import squash_frames, squash_frames_fixed_point
 from selva.frame_feed import FrameFeed
 from selva.sequence import SEGMENT_FRAMES, SEGMENT_STRIDE, SequenceLengths
 from selva.spec import MediaError
@@ -72,3 +76,46 @@ def test_leaving_early_stops_the_worker(tmp_path):
         first, frames = next(iter(feed))
         assert first == 0 and len(frames) == SEGMENT_FRAMES
     assert not feed._worker.is_alive() and threading.active_count() == before
+
+
+def _decoded_pictures(clip, info, *, start: float, duration: float, fps: float = 25) -> torch.Tensor:
+    """Full-size RGB pictures (T, H, W, 3) that read_frames picks for the span: for each target time,
+    the first decoded frame at or after it (the targets' running sum is media's own)."""
+    decoded = []
+    with av.open(str(clip)) as container:
+        for frame in container.decode(video=0):
+            decoded.append((float(frame.time), frame.to_ndarray(format="rgb24", threads=1)))
+    count = len(media.read_frames(clip, start=start, duration=duration, fps=fps, info=info))
+    picked = [
+        next(rgb for t, rgb in decoded if t >= target) for target in media.target_times(start, fps, count)
+    ]
+    return torch.from_numpy(np.stack(picked))
+
+
+@pytest.mark.parametrize(
+    ("size", "rotation", "start"),
+    [((640, 360), None, 0.0), ((320, 240), 90, 0.3), ((160, 96), 270, 0.0), ((100, 180), None, 0.5)],
+)
+def test_device_side_squash_gives_the_cpu_paths_frames(tmp_path, size, rotation, start):
+    # Textured moving pictures (sharp edges, gradients) downscaled and, for 100x180, also upscaled;
+    # the rotated clips check the turn upright.
+    clip = make_moving_video(tmp_path / "c.mp4", seconds=1.6, size=size)
+    if rotation is not None:
+        clip = make_video(tmp_path / "r.mp4", seconds=1.6, size=size, rotation=rotation, marker=True)
+    info = media.probe(clip)
+    cpu = media.read_frames(clip, start=start, duration=1.0, info=info)
+    pictures = _decoded_pictures(clip, info, start=start, duration=1.0)
+    assert torch.equal(squash_frames(pictures, 224, rotation=info.rotation), cpu)  # media's kernel itself
+    # CPU tensors stand in for a GPU's: the fixed-point path is what runs off the CPU. The issue asks
+    # for 1 level; it is exact.
+    fixed = squash_frames_fixed_point(pictures, 224, chunk=7)
+    if info.rotation:
+        fixed = torch.rot90(fixed, k=info.rotation // 90, dims=(2, 3))
+    assert fixed.dtype == torch.uint8 and torch.equal(fixed, cpu)
+
+
+def test_device_side_squash_refuses_what_is_not_rgb_pictures():
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        squash_frames(torch.zeros(2, 8, 8, 3), 4)
+    with pytest.raises(ValueError, match="multiple of 90"):
+        squash_frames(torch.zeros(2, 8, 8, 3, dtype=torch.uint8), 4, rotation=45)

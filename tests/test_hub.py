@@ -1,24 +1,44 @@
 """Variant registry and weight look-up: the tiny Hub offline, missing/corrupt files, local folders."""
 
+import dataclasses
 import hashlib
+import http.server
 import json
+import os
 import re
 import shutil
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
 
 import pytest
 import torch
+from huggingface_hub import constants
 from tiny_hub import TINY_16K, TINY_44K, build_tiny_hub
 
 import selva.hub
 from selva.hub import REPOS, local_path, required_files, resolve, verify_md5
+from selva.hub_network import DownloadTracker, hub_unreachable
 from selva.loading import network_config
 from selva.models.bigvgan import BigVGAN
 from selva.models.generator import Generator
 from selva.models.text_synch import TextSynch
 from selva.models.vae import VAEDecoder
 from selva.spec import InputError, WeightsError
-from selva.variants import VARIANTS, get_variant, human_size
+from selva.variants import (
+    RELEASED,
+    VARIANTS_FILE_ENV,
+    Variant,
+    get_variant,
+    human_size,
+    known_variants,
+    read_variants_file,
+    write_variants_file,
+)
 
+ROOT = Path(__file__).resolve().parents[1]
 SELVA = REPOS["selva"]
 GEN_16K = "weights/generator_small_16k_sup_5.pth"
 
@@ -82,6 +102,76 @@ def test_registry_configs_fit_the_real_checkpoints(name, fixtures_dir):
         net.load_state_dict(state, strict=True, assign=True)  # raises on any key or shape mismatch
 
 
+def test_every_variant_round_trips_through_json(tiny_hub):
+    for variant in [*RELEASED.values(), *tiny_hub.variants.values()]:
+        data = json.loads(json.dumps(variant.to_dict()))
+        assert Variant.from_dict(data) == variant, variant.name
+    with pytest.raises(TypeError):
+        RELEASED["mine"] = RELEASED["small_16k"]  # read-only: extra variants come from a file
+
+
+def test_a_variants_file_adds_variants_by_their_fields_not_their_names(tmp_path, monkeypatch):
+    # Named like a 16 kHz model, built like small_44k: its fields decide, not its name.
+    mine = dataclasses.replace(RELEASED["small_44k"], name="mine_16k", description="my fine-tune")
+    path = write_variants_file(tmp_path / "mine.json", [mine])
+    assert read_variants_file(path) == {"mine_16k": mine}
+    monkeypatch.setenv(VARIANTS_FILE_ENV, str(path))
+    assert list(known_variants()) == [*RELEASED, "mine_16k"]
+    got = get_variant("mine_16k")
+    assert (got.sample_rate, got.hop_length, got.vocoder) == (44_100, 512, "bigvgan_v2")
+    monkeypatch.delenv(VARIANTS_FILE_ENV)
+    with pytest.raises(InputError, match="unknown variant 'mine_16k'"):
+        get_variant("mine_16k")
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda data: data["variants"][0].update(name="small_16k"), "the name 'small_16k' is taken"),
+        (lambda data: data["variants"][0].update(vocoder="hifigan"), "vocoder must be one of bigvgan_v1"),
+        (lambda data: data["variants"][0].update(sample_rate="16k"), "sample_rate must be a whole number"),
+        (lambda data: data["variants"][0].pop("vae_file"), "missing vae_file"),
+        (lambda data: data["variants"][0]["t5"].update(extra=1), "unknown extra"),
+        (lambda data: data.update(version=2), "has version 2"),
+        (lambda data: data.pop("format"), "is not a variants file"),
+    ],
+    ids=["released-name", "vocoder", "rate", "missing", "unknown-key", "version", "format"],
+)
+def test_a_bad_variants_file_is_an_input_error_naming_the_fault(tmp_path, monkeypatch, edit, message):
+    path = write_variants_file(tmp_path / "mine.json", [dataclasses.replace(RELEASED["small_16k"], name="a")])
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    monkeypatch.setenv(VARIANTS_FILE_ENV, str(path))
+    with pytest.raises(InputError, match=re.escape(message)) as err:
+        get_variant("small_16k")  # a broken file is reported, not half used
+    assert str(path) in str(err.value)
+
+
+def test_a_missing_or_unreadable_variants_file_names_the_variable(tmp_path, monkeypatch):
+    monkeypatch.setenv(VARIANTS_FILE_ENV, str(tmp_path / "nope.json"))
+    with pytest.raises(InputError, match=VARIANTS_FILE_ENV):
+        known_variants()
+    (tmp_path / "bad.json").write_text("{not json")
+    monkeypatch.setenv(VARIANTS_FILE_ENV, str(tmp_path / "bad.json"))
+    with pytest.raises(InputError, match="not valid JSON"):
+        known_variants()
+
+
+def test_a_child_process_knows_the_tiny_variants_from_the_environment_alone(tiny_hub):
+    """`python -m selva` started with the tiny hub's environment: nothing registers tiny_16k there."""
+    env = {**os.environ, **tiny_hub.env(offline=True), "PYTHONPATH": str(ROOT)}  # tests/ not importable
+    command = [sys.executable, "-m", "selva", "download", "--variant", TINY_44K]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    paths = dict(line.split("\t")[1:] for line in result.stdout.splitlines())
+    assert paths["generator"] == str(tiny_hub.path(SELVA, "weights/generator_small_44k_sup_5.pth"))
+    assert paths["vocoder_config"] == str(tiny_hub.path(REPOS["bigvgan_v2"], "config.json"))
+    env.pop(VARIANTS_FILE_ENV)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "unknown variant 'tiny_44k'" in result.stderr
+
+
 # -- the tiny Hub, offline ----------------------------------------------------------------------
 
 
@@ -119,7 +209,7 @@ def test_offline_missing_files_are_all_listed(fresh_tiny_hub, tmp_path):
     with pytest.raises(WeightsError) as err:
         resolve(TINY_16K)
     message = str(err.value)
-    v = VARIANTS[TINY_16K]
+    v = get_variant(TINY_16K)
     sizes = {(f.repo, f.path): human_size(f.size) for f in required_files(v)}
     assert sorted(_entries(message)) == sorted((r, p, sizes[r, p]) for r, p in gone)
     assert "3 file(s) missing" in message and "HF_HUB_OFFLINE" in message
@@ -156,7 +246,8 @@ def test_corrupt_file_is_fetched_again_online(fresh_tiny_hub, monkeypatch, trunc
     blob = hub.corrupt(SELVA, GEN_16K, truncate=truncate)
     paths = resolve(TINY_16K)
     assert hub.calls == [(SELVA, GEN_16K, True)]  # only the broken file, with force_download
-    assert hashlib.md5(paths["generator"].read_bytes()).hexdigest() == VARIANTS[TINY_16K].generator_file.md5
+    md5 = get_variant(TINY_16K).generator_file.md5
+    assert hashlib.md5(paths["generator"].read_bytes()).hexdigest() == md5
     assert blob.read_bytes() == hub.files[SELVA][GEN_16K]
 
 
@@ -165,7 +256,7 @@ T5_WEIGHTS = "model.safetensors"
 
 def test_corrupt_encoder_file_without_md5_is_caught_by_its_blob_sha256(fresh_tiny_hub, monkeypatch):
     """T5 has no MD5 in the registry; the Hub names its blob by its SHA-256, which is checked instead."""
-    t5 = VARIANTS[TINY_16K].t5
+    t5 = get_variant(TINY_16K).t5
     assert all(f.md5 is None for f in t5.files)
     fresh_tiny_hub.corrupt(t5.repo, T5_WEIGHTS)
     with pytest.raises(WeightsError) as err:
@@ -181,7 +272,7 @@ def test_corrupt_encoder_file_without_md5_is_caught_by_its_blob_sha256(fresh_tin
 def test_download_fills_a_weights_dir_that_then_serves_alone(fresh_tiny_hub, tmp_path):
     folder = tmp_path / "weights"  # made by download
     selva.hub.download(TINY_44K, weights_dir=folder)
-    for _, f in VARIANTS[TINY_44K].all_files():
+    for _, f in get_variant(TINY_44K).all_files():
         target = local_path(folder, f)
         assert target.read_bytes() == fresh_tiny_hub.files[f.repo][f.path], target
     assert not list(folder.rglob("*.part"))  # nothing half-written left behind
@@ -282,17 +373,17 @@ def test_local_path_layout(tmp_path):
 def test_md5_is_remembered_until_the_file_changes(fresh_tiny_hub, monkeypatch):
     hub = fresh_tiny_hub
     path = hub.path(SELVA, GEN_16K)
-    md5 = VARIANTS[TINY_16K].generator_file.md5
+    md5 = get_variant(TINY_16K).generator_file.md5
     assert verify_md5(path, md5)
     state = json.loads((hub.root / "selva-state" / "verified_md5.json").read_text())
     assert state[str(path.resolve())]["md5"] == md5
 
     # A new process (no in-memory memo) trusts the record instead of hashing again.
-    monkeypatch.setattr(selva.hub, "_memo", {})
+    monkeypatch.setattr(selva.checksums, "_memo", {})
     hashed = []
     real_new = hashlib.new
     monkeypatch.setattr(
-        selva.hub.hashlib, "new", lambda name, **kw: hashed.append(name) or real_new(name, **kw)
+        selva.checksums.hashlib, "new", lambda name, **kw: hashed.append(name) or real_new(name, **kw)
     )
     assert verify_md5(path, md5) and hashed == []
     hub.corrupt(SELVA, GEN_16K)  # new mtime: hashed again, and found wrong
@@ -303,8 +394,8 @@ def test_state_dir_unwritable_only_costs_a_rehash(fresh_tiny_hub, monkeypatch, t
     blocker = tmp_path / "file"
     blocker.write_text("")
     monkeypatch.setenv("SELVA_STATE_DIR", str(blocker / "sub"))  # cannot be created
-    monkeypatch.setattr(selva.hub, "_memo", {})
-    assert verify_md5(fresh_tiny_hub.path(SELVA, GEN_16K), VARIANTS[TINY_16K].generator_file.md5)
+    monkeypatch.setattr(selva.checksums, "_memo", {})
+    assert verify_md5(fresh_tiny_hub.path(SELVA, GEN_16K), get_variant(TINY_16K).generator_file.md5)
 
 
 def test_fetch_files_offline_missing(fresh_tiny_hub):
@@ -312,3 +403,132 @@ def test_fetch_files_offline_missing(fresh_tiny_hub):
     with pytest.raises(WeightsError, match="open_clip_config.json") as err:
         selva.hub.fetch_files(get_variant("small_16k").clip.files)
     assert "open_clip_pytorch_model.bin (3.95 GB)" in str(err.value)
+
+
+# -- no network, slow networks, download progress ----------------------------------------------
+
+
+def _refused_endpoint() -> str:
+    """An http endpoint on this machine where nothing listens: every connection is refused at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def test_no_network_fails_at_once_with_the_missing_files_message(fresh_tiny_hub, monkeypatch, caplog):
+    hub = fresh_tiny_hub
+    hub.remove(SELVA, GEN_16K)
+    hub.remove(REPOS["t5"], "model.safetensors")
+    hub.activate(monkeypatch, offline=False)
+    monkeypatch.setattr(constants, "ENDPOINT", _refused_endpoint())
+    with pytest.raises(WeightsError) as err:
+        resolve(TINY_16K)
+    message = str(err.value)
+    assert {(r, p) for r, p, _ in _entries(message)} == {(SELVA, GEN_16K), (REPOS["t5"], "model.safetensors")}
+    assert "2 file(s) missing and there is no network" in message and constants.ENDPOINT in message
+    assert "connect to the network and run `python -m selva download --variant tiny_16k`" in message
+    assert "HF_HUB_OFFLINE" not in message  # it is not set: never advise unsetting it
+    # one look at the Hub, none of huggingface_hub's retries
+    assert not [r for r in caplog.records if "Retrying" in r.getMessage()]
+
+
+def test_offline_message_says_hf_hub_offline_is_set(fresh_tiny_hub):
+    fresh_tiny_hub.remove(SELVA, GEN_16K)
+    with pytest.raises(WeightsError) as err:
+        resolve(TINY_16K)
+    message = str(err.value)
+    assert "missing and HF_HUB_OFFLINE is set" in message and "no network" not in message
+    assert "unset HF_HUB_OFFLINE and run `python -m selva download --variant tiny_16k`" in message
+
+
+def test_the_network_check_tells_an_answer_from_a_refused_connection(monkeypatch):
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the tiny Hub of other tests may have set it
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+        assert hub_unreachable(timeout=30) is None
+    finally:
+        server.shutdown()
+        server.server_close()
+    monkeypatch.setattr(constants, "ENDPOINT", _refused_endpoint())
+    assert "refused" in hub_unreachable(timeout=30)
+
+
+def test_the_download_command_without_network_exits_3_naming_what_to_run(tmp_path):
+    """The real `small_16k`, an empty cache, a refused Hub: the first start's case, end to end."""
+    env = {
+        **os.environ,
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_ENDPOINT": _refused_endpoint(),
+        "SELVA_STATE_DIR": str(tmp_path / "state"),
+        "PYTHONPATH": str(ROOT),
+    }
+    for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE", "SELVA_WEIGHTS_DIR"):
+        env.pop(key, None)
+    # The timeout only bounds a broken build; the check itself gives up within 5 s by construction.
+    done = subprocess.run(
+        [sys.executable, "-m", "selva", "download", "--variant", "small_16k"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 3, done.stderr
+    assert "small_16k: 11 file(s) missing and there is no network" in done.stderr
+    assert "`python -m selva download --variant small_16k`" in done.stderr
+    assert "Retrying" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == len(set(lines)), done.stderr  # no line printed twice
+
+
+def test_hub_warnings_print_once_under_a_configured_root_logger():
+    code = (
+        "import logging; logging.basicConfig(format='%(message)s'); "
+        "import selva.hub_network as n; n.one_line_per_hub_warning(); "
+        "logging.getLogger('huggingface_hub.utils._http').warning('Retrying in 1s [Retry 1/5].')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.stderr.count("Retrying in 1s") == 1, done.stderr
+
+
+def test_download_progress_names_files_and_counts_bytes(tmp_path, fixtures_dir, monkeypatch):
+    hub = build_tiny_hub(tmp_path, fixtures_dir, repos=())  # nothing cached: every file downloads
+    hub.serve(monkeypatch)
+    monkeypatch.setattr(selva.hub_network, "REPORT_EVERY_SECONDS", 0.0)  # every bar update reported
+    seen = []
+    resolve(TINY_16K, on_download=seen.append)
+    files = required_files(TINY_16K)
+    total = sum(f.size for f in files)
+    assert {p.total_bytes for p in seen} == {total} and {p.file_count for p in seen} == {len(files)}
+    assert {p.file for p in seen} - {""} == {f.path for f in files}
+    done = [p.bytes_done for p in seen]
+    assert done == sorted(done) and done[-1] == total and seen[-1].fraction == 1.0
+    assert seen[-1].files_done == len(files)
+    # the fake download's bar counted bytes inside the files, not only at their ends
+    ends = {sum(f.size for f in files[:k]) for k in range(len(files) + 1)}
+    assert set(done) - ends
+    text = seen[len(seen) // 2].describe()
+    assert text.startswith("Downloading tiny_16k: ") and " of " in text and "file " in text
+    hub.calls.clear()
+    seen.clear()
+    resolve(TINY_16K, on_download=seen.append)  # all cached now: nothing to report
+    assert seen == [] and hub.calls == []
+
+
+def test_progress_speed_and_time_left_from_an_explicit_clock():
+    now = [100.0]
+    f = required_files("small_16k")[0]
+    seen = []
+    tracker = DownloadTracker("small_16k", [f], seen.append, clock=lambda: now[0])
+    tracker.begin(f)
+    now[0] = 110.0
+    tracker.advance(f.size // 4)  # a quarter in 10 s
+    p = seen[-1]
+    assert p.bytes_done == f.size // 4 and p.seconds == 10.0
+    assert p.speed == pytest.approx(f.size / 40, rel=1e-3)
+    assert p.eta == pytest.approx(30, rel=1e-2)
+    assert "about 30 s left" in p.describe() and "file 1 of 1" in p.describe()
+    tracker.advance(1)  # within REPORT_EVERY_SECONDS of the last report: not reported
+    assert len(seen) == 2
+    tracker.end(f)
+    assert seen[-1].bytes_done == f.size and seen[-1].files_done == 1

@@ -34,7 +34,7 @@ from selva.loading import (
     network_config,
 )
 from selva.spec import InputError, WeightsError
-from selva.variants import VARIANTS, get_variant
+from selva.variants import get_variant
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -186,7 +186,7 @@ def test_a_cast_load_releases_the_file_pages_it_has_read(tmp_path):
 def test_tiny_networks_load_from_the_tiny_hub(tiny_hub):
     """Every tiny network of both variants, through resolve + build_network, in bf16."""
     for name in (TINY_16K, TINY_44K):
-        v = VARIANTS[name]
+        v = get_variant(name)
         paths = resolve(name)
         for role in NETWORK_ROLES:
             net = build_network(v, role, paths, device="cpu", dtype=torch.bfloat16)
@@ -195,7 +195,7 @@ def test_tiny_networks_load_from_the_tiny_hub(tiny_hub):
             if role == "vae":  # the checkpoint's encoder is dropped
                 assert not any(k.startswith("encoder.") for k in net.state_dict())
     # BigVGAN v2's config comes from the config.json in its Hub repo
-    config = network_config(VARIANTS[TINY_44K], "vocoder", resolve(TINY_44K))
+    config = network_config(get_variant(TINY_44K), "vocoder", resolve(TINY_44K))
     assert config.use_tanh_at_final is False and config.num_mels == 128
 
 
@@ -203,7 +203,7 @@ def test_tiny_hub_vae_reproduces_the_pipeline_fixture(tiny_hub, fixtures_dir):
     """The VAE loaded from the tiny Hub's real-layout file (encoder included) gives the reference's mel."""
     ref = torch.load(fixtures_dir / "pipeline_16k.pt", weights_only=True)
     out, tol = ref["outputs"], ref["tolerance"]["mel"]
-    vae = build_network(VARIANTS[TINY_16K], "vae", resolve(TINY_16K))
+    vae = build_network(get_variant(TINY_16K), "vae", resolve(TINY_16K))
     with torch.no_grad():
         mel = vae(out["latent"].transpose(1, 2))  # (B, L, C) -> (B, C, L)
     torch.testing.assert_close(mel, out["mel"], atol=tol, rtol=tol)

@@ -12,7 +12,7 @@ from selva.frame_feed import FrameFeed
 from selva.sequence import SEGMENT_STRIDE, SYNC_FPS, SequenceLengths
 from selva.serving import ProgressReport
 from selva.spec import CancelToken, GenerationCancelled, GenerationRequest, InputError, MediaError
-from selva.windows import STRIDE_SECONDS, Window, join_windows, plan_windows
+from selva.windows import STRIDE_SECONDS, Window, draw_noise, join_windows, plan_windows
 
 SR = 16000
 
@@ -55,6 +55,16 @@ def test_each_window_takes_its_own_contiguous_slice_of_the_span_sync_tokens():
         assert cut.stop - cut.start == own.sync_len
         assert cut.start == w.start_frame // SEGMENT_STRIDE * 8
     assert windows[-1].sync_slice.stop == whole.sync_len  # the last window ends on the last token
+
+
+def test_one_noise_rule_for_windows_and_candidates():
+    first, second = draw_noise([250, 260], 2, seed=5, latent_dim=20)
+    assert first.shape == (2, 250, 20) and second.shape == (2, 260, 20)
+    (alone,) = draw_noise([250], 1, seed=6, latent_dim=20)
+    assert torch.equal(alone[0], first[1])  # candidate 1 of seed 5 is candidate 0 of seed 6
+    (one_window,) = draw_noise([250], 2, seed=5, latent_dim=20)
+    assert torch.equal(one_window, first)  # a span of one window is the first window of a longer one
+    assert not torch.equal(second[:, :250], first)  # each window draws fresh noise
 
 
 # -- the crossfade ----------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from media_factory import (
 )
 
 import selva.mux as mux_module
-from selva import media
+from selva import delivery, media, tracks
 from selva.mux import mux
 from selva.spec import MediaError
 
@@ -541,6 +541,39 @@ def test_mux_mix_from_webm(src, tmp_path):
     )
     amplitude, _ = tone_fit(decode_audio(out)[0][0, 800:12_800], SR)
     assert amplitude == pytest.approx(0.5, abs=0.05)
+
+
+def test_mux_takes_delivered_stereo_at_48k(src, tmp_path):
+    # the model's 16 kHz tone, panned hard left and resampled to 48 kHz, stays left at 48 kHz
+    tone = (0.5 * np.sin(2 * np.pi * 440 * np.arange(SR) / SR)).astype(np.float32)
+    wave = delivery.resample(delivery.pan(tone, -1.0), SR, 48_000)
+    out = mux(src("h264_10fps.mp4"), wave, 48_000, tmp_path / "stereo.mp4", duration=1.0)
+    with av.open(str(out)) as c:
+        audio = c.streams.audio[0]
+        assert audio.rate == 48_000 and audio.layout.nb_channels == 2
+        assert stream_seconds(audio) == pytest.approx(1.0, abs=0.05)
+    x, rate = decode_audio(out)
+    assert rate == 48_000
+    assert tone_fit(x[0, 2_400:38_400], rate)[0] == pytest.approx(0.5, abs=0.02)
+    assert np.abs(x[1]).max() < 1e-3
+
+
+def test_write_multitrack_keeps_stereo_tracks_at_48k(src, tmp_path):
+    tone = (0.5 * np.sin(2 * np.pi * 440 * np.arange(SR) / SR)).astype(np.float32)
+    right = delivery.resample(delivery.pan(tone, 1.0), SR, 48_000)
+    centre = delivery.resample(tone, SR, 48_000)
+    mixed = mux(src("h264_10fps.mp4"), right, 48_000, tmp_path / "mix.mp4", duration=1.0)
+    out = tracks.write_multitrack(mixed, [("right", right), ("mono", centre)], 48_000, tmp_path / "t.mp4")
+    with av.open(str(out)) as c:
+        layout = [(s.rate, s.layout.nb_channels, s.metadata.get("handler_name")) for s in c.streams.audio]
+    assert layout == [(48_000, 2, "mix"), (48_000, 2, "right"), (48_000, 1, "mono")]
+    with av.open(str(out)) as c:
+        x = np.concatenate([f.to_ndarray() for f in c.decode(c.streams.audio[1])], axis=1)
+    assert np.abs(x[0]).max() < 1e-3
+    assert tone_fit(x[1, 2_400:38_400], 48_000)[0] == pytest.approx(0.5, abs=0.02)
+    with pytest.raises(MediaError, match="track 'bad' must be mono"):
+        tracks.write_multitrack(mixed, [("bad", np.zeros((3, 10)))], 48_000, tmp_path / "bad.mp4")
+    assert not (tmp_path / "bad.mp4").exists()
 
 
 @pytest.mark.parametrize("after", [0.0, 1.0])

@@ -16,6 +16,7 @@ from selva.models.vae import VAEConfig, VAEDecoder
 from selva.pipeline import STAGES, SelvaPipeline
 from selva.sequence import SequenceLengths
 from selva.spec import CancelToken, GenerationCancelled, InputError, MediaError, WeightsError
+from selva.windows import plan_windows
 
 # -- parity with the reference: parity/pipeline_16k.pt -----------------------------------------
 
@@ -54,7 +55,7 @@ def test_pipeline_reproduces_the_reference_end_to_end(parity, parity_pipe):
     sync_f = parity_pipe.encode_video(inputs["sync_video"].float(), inputs["t5_f"], inputs["t5_mask"])
     check("sync_f", sync_f)
 
-    x0 = parity_pipe.prepare_latents(1, lengths.latent_len, seed=inputs["seed"])
+    (x0,) = parity_pipe.prepare_latents(plan_windows(2.0, 16000), 1, seed=inputs["seed"])
     torch.testing.assert_close(x0, inputs["x0"], atol=0, rtol=0)  # the seed means the same noise
 
     cond, uncond = parity_pipe.prepare_conditions(

@@ -11,9 +11,10 @@ import pytest
 from media_factory import make_video
 
 from selva import tracks
+from selva.render import mix_waves
 from selva.serving import PipelineSlot
 from selva.spec import GenerationRequest, InputError
-from selva.stems import Stem, generate_stems, mix_waves, save_stems, stems_from_form, stems_info
+from selva.stems import Stem, generate_stems, save_stems, stems_from_form, stems_info
 
 
 @pytest.fixture(scope="module")

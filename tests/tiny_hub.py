@@ -15,10 +15,12 @@
   (the tiny generator's text_dim), vocab 49408 and 77 tokens, plus a tiny
   image tower so tests can check it is never loaded.
 
-It registers the variants "tiny_16k" and "tiny_44k" (real file names, tiny
-configs, the tiny files' MD5 sums), so `SelvaPipeline.from_pretrained("tiny_16k")`
-runs the production code with HF_HUB_OFFLINE=1. Checkpoint bytes are built
-once per process; writing a fresh hub takes well under a second.
+It writes the variants "tiny_16k" and "tiny_44k" (real file names, tiny
+configs, the tiny files' MD5 sums) as a variants file beside the cache, and
+`activate` points SELVA_VARIANTS_FILE at it, so `SelvaPipeline.from_pretrained("tiny_16k")`
+runs the production code with HF_HUB_OFFLINE=1, in this process and in any it
+starts. Checkpoint bytes are built once per process; writing a fresh hub takes
+well under a second.
 """
 
 from __future__ import annotations
@@ -43,11 +45,12 @@ from selva.hub import local_path
 from selva.variants import (
     BIGVGAN_44K,
     BIGVGAN_44K_CONFIG,
+    RELEASED,
     REPOS,
-    VARIANTS,
+    VARIANTS_FILE_ENV,
     Variant,
     WeightFile,
-    register_variant,
+    write_variants_file,
 )
 
 TINY_16K = "tiny_16k"
@@ -206,7 +209,7 @@ def tiny_variants(files: Files, configs: dict[str, Any]) -> dict[str, Variant]:
 
     out = {}
     for name, base, rate in ((TINY_16K, "small_16k", "16k"), (TINY_44K, "small_44k", "44k")):
-        real, cfg = VARIANTS[base], configs[rate]
+        real, cfg = RELEASED[base], configs[rate]
         t5 = dataclasses.replace(real.t5, files=tuple(map(tiny, real.t5.files)), encoder_params=200_000)
         clip = dataclasses.replace(
             real.clip, config_file=tiny(real.clip.config_file), weights_file=tiny(real.clip.weights_file)
@@ -273,6 +276,10 @@ class TinyHub:
     def cache_dir(self) -> Path:  # HF_HUB_CACHE
         return self.home / "hub"
 
+    @property
+    def variants_file(self) -> Path:  # SELVA_VARIANTS_FILE: the tiny variants
+        return self.root / "tiny_variants.json"
+
     def commit(self, repo: str) -> str:
         return commit_of(repo)
 
@@ -307,10 +314,12 @@ class TinyHub:
             "HF_HUB_OFFLINE": "1" if offline else "0",
             "SELVA_STATE_DIR": str(self.root / "selva-state"),
             "HF_HUB_DISABLE_TELEMETRY": "1",
+            VARIANTS_FILE_ENV: str(self.variants_file),
         }
 
     def activate(self, monkeypatch, *, offline: bool = True) -> None:
-        """Point huggingface_hub (env and its import-time constants) at this cache."""
+        """Point huggingface_hub (env and its import-time constants) at this cache, and SelVA at the
+        tiny variants (an environment variable: processes started from here see them too)."""
         for key, value in self.env(offline=offline).items():
             monkeypatch.setenv(key, value)
         for key in ("SELVA_WEIGHTS_DIR", "TRANSFORMERS_OFFLINE"):
@@ -318,13 +327,6 @@ class TinyHub:
         monkeypatch.setattr(constants, "HF_HOME", str(self.home))
         monkeypatch.setattr(constants, "HF_HUB_CACHE", str(self.cache_dir))
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
-        for name, variant in self.variants.items():  # registered until the monkeypatch is undone
-            monkeypatch.setitem(VARIANTS, name, variant)
-
-    def register(self) -> None:
-        """Register the tiny variants for good (for scripts; tests use `activate`)."""
-        for variant in self.variants.values():
-            register_variant(variant, replace=True)
 
     def serve(self, monkeypatch) -> None:
         """Go "online" against this fake Hub: downloads copy from `files`, nothing leaves the machine."""
@@ -333,6 +335,7 @@ class TinyHub:
         self.activate(monkeypatch, offline=False)
         monkeypatch.setattr(selva.hub, "hf_hub_download", self.fake_hf_hub_download)
         monkeypatch.setattr(selva.hub, "HfApi", lambda: _FakeApi(self))
+        monkeypatch.setattr(selva.hub, "hub_unreachable", lambda *args, **kwargs: None)  # it always answers
 
     def fake_hf_hub_download(
         self,
@@ -342,6 +345,7 @@ class TinyHub:
         revision: str | None = None,
         force_download: bool = False,
         local_files_only: bool = False,
+        tqdm_class: Any = None,
         **kwargs: Any,
     ) -> str:
         pointer = self.path(repo_id, filename)
@@ -358,6 +362,10 @@ class TinyHub:
         content = self.files.get(repo_id, {}).get(filename)
         if content is None:
             raise EntryNotFoundError(f"404 Client Error: {filename} not found in {repo_id}")
+        if tqdm_class is not None:  # as the real call's progress bar does, in two chunks
+            with tqdm_class(total=len(content), unit="B", disable=True) as bar:
+                bar.update(len(content) // 2)
+                bar.update(len(content) - len(content) // 2)
         return str(write_cached_file(self.cache_dir, repo_id, filename, content))
 
     def write_weights_dir(self, dest: Path, variant: str = TINY_16K, *, text_encoders: bool = True) -> Path:
@@ -390,7 +398,8 @@ def build_tiny_hub(
     """Write the tiny repos (all, or `repos`) as a Hugging Face cache under `root/hf/hub`.
 
     `edit` may change a copy of the files first (rename, drop) to build odd hubs.
-    The tiny variants are returned in `TinyHub.variants`; `activate` registers them.
+    The tiny variants are returned in `TinyHub.variants` and written to `TinyHub.variants_file`
+    (even when `repos` leaves the cache empty); `activate` names that file in the environment.
     """
     built, configs = tiny_files(str(Path(fixtures_dir).resolve()))
     files = {repo: dict(content) for repo, content in built.items()}
@@ -398,6 +407,7 @@ def build_tiny_hub(
     if edit is not None:
         edit(files)
     hub = TinyHub(root=Path(root), files=files, variants=variants)
+    write_variants_file(hub.variants_file, variants.values())
     if hub.cache_dir.exists():
         shutil.rmtree(hub.cache_dir)
     for repo, content in files.items():

@@ -88,12 +88,13 @@ def load_examples(csv_path: Path = EXAMPLES_CSV) -> list[list[str]]:
 
 
 def _variant_choices(current: str) -> list[tuple[str, str]]:
-    from selva.variants import VARIANTS
+    from selva.variants import known_variants
 
-    names = list(VARIANTS)
+    known = known_variants()
+    names = list(known)
     if current not in names:
         names.insert(0, current)
-    return [(f"{name} – {VARIANTS[name].description}" if name in VARIANTS else name, name) for name in names]
+    return [(f"{name} – {known[name].description}" if name in known else name, name) for name in names]
 
 
 def _slider(limit: spec.Limit, *, step: float, info: str | None = None, **options: Any) -> gr.Slider:

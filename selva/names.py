@@ -1,0 +1,24 @@
+"""How output files are named: one slug rule, and the names every front end gives a project's files.
+
+File names carry what makes a file again: the sound's prompt and the take's
+seed (`dog-barking_seed41.flac`), so a kept file says how to reproduce it.
+"""
+
+from __future__ import annotations
+
+import re
+
+
+def slug(text: str, limit: int = 32, *, empty: str = "clip") -> str:
+    """`text` as a file-name piece: lower-case letters, digits and dashes, at most `limit` characters."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-") or empty
+
+
+def take_file(prompt: str, seed: int) -> str:
+    """The exact waveform file of one take (see `selva.render.write_take`)."""
+    return f"{slug(prompt, empty='sound')}_seed{seed}.npy"
+
+
+def sound_file(name: str, index: int, prompt: str, suffix: str) -> str:
+    """Sound `index` (0-based) of a multi-sound output called `name`: `name_2-car-engine.flac`."""
+    return f"{name}_{index + 1}-{slug(prompt, empty='stem')}.{suffix}"

@@ -1,0 +1,296 @@
+"""The project: what a user is working on, as plain data, and its versioned JSON file.
+
+A project is a video (or none: sound from the prompts alone) and its span, up to
+`MAX_SOUNDS` sounds, and the mix settings. Each sound is a prompt that picks the
+source it follows, an optional negative prompt, its place in the mix (gain, pan,
+mute, solo) and its takes: every generation of that sound, each with the seed,
+steps and CFG strength that make it again. One take per sound is chosen for the
+mix. One sound is what `selva generate` makes; several are stems.
+
+    project = Project(video="dog.mp4", sounds=(Sound("dog barking"), Sound("car engine", gain=0.5)))
+    project.save("dog.selva.json"); Project.load("dog.selva.json")
+
+Everything here is data: nothing imports torch or numpy, so front ends build,
+check and store projects without loading a model. `selva.render` generates the
+takes a project is missing and writes its files.
+
+Takes drawn in one pipeline call share a `batch` number: take k of a batch was
+drawn from the batch's first seed + k (`take_seeds`), and a project whose take
+audio is gone is regenerated batch by batch, so it comes out the same.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from selva import spec
+from selva.spec import (
+    CFG_STRENGTH,
+    MAX_STEMS,
+    ORIGINAL_AUDIO_GAIN,
+    PAN,
+    SEED,
+    STEM_GAIN,
+    STEPS,
+    InputError,
+    check_duration,
+    check_prompt,
+)
+
+PROJECT_VERSION = 1
+MAX_SOUNDS = MAX_STEMS
+# What `selva render` and the app's download name a project file.
+PROJECT_SUFFIX = ".selva.json"
+
+
+def take_seeds(seed: int, count: int) -> list[int]:
+    """The seeds of `count` takes drawn in one call from `seed`: take k has seed + k.
+
+    The one rule behind candidates and stems: any take can be made again alone
+    from its own seed.
+    """
+    return [seed + k for k in range(count)]
+
+
+@dataclass(frozen=True)
+class Take:
+    """One generation of a sound.
+
+    `audio` is the file holding the take's exact waveform at the model's rate
+    (written by `selva.render`; a path relative to the project file once saved),
+    or None while it has not been generated.
+    """
+
+    seed: int
+    steps: int = int(STEPS.default)
+    cfg_strength: float = float(CFG_STRENGTH.default)
+    batch: int = 0  # takes with the same batch were drawn in one call
+    audio: str | None = None
+
+    def checked(self, where: str) -> Take:
+        _field(where, SEED, self.seed)
+        _field(where, STEPS, self.steps)
+        _field(where, CFG_STRENGTH, self.cfg_strength)
+        if not isinstance(self.batch, int) or isinstance(self.batch, bool) or self.batch < 0:
+            raise InputError(f"{where}: batch must be a whole number from 0, got {self.batch!r}")
+        if self.audio is not None and not isinstance(self.audio, str):
+            raise InputError(f"{where}: audio must be a file path or null, got {self.audio!r}")
+        return self
+
+
+@dataclass(frozen=True)
+class Sound:
+    """One source: its prompts, its place in the mix, its takes and which one the mix uses."""
+
+    prompt: str
+    negative_prompt: str = ""
+    gain: float = float(STEM_GAIN.default)
+    pan: float = float(PAN.default)
+    mute: bool = False
+    solo: bool = False
+    takes: tuple[Take, ...] = ()
+    chosen: int | None = None  # index into `takes`; None before the first take
+
+    @property
+    def take(self) -> Take | None:
+        """The chosen take (None before the first one)."""
+        return self.takes[self.chosen] if self.chosen is not None else None
+
+    def with_takes(self, takes: Sequence[Take], *, choose_first: bool = True) -> Sound:
+        """This sound with `takes` added; the first of them becomes the chosen one (by default)."""
+        chosen = len(self.takes) if choose_first or self.chosen is None else self.chosen
+        return replace(self, takes=(*self.takes, *takes), chosen=chosen)
+
+    def checked(self, where: str) -> Sound:
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise InputError(f"{where} needs a prompt, e.g. 'dog barking'")
+        check_prompt(f"{where} prompt", self.prompt)
+        check_prompt(f"{where} negative prompt", self.negative_prompt)
+        _field(where, STEM_GAIN, self.gain)
+        _field(where, PAN, self.pan)
+        for name in ("mute", "solo"):
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(f"{where}: {name} must be true or false, got {getattr(self, name)!r}")
+        for k, take in enumerate(self.takes):
+            take.checked(f"{where} take {k + 1}")
+        if self.chosen is not None and not (
+            isinstance(self.chosen, int) and 0 <= self.chosen < len(self.takes)
+        ):
+            count = len(self.takes)
+            raise InputError(f"{where}: chosen take {self.chosen!r} is not one of its {count} takes")
+        return self
+
+
+@dataclass(frozen=True)
+class Mix:
+    """How the sounds become one soundtrack.
+
+    `loudness` (a LUFS target) and `sample_rate` (of the delivered files) are
+    None for today's behaviour: a peak-normalised mix at the model's rate.
+    """
+
+    original_audio_gain: float = float(ORIGINAL_AUDIO_GAIN.default)
+    loudness: float | None = None
+    sample_rate: int | None = None
+
+    def checked(self) -> Mix:
+        _field("the mix", ORIGINAL_AUDIO_GAIN, self.original_audio_gain)
+        if self.loudness is not None and not (_is_number(self.loudness) and -70 <= self.loudness < 0):
+            raise InputError(f"the mix's loudness target must be in LUFS below 0, got {self.loudness!r}")
+        if self.sample_rate is not None and not (
+            isinstance(self.sample_rate, int) and 8000 <= self.sample_rate <= 192_000
+        ):
+            raise InputError(f"the mix's sample rate must be 8000-192000 Hz, got {self.sample_rate!r}")
+        return self
+
+
+@dataclass(frozen=True)
+class Project:
+    """A video (or None) and its span, 1 to MAX_SOUNDS sounds, and the mix."""
+
+    sounds: tuple[Sound, ...]
+    video: str | None = None
+    start: float = float(spec.START.default)
+    duration: float | None = None  # None: what is left of the video after start (up to the cap)
+    variant: str | None = None  # None: the pipeline at hand (a server's resident one, or the default)
+    mix: Mix = field(default_factory=Mix)
+
+    def checked(self, *, max_duration: float = spec.DEFAULT_MAX_DURATION) -> Project:
+        """This project if every field is in range, else an `InputError` naming the field."""
+        if not isinstance(self.sounds, tuple) or not 1 <= len(self.sounds) <= MAX_SOUNDS:
+            count = len(self.sounds) if isinstance(self.sounds, (tuple, list)) else self.sounds
+            raise InputError(f"a project has 1 to {MAX_SOUNDS} sounds, got {count!r}")
+        for k, sound in enumerate(self.sounds):
+            sound.checked(f"sound {k + 1}")
+        if self.video is not None and not isinstance(self.video, str):
+            raise InputError(f"video must be a file path or null, got {self.video!r}")
+        if not _is_number(self.start) or self.start < 0:
+            raise InputError(f"start must be 0 s or later, got {self.start!r}")
+        check_duration(self.duration, max_duration)
+        if self.video is None and self.duration is None:
+            raise InputError("without a video, give a duration: how many seconds of sound to make")
+        if self.variant is not None and (not isinstance(self.variant, str) or not self.variant):
+            raise InputError(f"variant must be a name such as {spec.DEFAULT_VARIANT!r}, got {self.variant!r}")
+        self.mix.checked()
+        return self
+
+    # -- editing ---------------------------------------------------------------------------------
+
+    def with_sound(self, index: int, sound: Sound) -> Project:
+        sounds = list(self.sounds)
+        sounds[index] = sound
+        return replace(self, sounds=tuple(sounds))
+
+    def next_batch(self) -> int:
+        """A batch number no take of this project has yet."""
+        return 1 + max((t.batch for s in self.sounds for t in s.takes), default=-1)
+
+    def audible(self) -> list[int]:
+        """Indices of the sounds the mix plays: the soloed ones if any are, else the unmuted ones."""
+        soloed = [k for k, s in enumerate(self.sounds) if s.solo]
+        return soloed or [k for k, s in enumerate(self.sounds) if not s.mute]
+
+    # -- the file -------------------------------------------------------------------------------
+
+    def to_dict(self, *, relative_to: str | Path | None = None) -> dict[str, Any]:
+        """JSON-ready data; take audio paths under `relative_to` are written relative to it."""
+        data = asdict(self)
+        data = {"version": PROJECT_VERSION, **data}
+        if relative_to is not None:
+            base = Path(relative_to).resolve()
+            for sound in data["sounds"]:
+                for take in sound["takes"]:
+                    if take["audio"] is not None:
+                        take["audio"] = _relative(Path(take["audio"]), base)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any, *, relative_to: str | Path | None = None) -> Project:
+        """A project from `to_dict`'s data (checked); relative take paths are taken from `relative_to`."""
+        if not isinstance(data, dict):
+            raise InputError("a project file holds one JSON object")
+        version = data.get("version")
+        if version != PROJECT_VERSION:
+            raise InputError(
+                f"this is a version {version!r} project file; this SelVA Studio reads version "
+                f"{PROJECT_VERSION} (a newer file needs a newer SelVA Studio)"
+            )
+        try:
+            sounds = tuple(_sound(s, relative_to) for s in data["sounds"])
+            mix = Mix(**data.get("mix", {}))
+            known = {"version", "sounds", "mix", "video", "start", "duration", "variant"}
+            extra = set(data) - known
+            if extra:
+                raise InputError(f"unknown project fields: {', '.join(sorted(extra))}")
+            rest = {k: v for k, v in data.items() if k in known - {"version", "sounds", "mix"}}
+            project = cls(sounds=sounds, mix=mix, **rest)
+        except (KeyError, TypeError) as exc:
+            raise InputError(f"the project file is missing or misspells a field ({exc})") from None
+        return project.checked(max_duration=math.inf)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the project as JSON (atomically: a fault leaves the old file or none)."""
+        path = Path(path)
+        text = json.dumps(self.to_dict(relative_to=path.parent), indent=2, ensure_ascii=False) + "\n"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Project:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise InputError(f"no such project file: {path}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"cannot read the project file {path}: {exc}") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path} is not a project file: line {exc.lineno}: {exc.msg}") from None
+        return cls.from_dict(data, relative_to=path.parent)
+
+
+def _sound(data: Any, relative_to: str | Path | None) -> Sound:
+    if not isinstance(data, dict):
+        raise InputError("each sound of a project file is a JSON object")
+    takes = []
+    for take in data.get("takes", ()):
+        take = Take(**take)
+        if take.audio is not None and relative_to is not None and not Path(take.audio).is_absolute():
+            take = replace(take, audio=str(Path(relative_to) / take.audio))
+        takes.append(take)
+    return Sound(**{**data, "takes": tuple(takes)})
+
+
+def _relative(path: Path, base: Path) -> str:
+    try:
+        return path.resolve().relative_to(base).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _field(where: str, limit: spec.Limit, value: object) -> None:
+    try:
+        limit.check(value)
+    except InputError as exc:
+        raise InputError(f"{where}: {exc}") from None
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
