@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -349,9 +350,13 @@ class GenerationService:
             ORIGINAL_AUDIO_GAIN.check(original_audio_gain, by_label=True)
         project = single_sound(req, original_audio_gain=original_audio_gain or 0.0)
         folder = self.outputs.new_folder()
-        rendered, pipe, load_seconds = self.render(
-            project, folder / "takes", progress, session=session, cancel=cancel
-        )
+        try:
+            rendered, pipe, load_seconds = self.render(
+                project, folder / "takes", progress, session=session, cancel=cancel
+            )
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)  # a cancelled or failed job leaves nothing
+            raise
         source = Path(req.video).stem if req.video is not None else "prompt"
         files = write_takes(rendered, folder, f"{slug(source, 24)}_{slug(req.prompt, 32)}")
         first = rendered.project.sounds[0].takes[rendered.generated[0][1]]
@@ -448,9 +453,13 @@ class GenerationService:
         ORIGINAL_AUDIO_GAIN.check(original_audio_gain, by_label=True)
         project = stems_project(base, stems, original_audio_gain=original_audio_gain)
         folder = self.outputs.new_folder()
-        rendered, pipe, load_seconds = self.render(
-            project, folder / "takes", progress, session=session, cancel=cancel
-        )
+        try:
+            rendered, pipe, load_seconds = self.render(
+                project, folder / "takes", progress, session=session, cancel=cancel
+            )
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)  # a cancelled or failed job leaves nothing
+            raise
         seeds = tuple(rendered.seeds)
         files = write_mix(rendered, folder, f"{slug(Path(project.video).stem, 24)}_seed{seeds[0]}")
         info = project_info(rendered) + f" · {pipe.variant.name} on {pipe.device} ({dtype_name(pipe.dtype)})"
