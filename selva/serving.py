@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -231,9 +232,9 @@ class PipelineSlot:
 
     # -- cancelling ------------------------------------------------------------------------------
 
-    def job(self, session: str) -> CancelToken:
-        """A cancel token for a new job of `session`, registered until `done` is called with it."""
-        token = CancelToken()
+    def job(self, session: str, token: CancelToken | None = None) -> CancelToken:
+        """A cancel token for a new job of `session` (`token`, or a new one), registered until `done`."""
+        token = token or CancelToken()
         with self._jobs_lock:
             self._jobs.setdefault(session, set()).add(token)
         return token
@@ -332,12 +333,14 @@ class GenerationService:
         *,
         session: str = "local",
         original_audio_gain: float | None = None,
+        cancel: CancelToken | None = None,
     ) -> GenerationResult:
         """Generate `req` (waiting for a job in flight) and write an mp4, a FLAC and a WAV per candidate.
 
         One sound's project with `num_samples` takes, rendered by `render`.
         `session` names the visitor: only they can cancel the job (`PipelineSlot.cancel`),
-        which ends it with `GenerationCancelled`, also while it still waits for its turn.
+        which ends it with `GenerationCancelled`, also while it still waits for its turn;
+        `cancel` is the caller's own token for this one job (a front end's cancel of one request).
         `original_audio_gain` mixes the video's own soundtrack under the new audio in the mp4s.
         """
         from selva.project_files import write_takes
@@ -347,7 +350,13 @@ class GenerationService:
             ORIGINAL_AUDIO_GAIN.check(original_audio_gain, by_label=True)
         project = single_sound(req, original_audio_gain=original_audio_gain or 0.0)
         folder = self.outputs.new_folder()
-        rendered, pipe, load_seconds = self.render(project, folder / "takes", progress, session=session)
+        try:
+            rendered, pipe, load_seconds = self.render(
+                project, folder / "takes", progress, session=session, cancel=cancel
+            )
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)  # a cancelled or failed job leaves nothing
+            raise
         source = Path(req.video).stem if req.video is not None else "prompt"
         files = write_takes(rendered, folder, f"{slug(source, 24)}_{slug(req.prompt, 32)}")
         first = rendered.project.sounds[0].takes[rendered.generated[0][1]]
@@ -381,12 +390,14 @@ class GenerationService:
         progress: ProgressFn | None = None,
         *,
         session: str = "local",
+        cancel: CancelToken | None = None,
     ) -> tuple[Rendered, SelvaPipeline, float]:
         """Render `project` on the slot's pipeline (loading its variant if needed): one job.
 
-        Returns the rendered project, the pipeline and the seconds spent loading it.
+        Returns the rendered project, the pipeline and the seconds spent loading it. `cancel`
+        is the caller's own token for this job (else the slot makes one for `session`).
         """
-        token = self.slot.job(session)
+        token = self.slot.job(session, cancel)
         try:
             if progress is not None and self.slot.lock.locked():
                 progress(0.0, desc="Waiting for the job in progress to finish")
@@ -430,10 +441,11 @@ class GenerationService:
         *,
         session: str = "local",
         original_audio_gain: float = 0.0,
+        cancel: CancelToken | None = None,
     ) -> StemsResult:
         """Generate each stem on `base`'s span (stem k with seed + k), mix them and save every file.
 
-        One job: it holds the pipeline for all its stems and is cancelled as a whole.
+        One job: it holds the pipeline for all its stems and is cancelled as a whole (as `run`).
         """
         from selva.project_files import write_mix
         from selva.stems import stems_project
@@ -441,7 +453,13 @@ class GenerationService:
         ORIGINAL_AUDIO_GAIN.check(original_audio_gain, by_label=True)
         project = stems_project(base, stems, original_audio_gain=original_audio_gain)
         folder = self.outputs.new_folder()
-        rendered, pipe, load_seconds = self.render(project, folder / "takes", progress, session=session)
+        try:
+            rendered, pipe, load_seconds = self.render(
+                project, folder / "takes", progress, session=session, cancel=cancel
+            )
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)  # a cancelled or failed job leaves nothing
+            raise
         seeds = tuple(rendered.seeds)
         files = write_mix(rendered, folder, f"{slug(Path(project.video).stem, 24)}_seed{seeds[0]}")
         info = project_info(rendered) + f" · {pipe.variant.name} on {pipe.device} ({dtype_name(pipe.dtype)})"

@@ -6,7 +6,6 @@ Needs `apt-get install -y chromium` and `pip install playwright`; never `playwri
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,9 +57,13 @@ def video_duration(page: Any, selector: str) -> float:
     return handle.json_value()
 
 
-def wait_until_idle(slot: Any) -> None:
-    """Wait (up to TIMEOUT_MS) for the app's pipeline to be free: a cancelled job stops after its step."""
-    deadline = time.monotonic() + TIMEOUT_MS / 1000
-    while slot.lock.locked() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not slot.lock.locked(), "the job still holds the pipeline"
+def cancel_and_wait(page: Any, selector: str) -> None:
+    """Click the Cancel button at `selector` and wait until the server has answered the page's cancel.
+
+    The server answers once the job has stopped (after its current flow step) and its handler has
+    returned, logging included: the pipeline's lock alone is released before that, so a test
+    waiting for the lock could look at the log too early.
+    """
+    with page.expect_response(lambda response: response.url.endswith("/gradio_api/cancel")) as answer:
+        page.locator(selector).click()
+    assert answer.value.ok, f"the cancel request failed: HTTP {answer.value.status}"

@@ -49,7 +49,7 @@ def pipe(tiny_hub):
     return pipe
 
 
-# -- the app (app.py): shared by tests/test_app.py and tests/test_browser.py -------------------------
+# -- the app (selva.app): shared by tests/test_app.py and tests/test_browser.py -------------------------
 
 
 @pytest.fixture(scope="session")
@@ -71,15 +71,15 @@ def app_server(app_pipe, tmp_path_factory):
     import socket
     from types import SimpleNamespace
 
-    import app
+    from selva.app import launch, page
 
     mp = pytest.MonkeyPatch()
     mp.setenv("GRADIO_EXAMPLES_CACHE", str(tmp_path_factory.mktemp("gradio_examples")))
-    demo = app.build_demo(app_pipe)
+    demo = page.build_demo(app_pipe)
     with socket.socket() as s:  # a free port; gradio binds it right after
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    options = app.launch_options()
+    options = launch.launch_options()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **options)
     yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", demo=demo)
     demo.close()

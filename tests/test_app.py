@@ -1,4 +1,4 @@
-"""app.py, handlers.py, results_ui.py: the Blocks, the handlers, the results and the `/generate` API.
+"""selva.app (page, handlers, results, launch): the Blocks, the handlers, the results, the `/generate` API.
 
 On the tiny Hub with the real pipeline.
 """
@@ -19,10 +19,8 @@ import numpy as np
 import pytest
 from media_factory import make_video
 
-import app
-import handlers
-import results_ui
-from selva.serving import MAX_CANDIDATES, GenerationResult, GenerationService
+from selva.app import handlers, launch, page, results
+from selva.serving import MAX_CANDIDATES, GenerationResult, GenerationService, PipelineSlot
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,8 +31,8 @@ def clip(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def studio(app_pipe) -> app.Studio:
-    return app.Studio(app.PipelineSlot.wrap(app_pipe))
+def studio(app_pipe) -> handlers.Studio:
+    return handlers.Studio(PipelineSlot.wrap(app_pipe))
 
 
 class Progress:
@@ -50,7 +48,7 @@ class Progress:
             self.on_call(fraction, desc)
 
 
-def generate(studio: app.Studio, video, prompt="dog barking", negative="", *, steps=3, cfg=4.5, seed=-1,
+def generate(studio: handlers.Studio, video, prompt="dog barking", negative="", *, steps=3, cfg=4.5, seed=-1,
              duration=0, start=0, variant=None, samples=1, progress=None):  # fmt: skip
     return studio.generate(
         None if video is None else str(video),
@@ -80,7 +78,7 @@ def samples(path: str | Path) -> np.ndarray:
 
 
 def by_part(updates: list) -> list[list]:
-    """`results_ui.show`'s updates as [cards, video players, audio players, actions]."""
+    """`results.show`'s updates as [cards, video players, audio players, actions]."""
     return [updates[k * MAX_CANDIDATES : (k + 1) * MAX_CANDIDATES] for k in range(4)]
 
 
@@ -108,12 +106,12 @@ def test_command_line_options():
         "--share --server-name 0.0.0.0 --port 7000 --variant small_44k --device cpu --precision fp32 "
         "--offload offload_to_cpu --weights-dir /w --max-duration 12 --revision abc --lazy-load"
     )
-    args = app.build_parser().parse_args(line.split(" "))
+    args = launch.build_parser().parse_args(line.split(" "))
     assert args.share and args.lazy_load
     assert (args.server_name, args.port, args.variant, args.device) == ("0.0.0.0", 7000, "small_44k", "cpu")
     assert (args.precision, args.offload, str(args.weights_dir)) == ("fp32", "offload_to_cpu", "/w")
     assert (args.max_duration, args.revision) == (12.0, "abc")
-    defaults = app.build_parser().parse_args([])
+    defaults = launch.build_parser().parse_args([])
     assert defaults.variant == "small_16k" and not defaults.share and defaults.port is None
 
 
@@ -124,21 +122,21 @@ def test_start_up_failure_is_one_clear_line(fresh_tiny_hub, capsys, monkeypatch)
         raise AssertionError("the app must not start serving without its model")
 
     monkeypatch.setattr(gr.Blocks, "launch", no_launch)
-    assert app.main(["--variant", "small_61k", "--device", "cpu"]) == 2
+    assert launch.main(["--variant", "small_61k", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "unknown variant 'small_61k'" in err and "Traceback" not in err
 
     # Missing weights (offline): exit code 3, as the `selva` command uses.
     generator = fresh_tiny_hub.variants["tiny_16k"].generator_file
     fresh_tiny_hub.remove(generator.repo, generator.path)
-    assert app.main(["--variant", "tiny_16k", "--device", "cpu"]) == 3
+    assert launch.main(["--variant", "tiny_16k", "--device", "cpu"]) == 3
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "generator_small_16k" in err and "Traceback" not in err
 
 
 def test_blocks_offer_every_control_with_its_default(app_pipe, tmp_path, monkeypatch):
     monkeypatch.setenv("GRADIO_EXAMPLES_CACHE", str(tmp_path))
-    demo = app.build_demo(app_pipe)
+    demo = page.build_demo(app_pipe)
     config = demo.get_config_file()
     by_label = {c["props"].get("label"): c["props"] for c in config["components"] if c["props"].get("label")}
 
@@ -172,8 +170,8 @@ def test_blocks_offer_every_control_with_its_default(app_pipe, tmp_path, monkeyp
     assert len(named) == 1
     assert named[0].concurrency_id == "gpu" and named[0].concurrency_limit == 1
     assert any(d.get("cancels") for d in config["dependencies"])  # the Cancel button
-    assert demo.delete_cache == app.DELETE_CACHE
-    assert app.launch_options()["allowed_paths"] == [str(app.EXAMPLES_DIR)]
+    assert demo.delete_cache == page.DELETE_CACHE
+    assert launch.launch_options()["allowed_paths"] == [str(page.EXAMPLES_DIR)]
 
     markdown = [c["props"].get("value", "") for c in config["components"] if c["type"] == "markdown"]
     help_text = " ".join(map(str, markdown))
@@ -183,10 +181,10 @@ def test_blocks_offer_every_control_with_its_default(app_pipe, tmp_path, monkeyp
 
 def test_a_lazy_slot_loads_nothing_until_the_first_request(tiny_hub, tmp_path, monkeypatch):
     monkeypatch.setenv("GRADIO_EXAMPLES_CACHE", str(tmp_path))
-    slot = app.PipelineSlot("tiny_16k", device="cpu", precision="fp32")
-    app.build_demo(slot)
+    slot = PipelineSlot("tiny_16k", device="cpu", precision="fp32")
+    page.build_demo(slot)
     assert slot.pipe is None
-    assert "loads on the first Generate" in app.Studio(slot).describe(None)
+    assert "loads on the first Generate" in handlers.Studio(slot).describe(None)
 
 
 # -- the handler, on the real tiny pipeline ----------------------------------------------------------
@@ -254,7 +252,7 @@ def test_prompt_only_makes_audio_players_and_no_video(studio):
     assert result.label == "rain on a tin roof · seed 3 · 2.50 s from the prompt alone · 2 candidates"
 
     # The page shows one audio player per candidate, labelled with its seed, and no video player.
-    result, past, listing, *updates = results_ui.present(result, [], *videos, files)
+    result, past, listing, *updates = results.present(result, [], *videos, files)
     cards, players, audios, actions = by_part(updates)
     assert [c["visible"] for c in cards] == [True, True, False, False]
     assert [p.get("visible") for p in players[:2]] == [False, False]
@@ -280,25 +278,25 @@ def test_stems_ask_for_a_video_even_in_prompt_only(studio):
 
 
 def test_switching_source_keeps_each_sources_upload_and_duration():
-    video, note, duration, start, level, kept = app.switch_source(
+    video, note, duration, start, level, kept = page.switch_source(
         "prompt", "/up/clip.mp4", 2.0, {}, max_duration=600
     )
     assert (video["visible"], video["value"], note["visible"], start["visible"], level["visible"]) == (
         False, None, True, False, False,
     )  # fmt: skip
-    assert duration["value"] == app.PROMPT_ONLY_SECONDS and "needed" in duration["info"]
-    video, note, duration, *_, kept = app.switch_source("video", None, 12.0, kept, max_duration=600)
+    assert duration["value"] == page.PROMPT_ONLY_SECONDS and "needed" in duration["info"]
+    video, note, duration, *_, kept = page.switch_source("video", None, 12.0, kept, max_duration=600)
     assert (video["visible"], video["value"], note["visible"]) == (True, "/up/clip.mp4", False)
     assert duration["value"] == 2.0  # Video's own last Duration
     assert "0 = auto" in duration["info"]
-    *_, duration, _, _, kept = app.switch_source("prompt", "/up/clip.mp4", 2.0, kept, max_duration=600)
+    *_, duration, _, _, kept = page.switch_source("prompt", "/up/clip.mp4", 2.0, kept, max_duration=600)
     assert duration["value"] == 12.0  # Prompt only's own last Duration
 
     # An example fills the Video box: the page goes back to Video, without the upload kept aside.
-    source, video, note, duration, *_, kept = app.source_for_example("prompt", 12.0, kept, max_duration=600)
+    source, video, note, duration, *_, kept = page.source_for_example("prompt", 12.0, kept, max_duration=600)
     assert (source, video["visible"], "value" in video, duration["value"]) == ("video", True, False, 2.0)
     assert "video" not in kept
-    assert app.source_for_example("video", 3.0, kept, max_duration=600)[:6] == (gr.update(),) * 6
+    assert page.source_for_example("video", 3.0, kept, max_duration=600)[:6] == (gr.update(),) * 6
 
 
 # -- candidates, Keep, Use this seed, earlier results -------------------------------------------------
@@ -310,7 +308,7 @@ def test_each_candidate_has_its_seed_and_can_be_kept_or_made_again_alone(studio,
     served = tmp_path / "served"
     served.mkdir()
     copies = [str(served / Path(f).name) for f in [*result.videos, *files]]
-    result, past, listing, *updates = results_ui.present(result, [], *copies[:3], None, copies[3:])
+    result, past, listing, *updates = results.present(result, [], *copies[:3], None, copies[3:])
     assert all(path.startswith(str(served)) for path in [*result.videos, *result.audio_files])
     cards, players, audios, actions = by_part(updates)
     assert [c["visible"] for c in cards] == [True, True, True, False]
@@ -319,15 +317,15 @@ def test_each_candidate_has_its_seed_and_can_be_kept_or_made_again_alone(studio,
     assert [a["label"] for a in audios[:3]] == [p["label"] for p in players[:3]]
     assert listing["choices"] == [(f"1. {result.label}", 0)] and listing["value"] == 0
 
-    kept, text, kept_files = results_ui.keep(result, [], 1)
+    kept, text, kept_files = results.keep(result, [], 1)
     assert [t.seed for t in kept] == [41] and "dog barking · seed 41 · 2.00 s of clip.mp4" in text
     assert [Path(f).suffix for f in kept_files["value"]] == [".mp4", ".flac", ".wav"]
     assert all("_seed41." in Path(f).name for f in kept_files["value"])  # candidate 2's own files
-    assert results_ui.keep(result, kept, 1)[0] == kept  # kept once
-    kept, text, _ = results_ui.keep(result, kept, 0)
+    assert results.keep(result, kept, 1)[0] == kept  # kept once
+    kept, text, _ = results.keep(result, kept, 0)
     assert [t.seed for t in kept] == [41, 40] and text.index("seed 41") < text.index("seed 40")
 
-    assert results_ui.use_seed(result, 2) == (42, 1)
+    assert results.use_seed(result, 2) == (42, 1)
     *_, alone_files, _, alone = generate(studio, clip, seed=42, samples=1)
     assert alone.seed == 42
     original = next(f for f in files if f.endswith("_seed42.flac"))
@@ -336,13 +334,13 @@ def test_each_candidate_has_its_seed_and_can_be_kept_or_made_again_alone(studio,
     np.testing.assert_allclose(samples(alone_files[0]), samples(original), atol=5e-3, rtol=0)
 
     # The earlier result comes back whole: cards, players, files and info.
-    alone, past, listing, *_ = results_ui.present(alone, past, *[None] * MAX_CANDIDATES, alone_files)
+    alone, past, listing, *_ = results.present(alone, past, *[None] * MAX_CANDIDATES, alone_files)
     assert [label for label, _ in listing["choices"]] == [f"2. {alone.label}", f"1. {result.label}"]
-    back, *updates, back_files, back_info = results_ui.recall(past, 1)
+    back, *updates, back_files, back_info = results.recall(past, 1)
     assert back == result and back_info == info and back_files == list(result.audio_files)
     players = by_part(updates)[1]
     assert [p["value"] for p in players[:3]] == list(result.videos) and players[3]["value"] is None
-    assert results_ui.recall(past, 7)[0] is None
+    assert results.recall(past, 7)[0] is None
 
 
 # -- a whole 30 s clip ------------------------------------------------------------------------------------
@@ -449,8 +447,8 @@ def test_cancel_stops_a_running_generation_between_steps(studio, clip):
 
 
 def test_switching_variant_loads_lazily_and_keeps_one_model(tiny_hub, clip):
-    slot = app.PipelineSlot("tiny_16k", device="cpu", precision="fp32")
-    studio = app.Studio(slot)
+    slot = PipelineSlot("tiny_16k", device="cpu", precision="fp32")
+    studio = handlers.Studio(slot)
     progress = Progress()
     *_, info, _ = generate(studio, clip, steps=2, variant="tiny_16k", progress=progress)
     assert "model loaded in" in info and any("Loading tiny_16k" in (d or "") for _, d in progress.calls)
@@ -468,11 +466,11 @@ def test_switching_variant_loads_lazily_and_keeps_one_model(tiny_hub, clip):
 
 
 def test_examples_are_small_synthetic_clips_with_prompts():
-    rows = app.load_examples()
-    with app.EXAMPLES_CSV.open(newline="") as f:
+    rows = page.load_examples()
+    with page.EXAMPLES_CSV.open(newline="") as f:
         assert len(rows) == sum(1 for _ in csv.DictReader(f)) >= 3  # every listed clip exists
     clips = {Path(video) for video, _, _ in rows}
-    assert sum(p.stat().st_size for p in app.EXAMPLES_DIR.iterdir()) < 3_000_000
+    assert sum(p.stat().st_size for p in page.EXAMPLES_DIR.iterdir()) < 3_000_000
     for path in clips:
         with av.open(str(path)) as f:
             (stream,) = f.streams  # video only: the app makes the sound
@@ -482,9 +480,9 @@ def test_examples_are_small_synthetic_clips_with_prompts():
 
 
 def test_an_example_runs_with_fixed_settings(studio):
-    video, prompt, negative = app.load_examples()[0]
+    video, prompt, negative = page.load_examples()[0]
     result, audio, files, info = studio.generate_example(video, prompt, negative, progress=Progress())
-    assert f"seed {app.EXAMPLE_SEED}" in info and len(files) == 2
+    assert f"seed {handlers.EXAMPLE_SEED}" in info and len(files) == 2
     assert audio in files and audio.endswith(".wav")  # the first card's waveform player
     assert duration_of(result) == pytest.approx(5.0, abs=0.1)
 
@@ -496,23 +494,23 @@ def test_on_zerogpu_only_the_model_call_is_wrapped(monkeypatch, app_pipe, clip):
         @staticmethod
         def GPU(duration=None):  # noqa: N802 (its name)
             def wrap(fn):
-                def run(request, progress, token):
+                def run(project, folder, progress, token):
                     # ZeroGPU pickles the arguments into its worker
-                    pickle.dumps((request, gr.Progress(), token))
+                    pickle.dumps((project, folder, gr.Progress(), token))
                     seen.append(duration)
-                    return fn(request, progress, token)
+                    return fn(project, folder, progress, token)
 
                 return run
 
             return wrap
 
     monkeypatch.setattr(handlers, "spaces", Spaces)
-    studio = app.Studio(app.PipelineSlot.wrap(app_pipe))
+    studio = handlers.Studio(PipelineSlot.wrap(app_pipe))
     *_, info, _ = generate(studio, clip, steps=2, seed=4)
     assert seen == [handlers.ZEROGPU_SECONDS] and "seed 4" in info
 
     monkeypatch.setattr(handlers, "spaces", None)  # elsewhere: no wrapper at all
-    assert app.Studio(studio.slot).service._infer.__func__ is GenerationService._infer_here
+    assert handlers.Studio(studio.slot).service._render.__func__ is GenerationService._render_here
 
 
 # -- the API, through gradio_client against the launched app -------------------------------------------
@@ -551,3 +549,94 @@ def test_generate_endpoint_from_gradio_client(app_server, clip):
     assert videos == [None] * MAX_CANDIDATES and "2.00 s from the prompt alone" in info
     assert sorted(Path(f).suffix for f in files) == [".flac", ".wav"]
     assert decoded(files[0])[0].shape[-1] == 32000
+
+
+def test_cancel_through_the_api_stops_the_job_between_steps(app_server, clip, monkeypatch, caplog):
+    """gradio_client's `job.cancel()` stops the run after its current flow step, as the page's Cancel:
+    the cancel returns once the pipeline is free, no files are written, the client sees a clean cancel."""
+    from concurrent.futures import CancelledError
+
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+    from gradio_client.utils import Status
+
+    from selva.progress import ProgressReport
+    from selva.spec import CancelToken
+
+    caplog.set_level("INFO", logger="selva.app")
+    # Spies on the real step report and cancel: the first flow step waits until the job's token is
+    # cancelled, so the cancel always lands while the job runs, however fast the tiny model is.
+    running, cancelled, steps = threading.Event(), threading.Event(), []
+    report_step, cancel_token = ProgressReport.step, CancelToken.cancel
+
+    def step(self, pipe, index, t, state):
+        steps.append(index)
+        running.set()
+        assert cancelled.wait(120), "the cancel never reached the job"
+        report_step(self, pipe, index, t, state)
+
+    def cancel(self):
+        cancel_token(self)
+        cancelled.set()
+
+    monkeypatch.setattr(ProgressReport, "step", step)
+    monkeypatch.setattr(CancelToken, "cancel", cancel)
+    studio = app_server.demo.studio
+    written = set(studio.service.outputs.root.iterdir())
+
+    client = Client(app_server.url, verbose=False)
+    job = client.submit(handle_file(str(clip)), "dog barking", "", 100, 4.5, 3, 0, 0, "tiny_16k", 1,
+                        api_name="/generate")  # fmt: skip
+    assert running.wait(120), "the job never reached its flow steps"
+    job.cancel()  # answered once the server has stopped the job
+    assert steps == [0]  # stopped before its second step
+    assert not studio.slot.lock.locked()
+    assert "generation cancelled by the user" in caplog.text
+    assert set(studio.service.outputs.root.iterdir()) == written  # a cancelled job writes nothing
+    assert job.status().code == Status.CANCELLED
+    try:  # the client's own cancel, or the server's "cancelled", whichever it reads first
+        job.result(timeout=120)
+        pytest.fail("a cancelled job returned a result")
+    except CancelledError:
+        pass
+    except AppError as exc:
+        assert "Generation cancelled" in str(exc)
+
+    monkeypatch.undo()
+    *_, info = client.predict(handle_file(str(clip)), "dog barking", "", 2, 4.5, 14, 0, 0, "tiny_16k", 1,
+                              api_name="/generate")  # fmt: skip
+    assert "seed 14" in info  # the next request runs as usual
+
+
+def test_a_client_that_disconnects_has_its_job_stopped(app_server, clip, monkeypatch):
+    """An API client that goes away (its heartbeat connection closes, as when its process ends) has its
+    running job stopped after the current step: the page's unload event, for that client's session."""
+    from gradio_client import Client, handle_file
+
+    from selva.progress import ProgressReport
+    from selva.spec import CancelToken
+
+    running, cancelled, steps = threading.Event(), threading.Event(), []
+    report_step, cancel_token = ProgressReport.step, CancelToken.cancel
+
+    def step(self, pipe, index, t, state):  # the first step waits for the cancel, as above
+        steps.append(index)
+        running.set()
+        assert cancelled.wait(120), "the disconnect never cancelled the job"
+        report_step(self, pipe, index, t, state)
+
+    def cancel(self):
+        cancel_token(self)
+        cancelled.set()
+
+    monkeypatch.setattr(ProgressReport, "step", step)
+    monkeypatch.setattr(CancelToken, "cancel", cancel)
+    slot = app_server.demo.studio.slot
+    client = Client(app_server.url, verbose=False)
+    client.submit(handle_file(str(clip)), "dog barking", "", 100, 4.5, 3, 0, 0, "tiny_16k", 1,
+                  api_name="/generate")  # fmt: skip
+    assert running.wait(120), "the job never reached its flow steps"
+    client.close()  # ends its heartbeat (at the next beat): the server sees the client gone
+    assert cancelled.wait(120)
+    with slot.lock:  # taken once the job has let go of the pipeline
+        assert steps == [0]  # stopped before its second step

@@ -14,10 +14,11 @@ import wave
 from pathlib import Path
 
 import pytest
-from browser_support import TIMEOUT_MS, chromium, video_duration, wait_until_idle
+from browser_support import TIMEOUT_MS, cancel_and_wait, chromium, video_duration
 from media_factory import make_video
 
-import app
+from selva.app.handlers import EXAMPLE_SEED
+from selva.app.page import EXAMPLES_DIR
 
 pytestmark = pytest.mark.browser
 
@@ -61,7 +62,7 @@ def download_links(page) -> dict[str, str]:
 
 def test_upload_prompt_generate_and_download(page, tmp_path):
     clip = tmp_path / "dog_and_car.mp4"  # a synthetic clip (see examples/make_examples.py)
-    shutil.copy(app.EXAMPLES_DIR / "dog_and_car.mp4", clip)
+    shutil.copy(EXAMPLES_DIR / "dog_and_car.mp4", clip)
     upload(page, clip)
     page.locator("#prompt textarea").fill("dog barking")
     page.locator("#negative-prompt textarea").fill("car engine")
@@ -128,8 +129,8 @@ def test_progress_shows_the_steps_and_cancel_stops_the_job(page, app_server, tmp
     page.locator("#generate").click()
 
     page.get_by_text(re.compile(r"Generating: step \d+/100")).first.wait_for()
-    page.locator("#cancel").click()
-    wait_until_idle(app_server.demo.studio.slot)  # it stops after the current step
+    cancel_and_wait(page, "#cancel")  # answered once the job has stopped after its current step
+    assert not app_server.demo.studio.slot.lock.locked()
     assert "generation cancelled by the user" in caplog.text  # the pipeline stopped between steps
     assert page.locator("#result-1 video").count() == 0
 
@@ -274,4 +275,4 @@ def test_an_example_fills_the_inputs_and_shows_its_cached_result(page):
     assert result_duration(page) == pytest.approx(5.0, abs=0.15)  # generated on first use, then cached
     assert page.locator("#prompt textarea").input_value() == "car engine passing by"
     assert page.locator("#negative-prompt textarea").input_value() == "dog barking"
-    assert f"seed {app.EXAMPLE_SEED}" in page.locator("#info textarea").input_value()
+    assert f"seed {EXAMPLE_SEED}" in page.locator("#info textarea").input_value()

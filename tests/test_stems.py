@@ -12,6 +12,7 @@ from media_factory import make_video
 
 from selva import tracks
 from selva.render import mix_waves
+from selva.serving import PipelineSlot
 from selva.spec import GenerationRequest, InputError
 from selva.stems import Stem, generate_stems, save_stems, stems_from_form, stems_info
 
@@ -118,9 +119,9 @@ def test_original_soundtrack_is_mixed_and_kept_as_a_track(app_pipe, clip_with_so
 
 def test_original_audio_level_on_the_main_generate(app_pipe, clip_with_sound):
     """The app's Generate mixes the original soundtrack at the chosen level (0 replaces it)."""
-    import app
+    from selva.app import handlers
 
-    studio = app.Studio(app.PipelineSlot.wrap(app_pipe))
+    studio = handlers.Studio(PipelineSlot.wrap(app_pipe))
 
     def mp4_audio(level: float) -> np.ndarray:
         video, *_, info, seed = studio.generate(
@@ -141,10 +142,10 @@ def test_original_audio_level_on_the_main_generate(app_pipe, clip_with_sound):
 
 
 def test_stems_handler_history_and_recall(app_pipe, clip_with_sound):
-    import app
-    import stems_ui
+    from selva.app import handlers
+    from selva.app import stems as stems_ui
 
-    studio = app.Studio(app.PipelineSlot.wrap(app_pipe))
+    studio = handlers.Studio(PipelineSlot.wrap(app_pipe))
     rows = ["dog barking", "", 1.0, "car engine", "wind", 0.5, "", "", 1.0, "", "", 1.0]
     *values, result = studio.generate_stems(
         str(clip_with_sound), *rows, 2, 4.5, 20, 0, 0, None, 0.5, progress=None
@@ -166,7 +167,7 @@ def test_stems_handler_history_and_recall(app_pipe, clip_with_sound):
 
 
 def test_rows_stay_within_one_to_four_and_a_removed_row_is_reset():
-    import stems_ui
+    from selva.app import stems as stems_ui
 
     def shown(count: int, delta: int) -> tuple:
         count, *rest = stems_ui.resize(count, delta)
@@ -232,17 +233,17 @@ def test_cli_writes_stems_and_the_mix(tiny_hub, clip, tmp_path):
 
 @pytest.fixture(scope="module")
 def mcp_url(app_pipe) -> str:
-    """The app launched as `python app.py --mcp` launches it (app.launch_options(mcp=True)): its MCP URL."""
+    """The app as `python app.py --mcp` launches it (launch.launch_options(mcp=True)): its MCP URL."""
     import socket
 
-    import app
+    from selva.app import launch, page
 
-    assert app.build_parser().parse_args(["--mcp"]).mcp
-    demo = app.build_demo(app_pipe, examples=False)
+    assert launch.build_parser().parse_args(["--mcp"]).mcp
+    demo = page.build_demo(app_pipe, examples=False)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    options = app.launch_options(mcp=True)
+    options = launch.launch_options(mcp=True)
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **options)
     yield f"http://127.0.0.1:{port}/gradio_api/mcp/"
     demo.close()

@@ -10,17 +10,20 @@ model and no torch.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import functools
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import gradio as gr
 
-import stems_ui
 from selva import spec
+from selva.app.stems import stems_outputs
 from selva.serving import (
     MAX_CANDIDATES,
     GenerationService,
@@ -29,7 +32,7 @@ from selva.serving import (
     dtype_name,
     parse_request,
 )
-from selva.spec import GenerationCancelled, InputError, SelvaError, is_out_of_memory
+from selva.spec import CancelToken, GenerationCancelled, InputError, SelvaError, is_out_of_memory
 from selva.stems import stems_from_form
 
 try:  # Hugging Face ZeroGPU; the package is absent (or a no-op) everywhere else
@@ -37,11 +40,50 @@ try:  # Hugging Face ZeroGPU; the package is absent (or a no-op) everywhere else
 except ImportError:
     spaces = None
 
-log = logging.getLogger("selva.app")
+log = logging.getLogger(__name__)
 
 EXAMPLE_SEED = 2025  # cached examples are reproducible
 ZEROGPU_SECONDS = 120  # the longest a ZeroGPU call may hold the GPU (an 8 s clip takes ~10 s on an A100)
 SOURCE_VIDEO, SOURCE_PROMPT = "video", "prompt"  # the page's Source choice: sound for a video, or from text
+
+
+T = TypeVar("T")
+
+# The cancel token of the request a handler is serving, when gradio runs it through `stops_on_cancel`.
+_REQUEST_CANCEL: contextvars.ContextVar[CancelToken | None] = contextvars.ContextVar(
+    "selva_request_cancel", default=None
+)
+
+
+def stops_on_cancel(handler: Callable[..., T]) -> Callable[..., Awaitable[T]]:
+    """`handler` as gradio should run it: a cancelled event stops its job after the current step.
+
+    gradio runs a plain handler in a worker thread; cancelling the event (the API's
+    `job.cancel()` and the page's Cancel both post to /cancel) cancels the task that waits on
+    that thread, but the thread, and the GPU with it, would run the job to its end. This runs
+    `handler` in a thread with a `CancelToken` of the request's own (the handlers pass it to
+    `selva.serving`) and cancels that token when the task is cancelled. The event then ends as
+    after the page's Cancel, once the job has stopped: with "Generation cancelled" (a clean
+    error for an API caller, instead of an empty result), or with the result of a job that was
+    past its flow steps; so the cancel completes only when the pipeline is free for the queue's
+    next job. The signature, docstring and annotations stay the handler's: the API and the MCP
+    tools see no difference.
+    """
+
+    @functools.wraps(handler)
+    async def run(*args: Any, **kwargs: Any) -> T:
+        token = CancelToken()
+        context = contextvars.copy_context()  # gradio's own context (gr.Info, progress) goes along
+        context.run(_REQUEST_CANCEL.set, token)
+        call = functools.partial(context.run, handler, *args, **kwargs)
+        work = asyncio.get_running_loop().run_in_executor(None, call)
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            token.cancel()
+        return await asyncio.shield(work)
+
+    return run
 
 
 def _on_gpu(fn: Callable) -> Callable:
@@ -115,10 +157,14 @@ class Studio:
             )
             gain = spec.ORIGINAL_AUDIO_GAIN.check(float(original_audio_gain or 0.0), by_label=True)
             result = self.service.run(
-                req, progress, session=_session(request), original_audio_gain=gain or None
+                req,
+                progress,
+                session=_session(request),
+                original_audio_gain=gain or None,
+                cancel=_REQUEST_CANCEL.get(),
             )
         # Plain paths (None for unused players), so API callers get files, not component updates;
-        # the page's labels, audio players and history follow from the result (results_ui.present).
+        # the page's labels, audio players and history follow from the result (selva.app.results.present).
         videos = [*result.videos, *[None] * (MAX_CANDIDATES - len(result.videos))]
         return (*videos, list(result.audio_files), result.info, result)
 
@@ -138,7 +184,7 @@ class Studio:
             req = spec.GenerationRequest(
                 video, prompt, negative_prompt or "", seed=EXAMPLE_SEED, variant=self.slot.default_variant
             ).checked(max_duration=self.slot.max_duration)
-            result = self.service.run(req, progress, session=_session(request))
+            result = self.service.run(req, progress, session=_session(request), cancel=_REQUEST_CANCEL.get())
         return result.videos[0], result.candidate_audio(0)[1], list(result.audio_files), result.info
 
     def generate_stems(
@@ -218,13 +264,24 @@ class Studio:
             )  # fmt: skip
             gain = spec.ORIGINAL_AUDIO_GAIN.check(float(original_audio_gain or 0.0), by_label=True)
             result = self.service.run_stems(
-                base, stems, progress, session=_session(request), original_audio_gain=gain
+                base,
+                stems,
+                progress,
+                session=_session(request),
+                original_audio_gain=gain,
+                cancel=_REQUEST_CANCEL.get(),
             )
-        return stems_ui.stems_outputs(result)[:-1] + (result,)
+        return stems_outputs(result)[:-1] + (result,)
 
-    def cancel(self, request: gr.Request | None = None) -> None:
-        if self.slot.cancel(_session(request)):
-            gr.Info("Cancelling after the current step...")
+    def leave(self, request: gr.Request | None = None) -> None:
+        """A visitor left (closed the tab, or an API client disconnected): stop their jobs.
+
+        The page's unload event: nobody is left to receive what the jobs would make, so a
+        running one stops after its current flow step and a queued one before it starts.
+        """
+        session = getattr(request, "session_hash", None)
+        if session and self.slot.cancel(session):
+            log.info("a visitor left: their job is cancelled")
 
     def describe(self, variant: str | None) -> str:
         """The model status line under the variant picker."""

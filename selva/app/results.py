@@ -1,13 +1,14 @@
 """SelVA Studio's results (UI only): a card per candidate, this session's earlier results, kept takes.
 
-Built into the Blocks by `app.build_demo` and fed by `/generate` (`handlers.Studio.generate`),
-whose last output is the run's `GenerationResult`, kept in a `gr.State`. Each candidate gets a
-card: its muxed video (none for sound from the prompt alone) and an audio player with its
-waveform, both labelled with the candidate's own seed (candidate k was drawn from seed + k), and
-two actions: Keep adds it to this session's kept list, Use this seed puts its seed in the Seed
-field with one candidate, so Generate makes it again alone (or a variation, with other settings).
-Earlier results of the session come back from a list. Everything is per browser session and
-plays gradio's served copies of the files, which outlive the short-lived ones `selva.serving` writes.
+Built into the Blocks by `selva.app.page.build_demo` and fed by `/generate`
+(`selva.app.handlers.Studio.generate`), whose last output is the run's `GenerationResult`, kept
+in a `gr.State`. Each candidate gets a card: its muxed video (none for sound from the prompt
+alone) and an audio player with its waveform, both labelled with the candidate's own seed
+(candidate k was drawn from seed + k), and two actions: Keep adds it to this session's kept list,
+Use this seed puts its seed in the Seed field with one candidate, so Generate makes it again alone
+(or a variation, with other settings). Earlier results of the session come back from a list.
+Everything is per browser session and plays gradio's served copies of the files, which outlive
+the short-lived ones `selva.serving` writes.
 """
 
 from __future__ import annotations

@@ -1,21 +1,20 @@
 """SelVA Studio's stems editor (UI only): up to 4 prompts for one video, their players and mix.
 
-Built into the Blocks by `app.build_demo`; the work runs in `selva.serving.GenerationService.run_stems`
-through `handlers.Studio.generate_stems`. Kept apart from app.py so each stays small.
+Built into the Blocks by `selva.app.page.build_demo`; the work runs in
+`selva.serving.GenerationService.run_stems` through `selva.app.handlers.Studio.generate_stems`,
+which `wire_stems` is handed (this module imports no handler).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gradio as gr
 
 from selva import spec
 from selva.serving import StemsResult
-
-if TYPE_CHECKING:
-    from app import Studio
 
 HISTORY_SIZE = 20  # earlier stems results kept per browser session (their files live ~1 h)
 DEFAULT_ROWS = 2  # stem rows shown before Add stem
@@ -191,8 +190,12 @@ def resize(count: int, delta: int) -> tuple[Any, ...]:
     return (count, *rows, *buttons, *[f[0] for f in fields], *[f[1] for f in fields], *[f[2] for f in fields])
 
 
-def wire_stems(studio: Studio, ui: dict[str, Any], video: list, settings: list) -> None:
-    """The stems editor's events: add/remove rows, Generate stems (`/stems`), Cancel, earlier results."""
+def wire_stems(ui: dict[str, Any], video: list, settings: list, *, generate: Callable) -> None:
+    """The stems editor's events: add/remove rows, Generate stems (`/stems`), Cancel, earlier results.
+
+    `generate` is the `/stems` handler (widget values in, `stems_outputs` and the result out); its
+    job stops after the current flow step when gradio cancels the event (`handlers.stops_on_cancel`).
+    """
     rows, prompts, negatives, gains = ui["rows"], ui["prompts"], ui["negatives"], ui["gains"]
 
     for button, delta in ((ui["add"], 1), (ui["remove"], -1)):
@@ -208,7 +211,7 @@ def wire_stems(studio: Studio, ui: dict[str, Any], video: list, settings: list) 
     # Enter in a stem prompt runs the stems too, as Enter in the main prompt runs Generate.
     event = gr.on(
         [ui["run"].click, *[p.submit for p in prompts]],
-        studio.generate_stems,
+        generate,
         inputs=[*video, *stem_inputs, *settings],
         outputs=[*outputs, ui["result"]],
         api_name="stems",
@@ -217,9 +220,8 @@ def wire_stems(studio: Studio, ui: dict[str, Any], video: list, settings: list) 
         concurrency_id="gpu",
         show_progress_on=ui["mix_video"],
     )
-    # As the main Cancel: `cancels` drops the queued event, studio.cancel stops the running job
-    # between flow steps (the job is registered under the session, whichever button started it).
-    ui["cancel"].click(studio.cancel, None, None, cancels=[event], queue=False, api_visibility="private")
+    # As the main Cancel: gradio's cancel drops the queued event or stops the running job.
+    ui["cancel"].click(None, None, None, cancels=[event], queue=False, api_visibility="private")
     served = [ui["mix_video"], ui["tracks"], ui["mix_audio"], *ui["players"]]
     event.success(
         remember,
@@ -229,36 +231,3 @@ def wire_stems(studio: Studio, ui: dict[str, Any], video: list, settings: list) 
         api_visibility="private",
     )
     ui["history"].input(recall, [ui["past"], ui["history"]], outputs, queue=False, api_visibility="private")
-
-
-# -- MCP ----------------------------------------------------------------------------------------------
-
-
-def fix_gradio_mcp_results() -> None:
-    """Make gradio's MCP tools return every output of a multi-output endpoint (idempotent).
-
-    Without a progress token in the call (many MCP clients send none), gradio's MCP
-    server (`GradioMCPServer._execute_tool_without_progress`, gradio 6.x) hands back
-    `[job.result()]`: for `/generate` and `/stems`, whose results are tuples of
-    several outputs, the tool then fails ("pop index out of range", as it drops the
-    gr.State output by position) instead of listing the files. The call with a
-    progress token gets the outputs as a list already; this makes the other path do
-    the same and leaves a list that a fixed gradio returns untouched.
-    """
-    try:
-        from gradio.mcp import GradioMCPServer
-    except ImportError:  # a gradio without MCP support: nothing to fix
-        return
-    original = getattr(GradioMCPServer, "_execute_tool_without_progress", None)
-    if original is None or getattr(original, "selva_fixed", False):
-        return
-
-    async def execute(self: Any, job: Any) -> list[Any]:
-        data = await original(self, job)
-        # gradio_client gives a multi-output result as a tuple (one output comes alone, never as one).
-        if isinstance(data, list) and len(data) == 1 and isinstance(data[0], tuple):
-            return list(data[0])
-        return data
-
-    execute.selva_fixed = True  # type: ignore[attr-defined]
-    GradioMCPServer._execute_tool_without_progress = execute

@@ -1,0 +1,111 @@
+"""SelVA Studio's command line: parse the options, load the models once, launch the page.
+
+    python app.py [--share] [--server-name HOST] [--port N] [--variant NAME] [--device DEV]
+                  [--precision P] [--offload O] [--weights-dir DIR] [--max-duration SEC] [--mcp]
+
+(`selva-app` is the same command once the package is installed.) On Hugging Face ZeroGPU the
+model call is wrapped with `spaces.GPU` (`selva.app.handlers`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from selva import spec
+from selva.app.mcp_compat import fix_gradio_mcp_results
+from selva.app.page import EXAMPLES_DIR, build_demo
+from selva.serving import PipelineSlot
+from selva.spec import SelvaError, WeightsError
+
+MAX_UPLOAD = "500mb"  # a minute of 4K phone video; longer clips should be cut first
+
+
+def launch_options(*, mcp: bool = False) -> dict[str, Any]:
+    """What `launch` needs besides host and port.
+
+    Only the examples folder is served from disk (outputs live in the temp dir,
+    which gradio allows); uploads are capped well above any clip SelVA can use.
+    `mcp` also serves the named endpoints as MCP tools at /gradio_api/mcp/ (their
+    docstrings describe them to the model calling them).
+    """
+    options: dict[str, Any] = {"allowed_paths": [str(EXAMPLES_DIR)], "max_file_size": MAX_UPLOAD}
+    if mcp:
+        fix_gradio_mcp_results()
+        options["mcp_server"] = True
+    return options
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from selva.cli import OFFLOADS, PRECISIONS
+
+    parser = argparse.ArgumentParser(
+        description="SelVA Studio: the web app. Models load once at start-up.",
+    )
+    parser.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
+    parser.add_argument(
+        "--server-name", metavar="HOST", help="interface to listen on (default: 127.0.0.1; 0.0.0.0 for all)"
+    )
+    parser.add_argument("--port", type=int, metavar="N", help="default: 7860, or the next free port")
+    parser.add_argument(
+        "--variant", default=spec.DEFAULT_VARIANT, metavar="NAME", help="default: %(default)s"
+    )
+    parser.add_argument("--device", metavar="DEV", help="cuda, cuda:1, mps or cpu (default: the best one)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help="default: auto")
+    parser.add_argument("--offload", choices=OFFLOADS, default="auto", help="default: auto")
+    parser.add_argument(
+        "--weights-dir", type=Path, metavar="DIR", help="local weights folder (default: HF cache)"
+    )
+    parser.add_argument(
+        "--revision", metavar="REV", help="branch, tag or commit of jnwnlee/SelVA to use (default: main)"
+    )
+    parser.add_argument(
+        "--max-duration", type=float, metavar="SEC", help="longest span one request may ask for"
+    )
+    parser.add_argument("--compile", action="store_true", help="torch.compile the networks (fastest on CUDA)")
+    parser.add_argument(
+        "--lazy-load", action="store_true", help="load the models on the first request instead of at start-up"
+    )
+    parser.add_argument(
+        "--mcp",
+        action="store_true",
+        help="also serve the generate and stems endpoints as MCP tools (needs gradio[mcp])",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the app until it is stopped; the exit code (2: a bad option, 3: missing weights)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    slot = PipelineSlot(
+        args.variant,
+        device=args.device,
+        precision=args.precision,
+        offload=args.offload,
+        weights_dir=args.weights_dir,
+        revision=args.revision,
+        max_duration=args.max_duration,
+        compile=args.compile,
+    )
+    if not args.lazy_load:
+        print(f"Loading {args.variant} (downloads the weights on first run)...", flush=True)
+        try:
+            with slot.lock:
+                _, seconds = slot.get(args.variant)
+        except SelvaError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 3 if isinstance(exc, WeightsError) else 2  # the exit codes of the `selva` command
+        print(f"Loaded {args.variant} on {slot.pipe.device} in {seconds:.1f} s.", flush=True)
+    demo = build_demo(slot)
+    demo.launch(
+        share=args.share,
+        server_name=args.server_name,
+        server_port=args.port,
+        **launch_options(mcp=args.mcp),
+    )
+    return 0
