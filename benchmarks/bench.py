@@ -43,6 +43,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,7 @@ from .measure import (
     loaded_bytes,
     peak_rss,
     reset_peak_rss,
+    shown,
     stopwatch,
 )
 from .targets import check_targets, target_lines
@@ -308,11 +310,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def format_table(r: dict[str, Any]) -> str:
-    def s(x: float | None) -> str:
-        return "-" if x is None else f"{x:.3f}"
-
-    def gb(x: float | None) -> str:
-        return "-" if x is None else f"{x / GB:.2f} GB"
+    s = partial(shown, spec=".3f")
+    gb = partial(shown, spec=".2f", scale=GB, unit=" GB")
 
     first, reroll = r["first"], r["reroll"]
     lines = [

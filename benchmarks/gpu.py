@@ -45,6 +45,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -61,7 +62,7 @@ from .gpu_stages import (
     time_stages,
     warm_up,
 )
-from .measure import GB, loaded_bytes
+from .measure import GB, loaded_bytes, shown
 from .targets import TARGET_GPU_REL_L2
 
 JSON_PREFIX = "GPU_JSON "
@@ -293,11 +294,8 @@ def run_mode(
 def summary(rows: list[dict[str, Any]]) -> str:
     """The main numbers as a table (the JSON lines hold everything)."""
 
-    def s(x: Any) -> str:
-        return "-" if x is None else f"{x:.3f}"
-
-    def gb(x: Any) -> str:
-        return "-" if x is None else f"{x / GB:.2f} GB"
+    s = partial(shown, spec=".3f")
+    gb = partial(shown, spec=".2f", scale=GB, unit=" GB")
 
     by = {(r["phase"], r.get("variant"), r.get("mode")): r for r in rows if "error" not in r}
     lines = []

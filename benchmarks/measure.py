@@ -94,3 +94,8 @@ def cpu_name() -> str:
             if line.startswith("model name"):
                 return line.partition(":")[2].strip()
     return platform.processor() or platform.machine()
+
+
+def shown(x: float | None, spec: str, scale: float = 1.0, unit: str = "") -> str:
+    """`x / scale` as a report shows it (`spec` a format spec, then `unit`); "-" if not measured."""
+    return "-" if x is None else f"{x / scale:{spec}}{unit}"

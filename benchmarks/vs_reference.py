@@ -67,6 +67,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,7 @@ from .bench import DEFAULT_CACHE, PROMPT
 from .build_weights import ROOT, BuildSpec, bench_variant, ensure_weights, log
 from .children import ChildRun, run_child, warm_page_cache
 from .clips import ensure_clip
-from .measure import GB, cpu_name
+from .measure import GB, cpu_name, shown
 from .ours_side import (
     bench_cmd,
     bench_json,
@@ -309,11 +310,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def format_table(r: dict[str, Any]) -> str:
-    def gb(x: float | None) -> str:
-        return "-" if x is None else f"{x / GB:.2f}"
-
-    def s(x: float | None) -> str:
-        return "-" if x is None else f"{x:.1f}"
+    gb = partial(shown, spec=".2f", scale=GB)
+    s = partial(shown, spec=".1f")
 
     v = r["versions"]
     lines = [
