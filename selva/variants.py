@@ -297,25 +297,18 @@ DFN5B_CLIP = ClipSpec(
 
 
 # Every variant of one sample rate shares its VAE and vocoder; every variant the two encoders.
+# Grouped by part: the rates, the VAE, the vocoder.
 AUDIO_16K: dict[str, Any] = dict(
-    sample_rate=16_000,
-    hop_length=256,
-    vae_file=VAE_16K,
-    vae_config="16k",
-    vocoder="bigvgan_v1",
-    vocoder_file=BIGVGAN_16K,
-    vocoder_config="16k",
-)
+    sample_rate=16_000, hop_length=256,
+    vae_file=VAE_16K, vae_config="16k",
+    vocoder="bigvgan_v1", vocoder_file=BIGVGAN_16K, vocoder_config="16k",
+)  # fmt: skip
 AUDIO_44K: dict[str, Any] = dict(
-    sample_rate=44_100,
-    hop_length=512,
-    vae_file=VAE_44K,
-    vae_config="44k",
-    vocoder="bigvgan_v2",
-    vocoder_file=BIGVGAN_44K,
-    vocoder_config=None,
-    vocoder_config_file=BIGVGAN_44K_CONFIG,
-)
+    sample_rate=44_100, hop_length=512,
+    vae_file=VAE_44K, vae_config="44k",
+    vocoder="bigvgan_v2", vocoder_file=BIGVGAN_44K,
+    vocoder_config_file=BIGVGAN_44K_CONFIG, vocoder_config=None,
+)  # fmt: skip
 ENCODERS: dict[str, Any] = dict(
     text_synch_file=VIDEO_ENC, text_synch_config="sup_5", t5=T5_BASE, clip=DFN5B_CLIP
 )
