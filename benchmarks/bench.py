@@ -35,124 +35,39 @@ arithmetic on random weights as on trained ones.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import platform
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from .build_weights import BuildSpec, bench_variant, ensure_weights, log
 from .clips import ensure_clip
+from .measure import (
+    GB,
+    MB,
+    cpu_name,
+    current_rss,
+    dtype_reason,
+    loaded_bytes,
+    peak_rss,
+    reset_peak_rss,
+    shown,
+    stopwatch,
+)
+from .targets import check_targets, target_lines
 
 DEFAULT_CACHE = Path(os.environ.get("SELVA_BENCH_CACHE", "~/.cache/selva-bench")).expanduser()
 JSON_PREFIX = "BENCH_JSON "
 
 PROMPT = "dog barking"
 WARMUP_PROMPT = "a car engine revving"  # a different prompt, so the timed first run misses every cache
-GB = 1000**3
-MB = 1000**2
-
-# The issues' targets (#14 "Fast everywhere" for speed); checked by running this benchmark, never by
-# timed tests. The CPU's targets against the reference implementation (time and peak RSS of a first
-# run) are measured side by side by `benchmarks/vs_reference.py`.
-# One H100/H200 in bf16, 8 s clip from a 640x360 source, warm models: decode to muxed mp4, per variant.
-TARGET_CUDA_E2E_S = {"small_16k": 0.5, "large_44k": 0.8}
-TARGET_CUDA_REROLL_S = 0.2  # same GPU: a re-roll (cached features, new seed), end to end
-TARGET_GPU_REL_L2 = 3e-2  # GPU bf16 stage outputs against the CPU's float32 ones (benchmarks/gpu.py)
-TARGET_REROLL_RATIO = 0.4  # CPU: re-roll / first run, end to end
-TARGET_RSS_OVER_PARAMS = 1.5 * GB  # peak RSS after load minus the bytes of the loaded parameters
-TARGET_MUX_1080P_S = 0.3
-
-
-# -- measuring ---------------------------------------------------------------------------------------
-
-
-def _status_bytes(field: str) -> int | None:
-    """A `/proc/self/status` memory field (VmHWM, VmRSS) in bytes; None off Linux."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def peak_rss() -> int:
-    """Peak resident set size of this process since start (or since `reset_peak_rss`)."""
-    hwm = _status_bytes("VmHWM")
-    if hwm is not None:
-        return hwm
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return maxrss if sys.platform == "darwin" else maxrss * 1024  # macOS reports bytes, Linux KiB
-
-
-def current_rss() -> int:
-    return _status_bytes("VmRSS") or peak_rss()
-
-
-def reset_peak_rss() -> bool:
-    """Restart VmHWM at the current RSS (Linux: write 5 to clear_refs), so earlier peaks do not count."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
-def loaded_bytes(module: Any) -> int:
-    """Bytes of the parameters and buffers of `module` (shared tensors once)."""
-    from itertools import chain
-
-    seen: set[tuple[int, int]] = set()
-    total = 0
-    for t in chain(module.parameters(), module.buffers()):
-        key = (t.data_ptr(), t.numel())
-        if key in seen or t.is_meta:
-            continue
-        seen.add(key)
-        total += t.numel() * t.element_size()
-    return total
-
-
-@contextlib.contextmanager
-def stopwatch(out: dict[str, float], name: str, sync: Callable[[], None] | None = None) -> Iterator[None]:
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        if sync is not None:
-            sync()
-        out[name] = time.perf_counter() - start
-
-
-def dtype_reason(device: Any, requested: str, used: Any) -> str:
-    """Why the run is in its precision: asked for, or `selva.device`'s default and its reason."""
-    from selva import device as devices
-
-    asked = devices.parse_dtype(requested)
-    if asked is None:
-        return devices.explain_dtype(device, devices.probe_capabilities())
-    if asked != used:
-        return f"{requested} asked for (--dtype), unsupported here: {used} instead"
-    return f"{requested}: asked for (--dtype)"
-
-
-def cpu_name() -> str:
-    """The CPU's model name (platform.processor() is often empty on Linux)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    return platform.processor() or platform.machine()
 
 
 # -- the benchmark ----------------------------------------------------------------------------------
@@ -394,37 +309,9 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def check_targets(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The issue's targets that apply to this run: value, limit, met."""
-
-    def target(value: float, limit: float) -> dict[str, Any]:
-        return {"value": value, "limit": limit, "met": value <= limit}
-
-    out = {}
-    if r["device"].startswith("cpu"):
-        out["reroll_ratio"] = target(r["reroll_ratio"], TARGET_REROLL_RATIO)
-    if r["mux_1080p"]["size"] == "1920x1080" and r["clip"]["duration"] == 8:  # the target's 8 s clip
-        out["mux_1080p_s"] = target(r["mux_1080p"]["median_s"], TARGET_MUX_1080P_S)
-    if r["device"].startswith("cpu"):
-        out["rss_over_params_bytes"] = target(r["rss_over_params"], TARGET_RSS_OVER_PARAMS)
-        # The same budget once every weight is resident: float32 weights are memory-mapped and
-        # only paged in when first used, so right after loading they can be far below their size.
-        over = r["rss_after_first_run"] - r["param_bytes"]
-        out["rss_after_first_run_over_params_bytes"] = target(over, TARGET_RSS_OVER_PARAMS)
-    clip = r["clip"]
-    if r["device"].startswith("cuda") and r["dtype"] == "bfloat16" and clip["duration"] == 8:
-        if r["variant"] in TARGET_CUDA_E2E_S and clip["size"] == "640x360":
-            out["cuda_e2e_s"] = target(r["first"]["e2e"], TARGET_CUDA_E2E_S[r["variant"]])
-        out["cuda_reroll_s"] = target(r["reroll"]["e2e"], TARGET_CUDA_REROLL_S)
-    return out
-
-
 def format_table(r: dict[str, Any]) -> str:
-    def s(x: float | None) -> str:
-        return "-" if x is None else f"{x:.3f}"
-
-    def gb(x: float | None) -> str:
-        return "-" if x is None else f"{x / GB:.2f} GB"
+    s = partial(shown, spec=".3f")
+    gb = partial(shown, spec=".2f", scale=GB, unit=" GB")
 
     first, reroll = r["first"], r["reroll"]
     lines = [
@@ -481,8 +368,7 @@ def format_table(r: dict[str, Any]) -> str:
         "",
         "targets:",
     ]
-    for name, t in r["targets"].items():
-        lines.append(f"  {name}: {t['value']:.3g} (limit {t['limit']:.3g}) {'met' if t['met'] else 'MISSED'}")
+    lines += target_lines(r["targets"])
     return "\n".join(lines)
 
 

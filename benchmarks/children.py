@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .bench import GB
 from .build_weights import log
+from .measure import GB
 
 
 @dataclass

@@ -40,31 +40,33 @@ import dataclasses
 import gc
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .bench import (
-    DEFAULT_CACHE,
-    PROMPT,
-    TARGET_GPU_REL_L2,
-    WARMUP_PROMPT,
-    cpu_name,
-    dtype_reason,
-    loaded_bytes,
-    stopwatch,
-)
+from .bench import DEFAULT_CACHE
 from .build_weights import BuildSpec, bench_variant, ensure_weights, is_built, log
 from .clips import ensure_clip
+from .gpu_check import check_against, cpu_reference
+from .gpu_stages import (
+    end_to_end,
+    environment,
+    free_device_memory,
+    matmul_ceiling,
+    sync_for,
+    time_stages,
+    warm_up,
+)
+from .measure import GB, loaded_bytes, shown
+from .targets import TARGET_GPU_REL_L2
 
 JSON_PREFIX = "GPU_JSON "
 DEFAULT_VARIANTS = ("small_16k", "large_44k")
-CFG_STRENGTH = 4.5
 TOLERANCE = TARGET_GPU_REL_L2  # relative L2 of a device's bf16 stage output against the CPU's float32 one
 STAGES = (
     "encode_prompt",
@@ -77,7 +79,6 @@ STAGES = (
     "vocode",
 )
 COMPONENTS = ("t5", "clip", "text_synch", "generator", "vae", "vocoder")
-GB = 1000**3
 
 T = TypeVar("T")
 
@@ -112,7 +113,7 @@ class Recorder:
         except Exception as exc:  # a failed phase (OOM, a compile error) must not lose the others
             log(traceback.format_exc())
             self.emit(phase, error=f"{type(exc).__name__}: {exc}"[:2000], **context)
-            _free_device_memory()
+            free_device_memory()
             return None
 
 
@@ -165,276 +166,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-# -- measurements -----------------------------------------------------------------------------------
-
-
-def _sync_for(device: Any) -> Callable[[], None]:
-    import torch
-
-    if device.type == "cuda":
-        return lambda: torch.cuda.synchronize(device)
-    return lambda: None
-
-
-def _reset_peak(device: Any) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def _peak(device: Any) -> int | None:
-    import torch
-
-    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-
-
-def _free_device_memory() -> None:
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def environment(args: argparse.Namespace) -> dict[str, Any]:
-    import torch
-
-    from selva import device as devices
-
-    device = torch.device(args.device)
-    row: dict[str, Any] = {
-        "torch": torch.__version__,
-        "cuda_runtime": torch.version.cuda,
-        "python": platform.python_version(),
-        "device": str(device),
-        "cpu": cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "dtype": str(devices.choose_dtype(device, args.dtype)).removeprefix("torch."),
-        "dtype_reason": dtype_reason(device, args.dtype, devices.choose_dtype(device, args.dtype)),
-        "args": {k: v for k, v in vars(args).items() if k != "build_in_process"},
-    }
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        row.update(
-            device_name=props.name,
-            capability=f"{props.major}.{props.minor}",
-            multiprocessors=props.multi_processor_count,
-            memory_total=props.total_memory,
-            cudnn=torch.backends.cudnn.version(),
-        )
-    return row
-
-
-def matmul_ceiling(device: Any, n: int, repeats: int = 10) -> dict[str, Any]:
-    """bf16 throughput of an n x n x n matrix product (float32 on a CPU without bf16 arithmetic)."""
-    import torch
-
-    from selva import device as devices
-
-    dtype = torch.bfloat16
-    if device.type == "cpu" and not devices.probe_capabilities().cpu_bf16:
-        dtype = torch.float32
-    g = torch.Generator(device=device).manual_seed(0)
-    a = torch.randn(n, n, device=device, dtype=dtype, generator=g)
-    b = torch.randn(n, n, device=device, dtype=dtype, generator=g)
-    sync = _sync_for(device)
-    for _ in range(3):
-        a @ b
-    sync()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    sync()
-    seconds = (time.perf_counter() - start) / repeats
-    return {
-        "n": n,
-        "dtype": str(dtype).removeprefix("torch."),
-        "seconds": seconds,
-        "tflops": 2 * n**3 / seconds / 1e12,
-    }
-
-
-def lengths_of(pipe: Any, clip: Path, duration: float) -> Any:
-    from selva import media
-    from selva.sequence import SequenceLengths
-
-    duration = pipe.resolve_duration(media.probe(clip).duration, 0.0, duration)
-    return SequenceLengths.from_duration(
-        duration, sample_rate=pipe.variant.sample_rate, hop_length=pipe.variant.hop_length
-    )
-
-
-def one_window_noise(pipe: Any, n: Any, seed: int) -> Any:
-    """The call's noise for a span of `n.duration` s run as one window (the pipeline's noise rule)."""
-    from selva.windows import Window
-
-    return pipe.prepare_latents([Window(0, 0, n.duration, pipe.sample_rate)], 1, seed)[0]
-
-
-def read_sync_frames(clip: Path, n: Any) -> Any:
-    from selva import media
-    from selva.sequence import SYNC_FPS, SYNC_SIZE
-
-    frames = media.read_frames(clip, start=0.0, duration=n.duration, fps=SYNC_FPS, size=SYNC_SIZE)
-    return frames[: n.sync_frames]
-
-
-def warm_up(pipe: Any, clip: Path, *, steps: int, duration: float) -> dict[str, Any]:
-    """Two untimed-for-the-table calls, the second with the timed prompt.
-
-    Compiled, the first call compiles (and records the generator's CUDA graphs);
-    the second meets the timed prompt's text length, which makes TextSynch's
-    graph recompile once with a dynamic length. Timed runs then compile nothing.
-    """
-    sync = _sync_for(pipe.device)
-    times = []
-    for i, prompt in enumerate((WARMUP_PROMPT, PROMPT)):
-        start = time.perf_counter()
-        pipe(clip, prompt, seed=100 + i, steps=steps, duration=duration)
-        sync()
-        times.append(time.perf_counter() - start)
-    pipe.clear_caches()
-    return {"calls_s": times}
-
-
-def time_stages(pipe: Any, clip: Path, *, steps: int, duration: float, seed: int = 1) -> dict[str, Any]:
-    """Each public stage method alone, synchronised, from cleared caches."""
-    import torch
-
-    device, sync = pipe.device, _sync_for(pipe.device)
-    pipe.clear_caches()
-    n = lengths_of(pipe, clip, duration)
-    t: dict[str, float] = {}
-    _reset_peak(device)
-    with torch.inference_mode():
-        with stopwatch(t, "encode_prompt", sync):
-            feats = pipe.encode_prompt(PROMPT)
-        with stopwatch(t, "decode", sync):
-            frames = read_sync_frames(clip, n)
-        with stopwatch(t, "encode_video", sync):
-            sync_f = pipe.encode_video(frames.unsqueeze(0), feats.t5, feats.t5_mask)
-        with stopwatch(t, "prepare_latents", sync):
-            x0 = one_window_noise(pipe, n, seed)
-        with stopwatch(t, "prepare_conditions", sync):
-            cond, uncond = pipe.prepare_conditions(sync_f, feats.clip, None, num_samples=1, lengths=n)
-        with stopwatch(t, "denoise", sync):
-            latent = pipe.denoise(x0, cond, uncond, steps=steps, cfg_strength=CFG_STRENGTH)
-        with stopwatch(t, "decode_latents", sync):
-            mel = pipe.decode_latents(latent)
-        with stopwatch(t, "vocode", sync):
-            audio = pipe.vocode(mel)
-    return {
-        "seconds": t,
-        "total_s": sum(t.values()),
-        "steps": steps,
-        "steps_per_s": steps / t["denoise"],
-        "step_s": t["denoise"] / steps,
-        "duration": n.duration,
-        "lengths": {"latent": n.latent_len, "clip": n.clip_len, "sync": n.sync_len, "frames": n.sync_frames},
-        "audio_finite": bool(torch.isfinite(audio).all()),
-        "cuda_peak_allocated": _peak(device),
-    }
-
-
-def end_to_end(pipe: Any, clip: Path, tmp: Path, *, steps: int, duration: float) -> dict[str, Any]:
-    """A first run (caches cleared) and a re-roll (same video and prompt, new seed), each call + mux."""
-    sync = _sync_for(pipe.device)
-    pipe.clear_caches()
-    rows: dict[str, Any] = {}
-    for name, seed in (("first", 1), ("reroll", 2)):
-        _reset_peak(pipe.device)
-        hits = pipe.sync_cache.hits
-        w: dict[str, float] = {}
-        with stopwatch(w, "e2e", sync):
-            with stopwatch(w, "call", sync):
-                out = pipe(clip, PROMPT, seed=seed, steps=steps, duration=duration)
-            with stopwatch(w, "mux"):
-                out.save_video(tmp / f"{name}_{seed}.mp4")
-        rows[name] = {
-            **w,
-            "timings": out.timings,
-            "sync_cache_hit": pipe.sync_cache.hits > hits,
-            "cuda_peak_allocated": _peak(pipe.device),
-        }
-    rows["reroll_ratio"] = rows["reroll"]["e2e"] / rows["first"]["e2e"]
-    return rows
-
-
-# -- the check against the CPU ---------------------------------------------------------------------
-
-
-def cpu_reference(
-    variant: Any, weights: Path, clip: Path, *, steps: int, duration: float, seed: int = 1
-) -> dict[str, Any]:
-    """Every stage's inputs and outputs from a float32 pipeline on the CPU, on the same weights."""
-    import torch
-
-    from selva.pipeline import SelvaPipeline
-
-    ref = SelvaPipeline.from_pretrained(variant, device="cpu", dtype="fp32", weights_dir=weights)
-    ref.set_progress_bar_config(disable=True)
-    start = time.perf_counter()
-    with torch.inference_mode():
-        n = lengths_of(ref, clip, duration)
-        frames = read_sync_frames(clip, n)
-        feats = ref.encode_prompt(PROMPT)
-        sync_f = ref.encode_video(frames.unsqueeze(0), feats.t5, feats.t5_mask)
-        cond, uncond = ref.prepare_conditions(sync_f, feats.clip, None, num_samples=1, lengths=n)
-        latent = ref.denoise(
-            one_window_noise(ref, n, seed), cond, uncond, steps=steps, cfg_strength=CFG_STRENGTH
-        )
-        mel = ref.decode_latents(latent)
-        audio = ref.vocode(mel)
-    seconds = time.perf_counter() - start
-    del ref
-    gc.collect()
-    return {
-        "lengths": n,
-        "seed": seed,
-        "steps": steps,
-        "frames": frames,
-        "prompt": feats,
-        "sync_features": sync_f,
-        "latent": latent,
-        "mel": mel,
-        "audio": audio,
-        "cpu_s": seconds,
-    }
-
-
-def relative_l2(ours: Any, expected: Any) -> float:
-    ours = ours.detach().float().cpu()
-    return float((ours - expected).norm() / expected.norm().clamp_min(1e-12))
-
-
-def check_against(pipe: Any, ref: dict[str, Any], *, tolerance: float) -> dict[str, Any]:
-    """Each stage on `pipe` from the CPU's inputs to that stage, against the CPU's output."""
-    import torch
-
-    dev, n, feats = pipe.device, ref["lengths"], ref["prompt"]
-    with torch.inference_mode():
-        sync_f = pipe.encode_video(ref["frames"].unsqueeze(0), feats.t5, feats.t5_mask)
-        cond, uncond = pipe.prepare_conditions(
-            ref["sync_features"].to(dev), feats.clip.to(dev), None, num_samples=1, lengths=n
-        )
-        x0 = one_window_noise(pipe, n, ref["seed"])
-        latent = pipe.denoise(x0, cond, uncond, steps=ref["steps"], cfg_strength=CFG_STRENGTH)
-        mel = pipe.decode_latents(ref["latent"].to(dev))
-        audio = pipe.vocode(ref["mel"].to(dev))
-    stages = {}
-    for name, ours in (("sync_features", sync_f), ("latent", latent), ("mel", mel), ("audio", audio)):
-        rel = relative_l2(ours, ref[name])
-        stages[name] = {"rel_l2": rel, "ok": rel <= tolerance}
-    return {
-        "tolerance": tolerance,
-        "stages": stages,
-        "all_ok": all(s["ok"] for s in stages.values()),
-        "cpu_reference_s": ref["cpu_s"],
-    }
-
-
 # -- the run ---------------------------------------------------------------------------------------
 
 
@@ -468,7 +199,7 @@ def run_variant(
         pipe = SelvaPipeline.from_pretrained(
             variant, device=args.device, dtype=args.dtype, offload="keep_in_vram", weights_dir=weights
         )
-        sync = _sync_for(pipe.device)
+        sync = sync_for(pipe.device)
         sync()
         seconds = time.perf_counter() - start
         pipe.set_progress_bar_config(disable=True)
@@ -493,7 +224,7 @@ def run_variant(
             break
     del pipe
     torch._dynamo.reset()  # the compiled graphs (and CUDA graph pools) of this variant's networks
-    _free_device_memory()
+    free_device_memory()
     return reference
 
 
@@ -563,11 +294,8 @@ def run_mode(
 def summary(rows: list[dict[str, Any]]) -> str:
     """The main numbers as a table (the JSON lines hold everything)."""
 
-    def s(x: Any) -> str:
-        return "-" if x is None else f"{x:.3f}"
-
-    def gb(x: Any) -> str:
-        return "-" if x is None else f"{x / GB:.2f} GB"
+    s = partial(shown, spec=".3f")
+    gb = partial(shown, spec=".2f", scale=GB, unit=" GB")
 
     by = {(r["phase"], r.get("variant"), r.get("mode")): r for r in rows if "error" not in r}
     lines = []

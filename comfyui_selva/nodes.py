@@ -34,6 +34,21 @@ PRECISIONS = ("bf16", "fp16", "fp32")
 DEFAULT_FPS = 30.0
 
 
+def _input(kind: str | list[str], tooltip: str, **options: Any) -> tuple[str | list[str], dict[str, Any]]:
+    """One input of a node as ComfyUI reads it: its type (or list of choices) and its options."""
+    return (kind, {**options, "tooltip": tooltip})
+
+
+def _text_input(tooltip: str) -> tuple[str | list[str], dict[str, Any]]:
+    """A prompt box: several lines, empty at first."""
+    return _input("STRING", tooltip, multiline=True, default="")
+
+
+def _seconds_input(tooltip: str) -> tuple[str | list[str], dict[str, Any]]:
+    """A span in seconds; 0 stands for "as long as the input"."""
+    return _input("FLOAT", tooltip, default=0.0, min=0.0, max=MAX_DURATION, step=0.01)
+
+
 class SelvaModelLoader:
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, dict[str, Any]]:
@@ -42,29 +57,23 @@ class SelvaModelLoader:
         default = DEFAULT_VARIANT if DEFAULT_VARIANT in names else names[0]
         return {
             "required": {
-                "variant": (
+                "variant": _input(
                     names,
-                    {
-                        "default": default,
-                        "tooltip": "small_16k: 16 kHz audio; small/medium/large_44k: 44.1 kHz, larger "
-                        "generators are slower and sound better. Weights: models/selva/.",
-                    },
+                    "small_16k: 16 kHz audio; small/medium/large_44k: 44.1 kHz, larger generators are "
+                    "slower and sound better. Weights: models/selva/.",
+                    default=default,
                 ),
-                "precision": (
+                "precision": _input(
                     list(PRECISIONS),
-                    {
-                        "default": "bf16",
-                        "tooltip": "bf16 where the device has it (replaced by fp16 on GPUs without it); "
-                        "fp32 doubles the memory.",
-                    },
+                    "bf16 where the device has it (replaced by fp16 on GPUs without it); fp32 doubles "
+                    "the memory.",
+                    default="bf16",
                 ),
-                "offload": (
+                "offload": _input(
                     list(OFFLOAD_STRATEGIES),
-                    {
-                        "default": "auto",
-                        "tooltip": "offload_to_cpu keeps the text encoders and the vocoder on the CPU "
-                        "until they run; auto does so when the GPU is small.",
-                    },
+                    "offload_to_cpu keeps the text encoders and the vocoder on the CPU until they run; "
+                    "auto does so when the GPU is small.",
+                    default="auto",
                 ),
             }
         }
@@ -85,52 +94,36 @@ class SelvaFeatureExtractor:
     def INPUT_TYPES(cls) -> dict[str, dict[str, Any]]:
         return {
             "required": {
-                "model": ("SELVA_MODEL", {"tooltip": "From SelVA Model Loader."}),
-                "images": ("IMAGE", {"tooltip": "The video's frames, e.g. from Get Video Components."}),
-                "prompt": (
-                    "STRING",
-                    {
-                        "multiline": True,
-                        "default": "",
-                        "tooltip": "The sound to generate, e.g. 'dog barking'. It chooses which visible "
-                        "source the audio follows.",
-                    },
+                "model": _input("SELVA_MODEL", "From SelVA Model Loader."),
+                "images": _input("IMAGE", "The video's frames, e.g. from Get Video Components."),
+                "prompt": _text_input(
+                    "The sound to generate, e.g. 'dog barking'. It chooses which visible source the "
+                    "audio follows."
                 ),
-                "fps": (
+                "fps": _input(
                     "FLOAT",
-                    {
-                        "default": DEFAULT_FPS,
-                        "min": 0.01,
-                        "max": 1000.0,
-                        "step": 0.001,
-                        "tooltip": "The frame rate of images: connect the fps output of Get Video "
-                        "Components. Frames are resampled to 25 fps by time.",
-                    },
+                    "The frame rate of images: connect the fps output of Get Video Components. Frames "
+                    "are resampled to 25 fps by time.",
+                    default=DEFAULT_FPS,
+                    min=0.01,
+                    max=1000.0,
+                    step=0.001,
                 ),
-                "duration": (
-                    "FLOAT",
-                    {
-                        "default": 0.0,
-                        "min": 0.0,
-                        "max": MAX_DURATION,
-                        "step": 0.01,
-                        "tooltip": "Seconds from the first frame; 0 = the whole clip. Spans over 8 s "
-                        "(SelVA's training length) run in overlapping 8 s windows, as in the app.",
-                    },
+                "duration": _seconds_input(
+                    "Seconds from the first frame; 0 = the whole clip. Spans over 8 s (SelVA's training "
+                    "length) run in overlapping 8 s windows, as in the app."
                 ),
-                "cache_dir": (
+                "cache_dir": _input(
                     "STRING",
-                    {
-                        "default": "",
-                        "tooltip": "Folder for cached features (one small file per clip and prompt); "
-                        "empty = the system's temp folder.",
-                    },
+                    "Folder for cached features (one small file per clip and prompt); empty = the "
+                    "system's temp folder.",
+                    default="",
                 ),
             },
             "optional": {
-                "video_info": (
+                "video_info": _input(
                     "VHS_VIDEOINFO",
-                    {"tooltip": "Video Helper Suite's video_info; when connected, its loaded_fps is used."},
+                    "Video Helper Suite's video_info; when connected, its loaded_fps is used.",
                 ),
             },
         }
@@ -185,61 +178,34 @@ class SelvaSampler:
     def INPUT_TYPES(cls) -> dict[str, dict[str, Any]]:
         return {
             "required": {
-                "model": ("SELVA_MODEL", {"tooltip": "From SelVA Model Loader (the extractor's model)."}),
-                "features": ("SELVA_FEATURES", {"tooltip": "From SelVA Feature Extractor."}),
-                "prompt": (
-                    "STRING",
-                    {
-                        "multiline": True,
-                        "default": "",
-                        "tooltip": "The sound to generate; should match the extractor's prompt. "
-                        "Empty = the extractor's prompt.",
-                    },
+                "model": _input("SELVA_MODEL", "From SelVA Model Loader (the extractor's model)."),
+                "features": _input("SELVA_FEATURES", "From SelVA Feature Extractor."),
+                "prompt": _text_input(
+                    "The sound to generate; should match the extractor's prompt. Empty = the "
+                    "extractor's prompt."
                 ),
-                "negative_prompt": (
-                    "STRING",
-                    {
-                        "multiline": True,
-                        "default": "",
-                        "tooltip": "Sounds to steer away from, e.g. 'wind noise'.",
-                    },
+                "negative_prompt": _text_input("Sounds to steer away from, e.g. 'wind noise'."),
+                "duration": _seconds_input(
+                    "Seconds of audio; 0 = as long as the features. Shorter spans use the start of the clip."
                 ),
-                "duration": (
+                "steps": _input("INT", "Flow-matching (Euler) steps.", default=25, min=1, max=MAX_STEPS),
+                "cfg": _input(
                     "FLOAT",
-                    {
-                        "default": 0.0,
-                        "min": 0.0,
-                        "max": MAX_DURATION,
-                        "step": 0.01,
-                        "tooltip": "Seconds of audio; 0 = as long as the features. Shorter spans use the "
-                        "start of the clip.",
-                    },
+                    "Classifier-free guidance strength: higher follows the prompt and the picture more "
+                    "closely.",
+                    default=CFG_STRENGTH.default,
+                    min=CFG_STRENGTH.minimum,
+                    max=CFG_STRENGTH.maximum,
+                    step=0.1,
+                    round=0.01,
                 ),
-                "steps": (
+                "seed": _input(
                     "INT",
-                    {"default": 25, "min": 1, "max": MAX_STEPS, "tooltip": "Flow-matching (Euler) steps."},
-                ),
-                "cfg": (
-                    "FLOAT",
-                    {
-                        "default": CFG_STRENGTH.default,
-                        "min": CFG_STRENGTH.minimum,
-                        "max": CFG_STRENGTH.maximum,
-                        "step": 0.1,
-                        "round": 0.01,
-                        "tooltip": "Classifier-free guidance strength: higher follows the prompt and the "
-                        "picture more closely.",
-                    },
-                ),
-                "seed": (
-                    "INT",
-                    {
-                        "default": 0,
-                        "min": 0,
-                        "max": MAX_SEED,
-                        "control_after_generate": True,
-                        "tooltip": "The same seed gives the same audio on every device.",
-                    },
+                    "The same seed gives the same audio on every device.",
+                    default=0,
+                    min=0,
+                    max=MAX_SEED,
+                    control_after_generate=True,
                 ),
             }
         }

@@ -2,10 +2,10 @@
 
 `FeatureEncoder` is a component of `SelvaPipeline` (`pipe.features`): it holds
 the text encoders, TextSynch and the two feature caches. The pipeline hands it
-two of its own helpers at construction: `resident` (an offloaded network
-visits the device for a block, under the pipeline's lock) and `timed` (a
-stage's seconds go into a call's timings), so offloading and timing stay one
-thing for the whole pipeline.
+a `Placement` at construction: device, dtype and two of its own helpers,
+`resident` (an offloaded network visits the device for a block, under the
+pipeline's lock) and `timed` (a stage's seconds go into a call's timings), so
+offloading and timing stay one thing for the whole pipeline.
 
 Features are cached per prompt (T5, CLIP) and per clip content, prompt, span and
 variant (sync features), so a re-roll skips decoding and TextSynch. Frames reach
@@ -35,6 +35,20 @@ from selva.windows import Window
 StageCallback = Callable[[str], None]
 Resident = Callable[[nn.Module], AbstractContextManager[Any]]
 Timed = Callable[[dict[str, float], str], AbstractContextManager[None]]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a component's networks run, with the pipeline's two helpers for them: `resident` (an
+    offloaded network visits the device for a block) and `timed` (a stage's seconds into a call's
+    timings). The pipeline hands the same one to each of its components."""
+
+    device: torch.device
+    dtype: torch.dtype
+    resident: Resident
+    timed: Timed
+
+
 # Past the flow a cancel is too late: the work is nearly done, so these stages are not stopped.
 PAST_THE_FLOW = ("vae", "vocoder")
 
@@ -83,20 +97,14 @@ class FeatureEncoder:
         text_synch: nn.Module,
         t5: Any,
         clip: Any,
-        device: torch.device,
-        dtype: torch.dtype,
+        place: Placement,
         cache_size: int = 16,
-        resident: Resident,
-        timed: Timed,
     ):
         self.variant = variant
         self.text_synch = text_synch
         self.t5 = t5
         self.clip = clip
-        self.device = device
-        self.dtype = dtype
-        self.resident = resident
-        self.timed = timed
+        self.place = place
         # ("t5", prompt) -> (states, mask); ("clip", prompt) -> states
         self.prompt_cache: LRUCache[Any] = LRUCache(cache_size)
         self.sync_cache: LRUCache[torch.Tensor] = LRUCache(cache_size)
@@ -132,17 +140,17 @@ class FeatureEncoder:
             )
 
         def compute_t5() -> tuple[torch.Tensor, torch.Tensor]:
-            with self.resident(self.t5):
+            with self.place.resident(self.t5):
                 t5, t5_mask = self.t5([prompt])
-            return t5.to(self.device, self.dtype), t5_mask.to(self.device)
+            return t5.to(self.place.device, self.place.dtype), t5_mask.to(self.place.device)
 
         t5, t5_mask = self.prompt_cache.get_or_compute(("t5", prompt), compute_t5)
         positive = PromptFeatures(t5=t5, t5_mask=t5_mask, clip=clip_of(prompt))
         return positive, (clip_of(negative) if negative is not None else None)
 
     def _encode_clip(self, prompts: list[str]) -> torch.Tensor:
-        with self.resident(self.clip):
-            return self.clip(prompts).to(self.device, self.dtype)  # (B, 77, D)
+        with self.place.resident(self.clip):
+            return self.clip(prompts).to(self.place.device, self.place.dtype)  # (B, 77, D)
 
     # -- sync features of a span ---------------------------------------------------------------
 
@@ -225,7 +233,7 @@ class FeatureEncoder:
                 cancel.raise_if_cancelled()
             if stage is not None and first == 0:
                 stage("text_synch")
-            with self.timed(timings, "text_synch"):
+            with self.place.timed(timings, "text_synch"):
                 for part, p in zip(parts, prompts, strict=True):
                     part.append(self.encode_video(chunk.unsqueeze(0), p.t5, p.t5_mask))
         if isinstance(frames, FrameFeed):
@@ -236,14 +244,14 @@ class FeatureEncoder:
         """uint8 or [-1, 1] frames (B, T, 3, 224, 224) -> sync features (B, S * 8, D)."""
         # uint8 crosses to the device (a quarter of float32's bytes; asynchronously from pinned
         # memory) and is converted there.
-        frames = frames.to(self.device, non_blocking=frames.is_pinned())
+        frames = frames.to(self.place.device, non_blocking=frames.is_pinned())
         if frames.dtype == torch.uint8:
             # Squashed 224 px frames, scaled to [-1, 1] as Synchformer was trained.
             frames = frames.to(torch.float32).div_(127.5).sub_(1.0)
-        frames = frames.to(self.dtype)
-        t5 = t5.to(self.device, self.dtype)
-        chunk = CPU_SEGMENT_CHUNK if self.device.type == "cpu" else None
-        return self.text_synch(frames, t5, t5_mask.to(self.device), segment_chunk=chunk)
+        frames = frames.to(self.place.dtype)
+        t5 = t5.to(self.place.device, self.place.dtype)
+        chunk = CPU_SEGMENT_CHUNK if self.place.device.type == "cpu" else None
+        return self.text_synch(frames, t5, t5_mask.to(self.place.device), segment_chunk=chunk)
 
     def frame_feed(self, span: Span) -> FrameFeed:
         assert span.info is not None
@@ -252,7 +260,7 @@ class FeatureEncoder:
             start=span.start,
             lengths=self._lengths(span.duration),
             chunk_segments=SYNC_CHUNK_SEGMENTS,
-            pin_memory=self.device.type == "cuda",
+            pin_memory=self.place.device.type == "cuda",
         )
 
     def _lengths(self, duration: float) -> SequenceLengths:

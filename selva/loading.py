@@ -22,7 +22,7 @@ import logging
 import mmap
 import pickle
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -83,15 +83,22 @@ def build_from_checkpoint(
         return load_into(
             model, checkpoint, device=device, dtype=dtype, source=f"the {cls.__name__} state dict"
         )
+    return load_file_into(model, checkpoint, device=device, dtype=dtype)
+
+
+def load_file_into(
+    model: M,
+    path: str | Path,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    read: Callable[[Path], Mapping[str, Any]] = load_checkpoint,
+) -> M:
+    """`load_into` from the file at `path`, read by `read` (memory-mapped, unless it is safetensors)."""
+    path = Path(path)
+    mapped = None if path.suffix == ".safetensors" else path
     # Passed on without a name here, so that load_into holds the only reference to the state.
-    return load_into(
-        model,
-        load_checkpoint(checkpoint),
-        device=device,
-        dtype=dtype,
-        source=str(checkpoint),
-        mapped=checkpoint,
-    )
+    return load_into(model, read(path), device=device, dtype=dtype, source=str(path), mapped=mapped)
 
 
 def load_into(

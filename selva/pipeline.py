@@ -40,7 +40,7 @@ from torch import nn
 
 from selva import device as devices
 from selva import media, spec
-from selva.features import FeatureEncoder, Span, StageCallback, StageReport
+from selva.features import FeatureEncoder, Placement, Span, StageCallback, StageReport
 from selva.loading import release_freed_memory
 from selva.outputs import SelvaOutput
 from selva.sequence import SequenceLengths
@@ -109,26 +109,11 @@ class SelvaPipeline:
         plan_windows(0.0, 16000, overlap=window_overlap)  # refuses a bad overlap now, not per call
         self.window_overlap = window_overlap
         self._offload_lock = threading.RLock()  # one offloaded network moves at a time
+        place = Placement(device=self.device, dtype=dtype, resident=self._resident, timed=self._timed)
         self.features = FeatureEncoder(
-            variant=variant,
-            text_synch=text_synch,
-            t5=t5,
-            clip=clip,
-            device=self.device,
-            dtype=dtype,
-            cache_size=cache_size,
-            resident=self._resident,
-            timed=self._timed,
+            variant=variant, text_synch=text_synch, t5=t5, clip=clip, place=place, cache_size=cache_size
         )
-        self.synthesis = Synthesizer(
-            generator=generator,
-            vae=vae,
-            vocoder=vocoder,
-            device=self.device,
-            dtype=dtype,
-            resident=self._resident,
-            timed=self._timed,
-        )
+        self.synthesis = Synthesizer(generator=generator, vae=vae, vocoder=vocoder, place=place)
         # True: wait for the device at the end of every timed stage, so `SelvaOutput.timings` are
         # device times (benchmarks). Off by default: each wait leaves the GPU idle while the host
         # queues the next stage, and on CUDA the timings are then host times.

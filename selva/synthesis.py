@@ -3,7 +3,7 @@
 `Synthesizer` is a component of `SelvaPipeline` (`pipe.synthesis`), as the
 `FeatureEncoder` is for steps 3-4; the pipeline's steps of the same names
 (`pipe.prepare_conditions`, `pipe.denoise`, ...) call these. It gets the
-pipeline's `resident` and `timed` helpers, as the `FeatureEncoder` does.
+pipeline's `Placement` (device, dtype, `resident` and `timed`), as the `FeatureEncoder` does.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from selva import sampling
-from selva.features import Resident, Timed
+from selva.features import Placement
 from selva.sequence import SequenceLengths
 from selva.spec import CancelToken
 
@@ -40,18 +40,12 @@ class Synthesizer:
         generator: nn.Module,
         vae: nn.Module,
         vocoder: nn.Module,
-        device: torch.device,
-        dtype: torch.dtype,
-        resident: Resident,
-        timed: Timed,
+        place: Placement,
     ):
         self.generator = generator
         self.vae = vae
         self.vocoder = vocoder
-        self.device = device
-        self.dtype = dtype
-        self.resident = resident
-        self.timed = timed
+        self.place = place
         self.progress_bar_config: dict = {}  # tqdm options for the bar over the flow steps
 
     def prepare_conditions(
@@ -78,14 +72,14 @@ class Synthesizer:
         if sync_f.shape[0] == 1:
             sync_f = sync_f.expand(num_samples, -1, -1)
         cond = gen.preprocess_conditions(
-            empty_clip.to(self.dtype),
-            sync_f.to(self.dtype),
-            clip_text_f.expand(num_samples, -1, -1).to(self.dtype),
+            empty_clip.to(self.place.dtype),
+            sync_f.to(self.place.dtype),
+            clip_text_f.expand(num_samples, -1, -1).to(self.place.dtype),
             latent_len=lengths.latent_len,
         )
         negative = None
         if negative_clip_text_f is not None:
-            negative = negative_clip_text_f.expand(num_samples, -1, -1).to(self.dtype)
+            negative = negative_clip_text_f.expand(num_samples, -1, -1).to(self.place.dtype)
         uncond = gen.empty_conditions(
             num_samples,
             latent_len=lengths.latent_len,
@@ -125,8 +119,8 @@ class Synthesizer:
                 cancel.raise_if_cancelled()
             t, t_next = timesteps[i], timesteps[i + 1]
             x_in = torch.cat([x, x]) if guided else x
-            t_in = torch.full((x_in.shape[0],), float(t), device=self.device, dtype=self.dtype)
-            v = self.generator(x_in.to(self.dtype), t_in, conditions).float()
+            t_in = torch.full((x_in.shape[0],), float(t), device=self.place.device, dtype=self.place.dtype)
+            v = self.generator(x_in.to(self.place.dtype), t_in, conditions).float()
             if guided:
                 v_cond, v_uncond = v.chunk(2)
                 v = cfg_strength * v_cond + (1.0 - cfg_strength) * v_uncond
@@ -139,13 +133,13 @@ class Synthesizer:
 
     def decode_latents(self, latent: torch.Tensor, timings: dict[str, float] | None = None) -> torch.Tensor:
         """Unnormalised latents (B, L, C) -> mel (B, n_mels, 2L)."""
-        with self.timed(timings if timings is not None else {}, "vae"):
-            return self.vae(latent.transpose(1, 2).to(self.dtype))
+        with self.place.timed(timings if timings is not None else {}, "vae"):
+            return self.vae(latent.transpose(1, 2).to(self.place.dtype))
 
     def vocode(self, mel: torch.Tensor) -> torch.Tensor:
         """mel (B, n_mels, T) -> waveform (B, N); on the CPU a row at a time (see CPU_VOCODER_ROWS)."""
-        rows = CPU_VOCODER_ROWS if self.device.type == "cpu" else len(mel)
-        with self.resident(self.vocoder):
+        rows = CPU_VOCODER_ROWS if self.place.device.type == "cpu" else len(mel)
+        with self.place.resident(self.vocoder):
             vocoder_dtype = next(self.vocoder.parameters()).dtype
             parts = [self.vocoder(part.to(vocoder_dtype)).squeeze(1) for part in mel.split(rows)]
         return parts[0] if len(parts) == 1 else torch.cat(parts)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selva.loading import load_checkpoint, load_into
+from selva.loading import load_checkpoint, load_file_into
 from selva.spec import DependencyError, InputError, WeightsError, is_out_of_memory
 from selva.variants import DFN5B_CLIP, T5_BASE, ClipSpec, T5Spec, WeightFile
 
@@ -217,16 +217,7 @@ class ClipTextEncoder(nn.Module):
         weights = next((local_dir / name for name in CLIP_WEIGHTS if (local_dir / name).is_file()), None)
         if weights is None:
             raise WeightsError(f"{local_dir} holds none of {', '.join(CLIP_WEIGHTS)}")
-        # Passed on without a name: load_into must hold the only reference to free it as it casts.
-        mapped = weights if weights.suffix != ".safetensors" else None
-        load_into(
-            tower,
-            load_clip_text_state(weights),
-            device=device,
-            dtype=dtype,
-            source=str(weights),
-            mapped=mapped,
-        )
+        load_file_into(tower, weights, device=device, dtype=dtype, read=load_clip_text_state)
         return cls(tower, open_clip.get_tokenizer(spec.tokenizer))
 
     @property

@@ -297,66 +297,44 @@ DFN5B_CLIP = ClipSpec(
 
 
 # Every variant of one sample rate shares its VAE and vocoder; every variant the two encoders.
+# Grouped by part: the rates, the VAE, the vocoder.
 AUDIO_16K: dict[str, Any] = dict(
-    sample_rate=16_000,
-    hop_length=256,
-    vae_file=VAE_16K,
-    vae_config="16k",
-    vocoder="bigvgan_v1",
-    vocoder_file=BIGVGAN_16K,
-    vocoder_config="16k",
-)
+    sample_rate=16_000, hop_length=256,
+    vae_file=VAE_16K, vae_config="16k",
+    vocoder="bigvgan_v1", vocoder_file=BIGVGAN_16K, vocoder_config="16k",
+)  # fmt: skip
 AUDIO_44K: dict[str, Any] = dict(
-    sample_rate=44_100,
-    hop_length=512,
-    vae_file=VAE_44K,
-    vae_config="44k",
-    vocoder="bigvgan_v2",
-    vocoder_file=BIGVGAN_44K,
-    vocoder_config=None,
-    vocoder_config_file=BIGVGAN_44K_CONFIG,
-)
+    sample_rate=44_100, hop_length=512,
+    vae_file=VAE_44K, vae_config="44k",
+    vocoder="bigvgan_v2", vocoder_file=BIGVGAN_44K,
+    vocoder_config_file=BIGVGAN_44K_CONFIG, vocoder_config=None,
+)  # fmt: skip
 ENCODERS: dict[str, Any] = dict(
     text_synch_file=VIDEO_ENC, text_synch_config="sup_5", t5=T5_BASE, clip=DFN5B_CLIP
 )
+
+
+def _released(name: str, description: str, audio: Mapping[str, Any]) -> Variant:
+    """A released variant: its generator file and preset (both under its name), its audio, the encoders."""
+    return Variant(
+        name=name,
+        description=description,
+        generator_file=GENERATOR_FILES[name],
+        generator_config=name,
+        **audio,
+        **ENCODERS,
+    )
+
 
 # The released variants, in the order the UI lists them.
 RELEASED: Mapping[str, Variant] = MappingProxyType(
     {
         v.name: v
         for v in (
-            Variant(
-                name="small_16k",
-                description="157 M generator, 16 kHz (recommended)",
-                generator_file=GENERATOR_FILES["small_16k"],
-                generator_config="small_16k",
-                **AUDIO_16K,
-                **ENCODERS,
-            ),
-            Variant(
-                name="small_44k",
-                description="157 M generator, 44.1 kHz",
-                generator_file=GENERATOR_FILES["small_44k"],
-                generator_config="small_44k",
-                **AUDIO_44K,
-                **ENCODERS,
-            ),
-            Variant(
-                name="medium_44k",
-                description="622 M generator, 44.1 kHz",
-                generator_file=GENERATOR_FILES["medium_44k"],
-                generator_config="medium_44k",
-                **AUDIO_44K,
-                **ENCODERS,
-            ),
-            Variant(
-                name="large_44k",
-                description="1.03 B generator, 44.1 kHz",
-                generator_file=GENERATOR_FILES["large_44k"],
-                generator_config="large_44k",
-                **AUDIO_44K,
-                **ENCODERS,
-            ),
+            _released("small_16k", "157 M generator, 16 kHz (recommended)", AUDIO_16K),
+            _released("small_44k", "157 M generator, 44.1 kHz", AUDIO_44K),
+            _released("medium_44k", "622 M generator, 44.1 kHz", AUDIO_44K),
+            _released("large_44k", "1.03 B generator, 44.1 kHz", AUDIO_44K),
         )
     }
 )

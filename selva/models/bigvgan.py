@@ -213,21 +213,15 @@ class Snake(nn.Module):
         return x + torch.sin(x * alpha).pow(2) * inverse
 
 
-class SnakeBeta(nn.Module):
+class SnakeBeta(Snake):
     """x + sin^2(alpha x) / beta: frequency and magnitude of the periodic part learnt separately."""
 
     def __init__(self, channels: int, logscale: bool = True):
-        super().__init__()
-        self.logscale = logscale
-        self.alpha = nn.Parameter(torch.zeros(channels) if logscale else torch.ones(channels))
+        super().__init__(channels, logscale)
         self.beta = nn.Parameter(torch.zeros(channels) if logscale else torch.ones(channels))
 
     def coefficients(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         return snake_coefficients(self.alpha, self.beta, logscale=self.logscale, dtype=dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        alpha, inverse = (c[None, :, None] for c in self.coefficients(x.dtype))  # (1, C, 1)
-        return x + torch.sin(x * alpha).pow(2) * inverse
 
 
 class PreparedActivation(NamedTuple):
