@@ -5,7 +5,7 @@ The real checkpoints cannot be downloaded everywhere this must run, so
 sizes and in the real file layouts, once, into a cache folder outside the repo
 (default `~/.cache/selva-bench/<variant>/`), and `benchmarks/clips.py` encodes
 the synthetic clips beside them. This module loads the checkpoints through
-`SelvaPipeline.from_pretrained(..., weights_dir=...)`, i.e. the production
+`selva.loader.load_pipeline(LoadOptions(..., weights_dir=...))`, i.e. the production
 hub, loading and text-encoder code, and times:
 
 1. the load, with peak RSS right after it and the bytes of the parameters
@@ -147,8 +147,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
+    from selva.loader import load_pipeline
     from selva.mux import mux
-    from selva.pipeline import SelvaPipeline
+    from selva.spec import LoadOptions
     from selva.variants import get_variant
 
     if args.threads:
@@ -174,9 +175,9 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     peak_reset = reset_peak_rss()
     rss_before = current_rss()
     t0 = time.perf_counter()
-    pipe = SelvaPipeline.from_pretrained(
-        variant, device=args.device, dtype=args.dtype, offload=args.offload, weights_dir=weights_dir
-    )
+    pipe = load_pipeline(LoadOptions(
+        variant, device=args.device, precision=args.dtype, offload=args.offload, weights_dir=str(weights_dir)
+    ))  # fmt: skip
     load_s = time.perf_counter() - t0
     peak_after_load = peak_rss()
     rss_after_load = current_rss()

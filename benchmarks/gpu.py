@@ -12,7 +12,7 @@ Phases, in order:
    networks' own matrix products run under;
 3. for each variant (default small_16k, then large_44k), on random weights at
    the real sizes and layouts (`benchmarks/build_weights.py`, built once):
-   `build`, `load` (`SelvaPipeline.from_pretrained`), then eager and compiled
+   `build`, `load` (`selva.loader.load_pipeline`), then eager and compiled
    (`selva.compile.compile_pipeline`; its `compile` phase): `warmup` (the
    calls that compile and record CUDA graphs, timed), `stages` (each public
    stage method of the pipeline alone, synchronised: text encoders, frame
@@ -175,7 +175,8 @@ def run_variant(
     """Every phase of one variant; returns the CPU reference if this variant built one."""
     import torch
 
-    from selva.pipeline import SelvaPipeline
+    from selva.loader import load_pipeline
+    from selva.spec import LoadOptions
 
     ctx = {"variant": name}
 
@@ -196,9 +197,10 @@ def run_variant(
     def load() -> Any:
         gc.collect()
         start = time.perf_counter()
-        pipe = SelvaPipeline.from_pretrained(
-            variant, device=args.device, dtype=args.dtype, offload="keep_in_vram", weights_dir=weights
+        options = LoadOptions(
+            variant, args.device, args.dtype, offload="keep_in_vram", weights_dir=str(weights)
         )
+        pipe = load_pipeline(options)
         sync = sync_for(pipe.device)
         sync()
         seconds = time.perf_counter() - start
