@@ -316,17 +316,7 @@ class Project:
     def save(self, path: str | Path) -> Path:
         """Write the project as JSON (atomically: a fault leaves the old file or none)."""
         path = Path(path)
-        text = json.dumps(self.to_dict(relative_to=path.parent), indent=2, ensure_ascii=False) + "\n"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return write_json(path, self.to_dict(relative_to=path.parent))
 
     @classmethod
     def load(cls, path: str | Path) -> Project:
@@ -342,6 +332,22 @@ class Project:
         except json.JSONDecodeError as exc:
             raise InputError(f"{path} is not a project file: line {exc.lineno}: {exc.msg}") from None
         return cls.from_dict(data, relative_to=path.parent)
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """`data` as indented UTF-8 JSON at `path`, written then renamed: a fault leaves the old file or none."""
+    path = Path(path)
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def _sound(data: Any, relative_to: str | Path | None) -> Sound:

@@ -115,7 +115,6 @@ def write_takes(
     (a take file is a whole soundtrack); the chosen take's measurement is kept.
     """
     from selva import media
-    from selva.mux import mux
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -132,18 +131,22 @@ def write_takes(
         audio = tuple(media.write_audio(folder / f"{stem}.{fmt}", wave, rate) for fmt in formats)
         video = None
         if rendered.video is not None:
-            video = mux(
-                rendered.video,
-                wave,
-                rate,
-                folder / f"{stem}.mp4",
-                start=rendered.start,
-                duration=rendered.duration,
-                original_audio_gain=gain,
-                info=rendered.info,
-            )
+            video = span_video(rendered, wave, rate, folder / f"{stem}.mp4", original_audio_gain=gain)
         written.append(TakeFiles(take.seed, audio, video))
     return written
+
+
+def span_video(
+    rendered: Rendered, audio: np.ndarray, rate: int, path: Path, *, original_audio_gain: float | None = None
+) -> Path:
+    """The rendered span of the video with `audio` as its soundtrack (the video stream copied)."""
+    from selva.mux import mux
+
+    assert rendered.video is not None  # callers check: sound from the prompt alone has no video
+    return mux(
+        rendered.video, audio, rate, path, start=rendered.start, duration=rendered.duration,
+        original_audio_gain=original_audio_gain, info=rendered.info,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -176,7 +179,6 @@ def write_mix(
 ) -> MixFiles:
     """Each sound's chosen take, the mix and (with a video) its mp4 and the multi-track mp4."""
     from selva import media, tracks
-    from selva.mux import mux
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -195,15 +197,7 @@ def write_mix(
     mix_audio = media.write_audio(folder / f"{name}_mix.{audio_format}", mix, rate)
     mix_video = tracks_video = None
     if rendered.video is not None:
-        mix_video = mux(
-            rendered.video,
-            mix,
-            rate,
-            folder / f"{name}_mix.mp4",
-            start=rendered.start,
-            duration=rendered.duration,
-            info=rendered.info,
-        )
+        mix_video = span_video(rendered, mix, rate, folder / f"{name}_mix.mp4")
         extra = [(s.prompt, delivered(rendered, rendered.panned(k))) for k, s in enumerate(project.sounds)]
         if rendered.original is not None:
             extra.append(("original", delivered(rendered, rendered.original)))

@@ -15,16 +15,13 @@ catch its errors and keep the generation (see `selva.scoring`).
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from selva import spec
-from selva.project import Project, Score
+from selva.project import Project, Score, write_json
 from selva.render import Rendered, mix_project
 
 if TYPE_CHECKING:
@@ -138,15 +135,4 @@ def scores_data(project: Project) -> dict[str, Any]:
 
 def write_scores(project: Project, path: str | Path) -> Path:
     """The scores as JSON at `path` (written then renamed: a fault leaves the old file or none)."""
-    path = Path(path)
-    text = json.dumps(scores_data(project), indent=2, ensure_ascii=False) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_json(path, scores_data(project))
