@@ -35,18 +35,15 @@ from selva import spec
 from selva.batch import EXIT_OK, OOM_HINT, items_for, items_from_folder, run_items
 from selva.batch_csv import items_from_csv
 from selva.cli_options import (
-    cfg_arg,
+    add_limit_option,
     check_options,
     duration_arg,
     loudness_arg,
     max_duration_arg,
-    original_audio_gain_arg,
     sample_rate_arg,
-    samples_arg,
     seed_arg,
     start_arg,
     stem_gain_arg,
-    steps_arg,
 )
 from selva.cli_scores import add_score_options, check_score_options
 from selva.spec import (
@@ -180,30 +177,12 @@ def _sound_options(p: argparse.ArgumentParser, *, required: bool) -> None:
 def _generation_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("generation")
     g.add_argument("--out", type=Path, default=Path("outputs"), metavar="DIR", help="default: %(default)s")
-    g.add_argument(
-        "--steps",
-        type=steps_arg,
-        default=int(spec.STEPS.default),
-        metavar="N",
-        help="flow steps (default: %(default)s)",
-    )
-    g.add_argument(
-        "--cfg",
-        type=cfg_arg,
-        default=spec.CFG_STRENGTH.default,
-        metavar="X",
-        help="guidance (default: %(default)s)",
-    )
+    add_limit_option(g, "--steps", spec.STEPS, "N", "flow steps")
+    add_limit_option(g, "--cfg", spec.CFG_STRENGTH, "X", "guidance")
     g.add_argument(
         "--seed", type=seed_arg, default=spec.SEED.default, metavar="N", help="default: random (logged)"
     )
-    g.add_argument(
-        "--samples",
-        type=samples_arg,
-        default=int(spec.NUM_SAMPLES.default),
-        metavar="N",
-        help="candidates per clip (default: %(default)s)",
-    )
+    add_limit_option(g, "--samples", spec.NUM_SAMPLES, "N", "candidates per clip")
     g.add_argument(
         "--duration", type=duration_arg, metavar="SEC", help="default: the rest of the video, up to the cap"
     )
@@ -224,13 +203,8 @@ def _generation_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--start", type=start_arg, default=spec.START.default, metavar="SEC", help="default: %(default)g"
     )
-    level = spec.ORIGINAL_AUDIO_GAIN
-    g.add_argument(
-        "--keep-original-audio",
-        type=original_audio_gain_arg,
-        metavar="GAIN",
-        help=f"mix in the video's own audio at GAIN ({level.minimum:g}-{level.maximum:g}; 1: its own level)",
-    )
+    what = "mix in the video's own audio at GAIN, 1 being its own level"
+    add_limit_option(g, "--keep-original-audio", spec.ORIGINAL_AUDIO_GAIN, "GAIN", what, default=False)
     g.add_argument("--format", choices=["flac", "wav"], default="flac", help="default: flac")
     add_score_options(p, best_of=p.prog.endswith("generate"))
     _delivery_options(p, default="model")

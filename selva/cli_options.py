@@ -118,3 +118,24 @@ def check_options(args: argparse.Namespace) -> None:
         spec.check_duration(args.duration, args.max_duration)
     except InputError:
         raise InputError(f"--duration {_duration_rule(args.max_duration, f'{args.duration:g}')}") from None
+
+
+def add_limit_option(
+    group: argparse._ArgumentGroup,
+    flag: str,
+    limit: spec.Limit,
+    metavar: str,
+    what: str,
+    *,
+    default: bool = True,
+) -> None:
+    """`flag` typed and ranged by `limit`, its default the spec's (or none), its range in the help."""
+    span = f"{limit.minimum:g}-{limit.maximum:g}"
+    shown = f"; default: {limit.default:g}" if default and limit.default is not None else ""
+    group.add_argument(
+        flag,
+        type=ranged(limit),
+        default=(int(limit.default) if limit.integer else limit.default) if default else None,
+        metavar=metavar,
+        help=f"{what} ({span}{shown})",
+    )

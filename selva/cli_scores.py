@@ -20,12 +20,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from selva import spec
-from selva.cli_options import ranged
+from selva.cli_options import add_limit_option
 from selva.spec import InputError, SelvaError
 
 log = logging.getLogger(__name__)  # one of `selva.cli.CLI_LOGGERS`: its lines show at INFO
 
-best_of_arg = ranged(spec.BEST_OF)
 
 
 def scorer_arg(text: str) -> str:
@@ -54,13 +53,8 @@ def add_score_options(p: argparse.ArgumentParser, *, best_of: bool) -> None:
         help="score each take (agreement with its prompt, leakage into the others) into <name>_scores.json",
     )
     if best_of:
-        level = spec.BEST_OF
-        g.add_argument(
-            "--best-of",
-            type=best_of_arg,
-            metavar="N",
-            help=f"make N takes per sound ({level.minimum:g}-{level.maximum:g}) and keep the best-scored one",
-        )
+        what = "make N takes per sound and keep the best-scored one"
+        add_limit_option(g, "--best-of", spec.BEST_OF, "N", what, default=False)
     g.add_argument(
         "--scorer",
         type=scorer_arg,
