@@ -41,6 +41,7 @@ from selva.spec import (
 if TYPE_CHECKING:
     from selva.hub_network import DownloadProgress
     from selva.pipeline import SelvaPipeline
+    from selva.project_files import ProjectResult
     from selva.render import Rendered
     from selva.stems import Stem
 
@@ -425,6 +426,17 @@ class GenerationService:
         )
         report.finish()
         return rendered
+
+    def render_project(
+        self, project: Project, progress: ProgressFn | None = None, *, session: str = "local",
+        cancel: CancelToken | None = None,
+    ) -> ProjectResult:  # fmt: skip
+        """Render `project` (only takes without audio run the model) into a new folder, with every file."""
+        from selva.project_files import deliver_project
+        folder, job = self.outputs.new_folder(), {"session": session, "cancel": cancel}
+        rendered, pipe, loaded = self.render(project, folder / "takes", progress, **job)
+        info = f"{project_info(rendered)} · {pipe.variant.name} on {pipe.device} ({dtype_name(pipe.dtype)})"
+        return deliver_project(rendered, folder, info + (f" · model loaded in {loaded:.1f} s" * bool(loaded)))
 
     # -- several sources at once (selva.stems) ----------------------------------------------------
 
