@@ -91,7 +91,8 @@ def test_two_sounds_generate_one_result_area_with_both(page, two_sounds):
         assert page.locator(f"#sound-label-{k}").inner_text().strip() == f"Sound {k}: {prompt}"
         assert waveform_width(page, f"#take-{k}-1") > 50
     assert page.locator("#sound-result-3").is_hidden() and page.locator("#sound-result-4").is_hidden()
-    # The one-sound road did not run: its info line is still empty.
+    # The one-sound road did not run (its info line is still empty) and its card made way.
+    page.locator("#candidate-1").wait_for(state="hidden")
     assert page.locator("#info textarea").input_value() == ""
     href = page.locator("#project-file a").first.get_attribute("href")
     assert href.endswith(".selva.json") and page.request.get(href).ok

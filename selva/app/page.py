@@ -3,8 +3,9 @@
 `build_demo(pipe)` builds the Blocks around one pipeline (or a `PipelineSlot` that loads
 it on first use); nothing is loaded or launched (`selva.app.launch` does that). The page
 is put together from `handlers` (the request handlers), `results` (candidate cards, earlier
-results, kept takes) and `stems` (the stems editor). Importing this module loads no model,
-picks no device and downloads nothing.
+results, kept takes), `workspace` (the sounds list and its result area) and `stems` (the
+`/stems` endpoint's hidden widgets). Importing this module loads no model, picks no device
+and downloads nothing.
 
 Concurrency: the process holds one `SelvaPipeline` (in a `selva.serving.PipelineSlot`) and a
 lock around it, and every model event runs in one queue slot per GPU, so two requests never
@@ -260,7 +261,7 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
         workspace_ui.wire_workspace(
             Workspace(studio), sounds, area, checked=checked, single=event, stop=stop, video=video,
             settings=[steps, cfg, seed, duration, start, variant, num_samples], original=original_level,
-            num_samples=num_samples, current_result=results.current,
+            num_samples=num_samples, current_result=results.current, cards=results.cards,
         )  # fmt: skip
         stems_ui.wire_stems(
             stems_widgets,

@@ -189,11 +189,13 @@ def wire_workspace(
     original: gr.Slider,
     num_samples: gr.Slider,
     current_result: gr.State,
+    cards: list[Any],
 ) -> None:
     """The workspace's events.
 
     `checked` is the page's Source check before a Generate; `single` the `/generate` event (one
-    sound); `settings` are steps, CFG, seed, duration, start, variant and Candidates.
+    sound); `settings` are steps, CFG, seed, duration, start, variant and Candidates; `cards` the
+    one-sound result cards.
     """
     for button, delta in ((rows["add"], 1), (rows["remove"], -1)):
         button.click(
@@ -224,6 +226,8 @@ def wire_workspace(
         show_progress_on=area["mix_video"],
         **gpu,
     )
+    # One result area: the one-sound cards make way for the project's (`/generate` shows them again).
+    many.success(lambda: [gr.update(visible=False)] * len(cards), None, cards, **PAGE_EVENT)
     mix_values = [*mix_inputs(rows), original]
     single.success(ws.adopt, [current_result, *mix_values], outputs, **PAGE_EVENT_TOASTS)
     rerolls = [

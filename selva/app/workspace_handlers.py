@@ -58,7 +58,7 @@ def show(result: ProjectResult, sample_rate: int) -> list[Any]:
             chosen = t == sound.chosen
             label = f"Take {t + 1} · seed {sound.takes[t].seed}" + (" (in the mix)" if chosen else "")
             players.append(gr.update(value=result.take_players[(k, t)], label=label, visible=True))
-            buttons.append(gr.update(visible=not chosen, value=f"Use take {t + 1}"))
+            buttons.append(gr.update(visible=not chosen))
         values += [*players, *buttons]
     return values
 
