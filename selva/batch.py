@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import re
 import sys
 import time
@@ -31,6 +30,7 @@ from typing import TypeVar
 from tqdm import tqdm
 
 from selva import spec
+from selva.cli_options import delivery_settings
 from selva.names import slug, sound_file
 from selva.project import PROJECT_SUFFIX, Project
 from selva.spec import InputError, MediaError, SelvaError, is_out_of_memory
@@ -45,80 +45,6 @@ OOM_HINT = (
     "or less work per clip (a shorter --duration, fewer --samples)"
 )
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg"}
-
-
-# -- values: one converter per option, shared by the flags and the CSV columns ------------------
-
-
-def parse_number(text: str, *, integer: bool = False) -> float | int:
-    """A finite number typed in a flag or a cell; with `integer` a whole one ("7.0" is 7)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or (integer and not value.is_integer()):
-        kind = "a whole number" if integer else "a number"
-        raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}")
-    if not integer:
-        return value
-    # int(text) keeps big seeds exact; int(value) takes the "7.0" that spreadsheets write.
-    return int(text) if text.strip().lstrip("+-").isdigit() else int(value)
-
-
-def ranged(limit: spec.Limit) -> Callable[[str], float | int]:
-    """An argparse type (and CSV cell converter) checking with `limit.check`: the spec's one rule."""
-
-    def convert(text: str) -> float | int:
-        value = parse_number(text, integer=limit.integer)
-        try:
-            return limit.check(value)
-        except InputError as exc:
-            # The spec names the argument as code does (cfg_strength) and shows the parsed value;
-            # argparse names the flag and the CSV reader the column, and both show what was typed.
-            rule = str(exc).removeprefix(f"{limit.name} ").rpartition(", got ")[0]
-            raise argparse.ArgumentTypeError(f"{rule}, got {text.strip()}") from None
-
-    return convert
-
-
-def seconds_up_to(max_duration: float) -> Callable[[str], float]:
-    """A duration in seconds by `spec.check_duration`: above 0, and at most `max_duration`."""
-
-    def convert(text: str) -> float:
-        value = parse_number(text)
-        try:
-            return spec.check_duration(value, max_duration)
-        except InputError:
-            raise argparse.ArgumentTypeError(_duration_rule(max_duration, text)) from None
-
-    return convert
-
-
-def _duration_rule(max_duration: float, given: str) -> str:
-    if max_duration == math.inf:
-        return f"must be above 0 seconds, got {given}"
-    cap = f"at most {max_duration:g} s, the --max-duration cap (raise it for longer spans)"
-    return f"must be above 0 and {cap}, got {given}"
-
-
-steps_arg = ranged(spec.STEPS)
-samples_arg = ranged(spec.NUM_SAMPLES)
-cfg_arg = ranged(spec.CFG_STRENGTH)
-seed_arg = ranged(spec.SEED)
-start_arg = ranged(spec.START)
-stem_gain_arg = ranged(spec.STEM_GAIN)
-original_audio_gain_arg = ranged(spec.ORIGINAL_AUDIO_GAIN)
-# The cap is --max-duration's, which argparse may read after --duration: see check_options.
-duration_arg = seconds_up_to(math.inf)
-max_duration_arg = seconds_up_to(math.inf)
-
-
-def check_options(args: argparse.Namespace) -> None:
-    """What one option's type cannot check alone: --duration against --max-duration (as CSV cells are)."""
-    try:
-        spec.check_duration(args.duration, args.max_duration)
-    except InputError:
-        raise InputError(f"--duration {_duration_rule(args.max_duration, f'{args.duration:g}')}") from None
 
 
 # -- work items -----------------------------------------------------------------------------------
@@ -442,6 +368,7 @@ def project_name(project_file: Path) -> str:
 
 def item_project(item: Item, args: argparse.Namespace) -> Project:
     """One clip of the batch as a project: one sound with --samples takes, or one sound per stem."""
+    from selva.cli_scores import best_of_project
     from selva.render import single_sound
     from selva.stems import stems_project
 
@@ -451,15 +378,19 @@ def item_project(item: Item, args: argparse.Namespace) -> Project:
     )  # fmt: skip
     original = args.keep_original_audio or 0.0
     if item.stems:
-        return stems_project(replace(request, num_samples=1), item.stems, original_audio_gain=original)
-    return single_sound(request, original_audio_gain=original)
+        project = stems_project(replace(request, num_samples=1), item.stems, original_audio_gain=original)
+    else:
+        project = single_sound(request, original_audio_gain=original)
+    project = replace(project, mix=delivery_settings(project.mix, args))
+    return best_of_project(project, args, seed=item.seed)  # as drafted, or --best-of N takes per sound
 
 
 def generate_one(pipe, item: Item, args: argparse.Namespace) -> Callable[[], None]:
     """Render and save one clip's project; returns the call that logs what was written."""
     from selva import media
+    from selva.cli_scores import score_clip, write_clip_scores
     from selva.mux import mux
-    from selva.project_files import write_mix
+    from selva.project_files import delivered_take, output_rate, write_mix
     from selva.render import render
 
     if item.video is not None and not item.video.is_file():
@@ -467,6 +398,7 @@ def generate_one(pipe, item: Item, args: argparse.Namespace) -> Callable[[], Non
     save_project = getattr(args, "save_project", None)  # `selva generate` only
     takes = takes_folder(save_project) if save_project is not None else None
     rendered = render(pipe, item_project(item, args), takes)
+    rendered, score_lines = score_clip(rendered, args, item.where)  # --score, --best-of; never fails
     written: list[Path] = []
     if item.stems:
         files = write_mix(rendered, args.out, item.name, audio_format=args.format)
@@ -474,18 +406,22 @@ def generate_one(pipe, item: Item, args: argparse.Namespace) -> Callable[[], Non
         written += [p for p in (files.mix_video, files.tracks_video) if p is not None]
     else:
         gain = args.keep_original_audio or None
-        for k, (audio_path, video_path) in enumerate(output_paths(item, args)):
+        # --best-of writes only the chosen take, under the names of a single one.
+        kept = [rendered.project.sounds[0].chosen] if getattr(args, "best_of", None) else range(args.samples)
+        rate = output_rate(rendered)
+        for k, (audio_path, video_path) in zip(kept, output_paths(item, args), strict=True):
             # Audio first, mp4 last: an item counts as done once its last file exists.
-            wave = rendered.take_audio(0, k)
-            written.append(media.write_audio(audio_path, wave, rendered.sample_rate))
+            wave = delivered_take(rendered, 0, k)
+            written.append(media.write_audio(audio_path, wave, rate))
             if video_path is not None:
                 written.append(mux(
-                    item.video, wave, rendered.sample_rate, video_path, start=rendered.start,
+                    item.video, wave, rate, video_path, start=rendered.start,
                     duration=rendered.duration, original_audio_gain=gain, info=rendered.info,
                 ))  # fmt: skip
+    written += write_clip_scores(rendered.project, args.out / item.name, score_lines)
     if save_project is not None:
         written.append(rendered.project.save(save_project))
     from selva.progress import project_info
 
-    names = ", ".join(str(p) for p in written)
-    return lambda: log.info("%s -> %s (%s)", item.where, names, project_info(rendered))
+    lines = [f"{item.where} -> {', '.join(str(p) for p in written)} ({project_info(rendered)})"]
+    return lambda: log.info("%s", "\n".join([*lines, *(score_lines or ())]))  # a line per scored take

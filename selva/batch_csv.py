@@ -29,18 +29,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from selva import spec
-from selva.batch import (
-    Item,
-    Sound,
-    nth,
-    option_settings,
-    option_sound,
-    seconds_up_to,
-    seed_arg,
-    sound_fields,
-    start_arg,
-    stem_gain_arg,
-)
+from selva.batch import Item, Sound, nth, option_settings, option_sound, sound_fields
+from selva.cli_options import seconds_up_to, seed_arg, start_arg, stem_gain_arg
 from selva.spec import InputError
 
 log = logging.getLogger(__name__)

@@ -19,35 +19,36 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import signal
 import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 from tqdm import tqdm
 
 from selva import spec
-from selva.batch import (
-    EXIT_OK,
-    OOM_HINT,
+from selva.batch import EXIT_OK, OOM_HINT, items_for, items_from_folder, run_items
+from selva.batch_csv import items_from_csv
+from selva.cli_options import (
     cfg_arg,
     check_options,
     duration_arg,
-    items_for,
-    items_from_folder,
+    loudness_arg,
     max_duration_arg,
     original_audio_gain_arg,
-    run_items,
+    sample_rate_arg,
     samples_arg,
     seed_arg,
     start_arg,
     stem_gain_arg,
     steps_arg,
 )
-from selva.batch_csv import items_from_csv
+from selva.cli_scores import add_score_options, check_score_options
 from selva.spec import (
     DEFAULT_VARIANT,
     DependencyError,
@@ -72,7 +73,9 @@ EXIT_CODES = """exit codes:
 """
 # The modules whose lines are the command's own output: shown at INFO (the rest of `selva` at -v); the
 # compile modules say where kernels are cached and what each compile took.
-CLI_LOGGERS = ("selva.cli", "selva.batch", "selva.batch_ray", "selva.compile", "selva.compile_cache")
+CLI_LOGGERS = (
+    "selva.cli", "selva.cli_scores", "selva.batch", "selva.batch_ray", "selva.compile", "selva.compile_cache"
+)  # fmt: skip
 PRECISIONS = spec.PRECISIONS
 OFFLOADS = (*spec.OFFLOADS, *spec.OFFLOAD_ALIASES)
 
@@ -132,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("project", type=Path, metavar="PROJECT.selva.json")
     p.add_argument("--out", type=Path, default=Path("outputs"), metavar="DIR", help="default: %(default)s")
     p.add_argument("--format", choices=["flac", "wav"], default="flac", help="default: flac")
+    add_score_options(p, best_of=False)
+    _delivery_options(p, default="the project's")
     _model_options(p, variant_default=None)
 
     about = (
@@ -227,7 +232,31 @@ def _generation_options(p: argparse.ArgumentParser) -> None:
         help=f"mix in the video's own audio at GAIN ({level.minimum:g}-{level.maximum:g}; 1: its own level)",
     )
     g.add_argument("--format", choices=["flac", "wav"], default="flac", help="default: flac")
+    add_score_options(p, best_of=p.prog.endswith("generate"))
+    _delivery_options(p, default="model")
     _model_options(p, variant_default=DEFAULT_VARIANT)
+
+
+def _delivery_options(p: argparse.ArgumentParser, *, default: str) -> None:
+    # Not given: None, so `selva render` keeps the project's settings; a new project's are "model", "off".
+    g = p.add_argument_group("delivery")
+    rates = ",".join(str(r) for r in spec.OUTPUT_RATES)
+    g.add_argument(
+        "--sample-rate",
+        type=sample_rate_arg,
+        metavar=f"{{{rates}}}",
+        help=f"rate of every file written: 48000 for video editors, or the model's own (default: {default})",
+    )
+    lufs = [f"{t:g}" for t in spec.LOUDNESS_TARGETS.values() if t is not None]
+    targets = ",".join([spec.LOUDNESS_OFF, *lufs])
+    ceiling = spec.TRUE_PEAK_CEILING_DB
+    g.add_argument(
+        "--loudness",
+        type=loudness_arg,
+        metavar=f"{{{targets}}}",
+        help=f"integrated loudness of the mix in LUFS (-23 EBU R128, -16, -14 streaming), true peak under "
+        f"{ceiling:g} dBTP; off: peak-normalised (default: {'off' if default == 'model' else default})",
+    )
 
 
 def _model_options(p: argparse.ArgumentParser, *, variant_default: str | None) -> None:
@@ -256,6 +285,7 @@ def _common_options(p: argparse.ArgumentParser) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     check_options(args)
+    check_score_options(args)
     items = items_for(args.videos, args)
     if args.save_project is not None and len(items) != 1:
         raise InputError("--save-project writes the project of one clip: give one VIDEO (or none)")
@@ -269,6 +299,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_batch(args: argparse.Namespace) -> int:
     check_options(args)
+    check_score_options(args)
     source: Path = args.source
     if source.is_dir():
         items = items_from_folder(source, args)
@@ -285,12 +316,16 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 def cmd_render(args: argparse.Namespace) -> int:
     from selva.batch import load_pipeline, project_name, takes_folder
+    from selva.cli_options import delivery_settings
+    from selva.cli_scores import score_clip, write_clip_scores
     from selva.progress import project_info
     from selva.project import Project
     from selva.project_files import write_mix
     from selva.render import render
 
+    check_score_options(args)
     project = Project.load(args.project)
+    project = replace(project, mix=delivery_settings(project.mix, args)).checked(max_duration=math.inf)
     variant = args.variant or project.variant or DEFAULT_VARIANT
     try:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -298,11 +333,15 @@ def cmd_render(args: argparse.Namespace) -> int:
         raise InputError(f"cannot create the output folder {args.out}: {exc}") from None
     pipe = load_pipeline(args, variant)
     rendered = render(pipe, project, takes_folder(args.project))
+    rendered, score_lines = score_clip(rendered, args, str(args.project))  # --score; never fails
     name = project_name(args.project)
     files = write_mix(rendered, args.out, name, audio_format=args.format)
-    rendered.project.save(args.project)
     written = [*files.sound_audio, files.mix_audio, files.mix_video, files.tracks_video]
+    written += write_clip_scores(rendered.project, args.out / name, score_lines)
+    rendered.project.save(args.project)
     log.info("%s -> %s (%s)", args.project, ", ".join(str(p) for p in written if p), project_info(rendered))
+    for line in score_lines or ():
+        log.info("%s", line)
     return EXIT_OK
 
 

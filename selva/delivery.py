@@ -31,17 +31,21 @@ from fractions import Fraction
 
 import numpy as np
 
+# The two checks are pure Python and live in the spec, so the project model checks a mix without numpy.
 from selva.spec import (
-    LOUDNESS_OFF,
-    LOUDNESS_TARGETS,
     ORIGINAL_AUDIO_GAIN,
-    OUTPUT_RATE_MODEL,
-    OUTPUT_RATES,
     PAN,
     STEM_GAIN,
     TRUE_PEAK_CEILING_DB,
     InputError,
+    check_loudness_target,
+    check_output_rate,
 )
+
+__all__ = [
+    "Delivered", "Loudness", "check_loudness_target", "check_output_rate", "deliver", "integrated_loudness",
+    "measure", "mix", "normalise", "pan", "pan_gains", "resample", "true_peak",
+]
 
 # BS.1770's true-peak meter looks between samples at four times the rate.
 TRUE_PEAK_OVERSAMPLING = 4
@@ -116,26 +120,6 @@ def mix(
 # -- sample rate --------------------------------------------------------------------------------------
 
 
-def check_output_rate(choice: int | str | None, model_rate: int) -> int:
-    """The output sample rate for a choice in `spec.OUTPUT_RATES` (None is the default, 48 kHz).
-
-    Accepts the form's strings ("48000", "model") as well as numbers.
-    """
-    if choice is None:
-        choice = OUTPUT_RATES[0]
-    if isinstance(choice, str) and choice.strip().lower() == OUTPUT_RATE_MODEL:
-        return int(model_rate)
-    try:
-        rate = int(str(choice).strip()) if isinstance(choice, str) else choice
-    except ValueError:
-        rate = None
-    if not (isinstance(rate, numbers.Integral) and not isinstance(rate, bool) and rate in OUTPUT_RATES):
-        names = ", ".join(str(r) for r in OUTPUT_RATES)
-        raise InputError(f"output sample rate must be one of {names} ({model_rate} Hz for "
-                         f"'{OUTPUT_RATE_MODEL}'), got {choice!r}")
-    return int(rate)
-
-
 def resample(
     audio: np.ndarray, sample_rate: int, target_rate: int, *, duration: float | None = None
 ) -> np.ndarray:
@@ -197,31 +181,6 @@ class Loudness:
             "integrated_lufs": _rounded(self.integrated_lufs),
             "true_peak_dbtp": _rounded(self.true_peak_dbtp),
         }
-
-
-def check_loudness_target(value: object) -> float | None:
-    """None (off) or one of the targets in `spec.LOUDNESS_TARGETS`, in LUFS.
-
-    Accepts the labels, the numbers (-23, -23.0) and their strings ("-23", "-23 LUFS"), and "off".
-    """
-    if value is None or (isinstance(value, str) and value.strip().lower() == LOUDNESS_OFF):
-        return None
-    if isinstance(value, str) and value in LOUDNESS_TARGETS:
-        return LOUDNESS_TARGETS[value]
-    number: float | None = None
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        number = float(value)
-    elif isinstance(value, str):
-        text = value.strip().upper().removesuffix("LUFS").strip()
-        try:
-            number = float(text)
-        except ValueError:
-            number = None
-    allowed = [t for t in LOUDNESS_TARGETS.values() if t is not None]
-    if number not in allowed:
-        names = ", ".join([LOUDNESS_OFF, *(f"{t:g}" for t in allowed)])
-        raise InputError(f"loudness target must be one of {names} (LUFS), got {value!r}")
-    return number
 
 
 def integrated_loudness(audio: np.ndarray, sample_rate: int) -> float:

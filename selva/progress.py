@@ -12,10 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from selva.spec import TRUE_PEAK_CEILING_DB
+
 if TYPE_CHECKING:
     import torch
 
     from selva.pipeline import SelvaPipeline
+    from selva.project import Measured
     from selva.render import Rendered
 
 ProgressFn = Callable[..., object]  # called as progress(fraction, desc=...), as gradio's gr.Progress is
@@ -163,9 +166,23 @@ def project_info(rendered: Rendered) -> str:
         parts.append(f"mix normalised by {rendered.normalised_db:.1f} dB")
     else:
         parts.append("mix not normalised (peak under 1.0)")
+    mix = project.mix
+    if mix.sample_rate is not None and mix.sample_rate != rendered.sample_rate:
+        parts.append(f"delivered at {mix.sample_rate / 1000:g} kHz")
+    if mix.measured is not None:
+        parts.append(f"measured {_measured(mix.measured)}")
+    if mix.loudness is not None:
+        parts.append(f"target {mix.loudness:g} LUFS, true peak under {TRUE_PEAK_CEILING_DB:g} dBTP")
     if "total" in rendered.timings:
         parts.append(f"total {rendered.timings['total']:.2f} s")
     return " · ".join(parts)
+
+
+def _measured(measured: Measured) -> str:
+    """'-23.0 LUFS, -7.4 dBTP' ('-inf' for silence, which has neither)."""
+    values = (measured.integrated_lufs, measured.true_peak_dbtp)
+    lufs, peak = (f"{x:.1f}" if x is not None else "-inf" for x in values)
+    return f"{lufs} LUFS, {peak} dBTP"
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -35,12 +35,15 @@ from selva.spec import (
     CFG_STRENGTH,
     MAX_STEMS,
     ORIGINAL_AUDIO_GAIN,
+    OUTPUT_RATES,
     PAN,
     SEED,
     STEM_GAIN,
     STEPS,
     InputError,
     check_duration,
+    check_loudness_target,
+    check_output_rate,
     check_prompt,
 )
 
@@ -48,6 +51,8 @@ PROJECT_VERSION = 1
 MAX_SOUNDS = MAX_STEMS
 # What `selva render` and the app's download name a project file.
 PROJECT_SUFFIX = ".selva.json"
+# CLAP's cosines are computed in float32: a similarity may stray this far past +-1.
+_COSINE_SLACK = 1e-4
 
 
 def take_seeds(seed: int, count: int) -> list[int]:
@@ -57,6 +62,38 @@ def take_seeds(seed: int, count: int) -> list[int]:
     from its own seed.
     """
     return [seed + k for k in range(count)]
+
+
+@dataclass(frozen=True)
+class Score:
+    """A take's CLAP scores (`selva.scoring` measures them; see there what each means).
+
+    Cosine similarities from -1 to 1: `agreement` with the take's own prompt,
+    `leakage` the highest one with its negative prompt and the other sounds'
+    prompts (None: there were none), and `score`, what takes are ranked by. A
+    hint for choosing among takes, not a judgement of their quality.
+    """
+
+    agreement: float
+    leakage: float | None
+    score: float
+    checkpoint: str  # the CLAP that scored it: scores of different checkpoints do not compare
+    leaked_into: str | None = None  # the prompt behind `leakage`
+
+    def checked(self, where: str) -> Score:
+        for name in ("agreement", "leakage"):
+            value = getattr(self, name)
+            if value is None and name == "leakage":
+                continue
+            if not _is_number(value) or abs(value) > 1 + _COSINE_SLACK:
+                raise InputError(f"{where}: score {name} must be a similarity from -1 to 1, got {value!r}")
+        if not _is_number(self.score):
+            raise InputError(f"{where}: score must be a number, got {self.score!r}")
+        if not isinstance(self.checkpoint, str) or not self.checkpoint:
+            raise InputError(f"{where}: score checkpoint must name the CLAP that scored it")
+        if self.leaked_into is not None and not isinstance(self.leaked_into, str):
+            raise InputError(f"{where}: score leaked_into must be a prompt or null, got {self.leaked_into!r}")
+        return self
 
 
 @dataclass(frozen=True)
@@ -73,6 +110,7 @@ class Take:
     cfg_strength: float = float(CFG_STRENGTH.default)
     batch: int = 0  # takes with the same batch were drawn in one call
     audio: str | None = None
+    score: Score | None = None  # None until scored (`selva.project_scores`)
 
     def checked(self, where: str) -> Take:
         _field(where, SEED, self.seed)
@@ -82,6 +120,10 @@ class Take:
             raise InputError(f"{where}: batch must be a whole number from 0, got {self.batch!r}")
         if self.audio is not None and not isinstance(self.audio, str):
             raise InputError(f"{where}: audio must be a file path or null, got {self.audio!r}")
+        if self.score is not None:
+            if not isinstance(self.score, Score):
+                raise InputError(f"{where}: score must be a Score or null, got {self.score!r}")
+            self.score.checked(where)
         return self
 
 
@@ -129,25 +171,61 @@ class Sound:
 
 
 @dataclass(frozen=True)
-class Mix:
-    """How the sounds become one soundtrack.
+class Measured:
+    """What a loudness meter read on the delivered mix (`selva.delivery.measure`); None for silence."""
 
-    `loudness` (a LUFS target) and `sample_rate` (of the delivered files) are
-    None for today's behaviour: a peak-normalised mix at the model's rate.
+    integrated_lufs: float | None = None  # ITU-R BS.1770 gated integrated loudness
+    true_peak_dbtp: float | None = None  # 4x oversampled peak, dB of full scale
+
+    def checked(self) -> Measured:
+        for name in ("integrated_lufs", "true_peak_dbtp"):
+            value = getattr(self, name)
+            if value is not None and not _is_number(value):
+                raise InputError(f"the mix's measured {name} must be a number or null, got {value!r}")
+        return self
+
+
+@dataclass(frozen=True)
+class Mix:
+    """How the sounds become one soundtrack, and the files it is delivered as.
+
+    `sample_rate` is the rate every delivered file is written at: None for the
+    model's own (16 or 44.1 kHz), or one of the rates in `spec.OUTPUT_RATES`
+    (48000). `loudness` is the mix's integrated loudness target in LUFS (one of
+    `spec.LOUDNESS_TARGETS`, with a true-peak ceiling), or None for today's
+    peak-normalised level. `measured` is what the delivered mix measured when its
+    files were last written (None before that).
     """
 
     original_audio_gain: float = float(ORIGINAL_AUDIO_GAIN.default)
     loudness: float | None = None
     sample_rate: int | None = None
+    measured: Measured | None = None
 
     def checked(self) -> Mix:
         _field("the mix", ORIGINAL_AUDIO_GAIN, self.original_audio_gain)
-        if self.loudness is not None and not (_is_number(self.loudness) and -70 <= self.loudness < 0):
-            raise InputError(f"the mix's loudness target must be in LUFS below 0, got {self.loudness!r}")
-        if self.sample_rate is not None and not (
-            isinstance(self.sample_rate, int) and 8000 <= self.sample_rate <= 192_000
-        ):
-            raise InputError(f"the mix's sample rate must be 8000-192000 Hz, got {self.sample_rate!r}")
+        # The spec's checks also read the form's strings ("-23 LUFS", "model"); the file holds numbers.
+        try:
+            if isinstance(self.loudness, str):
+                raise InputError(f"give a number, got {self.loudness!r}")
+            check_loudness_target(self.loudness)
+        except InputError as exc:
+            raise InputError(f"the mix's loudness: {exc} (null: off)") from None
+        if self.sample_rate is not None:
+            rates = ", ".join(str(r) for r in OUTPUT_RATES if isinstance(r, int))
+            wrong = InputError(
+                f"the mix's sample_rate must be null (the model's rate) or {rates}, got {self.sample_rate!r}"
+            )
+            if not isinstance(self.sample_rate, int) or isinstance(self.sample_rate, bool):
+                raise wrong
+            try:
+                check_output_rate(self.sample_rate, model_rate=0)  # 0: "model" is no number a file holds
+            except InputError:
+                raise wrong from None
+        if self.measured is not None:
+            if not isinstance(self.measured, Measured):
+                raise InputError(f"the mix's measured loudness must be an object, got {self.measured!r}")
+            self.measured.checked()
         return self
 
 
@@ -224,7 +302,7 @@ class Project:
             )
         try:
             sounds = tuple(_sound(s, relative_to) for s in data["sounds"])
-            mix = Mix(**data.get("mix", {}))
+            mix = _mix(data.get("mix", {}))
             known = {"version", "sounds", "mix", "video", "start", "duration", "variant"}
             extra = set(data) - known
             if extra:
@@ -271,11 +349,25 @@ def _sound(data: Any, relative_to: str | Path | None) -> Sound:
         raise InputError("each sound of a project file is a JSON object")
     takes = []
     for take in data.get("takes", ()):
-        take = Take(**take)
+        if not isinstance(take, dict):
+            raise InputError("each take of a project file is a JSON object")
+        score = take.get("score")  # absent in files written before takes were scored
+        if score is not None and not isinstance(score, dict):
+            raise InputError(f"a take's score is a JSON object or null, got {score!r}")
+        take = Take(**{**take, "score": Score(**score) if score is not None else None})
         if take.audio is not None and relative_to is not None and not Path(take.audio).is_absolute():
             take = replace(take, audio=str(Path(relative_to) / take.audio))
         takes.append(take)
     return Sound(**{**data, "takes": tuple(takes)})
+
+
+def _mix(data: Any) -> Mix:
+    if not isinstance(data, dict):
+        raise InputError("the mix of a project file is a JSON object")
+    measured = data.get("measured")
+    if isinstance(measured, dict):
+        measured = Measured(**measured)
+    return Mix(**{**data, "measured": measured})
 
 
 def _relative(path: Path, base: Path) -> str:

@@ -7,17 +7,88 @@
   track, one titled track per sound, and "original") and the project file
   (`<name>.selva.json`), in the order a resumable batch expects: the mp4s last.
 
+Delivery (`selva.delivery`, the project's `Mix`): every file is written at the
+mix's `sample_rate` (None: the model's rate, as generated), resampled by FFmpeg
+to exactly duration x rate samples. With a `loudness` target the mix is set to
+it under the true-peak ceiling; where no mix file is written (one sound, its
+candidates as take files) each take file is, as it is the whole soundtrack
+delivered. The mix's measured loudness goes into the project (`Mix.measured`)
+and the info line.
+
 Every file is written whole or not at all (`selva.containers.atomic_write`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+
 from selva import names
-from selva.project import PROJECT_SUFFIX, Project
+from selva.project import PROJECT_SUFFIX, Measured, Project
 from selva.render import Rendered
+from selva.spec import InputError, check_output_rate
+
+
+def output_rate(rendered: Rendered) -> int:
+    """The rate the files of `rendered` are written at: the mix's `sample_rate`, or the model's."""
+    rate = rendered.project.mix.sample_rate
+    return rendered.sample_rate if rate is None else check_output_rate(rate, rendered.sample_rate)
+
+
+def delivered(rendered: Rendered, wave: np.ndarray) -> np.ndarray:
+    """A take, sound or track as delivered: at `output_rate`, exactly duration x rate samples.
+
+    At the model's rate the samples are the generated ones, untouched.
+    """
+    from selva import delivery
+
+    rate = output_rate(rendered)
+    if rate == rendered.sample_rate:
+        return wave
+    return delivery.resample(wave, rendered.sample_rate, rate, duration=rendered.duration)
+
+
+def delivered_mix(rendered: Rendered) -> np.ndarray:
+    """The mix resampled, set to the loudness target (if any) and measured.
+
+    The measurement becomes the project's `Mix.measured` (`rendered.project` is
+    replaced), so the project file and the info line say what was delivered.
+    """
+    wave, measured = _normalised(rendered, rendered.mix)
+    _keep_measurement(rendered, measured)
+    return wave
+
+
+def delivered_take(rendered: Rendered, sound: int, take: int) -> np.ndarray:
+    """A take delivered alone, as the whole soundtrack: resampled, at the loudness target if any.
+
+    The chosen take's measurement becomes the project's `Mix.measured`.
+    """
+    wave, measured = _normalised(rendered, rendered.take_audio(sound, take))
+    if rendered.project.sounds[sound].chosen == take:
+        _keep_measurement(rendered, measured)
+    return wave
+
+
+def _normalised(rendered: Rendered, wave: np.ndarray) -> tuple[np.ndarray, Measured | None]:
+    from selva import delivery
+
+    wave = delivered(rendered, wave)
+    rate, target = output_rate(rendered), rendered.project.mix.loudness
+    if target is not None:
+        wave, _ = delivery.normalise(wave, rate, target)
+    try:
+        loudness = delivery.measure(wave, rate)
+    except InputError:  # a span under the meter's 0.4 s block has no integrated loudness
+        return wave, None
+    return wave, Measured(**loudness.as_dict())
+
+
+def _keep_measurement(rendered: Rendered, measured: Measured | None) -> None:
+    project = rendered.project
+    rendered.project = replace(project, mix=replace(project.mix, measured=measured))
 
 
 @dataclass(frozen=True)
@@ -38,7 +109,11 @@ def write_takes(
     takes: list[int] | None = None,
     formats: tuple[str, ...] = ("flac", "wav"),
 ) -> list[TakeFiles]:
-    """`takes` of `sound` (default: those this render made) as `name`_seed<S>.<format> and .mp4."""
+    """`takes` of `sound` (default: those this render made) as `name`_seed<S>.<format> and .mp4.
+
+    Written at the output rate; with a loudness target each take is set to it
+    (a take file is a whole soundtrack); the chosen take's measurement is kept.
+    """
     from selva import media
     from selva.mux import mux
 
@@ -48,20 +123,19 @@ def write_takes(
     if takes is None:
         takes = [t for k, t in rendered.generated if k == sound]
     gain = project.mix.original_audio_gain or None
+    rate = output_rate(rendered)
     written = []
     for t in takes:
         take = project.sounds[sound].takes[t]
-        wave = rendered.audio[(sound, t)]
+        wave = delivered_take(rendered, sound, t)
         stem = f"{name}_seed{take.seed}"  # the seed that makes this take again
-        audio = tuple(
-            media.write_audio(folder / f"{stem}.{fmt}", wave, rendered.sample_rate) for fmt in formats
-        )
+        audio = tuple(media.write_audio(folder / f"{stem}.{fmt}", wave, rate) for fmt in formats)
         video = None
         if rendered.video is not None:
             video = mux(
                 rendered.video,
                 wave,
-                rendered.sample_rate,
+                rate,
                 folder / f"{stem}.mp4",
                 start=rendered.start,
                 duration=rendered.duration,
@@ -106,34 +180,34 @@ def write_mix(
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    rate = output_rate(rendered)
+    mix = delivered_mix(rendered)  # first: the project file carries its measurement
     project = rendered.project
     sound_audio = tuple(
         media.write_audio(
             folder / names.sound_file(name, k, sound.prompt, audio_format),
-            rendered.take_audio(k),
-            rendered.sample_rate,
+            delivered(rendered, rendered.take_audio(k)),
+            rate,
         )
         for k, sound in enumerate(project.sounds)
     )
     saved = project.save(folder / f"{name}{PROJECT_SUFFIX}") if project_file else None
-    mix_audio = media.write_audio(folder / f"{name}_mix.{audio_format}", rendered.mix, rendered.sample_rate)
+    mix_audio = media.write_audio(folder / f"{name}_mix.{audio_format}", mix, rate)
     mix_video = tracks_video = None
     if rendered.video is not None:
         mix_video = mux(
             rendered.video,
-            rendered.mix,
-            rendered.sample_rate,
+            mix,
+            rate,
             folder / f"{name}_mix.mp4",
             start=rendered.start,
             duration=rendered.duration,
             info=rendered.info,
         )
-        extra = [(s.prompt, rendered.panned(k)) for k, s in enumerate(project.sounds)]
+        extra = [(s.prompt, delivered(rendered, rendered.panned(k))) for k, s in enumerate(project.sounds)]
         if rendered.original is not None:
-            extra.append(("original", rendered.original))
-        tracks_video = tracks.write_multitrack(
-            mix_video, extra, rendered.sample_rate, folder / f"{name}_tracks.mp4"
-        )
+            extra.append(("original", delivered(rendered, rendered.original)))
+        tracks_video = tracks.write_multitrack(mix_video, extra, rate, folder / f"{name}_tracks.mp4")
     return MixFiles(sound_audio, mix_audio, mix_video, tracks_video, saved)
 
 

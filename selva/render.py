@@ -142,6 +142,8 @@ def render(
     as the j-th of `count` pipeline calls begins (for progress bars).
     """
     project = project.checked(max_duration=pipe.max_duration)
+    if project.mix.measured is not None:  # it measured the last delivery; `selva.project_files` measures anew
+        project = replace(project, mix=replace(project.mix, measured=None))
     if project.variant != pipe.variant.name:
         project = replace(project, variant=pipe.variant.name)
     if any(not s.takes for s in project.sounds):

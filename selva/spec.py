@@ -382,6 +382,51 @@ DEFAULT_LOUDNESS_TARGET: float | None = None
 TRUE_PEAK_CEILING_DB = -1.0
 
 
+def check_output_rate(choice: int | str | None, model_rate: int) -> int:
+    """The output sample rate for a choice in `spec.OUTPUT_RATES` (None is the default, 48 kHz).
+
+    Accepts the form's strings ("48000", "model") as well as numbers.
+    """
+    if choice is None:
+        choice = OUTPUT_RATES[0]
+    if isinstance(choice, str) and choice.strip().lower() == OUTPUT_RATE_MODEL:
+        return int(model_rate)
+    try:
+        rate = int(str(choice).strip()) if isinstance(choice, str) else choice
+    except ValueError:
+        rate = None
+    if not (isinstance(rate, numbers.Integral) and not isinstance(rate, bool) and rate in OUTPUT_RATES):
+        names = ", ".join(str(r) for r in OUTPUT_RATES)
+        raise InputError(f"output sample rate must be one of {names} ({model_rate} Hz for "
+                         f"'{OUTPUT_RATE_MODEL}'), got {choice!r}")
+    return int(rate)
+
+
+def check_loudness_target(value: object) -> float | None:
+    """None (off) or one of the targets in `spec.LOUDNESS_TARGETS`, in LUFS.
+
+    Accepts the labels, the numbers (-23, -23.0) and their strings ("-23", "-23 LUFS"), and "off".
+    """
+    if value is None or (isinstance(value, str) and value.strip().lower() == LOUDNESS_OFF):
+        return None
+    if isinstance(value, str) and value in LOUDNESS_TARGETS:
+        return LOUDNESS_TARGETS[value]
+    number: float | None = None
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        text = value.strip().upper().removesuffix("LUFS").strip()
+        try:
+            number = float(text)
+        except ValueError:
+            number = None
+    allowed = [t for t in LOUDNESS_TARGETS.values() if t is not None]
+    if number not in allowed:
+        names = ", ".join([LOUDNESS_OFF, *(f"{t:g}" for t in allowed)])
+        raise InputError(f"loudness target must be one of {names} (LUFS), got {value!r}")
+    return number
+
+
 # -- scoring ------------------------------------------------------------------------------------------
 # selva.scoring: a take's agreement with its prompt and its leakage into other prompts, by CLAP.
 
@@ -390,3 +435,5 @@ SCORER_CHECKPOINT = "laion/larger_clap_general"
 # score = agreement - LEAKAGE_WEIGHT * max(0, leakage): leakage costs half as much as agreement earns,
 # so a loose likeness to another prompt does not outweigh a clear match to its own (a choice, untuned).
 LEAKAGE_WEIGHT = 0.5
+# `selva generate --best-of N`: N takes per sound, scored, the best kept (each take is a generation).
+BEST_OF = Limit("best_of", "Best of", 2, 4, None, integer=True)

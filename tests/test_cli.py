@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from selva import batch, batch_csv, cli
+from selva import batch, batch_csv, cli, cli_options
 from selva.spec import is_out_of_memory
 from selva.stems import Stem
 
@@ -79,10 +79,10 @@ def test_defaults_and_limits_come_from_the_spec(capsys):
     from selva import spec
 
     assert cli.DEFAULT_VARIANT == spec.DEFAULT_VARIANT
-    assert batch.steps_arg(str(spec.STEPS.maximum)) == spec.STEPS.maximum
-    assert batch.samples_arg(str(spec.NUM_SAMPLES.maximum)) == spec.NUM_SAMPLES.maximum
-    assert batch.seed_arg("7.0") == 7  # spreadsheets write whole numbers so
-    assert batch.seed_arg(str(spec.SEED.maximum)) == spec.SEED.maximum  # exact, not through a float
+    assert cli_options.steps_arg(str(spec.STEPS.maximum)) == spec.STEPS.maximum
+    assert cli_options.samples_arg(str(spec.NUM_SAMPLES.maximum)) == spec.NUM_SAMPLES.maximum
+    assert cli_options.seed_arg("7.0") == 7  # spreadsheets write whole numbers so
+    assert cli_options.seed_arg(str(spec.SEED.maximum)) == spec.SEED.maximum  # exact, not through a float
     args = cli.build_parser().parse_args(["generate", "clip.mp4", "--prompt", "x"])
     assert (args.steps, args.cfg, args.samples, args.seed, args.start, args.max_duration) == (
         spec.STEPS.default,
