@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from selva import names
-from selva.project import PROJECT_SUFFIX, Measured
+from selva.project import PROJECT_SUFFIX, Measured, Project
 from selva.render import Rendered
 from selva.spec import InputError, check_output_rate
 
@@ -203,3 +203,45 @@ def write_mix(
             extra.append(("original", delivered(rendered, rendered.original)))
         tracks_video = tracks.write_multitrack(mix_video, extra, rate, folder / f"{name}_tracks.mp4")
     return MixFiles(sound_audio, mix_audio, mix_video, tracks_video, saved)
+
+
+@dataclass(frozen=True)
+class ProjectResult:
+    """A project delivered into a folder: its mix, its files, and a FLAC per take to listen to."""
+
+    project: Project  # as rendered: every take's `audio` names its exact waveform file
+    mix_video: str | None  # the span with the mix (None for sound from the prompt alone)
+    tracks_video: str | None
+    mix_audio: str
+    project_file: str  # `<name>.selva.json`: take paths relative to it where they lie under its folder
+    take_players: dict[tuple[int, int], str]  # (sound, take) -> FLAC
+    info: str
+
+
+def deliver_project(rendered: Rendered, folder: str | Path, info: str) -> ProjectResult:
+    """`write_mix` with the project file, and a FLAC per take (`<name>_2_seed41.flac`), into `folder`.
+
+    Runs no model: the app's re-mix (a gain, pan, mute or solo changed) calls it
+    with takes read back from their files.
+    """
+    from selva import media
+
+    folder = Path(folder)
+    project = rendered.project
+    source = Path(project.video).stem if project.video is not None else "prompt"
+    name = f"{names.slug(source, 24)}_{names.slug(project.sounds[0].prompt, 32)}"
+    files = write_mix(rendered, folder, name, project_file=True)
+    players = {}
+    for (k, t), wave in sorted(rendered.audio.items()):
+        seed = project.sounds[k].takes[t].seed
+        path = folder / f"{name}_{k + 1}_seed{seed}.flac"
+        players[(k, t)] = str(media.write_audio(path, wave, rendered.sample_rate))
+    return ProjectResult(
+        project=project,
+        mix_video=None if files.mix_video is None else str(files.mix_video),
+        tracks_video=None if files.tracks_video is None else str(files.tracks_video),
+        mix_audio=str(files.mix_audio),
+        project_file=str(files.project),
+        take_players=players,
+        info=info,
+    )

@@ -152,10 +152,11 @@ def test_blocks_offer_every_control_with_its_default(app_pipe, tmp_path, monkeyp
     assert variant["value"] == "tiny_16k"  # the resident pipeline's
     assert {"small_16k", "small_44k", "tiny_44k"} <= {value for _, value in variant["choices"]}
     assert "Audio downloads (FLAC and WAV)" in by_label and "Info" in by_label
-    # the input, one player per candidate, and the stems mix
-    assert sum(1 for c in config["components"] if c["type"] == "video") == 2 + MAX_CANDIDATES
-    # an audio player (with its waveform) per candidate, and the stems mix and stems
-    assert sum(1 for c in config["components"] if c["type"] == "audio") == MAX_CANDIDATES + 1 + 4
+    # the input, one player per candidate, the workspace's mix and the (hidden) `/stems` mix
+    assert sum(1 for c in config["components"] if c["type"] == "video") == 3 + MAX_CANDIDATES
+    # an audio player (with its waveform) per candidate, the `/stems` mix and stems, a take per workspace slot
+    audio = MAX_CANDIDATES + 1 + 4 + 4 * MAX_CANDIDATES
+    assert sum(1 for c in config["components"] if c["type"] == "audio") == audio
     source = by_label["Source"]
     assert source["value"] == handlers.SOURCE_VIDEO
     assert [label for label, _ in source["choices"]] == ["Video", "Prompt only"]

@@ -11,7 +11,8 @@ import pytest
 import torch
 from media_factory import make_video
 
-from selva.serving import DOWNLOAD_SHARE, GenerationService, OutputStore, PipelineSlot, parse_request
+from selva.serving import GenerationService, OutputStore, PipelineSlot, parse_request
+from selva.slot import DOWNLOAD_SHARE
 from selva.spec import GenerationCancelled, InputError, WeightsError, is_out_of_memory
 
 ROOT = Path(__file__).resolve().parents[1]

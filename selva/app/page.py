@@ -3,8 +3,9 @@
 `build_demo(pipe)` builds the Blocks around one pipeline (or a `PipelineSlot` that loads
 it on first use); nothing is loaded or launched (`selva.app.launch` does that). The page
 is put together from `handlers` (the request handlers), `results` (candidate cards, earlier
-results, kept takes) and `stems` (the stems editor). Importing this module loads no model,
-picks no device and downloads nothing.
+results, kept takes), `workspace` (the sounds list and its result area) and `stems` (the
+`/stems` endpoint's hidden widgets). Importing this module loads no model, picks no device
+and downloads nothing.
 
 Concurrency: the process holds one `SelvaPipeline` (in a `selva.serving.PipelineSlot`) and a
 lock around it, and every model event runs in one queue slot per GPU, so two requests never
@@ -22,6 +23,7 @@ import gradio as gr
 from selva import spec
 from selva.app import results as results_ui
 from selva.app import stems as stems_ui
+from selva.app import workspace as workspace_ui
 from selva.app.handlers import (
     EXAMPLE_SEED,
     SOURCE_PROMPT,
@@ -30,6 +32,7 @@ from selva.app.handlers import (
     check_source,
     stops_on_cancel,
 )
+from selva.app.workspace_handlers import Workspace, one_sound
 from selva.serving import PipelineSlot
 
 if TYPE_CHECKING:
@@ -136,8 +139,27 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
                     info="Sound for a video, or sound from the prompt alone",
                     elem_id="source",
                 )
-                video = gr.Video(label="Video", sources=["upload"], elem_id="input-video", height=300)
+                video = gr.Video(label="Video", sources=["upload"], elem_id="input-video", height=240)
                 prompt_note = gr.Markdown(PROMPT_ONLY_NOTE, visible=False, elem_id="prompt-only-note")
+                prompt = gr.Textbox(
+                    label="Prompt: the sound you want",
+                    placeholder="dog barking",
+                    info="Also picks which visible source the sound follows.",
+                    max_lines=3,
+                    elem_id="prompt",
+                )
+                negative = gr.Textbox(
+                    value="",  # a default, so API and MCP callers may leave it out
+                    label="Negative prompt: the sound you don't want",
+                    placeholder="wind noise",
+                    info="Steers the audio away; it does not change which motion is followed.",
+                    max_lines=3,
+                    elem_id="negative-prompt",
+                )
+                with gr.Row():
+                    run = gr.Button("Generate", variant="primary", elem_id="generate", scale=3)
+                    stop = gr.Button("Cancel", variant="stop", elem_id="cancel", scale=1)
+                sounds = workspace_ui.sound_rows(prompt, negative)
                 with gr.Row():
                     duration = gr.Slider(
                         0,
@@ -155,26 +177,8 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
                         info="where the span begins",
                         min_width=120,
                     )
-                prompt = gr.Textbox(
-                    label="Prompt: the sound you want",
-                    placeholder="dog barking",
-                    info="Also picks which visible source the sound follows.",
-                    max_lines=3,
-                    elem_id="prompt",
-                )
-                negative = gr.Textbox(
-                    value="",  # a default, so API and MCP callers may leave it out
-                    label="Negative prompt: the sound you don't want",
-                    placeholder="wind noise",
-                    info="Steers the audio away; it does not change which motion is followed.",
-                    max_lines=3,
-                    elem_id="negative-prompt",
-                )
                 with gr.Accordion("How the two prompts work", open=False):
                     gr.Markdown(PROMPT_HELP)
-                with gr.Row():
-                    run = gr.Button("Generate", variant="primary", elem_id="generate", scale=3)
-                    stop = gr.Button("Cancel", variant="stop", elem_id="cancel", scale=1)
                 with gr.Accordion("Settings", open=True):
                     variant = gr.Dropdown(
                         choices=_variant_choices(start_variant),
@@ -210,8 +214,9 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
                         info="the video's own sound under the new audio (0 = replace it)",
                     )
             with gr.Column(scale=1, min_width=320):
+                area = workspace_ui.result_area()
                 results = results_ui.results_column()
-        stems_widgets = stems_ui.stems_accordion()
+        stems_widgets = stems_ui.stems_accordion()  # hidden: the `/stems` API's inputs and outputs
         remembered = gr.State({})  # what the other Source had: its upload and its Duration
 
         source_outputs = [video, prompt_note, duration, start, original_level, remembered]
@@ -231,7 +236,9 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
         )
         inputs = [video, prompt, negative, steps, cfg, seed, duration, start, variant, num_samples]
         inputs.append(original_level)
-        event = checked.success(
+        # One sound: the page's `/generate` (its candidates are the sound's takes); several: the workspace.
+        single = checked.success(one_sound, sounds["count"], None, **results_ui.PAGE_EVENT_TOASTS)
+        event = single.success(
             stops_on_cancel(studio.generate),
             inputs=inputs,
             outputs=[*results.videos, results.downloads, results.info, results.current],
@@ -251,6 +258,11 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
         # Refresh the status after a run: the first one loads the model.
         event.then(studio.describe, variant, status, **private)
 
+        workspace_ui.wire_workspace(
+            Workspace(studio), sounds, area, checked=checked, single=event, stop=stop, video=video,
+            settings=[steps, cfg, seed, duration, start, variant, num_samples], original=original_level,
+            num_samples=num_samples, current_result=results.current, cards=results.cards,
+        )  # fmt: skip
         stems_ui.wire_stems(
             stems_widgets,
             [video],

@@ -1,4 +1,7 @@
-"""SelVA Studio's stems editor (UI only): up to 4 prompts for one video, their players and mix.
+"""The `/stems` endpoint's widgets (UI only, hidden): up to 4 prompts for one video, their players and mix.
+
+The page's sounds list (`selva.app.workspace`) took the editor's place; the widgets stay,
+hidden, so the `/stems` API and its MCP tool keep their inputs and outputs.
 
 Built into the Blocks by `selva.app.page.build_demo`; the work runs in
 `selva.serving.GenerationService.run_stems` through `selva.app.handlers.Studio.generate_stems`,
@@ -83,7 +86,9 @@ def stems_accordion() -> dict[str, Any]:
     `stems-mix`, `stems-tracks`, `stems-mix-audio` and `stems-info`.
     """
     ui: dict[str, Any] = {"rows": [], "prompts": [], "negatives": [], "gains": [], "players": []}
-    with gr.Accordion("Stems: several sources at once", open=False, elem_id="stems"):
+    # Hidden: the page's workspace (`selva.app.workspace`) makes several sounds now; these widgets
+    # stay as the `/stems` endpoint's inputs and outputs, which API and MCP callers keep using.
+    with gr.Column(visible=False, elem_id="stems"):
         gr.Markdown(
             "One sound per prompt on the same span, each following its own source, and their mix. "
             "Uses the video and the settings above; stem k gets seed + k."

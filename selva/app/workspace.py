@@ -1,0 +1,281 @@
+"""SelVA Studio's workspace: the sounds of one project, one Generate for all of them, one result area.
+
+Sound 1 is the page's Prompt and Negative prompt; "Add a sound" shows up to `MAX_SOUNDS`
+rows, each with its prompts and its place in the mix (gain, pan, mute, solo). One sound
+runs the page's `/generate` (its candidates are its takes); several render as one
+project (`GenerationService.render_project`). The result area shows the mixed video, then
+per sound its takes side by side (each with its seed and "Use this take") and "Re-roll
+this sound", which draws new takes of that sound alone: the other sounds' takes are read
+back from their files, bit for bit. Moving a gain or pan, mute, solo or the original's level
+re-mixes the takes on file at once: no model runs and the GPU queue is not used. The project
+on show lives in a `gr.State`; its file downloads, and an uploaded one restores the sounds,
+seeds and settings (Generate then renders the takes whose audio is not on this server).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from selva import spec
+from selva.app.handlers import stops_on_cancel
+from selva.app.results import PAGE_EVENT, PAGE_EVENT_TOASTS
+from selva.app.workspace_handlers import MIX_FIELDS, Current, Workspace, resize, several_sounds
+from selva.project import MAX_SOUNDS
+from selva.serving import MAX_CANDIDATES
+
+PLACEHOLDERS = ("dog barking", "car engine", "rain on a window", "footsteps")
+
+
+# -- layout ----------------------------------------------------------------------------------------------
+
+
+def _mix_controls(ui: dict[str, Any], k: int) -> None:
+    """Sound k's place in the mix: gain, pan, mute, solo (`sound-gain-K` ... with K from 1)."""
+    with gr.Row(equal_height=True):
+        ui["gain"].append(
+            gr.Slider(
+                spec.STEM_GAIN.minimum,
+                spec.STEM_GAIN.maximum,
+                value=spec.STEM_GAIN.default,
+                step=0.05,
+                label=spec.STEM_GAIN.label,
+                min_width=120,
+                elem_id=f"sound-gain-{k + 1}",
+            )
+        )
+        ui["pan"].append(
+            gr.Slider(
+                spec.PAN.minimum,
+                spec.PAN.maximum,
+                value=spec.PAN.default,
+                step=0.05,
+                label=spec.PAN.label,
+                min_width=120,
+                elem_id=f"sound-pan-{k + 1}",
+            )
+        )
+        ui["mute"].append(gr.Checkbox(False, label="Mute", min_width=60, elem_id=f"sound-mute-{k + 1}"))
+        ui["solo"].append(gr.Checkbox(False, label="Solo", min_width=60, elem_id=f"sound-solo-{k + 1}"))
+
+
+def sound_rows(prompt: gr.Textbox, negative: gr.Textbox) -> dict[str, Any]:
+    """The sounds list under the page's Prompt and Negative prompt (sound 1), with Add / Remove.
+
+    Element ids: `sound-row-K`, `sound-prompt-K`, `sound-negative-K` (K from 2; sound 1's are
+    the page's `prompt` and `negative-prompt`), `sound-gain-K`, `sound-pan-K`, `sound-mute-K`,
+    `sound-solo-K` (K from 1), `add-sound`, `remove-sound`.
+    """
+    ui: dict[str, Any] = {"rows": [], "prompts": [prompt], "negatives": [negative]}
+    ui.update({name: [] for name in MIX_FIELDS})
+    _mix_controls(ui, 0)
+    for k in range(1, MAX_SOUNDS):
+        with gr.Column(visible=False, elem_id=f"sound-row-{k + 1}") as row:
+            with gr.Row():
+                ui["prompts"].append(
+                    gr.Textbox(
+                        value="",
+                        label=f"Sound {k + 1}: prompt",
+                        placeholder=PLACEHOLDERS[k],
+                        max_lines=2,
+                        scale=2,
+                        min_width=200,
+                        elem_id=f"sound-prompt-{k + 1}",
+                    )
+                )
+                ui["negatives"].append(
+                    gr.Textbox(
+                        value="",
+                        label="Negative",
+                        max_lines=2,
+                        scale=1,
+                        min_width=140,
+                        elem_id=f"sound-negative-{k + 1}",
+                    )
+                )
+            _mix_controls(ui, k)
+        ui["rows"].append(row)
+    ui["count"] = gr.State(1)
+    with gr.Row():
+        ui["add"] = gr.Button("Add a sound", size="sm", min_width=120, elem_id="add-sound")
+        ui["remove"] = gr.Button(
+            "Remove the last sound", size="sm", min_width=120, interactive=False, elem_id="remove-sound"
+        )
+    return ui
+
+
+def result_area() -> dict[str, Any]:
+    """The project's result: the mixed video, then per sound its takes, "Use this take" and "Re-roll".
+
+    Element ids: `workspace-result`, `mix-video`, `mix-info`, `project-file`, `project-upload`,
+    `sound-result-K`, `sound-label-K`, `take-K-T`, `use-take-K-T`, `reroll-K` (K, T from 1).
+    """
+    ui: dict[str, Any] = {"sections": [], "labels": [], "takes": [], "use": [], "reroll": []}
+    with gr.Column(visible=False, elem_id="workspace-result") as area:
+        ui["mix_video"] = gr.Video(label="Mix", interactive=False, height=260, elem_id="mix-video")
+        ui["info"] = gr.Textbox(label="Mix info", interactive=False, lines=2, elem_id="mix-info")
+        for k in range(MAX_SOUNDS):
+            with gr.Column(visible=False, elem_id=f"sound-result-{k + 1}") as section:
+                ui["labels"].append(gr.Markdown(f"**Sound {k + 1}**", elem_id=f"sound-label-{k + 1}"))
+                takes, use = [], []
+                with gr.Row(equal_height=False):
+                    for t in range(MAX_CANDIDATES):
+                        with gr.Column(min_width=160):
+                            takes.append(
+                                gr.Audio(
+                                    label=f"Take {t + 1}",
+                                    type="filepath",
+                                    interactive=False,
+                                    visible=False,
+                                    elem_id=f"take-{k + 1}-{t + 1}",
+                                )
+                            )
+                            use.append(
+                                gr.Button(
+                                    "Use this take",
+                                    size="sm",
+                                    visible=False,
+                                    elem_id=f"use-take-{k + 1}-{t + 1}",
+                                )
+                            )
+                ui["takes"].append(takes)
+                ui["use"].append(use)
+                ui["reroll"].append(gr.Button("Re-roll this sound", size="sm", elem_id=f"reroll-{k + 1}"))
+            ui["sections"].append(section)
+    ui["area"] = area
+    with gr.Row():
+        ui["download"] = gr.File(label="Project file", interactive=False, elem_id="project-file")
+        ui["upload"] = gr.UploadButton(
+            "Open a project file", file_types=[".json"], size="sm", elem_id="project-upload"
+        )
+    ui["current"] = gr.State(None)
+    ui["restored"] = gr.State(None)  # an uploaded project, waiting for Generate
+    return ui
+
+
+def area_outputs(ui: dict[str, Any]) -> list[Any]:
+    """What `show` updates, in its order."""
+    per_sound = [
+        x
+        for k in range(MAX_SOUNDS)
+        for x in (ui["sections"][k], ui["labels"][k], *ui["takes"][k], *ui["use"][k])
+    ]
+    return [ui["current"], ui["area"], ui["mix_video"], ui["info"], ui["download"], *per_sound]
+
+
+def row_inputs(rows: dict[str, Any]) -> list[Any]:
+    """Prompts, negatives, gains, pans, mutes, solos: each a list over the sounds, in that order."""
+    return [x for name in ("prompts", "negatives", *MIX_FIELDS) for x in rows[name]]
+
+
+def mix_inputs(rows: dict[str, Any]) -> list[Any]:
+    return [x for name in MIX_FIELDS for x in rows[name]]
+
+
+# -- wiring --------------------------------------------------------------------------------------------
+
+
+def wire_workspace(
+    ws: Workspace,
+    rows: dict[str, Any],
+    area: dict[str, Any],
+    *,
+    checked: Any,
+    single: Any,
+    stop: gr.Button,
+    video: gr.Video,
+    settings: list[Any],
+    original: gr.Slider,
+    num_samples: gr.Slider,
+    current_result: gr.State,
+    cards: list[Any],
+) -> None:
+    """The workspace's events.
+
+    `checked` is the page's Source check before a Generate; `single` the `/generate` event (one
+    sound); `settings` are steps, CFG, seed, duration, start, variant and Candidates; `cards` the
+    one-sound result cards.
+    """
+    for button, delta in ((rows["add"], 1), (rows["remove"], -1)):
+        button.click(
+            lambda c, d=delta: resize(c, d),
+            rows["count"],
+            [rows["count"], *rows["rows"], rows["add"], rows["remove"]],
+            **PAGE_EVENT,
+        )
+    outputs = area_outputs(area)
+    gpu = {"concurrency_limit": 1, "concurrency_id": "gpu", "api_visibility": "private"}
+    n_rows = 6 * MAX_SOUNDS
+
+    # gradio hands progress and the request to the leading parameters; the widget values follow.
+    def generate(
+        progress: gr.Progress = gr.Progress(),  # noqa: B008
+        request: gr.Request | None = None,
+        *values: Any,
+    ) -> list[Any]:
+        video, count, *rest = values
+        rows_, settings_ = rest[:n_rows], rest[n_rows : n_rows + 7]
+        original_, restored = rest[n_rows + 7 :]
+        return ws.generate(video, count, rows_, settings_, original_, restored, progress, request)
+
+    many = checked.success(several_sounds, rows["count"], None, **PAGE_EVENT_TOASTS).success(
+        stops_on_cancel(generate),
+        [video, rows["count"], *row_inputs(rows), *settings, original, area["restored"]],
+        [*outputs, area["restored"]],
+        show_progress_on=area["mix_video"],
+        **gpu,
+    )
+    # One result area: the one-sound cards make way for the project's (`/generate` shows them again).
+    many.success(lambda: [gr.update(visible=False)] * len(cards), None, cards, **PAGE_EVENT)
+    mix_values = [*mix_inputs(rows), original]
+    single.success(ws.adopt, [current_result, *mix_values], outputs, **PAGE_EVENT_TOASTS)
+    rerolls = [
+        area["reroll"][k].click(
+            stops_on_cancel(_reroll_for(ws, k)),
+            [area["current"], num_samples],
+            outputs,
+            show_progress_on=area["sections"][k],
+            **gpu,
+        )
+        for k in range(MAX_SOUNDS)
+    ]
+    stop.click(None, None, None, cancels=[many, *rerolls], **PAGE_EVENT)
+    # The user's own moves only (not a restore's): sliders on release, boxes on input.
+    for control in [*rows["gain"], *rows["pan"], original]:
+        control.release(ws.remix, [area["current"], *mix_values], outputs, **PAGE_EVENT_TOASTS)
+    for control in [*rows["mute"], *rows["solo"]]:
+        control.input(ws.remix, [area["current"], *mix_values], outputs, **PAGE_EVENT_TOASTS)
+    for k in range(MAX_SOUNDS):
+        for t in range(MAX_CANDIDATES):
+            area["use"][k][t].click(
+                lambda cur, *v, k=k, t=t: ws.use_take(k, t, cur, *v),
+                [area["current"], *mix_values],
+                outputs,
+                **PAGE_EVENT_TOASTS,
+            )
+    restore_outputs = [
+        rows["count"],
+        *rows["rows"],
+        rows["add"],
+        rows["remove"],
+        *row_inputs(rows),
+        *settings,
+        original,
+        area["restored"],
+    ]
+    area["upload"].upload(ws.restore, area["upload"], restore_outputs, **PAGE_EVENT_TOASTS)
+
+
+def _reroll_for(ws: Workspace, k: int) -> Any:
+    """Sound `k`'s Re-roll handler, with the parameters gradio fills in (progress, the request)."""
+
+    def reroll(
+        current: Current | None,
+        num_samples: float,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008
+        request: gr.Request | None = None,
+    ) -> list[Any]:
+        return ws.reroll(k, current, num_samples, progress, request)
+
+    return reroll

@@ -1,0 +1,357 @@
+"""The workspace's handlers (testable without a browser): Generate, Re-roll, re-mix, the project file.
+
+Widget values in, `area_outputs`' values out (`show`); the model runs only in `Workspace.generate`
+and `Workspace.reroll` (through `GenerationService.render_project`). A re-mix reads the takes'
+exact waveforms back from their files and mixes them again (`remix`): no model, no GPU queue.
+The layout and the events are `selva.app.workspace`'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from selva import spec
+from selva.app.handlers import _REQUEST_CANCEL as REQUEST_CANCEL
+from selva.app.handlers import Studio, _session, _upload_dirs, user_errors
+from selva.project import MAX_SOUNDS, Mix, Project, Sound
+from selva.project_files import ProjectResult, deliver_project
+from selva.serving import MAX_CANDIDATES, GenerationResult, parse_request
+from selva.spec import InputError
+
+MIX_FIELDS = ("gain", "pan", "mute", "solo")
+# How many values `show` gives: the state, the area, the mix video, the info, the project file, and
+# per sound its section, its label, and a player and a "Use this take" button per take slot.
+SHOWN = 5 + MAX_SOUNDS * (2 + 2 * MAX_CANDIDATES)
+
+
+@dataclass(frozen=True)
+class Current:
+    """The project on show and its take audio's sample rate (what a re-mix needs, with no model)."""
+
+    project: Project
+    sample_rate: int
+
+
+def show(result: ProjectResult, sample_rate: int) -> list[Any]:
+    """`area_outputs`' values for a delivered project: the state, the mix, and every sound's takes."""
+    project = result.project
+    values: list[Any] = [Current(project, sample_rate), gr.update(visible=True), result.mix_video]
+    values += [result.info, result.project_file]
+    for k in range(MAX_SOUNDS):
+        sound = project.sounds[k] if k < len(project.sounds) else None
+        values.append(gr.update(visible=sound is not None))
+        values.append(f"**Sound {k + 1}: {sound.prompt}**" if sound is not None else "")
+        # The latest takes, the chosen one among them: at most MAX_CANDIDATES players per sound.
+        shown = _shown_takes(sound) if sound is not None else []
+        players, buttons = [], []
+        for slot in range(MAX_CANDIDATES):
+            if slot >= len(shown):
+                players.append(gr.update(value=None, visible=False))
+                buttons.append(gr.update(visible=False))
+                continue
+            t = shown[slot]
+            chosen = t == sound.chosen
+            label = f"Take {t + 1} · seed {sound.takes[t].seed}" + (" (in the mix)" if chosen else "")
+            players.append(gr.update(value=result.take_players[(k, t)], label=label, visible=True))
+            buttons.append(gr.update(visible=not chosen))
+        values += [*players, *buttons]
+    return values
+
+
+def _shown_takes(sound: Sound) -> list[int]:
+    """Take indices a sound's players show: its last MAX_CANDIDATES takes, keeping the chosen one."""
+    latest = list(range(len(sound.takes)))[-MAX_CANDIDATES:]
+    if sound.chosen is not None and sound.chosen not in latest:
+        latest = [sound.chosen, *latest[1:]]
+    return latest
+
+
+# -- handlers ------------------------------------------------------------------------------------------
+
+
+class Workspace:
+    """The workspace's handlers around a `Studio` (its slot and service); testable without a browser."""
+
+    def __init__(self, studio: Studio):
+        self.studio = studio
+        self.service = studio.service
+
+    # Generate, Re-roll: the model runs (the GPU queue) ------------------------------------------------
+
+    def generate(
+        self,
+        video: str | None,
+        count: int,
+        rows: Sequence[Any],
+        settings: Sequence[Any],
+        original: float | None,
+        restored: Project | None = None,
+        progress: Any = None,
+        request: Any = None,
+    ) -> list[Any]:
+        """Render the first `count` rows (`row_inputs`' values) as one project; `area_outputs`' values
+        and the restored project (now used up: None).
+
+        `settings` are steps, CFG, seed, duration, start, variant and Candidates. Every sound gets
+        Candidates takes (sound j: seed + j * Candidates + k); an uploaded project whose prompts
+        match the rows keeps its takes, so only those without audio run.
+        """
+        steps, cfg, seed, duration, start, variant, num_samples = settings
+        with user_errors(_upload_dirs(video)):
+            sounds = sounds_from_rows(int(count), rows)
+            req = parse_request(
+                video,
+                sounds[0].prompt,
+                sounds[0].negative_prompt,
+                steps,
+                cfg,
+                seed,
+                duration,
+                start,
+                variant,
+                num_samples,
+                max_duration=self.studio.slot.max_duration,
+            )
+            mix = Mix(original_audio_gain=float(original or 0.0) if video else 0.0)
+            project = Project(
+                sounds=tuple(sounds),
+                video=str(req.video) if req.video is not None else None,
+                start=float(req.start),
+                duration=req.duration,
+                variant=req.variant,
+                mix=mix,
+            )
+            if restored is not None and _same_sounds(restored, project):
+                project = replace(project, sounds=_with_takes(project.sounds, restored.sounds))
+            else:
+                from selva.render import draft_takes
+
+                project = draft_takes(
+                    project,
+                    seed=req.seed,
+                    count=req.num_samples,
+                    steps=req.steps,
+                    cfg_strength=req.cfg_strength,
+                )
+            result = self.service.render_project(
+                project, progress, session=_session(request), cancel=REQUEST_CANCEL.get()
+            )
+        return [*show(result, self._sample_rate(result.project)), None]
+
+    def reroll(
+        self, k: int, current: Current | None, num_samples: float, progress: Any = None, request: Any = None
+    ) -> list[Any]:
+        """New takes of sound `k` alone (a fresh seed, Candidates of them); the others are read back."""
+        from selva.render import draft_takes
+
+        if current is None or k >= len(current.project.sounds):
+            raise gr.Error(
+                "Generate first: a re-roll draws new takes of a sound already made.",
+                title="Nothing to re-roll",
+            )
+        with user_errors():
+            count = int(spec.NUM_SAMPLES.check(int(num_samples or 1), by_label=True))
+            project = draft_takes(current.project, count=count, sounds=[k])
+            result = self.service.render_project(
+                project, progress, session=_session(request), cancel=REQUEST_CANCEL.get()
+            )
+        return show(result, self._sample_rate(result.project))
+
+    # Re-mix: no model ---------------------------------------------------------------------------------
+
+    def remix(self, current: Current | None, *values: Any) -> list[Any]:
+        """The project on show with `values` (gain, pan, mute, solo per sound, then the original's level)
+        mixed again from its takes' files: no model runs.
+        """
+        if current is None:  # nothing generated yet: the controls only set up the next Generate
+            return [gr.update()] * SHOWN
+        with user_errors():
+            project = with_mix_values(current.project, values)
+            return show(
+                remix(project, current.sample_rate, self.service.outputs.new_folder()), current.sample_rate
+            )
+
+    def use_take(self, k: int, t: int, current: Current | None, *values: Any) -> list[Any]:
+        """Sound `k`'s take `t` into the mix (a re-mix)."""
+        if current is None:
+            return self.remix(current, *values)
+        sound = current.project.sounds[k]
+        shown = _shown_takes(sound)
+        if t >= len(shown):
+            raise gr.Error(
+                "That take is no longer on show: pick one of the takes shown.", title="No such take"
+            )
+        project = current.project.with_sound(k, replace(sound, chosen=shown[t]))
+        return self.remix(Current(project, current.sample_rate), *values)
+
+    def adopt(self, result: GenerationResult | None, *values: Any) -> list[Any]:
+        """After the one-sound `/generate`: its project (its candidates as sound 1's takes) on show."""
+        if result is None or result.project is None:
+            return [gr.update()] * SHOWN
+        project = result.project
+        return self.remix(Current(project, self._sample_rate(project)), *values)
+
+    # The project file ---------------------------------------------------------------------------------
+
+    def restore(self, path: str | None) -> list[Any]:
+        """An uploaded project file back in the rows and settings; Generate renders its missing takes.
+
+        Take files outside this server's outputs are not read (an uploaded file only names them).
+        Returns `restore_outputs`' values.
+        """
+        with user_errors([str(Path(path).parent)] if path else []):
+            if not path:
+                raise InputError("no project file came with the upload")
+            project = Project.load(path)
+        root = self.service.outputs.root.resolve()
+        sounds = tuple(
+            replace(s, takes=tuple(replace(t, audio=_inside(t.audio, root)) for t in s.takes))
+            for s in project.sounds
+        )
+        project = replace(project, sounds=sounds)
+        count = len(sounds)
+        first = sounds[0].take
+        seed = sounds[0].takes[0].seed if sounds[0].takes else -1
+        candidates = (
+            sum(1 for t in sounds[0].takes if t.batch == sounds[0].takes[0].batch) if sounds[0].takes else 1
+        )
+        values: list[Any] = [count, *[gr.update(visible=k < count) for k in range(1, MAX_SOUNDS)]]
+        values += [gr.update(interactive=count < MAX_SOUNDS), gr.update(interactive=count > 1)]
+        padded = [*sounds, *[None] * (MAX_SOUNDS - count)]
+        values += [s.prompt if s else "" for s in padded]
+        values += [s.negative_prompt if s else "" for s in padded]
+        values += [s.gain if s else spec.STEM_GAIN.default for s in padded]
+        values += [s.pan if s else spec.PAN.default for s in padded]
+        values += [s.mute if s else False for s in padded]
+        values += [s.solo if s else False for s in padded]
+        values += [
+            first.steps if first else gr.update(),
+            first.cfg_strength if first else gr.update(),
+            seed,
+            project.duration or 0.0,
+            project.start,
+            project.variant or gr.update(),
+            candidates,
+            project.mix.original_audio_gain,
+            project,
+        ]
+        return values
+
+    def _sample_rate(self, project: Project) -> int:
+        pipe = self.studio.slot.pipe
+        if pipe is not None and pipe.variant.name == project.variant:
+            return pipe.variant.sample_rate
+        from selva.variants import known_variants
+
+        return known_variants()[project.variant or self.studio.slot.default_variant].sample_rate
+
+
+# -- the project from the rows, and back -------------------------------------------------------------------
+
+
+def sounds_from_rows(count: int, values: Sequence[Any]) -> list[Sound]:
+    """The first `count` rows as sounds (`values` as `row_inputs` lists them); an empty prompt is an error."""
+    n = MAX_SOUNDS
+    prompts, negatives, gains, pans, mutes, solos = (values[i * n : (i + 1) * n] for i in range(6))
+    sounds = []
+    for k in range(max(1, min(n, count))):
+        prompt = (prompts[k] or "").strip()
+        if not prompt:
+            raise InputError(f"Sound {k + 1} has no prompt: type the sound it should make, or remove it.")
+        sound = Sound(
+            prompt,
+            (negatives[k] or "").strip(),
+            gain=float(gains[k]),
+            pan=float(pans[k]),
+            mute=bool(mutes[k]),
+            solo=bool(solos[k]),
+        )
+        sounds.append(sound.checked(f"sound {k + 1}"))
+    return sounds
+
+
+def with_mix_values(project: Project, values: Sequence[Any]) -> Project:
+    """`project` with the controls' gain, pan, mute, solo (each over MAX_SOUNDS) and the original's level."""
+    n = MAX_SOUNDS
+    gains, pans, mutes, solos = (values[i * n : (i + 1) * n] for i in range(4))
+    level = float(values[4 * n] or 0.0) if project.video is not None else 0.0
+    sounds = tuple(
+        replace(s, gain=float(gains[k]), pan=float(pans[k]), mute=bool(mutes[k]), solo=bool(solos[k]))
+        for k, s in enumerate(project.sounds)
+    )
+    return replace(project, sounds=sounds, mix=replace(project.mix, original_audio_gain=level)).checked(
+        max_duration=float("inf")
+    )
+
+
+def remix(project: Project, sample_rate: int, folder: Path) -> ProjectResult:
+    """Mix `project`'s chosen takes again from their files and deliver it into `folder`: no model runs."""
+    from selva.progress import project_info
+    from selva.render import Rendered, mix_project, read_take
+
+    audio = {}
+    for k, sound in enumerate(project.sounds):
+        for t, take in enumerate(sound.takes):
+            if take.audio is None:
+                raise InputError(f"sound {k + 1}'s take {t + 1} has not been generated: press Generate")
+            audio[(k, t)] = read_take(take.audio)
+    duration = next(iter(audio.values())).shape[0] / sample_rate
+    original = None
+    if project.video is not None:
+        from selva import tracks
+
+        original = tracks.original_audio(project.video, project.start, duration, sample_rate)
+    mix, normalised_db = mix_project(project, audio, original, round(duration * sample_rate))
+    rendered = Rendered(
+        project=project,
+        audio=audio,
+        mix=mix,
+        normalised_db=normalised_db,
+        original=original,
+        sample_rate=sample_rate,
+        start=project.start,
+        duration=duration,
+    )
+    return deliver_project(rendered, folder, project_info(rendered) + " · re-mixed (no model run)")
+
+
+def _same_sounds(restored: Project | None, project: Project) -> bool:
+    if restored is None or len(restored.sounds) != len(project.sounds):
+        return False
+    pairs = zip(restored.sounds, project.sounds, strict=True)
+    return all((a.prompt, a.negative_prompt) == (b.prompt, b.negative_prompt) and a.takes for a, b in pairs)
+
+
+def _with_takes(sounds: tuple[Sound, ...], restored: tuple[Sound, ...]) -> tuple[Sound, ...]:
+    return tuple(replace(s, takes=r.takes, chosen=r.chosen) for s, r in zip(sounds, restored, strict=True))
+
+
+def _inside(audio: str | None, root: Path) -> str | None:
+    """`audio` if it is a file under `root` (our outputs), else None: it will be generated again."""
+    if audio is None:
+        return None
+    path = Path(audio).resolve()
+    return str(path) if path.is_relative_to(root) and path.is_file() else None
+
+
+def resize(count: int, delta: int) -> list[Any]:
+    """Show `count + delta` sounds (1 to MAX_SOUNDS): the count, rows 2..4, Add and Remove."""
+    count = max(1, min(MAX_SOUNDS, int(count) + delta))
+    rows = [gr.update(visible=k < count) for k in range(1, MAX_SOUNDS)]
+    return [count, *rows, gr.update(interactive=count < MAX_SOUNDS), gr.update(interactive=count > 1)]
+
+
+def one_sound(count: int) -> None:
+    """Gate: the page's `/generate` runs for one sound; several go to the workspace (silently stops)."""
+    if int(count) > 1:
+        raise gr.Error("several sounds", visible=False, print_exception=False)
+
+
+def several_sounds(count: int) -> None:
+    if int(count) <= 1:
+        raise gr.Error("one sound", visible=False, print_exception=False)

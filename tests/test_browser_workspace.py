@@ -1,0 +1,108 @@
+"""The workspace in a real browser: Debian's chromium driven by playwright, the tiny pipeline.
+
+One page for the whole module (the 2-core CI box is shared): the tests run in file order on it,
+each leaving the page in a known state; `two_sounds` is the generation the later tests build on.
+Needs `apt-get install -y chromium` and `pip install playwright`; never `playwright install`.
+"""
+
+import pytest
+from browser_support import TIMEOUT_MS, chromium, video_duration
+from media_factory import make_video
+
+pytestmark = pytest.mark.browser
+
+DESKTOP = {"width": 1366, "height": 900}
+
+
+@pytest.fixture(scope="module")
+def page(app_server):
+    with chromium() as browser:
+        page = browser.new_page(viewport=DESKTOP)
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(app_server.url)
+        page.wait_for_selector("#generate")
+        yield page
+
+
+def set_number(page, selector: str, value: float) -> None:
+    box = page.locator(selector)
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def mix_info(page, needle: str) -> str:
+    """Wait until the mix info line holds `needle`; returns it."""
+    handle = page.wait_for_function(
+        """(needle) => {
+            const v = document.querySelector('#mix-info textarea')?.value || '';
+            return v.includes(needle) ? v : null;
+        }""",
+        arg=needle,
+    )
+    return handle.json_value()
+
+
+def waveform_width(page, selector: str) -> float:
+    """Wait until the audio player at `selector` has drawn its waveform (wavesurfer's canvas); its width."""
+    handle = page.wait_for_function(
+        """(selector) => {
+            const root = document.querySelector(`${selector} #waveform > div`)?.shadowRoot;
+            for (const canvas of root ? root.querySelectorAll('canvas') : []) {
+                const box = canvas.getBoundingClientRect();
+                if (canvas.width > 0 && box.width > 0 && box.height > 0) return box.width;
+            }
+            return null;
+        }""",
+        arg=selector,
+    )
+    return handle.json_value()
+
+
+def test_video_first_prompt_and_generate_lie_in_the_first_viewport(page):
+    for selector in ("#input-video", "#prompt", "#generate"):
+        box = page.locator(selector).bounding_box()
+        assert box is not None and box["y"] >= 0, selector
+        assert box["y"] + box["height"] <= DESKTOP["height"], f"{selector} ends at {box['y'] + box['height']}"
+    assert page.locator("#stems").is_hidden()  # no second editor on the page
+    assert page.locator("#sound-row-2").is_hidden()  # one sound to start
+
+
+@pytest.fixture(scope="module")
+def two_sounds(page, tmp_path_factory) -> str:
+    """Sound 1 in the page's prompt, Add a sound, sound 2; a 1 s clip, 2 steps, seed 7: the mix info."""
+    clip = make_video(tmp_path_factory.mktemp("browser_workspace") / "street.mp4", seconds=1.0)
+    page.locator("#input-video input[type=file]").set_input_files(str(clip))
+    page.wait_for_selector("#input-video video")
+    set_number(page, "input[aria-label='number input for Steps']", 2)
+    page.locator("#prompt textarea").fill("dog barking")
+    page.locator("#add-sound").click()
+    page.locator("#sound-row-2").wait_for()
+    page.locator("#sound-prompt-2 textarea").fill("car engine")
+    set_number(page, "#seed input", 7)
+    page.locator("#generate").click()
+    return mix_info(page, "seed 8")
+
+
+def test_two_sounds_generate_one_result_area_with_both(page, two_sounds):
+    assert "1. 'dog barking' seed 7" in two_sounds and "2. 'car engine' seed 8" in two_sounds
+    assert page.locator("#workspace-result").is_visible()
+    assert video_duration(page, "#mix-video") == pytest.approx(1.0, abs=0.1)
+    for k, prompt in ((1, "dog barking"), (2, "car engine")):
+        assert page.locator(f"#sound-label-{k}").inner_text().strip() == f"Sound {k}: {prompt}"
+        assert waveform_width(page, f"#take-{k}-1") > 50
+    assert page.locator("#sound-result-3").is_hidden() and page.locator("#sound-result-4").is_hidden()
+    # The one-sound road did not run (its info line is still empty) and its card made way.
+    page.locator("#candidate-1").wait_for(state="hidden")
+    assert page.locator("#info textarea").input_value() == ""
+    href = page.locator("#project-file a").first.get_attribute("href")
+    assert href.endswith(".selva.json") and page.request.get(href).ok
+
+
+def test_rerolling_sound_2_adds_its_takes_and_muting_remixes(page, two_sounds):
+    page.locator("#reroll-2").click()
+    page.locator("#take-2-2").wait_for()  # its first take and the new one, side by side
+    assert page.locator("#take-1-2").is_hidden()  # sound 1 has its one take still
+    assert waveform_width(page, "#take-2-2") > 50
+    page.locator("#sound-mute-1 input").check()
+    info = mix_info(page, "re-mixed")
+    assert "1. 'dog barking' seed 7" in info  # sound 1's take stays the one on show

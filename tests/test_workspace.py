@@ -1,0 +1,156 @@
+"""The app's workspace (selva/app/workspace_handlers.py): several sounds as one project, re-rolls, re-mixes,
+the project file; its handlers called directly on the tiny pipeline (CPU, fp32)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from media_factory import make_video
+
+from selva.app import handlers
+from selva.app.workspace_handlers import MAX_CANDIDATES, SHOWN, Current, Workspace
+from selva.project import MAX_SOUNDS, Project
+from selva.serving import PipelineSlot
+
+SETTINGS = [2, 4.5, 5, 0, 0, "tiny_16k", 1]  # steps, CFG, seed, duration (auto), start, variant, Candidates
+PER_SOUND = 2 + 2 * MAX_CANDIDATES  # section, label, players, "Use this take" buttons
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    return make_video(tmp_path_factory.mktemp("workspace_media") / "clip.mp4", seconds=1.0, audio=True)
+
+
+@pytest.fixture(scope="module")
+def workspace(app_pipe) -> Workspace:
+    return Workspace(handlers.Studio(PipelineSlot.wrap(app_pipe)))
+
+
+def rows(*sounds: tuple[str, str], gains=None, pans=None, mutes=None, solos=None) -> list:
+    """`row_inputs`' values: prompts, negatives, gains, pans, mutes, solos over MAX_SOUNDS rows."""
+    pad = MAX_SOUNDS - len(sounds)
+    return [
+        *[p for p, _ in sounds], *[""] * pad,
+        *[n for _, n in sounds], *[""] * pad,
+        *(gains or [1.0] * MAX_SOUNDS), *(pans or [0.0] * MAX_SOUNDS),
+        *(mutes or [False] * MAX_SOUNDS), *(solos or [False] * MAX_SOUNDS),
+    ]  # fmt: skip
+
+
+def mix_values(gains=(1.0,) * MAX_SOUNDS, pans=(0.0,) * MAX_SOUNDS, level=0.0) -> list:
+    return [*gains, *pans, *[False] * MAX_SOUNDS, *[False] * MAX_SOUNDS, level]
+
+
+def sections(values: list) -> list[dict]:
+    """Each sound section's visibility update from `show`'s values."""
+    return [values[5 + k * PER_SOUND] for k in range(MAX_SOUNDS)]
+
+
+def cache_counts(pipe) -> tuple:
+    caches = (pipe.prompt_cache, pipe.sync_cache)
+    return tuple((c.hits, c.misses, len(c)) for c in caches)
+
+
+@pytest.fixture(scope="module")
+def first(workspace, clip) -> list:
+    """Two sounds generated as one project (seed 5: sound 1 seed 5, sound 2 seed 6)."""
+    return workspace.generate(str(clip), 2, rows(("dog barking", ""), ("car engine", "horn")), SETTINGS, 0.0)
+
+
+def test_two_sounds_make_one_result_with_both(first):
+    assert len(first) == SHOWN + 1 and first[-1] is None  # the restored project is used up
+    current = first[0]
+    assert isinstance(current, Current) and current.sample_rate == 16_000
+    project = current.project
+    assert [s.prompt for s in project.sounds] == ["dog barking", "car engine"]
+    assert [s.take.seed for s in project.sounds] == [5, 6]
+    assert all(Path(s.take.audio).is_file() for s in project.sounds)
+    mix_video, info, project_file = first[2:5]
+    assert Path(mix_video).suffix == ".mp4" and Path(mix_video).is_file()
+    assert "'dog barking' seed 5" in info and "'car engine' seed 6" in info
+    assert project_file.endswith(".selva.json")
+    assert [s["visible"] for s in sections(first)] == [True, True, False, False]
+
+
+def test_rerolling_sound_2_leaves_sound_1_bit_for_bit(workspace, first, app_pipe):
+    before = first[0].project
+    kept = Path(before.sounds[0].take.audio).read_bytes()
+    after = workspace.reroll(1, first[0], 2)
+    project = after[0].project
+    assert project.sounds[0].take.audio == before.sounds[0].take.audio
+    assert Path(project.sounds[0].take.audio).read_bytes() == kept
+    assert project.sounds[0].takes == before.sounds[0].takes
+    sound = project.sounds[1]
+    assert len(sound.takes) == 3 and sound.chosen == 1  # two new takes, the first of them in the mix
+    assert sound.takes[2].seed == sound.takes[1].seed + 1
+    assert not np.array_equal(
+        np.load(sound.take.audio), np.load(before.sounds[1].take.audio)
+    )  # another seed, another take
+
+
+def test_moving_a_gain_or_pan_remixes_without_the_model(workspace, first, app_pipe):
+    current = first[0]
+    counts = cache_counts(app_pipe)
+    quiet = mix_values(gains=(0.5, 1.0, 1.0, 1.0))
+    out = workspace.remix(current, *quiet)
+    assert cache_counts(app_pipe) == counts  # no prompt encoded, no span decoded: no pipeline call
+    project = out[0].project
+    assert project.sounds[0].gain == 0.5
+    assert [s.takes for s in project.sounds] == [s.takes for s in current.project.sounds]  # no new take
+    panned = workspace.remix(out[0], *mix_values(pans=(0.0, -0.5, 0.0, 0.0)))
+    assert cache_counts(app_pipe) == counts
+    assert panned[0].project.sounds[1].pan == -0.5
+    import av
+
+    with av.open(panned[2]) as f:  # the mixed mp4's soundtrack turned stereo with the pan
+        assert f.streams.audio[0].codec_context.channels == 2
+    assert "re-mixed" in panned[3]
+
+
+def test_project_download_and_upload_round_trip(workspace, first, app_pipe, tmp_path):
+    project_file = first[4]
+    saved = json.loads(Path(project_file).read_text(encoding="utf-8"))
+    paths = [t["audio"] for s in saved["sounds"] for t in s["takes"]]
+    assert paths and all(p.startswith("takes/") for p in paths)  # relative to the project file
+    assert Project.load(project_file).sounds[0].take.audio == first[0].project.sounds[0].take.audio
+    # An upload elsewhere (no take files beside it): the sounds, seeds and settings come back ...
+    moved = tmp_path / "mine.selva.json"
+    shutil.copy(project_file, moved)
+    values = workspace.restore(str(moved))
+    count, *rest = values
+    assert count == 2
+    prompts = rest[MAX_SOUNDS - 1 + 2 : MAX_SOUNDS - 1 + 2 + MAX_SOUNDS]
+    assert prompts == ["dog barking", "car engine", "", ""]
+    restored = values[-1]
+    assert values[-9:-2] == [2, 4.5, 5, pytest.approx(1.0), 0.0, "tiny_16k", 1]  # steps ... Candidates
+    assert all(t.audio is None for s in restored.sounds for t in s.takes)
+    # ... and Generate renders the missing takes again, the same bit for bit.
+    again = workspace.generate(
+        first[0].project.video, 2, rows(("dog barking", ""), ("car engine", "horn")),
+        [2, 4.5, 5, restored.duration, 0, "tiny_16k", 1], 0.0, restored,
+    )  # fmt: skip
+    for old, new in zip(first[0].project.sounds, again[0].project.sounds, strict=True):
+        assert new.take.seed == old.take.seed
+        assert np.array_equal(np.load(new.take.audio), np.load(old.take.audio))
+    # A file in this server's outputs keeps its takes: Generate then runs no model at all.
+    counts = cache_counts(app_pipe)
+    values = workspace.restore(again[4])
+    kept = workspace.generate(
+        first[0].project.video, 2, rows(("dog barking", ""), ("car engine", "horn")),
+        [2, 4.5, 5, values[-1].duration, 0, "tiny_16k", 1], 0.0, values[-1],
+    )  # fmt: skip
+    assert cache_counts(app_pipe) == counts
+    assert [s.take.audio for s in kept[0].project.sounds] == [s.take.audio for s in again[0].project.sounds]
+
+
+def test_an_empty_row_is_refused_with_what_to_do(workspace, clip):
+    import gradio as gr
+
+    with pytest.raises(gr.Error, match="Sound 2 has no prompt"):
+        workspace.generate(str(clip), 2, rows(("dog barking", ""), ("", "")), SETTINGS, 0.0)
+
+
+def test_remix_before_any_generate_changes_nothing(workspace):
+    assert all(v == {"__type__": "update"} for v in workspace.remix(None, *mix_values()))
