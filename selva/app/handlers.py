@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import functools
+import html
 import logging
 import os
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -103,6 +105,23 @@ class Studio:
     def __init__(self, slot: PipelineSlot, outputs: OutputStore | None = None):
         self.slot = slot
         self.service = GenerationService(slot, outputs, on_gpu=_on_gpu)
+        self.activity: dict[str, str] = {}  # per session: what its running job reports now
+
+    def _tracked(self, progress: Any, session: str) -> Callable[..., None]:
+        """`progress` that also keeps its latest text in `activity`, for the Generate button to show."""
+
+        def report(fraction: float, desc: str | None = None, **kwargs: Any) -> None:
+            if desc:
+                self.activity[session] = desc
+            if progress is not None:
+                progress(fraction, desc=desc, **kwargs)
+
+        return report
+
+    def running_label(self, request: gr.Request | None = None) -> Any:
+        """What this visitor's job is doing, as the Generate button says while it runs (or no change)."""
+        desc = self.activity.get(_session(request))
+        return gr.update(value=desc) if desc else gr.update()
 
     def generate(
         self,
@@ -156,13 +175,18 @@ class Studio:
                 max_duration=self.slot.max_duration,
             )
             gain = spec.ORIGINAL_AUDIO_GAIN.check(float(original_audio_gain or 0.0), by_label=True)
-            result = self.service.run(
-                req,
-                progress,
-                session=_session(request),
-                original_audio_gain=gain or None,
-                cancel=_REQUEST_CANCEL.get(),
-            )
+            session = _session(request)
+            try:
+                result = self.service.run(
+                    req,
+                    self._tracked(progress, session),
+                    session=session,
+                    original_audio_gain=gain or None,
+                    cancel=_REQUEST_CANCEL.get(),
+                )
+            finally:
+                self.activity.pop(session, None)
+            result = _say_if_capped(result, req.video, self.slot.max_duration)
         # Plain paths (None for unused players), so API callers get files, not component updates;
         # the page's labels, audio players and history follow from the result (selva.app.results.present).
         videos = [*result.videos, *[None] * (MAX_CANDIDATES - len(result.videos))]
@@ -295,9 +319,59 @@ class Studio:
         return f"`{variant}` loads on the first Generate."
 
 
+def notify(message: str, title: str, level: str = "info", duration: float | None = 10) -> None:
+    """A toast with `title` over `message`, shown as plain text (gradio renders a toast's text as HTML).
+
+    Outside a queued gradio event (a test calling a handler, `/api/predict`) nothing is shown.
+    """
+    from gradio.context import LocalContext
+
+    blocks, event_id = LocalContext.blocks.get(None), LocalContext.event_id.get(None)
+    if blocks is None or event_id is None:
+        return
+    # gradio's Queue.log_message types the level for info/warning/success only; its LogMessage (and
+    # the page's toasts) take "error" as well.
+    blocks._queue.log_message(
+        event_id=event_id,
+        log=html.escape(message),
+        title=title,
+        level=level,
+        duration=duration,  # type: ignore[arg-type]
+    )
+
+
+def fail(message: str, title: str) -> gr.Error:
+    """The error to raise for a failure a user should read: a titled toast with the message whole.
+
+    gradio 6's page titles every error toast "Error", whatever `gr.Error(title=...)` says (its
+    front end reads the title from a field the server never sets), and renders the message as HTML,
+    so "put it at <weights_dir>" loses its end. So the toast goes out as an error-level log message
+    (whose title the page shows) with the text escaped, and the raised `gr.Error` is invisible on
+    the page: it still fails the event (nothing after `.success` runs) and gives API callers the
+    plain message.
+    """
+    notify(message, title, level="error", duration=None if len(message) > 160 else 15)
+    return gr.Error(message, title=title, visible=False, print_exception=False)
+
+
+def _title_of(exc: SelvaError) -> str:
+    for kind, title in _ERROR_TITLES:
+        if isinstance(exc, kind):
+            return title
+    return "Cannot generate"
+
+
+_ERROR_TITLES: tuple[tuple[type[SelvaError], str], ...] = (
+    (spec.WeightsError, "Model weights missing"),
+    (spec.MediaError, "Video not usable"),
+    (spec.DependencyError, "Missing package"),
+    (InputError, "Check the inputs"),
+)
+
+
 @contextmanager
 def user_errors(private_dirs: Sequence[str | Path] = ()) -> Iterator[None]:
-    """Turn every failure into a `gr.Error` with a message a user can act on; never a stack trace.
+    """Turn every failure into a titled `gr.Error` with a message a user can act on; never a stack trace.
 
     Our own errors carry that message already (server folders in `private_dirs`,
     such as the upload folder, are cut out of it); out-of-memory gets advice;
@@ -310,24 +384,27 @@ def user_errors(private_dirs: Sequence[str | Path] = ()) -> Iterator[None]:
     except SelvaError as exc:
         if isinstance(exc, GenerationCancelled):
             log.info("generation cancelled by the user")
-            raise gr.Error("Generation cancelled.", title="Cancelled", print_exception=False) from None
+            cancelled = gr.Error(
+                "Generation cancelled.", title="Cancelled", visible=False, print_exception=False
+            )
+            raise cancelled from None
         message = str(exc)
         for folder in private_dirs:
             message = message.replace(str(folder).rstrip("/\\") + os.sep, "")
-        raise gr.Error(message, print_exception=False) from None
+        raise fail(message, _title_of(exc)) from None
     except Exception as exc:
         if is_out_of_memory(exc):
             log.warning("out of memory: %s", exc)
-            raise gr.Error(
+            raise fail(
                 "Out of GPU memory. Try a shorter duration or fewer candidates; the person running the "
                 "app can also start it with --offload offload_to_cpu or --precision bf16.",
-                print_exception=False,
+                "Out of GPU memory",
             ) from None
         log.error("generation failed", exc_info=exc)
-        raise gr.Error(
+        raise fail(
             f"Something went wrong on our side ({type(exc).__name__}); the details are in the server log. "
             "Please try again, or report it with the info line of your last result.",
-            print_exception=False,
+            "Something went wrong",
         ) from None
 
 
@@ -341,21 +418,68 @@ def check_source(source: str | None, video: str | None, duration: float | None) 
     """
     if source == SOURCE_PROMPT:
         if not duration or float(duration) <= 0:
-            raise gr.Error(
+            raise fail(
                 "Prompt only makes as many seconds of sound as Duration says: set Duration above 0 "
                 "(8 s is SelVA's training length).",
-                title="Duration needed",
-                print_exception=False,
+                "Duration needed",
             )
         return None
     if not video:
-        raise gr.Error(
+        raise fail(
             "Upload a video first: drop a clip (mp4, mov, webm...) on the Video box, "
             "or choose Source: Prompt only to make sound from the prompt alone.",
-            title="No video",
-            print_exception=False,
+            "No video",
         )
     return gr.update()
+
+
+def check_upload(video: str | None, duration: float | None, *, max_duration: float) -> tuple[Any, Any, Any]:
+    """The Video box's upload event: refuse what is no usable video, fit the span to the clip.
+
+    A file that is no video (a renamed text file, a damaged clip) is refused here with the
+    reason, and the box is cleared, instead of the browser's "Video not playable" and a late
+    error after Generate. A good clip sets Duration's end to its length (up to `max_duration`,
+    saying so when the clip is longer: never a silent cut) and Start's to where a span can
+    still begin. Returns updates for the video, Duration and Start.
+    """
+    if not video:
+        return gr.update(), gr.update(maximum=max_duration), gr.update(maximum=None)
+    from selva import media  # torch with it: the page imports this module without a model
+
+    try:
+        info = media.probe(video)
+    except SelvaError as exc:
+        message = str(exc)
+        for folder in _upload_dirs(video):
+            message = message.replace(folder.rstrip("/\\") + os.sep, "")
+        notify(message, "Not a usable video", level="error", duration=None)
+        return gr.update(value=None), gr.update(maximum=max_duration), gr.update(maximum=None)
+    length = round(info.duration, 2)
+    if length > max_duration:
+        gr.Warning(
+            html.escape(
+                f"This clip is {length:g} s long; one request covers at most {max_duration:g} s. "
+                f"Duration 0 (auto) makes the {max_duration:g} s from Start; move Start to go on."
+            ),
+            title="Clip longer than the limit",
+        )
+    end = min(length, max_duration)
+    value = min(float(duration or 0.0), end)
+    latest_start = max(0.0, length - spec.MIN_DURATION)  # a span needs this much clip after Start
+    return gr.update(), gr.update(maximum=end, value=value), gr.update(maximum=round(latest_start, 2))
+
+
+def _say_if_capped(result: Any, video: str | None, max_duration: float) -> Any:
+    """`result` whose info line says so when the clip went on past the span `max_duration` allowed."""
+    if not video or result.duration < max_duration - 0.01:
+        return result
+    from selva import media
+
+    left = media.probe(video).duration - result.start
+    if left <= result.duration + 0.01:
+        return result
+    note = f"span capped at {max_duration:g} s of the {left:.2f} s left in the clip"
+    return dataclasses.replace(result, info=f"{result.info} · {note}")
 
 
 def _upload_dirs(video: str | None) -> list[str]:
