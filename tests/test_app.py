@@ -240,7 +240,7 @@ def test_generate_returns_muxed_videos_audio_files_and_an_info_line(studio, clip
     # Stages and Euler steps reach the progress bar.
     descs = [d for _, d in progress.calls]
     assert "Encoding prompts" in descs and "Generating: step 3/3" in descs
-    fractions = [f for f, _ in progress.calls]
+    fractions = [f for f, _ in progress.calls if f is not None]  # None: a stage's text alone
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
 
 
@@ -447,6 +447,9 @@ def test_errors_carry_a_title_and_the_whole_message():
     # The page's toast is the titled log message (gradio 6 titles every error toast "Error");
     # the error itself fails the event and reaches API callers, unseen on the page.
     assert caught.value.visible is False
+    toast = handlers.toast_text(message, "Model weights missing")
+    assert toast.startswith("<strong>Model weights missing</strong><br>")
+    assert "put it at &lt;weights_dir&gt;/generator.pt, or run `selva download`" in toast  # text, no tag
     with pytest.raises(gr.Error) as caught, handlers.user_errors():
         raise MediaError("clip.mp4 has no video stream")
     assert caught.value.title == "Video not usable"

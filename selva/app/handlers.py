@@ -17,6 +17,7 @@ import functools
 import html
 import logging
 import os
+import warnings
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -319,36 +320,46 @@ class Studio:
         return f"`{variant}` loads on the first Generate."
 
 
-def notify(message: str, title: str, level: str = "info", duration: float | None = 10) -> None:
-    """A toast with `title` over `message`, shown as plain text (gradio renders a toast's text as HTML).
+def toast_text(message: str, title: str) -> str:
+    """A toast's HTML: the title in bold over the message, both shown as plain text.
 
-    Outside a queued gradio event (a test calling a handler, `/api/predict`) nothing is shown.
+    gradio 6 groups toasts by kind and heads each group "Error", "Warning" or "Info",
+    whatever title the server sends, and renders a toast's text as HTML: so the title goes
+    into the text, and "put it at <weights_dir>" is escaped so it is not taken for a tag.
+    """
+    return f"<strong>{html.escape(title)}</strong><br>{html.escape(message)}"
+
+
+def notify(message: str, title: str, level: str = "info", duration: float | None = 10) -> None:
+    """A titled toast with `message` whole, for the visitor whose event is running.
+
+    Outside a queued gradio event (a test calling a handler, `/api/predict`) a warning goes
+    to Python's warnings, as `gr.Warning` does, and anything else to nobody.
     """
     from gradio.context import LocalContext
 
     blocks, event_id = LocalContext.blocks.get(None), LocalContext.event_id.get(None)
     if blocks is None or event_id is None:
+        if level == "warning":
+            warnings.warn(message, stacklevel=2)
         return
     # gradio's Queue.log_message types the level for info/warning/success only; its LogMessage (and
     # the page's toasts) take "error" as well.
     blocks._queue.log_message(
         event_id=event_id,
-        log=html.escape(message),
+        log=toast_text(message, title),
         title=title,
-        level=level,
-        duration=duration,  # type: ignore[arg-type]
+        level=level,  # type: ignore[arg-type]
+        duration=duration,
     )
 
 
 def fail(message: str, title: str) -> gr.Error:
     """The error to raise for a failure a user should read: a titled toast with the message whole.
 
-    gradio 6's page titles every error toast "Error", whatever `gr.Error(title=...)` says (its
-    front end reads the title from a field the server never sets), and renders the message as HTML,
-    so "put it at <weights_dir>" loses its end. So the toast goes out as an error-level log message
-    (whose title the page shows) with the text escaped, and the raised `gr.Error` is invisible on
-    the page: it still fails the event (nothing after `.success` runs) and gives API callers the
-    plain message.
+    The toast is an error-level log message (`notify`: the title inside, the text escaped);
+    the raised `gr.Error` is invisible on the page: it still fails the event (nothing after
+    `.success` runs) and gives API callers the plain message, with its title.
     """
     notify(message, title, level="error", duration=None if len(message) > 160 else 15)
     return gr.Error(message, title=title, visible=False, print_exception=False)
@@ -456,12 +467,12 @@ def check_upload(video: str | None, duration: float | None, *, max_duration: flo
         return gr.update(value=None), gr.update(maximum=max_duration), gr.update(maximum=None)
     length = round(info.duration, 2)
     if length > max_duration:
-        gr.Warning(
-            html.escape(
-                f"This clip is {length:g} s long; one request covers at most {max_duration:g} s. "
-                f"Duration 0 (auto) makes the {max_duration:g} s from Start; move Start to go on."
-            ),
-            title="Clip longer than the limit",
+        notify(
+            f"This clip is {length:g} s long; one request covers at most {max_duration:g} s. "
+            f"Duration 0 (auto) makes the {max_duration:g} s from Start; move Start to go on.",
+            "Clip longer than the limit",
+            level="warning",
+            duration=None,
         )
     end = min(length, max_duration)
     value = min(float(duration or 0.0), end)

@@ -11,7 +11,7 @@ from typing import Any
 
 import gradio as gr
 
-from selva.app.handlers import Studio
+from selva.app.handlers import Studio, notify
 from selva.app.results import PAGE_EVENT, PAGE_EVENT_TOASTS
 
 POLL_SECONDS = 0.5  # how often the running page refreshes Generate's label
@@ -30,7 +30,7 @@ def idle() -> tuple[Any, Any, Any]:
 
 def cancelled() -> tuple[Any, Any, Any]:
     """The Cancel button's own answer: say so; the results stay as they were."""
-    gr.Info("Generation cancelled; the previous result stays.", title="Cancelled")
+    notify("Generation cancelled; the previous result stays.", "Cancelled")
     return idle()
 
 
