@@ -512,6 +512,21 @@ def test_generate_shows_its_step_while_running_and_cancel_only_meanwhile(studio,
     assert not timer.active
 
 
+def test_the_mcp_tools_state_the_largest_data_url():
+    """The MCP transport answers 413 to bodies over its limit: the tools say how much video fits."""
+    import base64
+    import json
+
+    from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE
+
+    for tool in (handlers.Studio.generate, handlers.Studio.generate_stems):
+        assert "at most about 3 MB of video: MCP refuses request bodies over 4 MiB" in tool.__doc__
+    assert DEFAULT_MAX_REQUEST_BODY_SIZE == 4 * 1024 * 1024
+    url = "data:video/mp4;base64," + base64.b64encode(bytes(3_000_000)).decode("ascii")
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"arguments": {"video": url}}}
+    assert len(json.dumps(call)) < DEFAULT_MAX_REQUEST_BODY_SIZE  # 3 MB fits, with room for the rest
+
+
 def test_unexpected_errors_are_reported_without_a_traceback(caplog):
     with pytest.raises(gr.Error) as caught, handlers.user_errors():
         raise RuntimeError("CUDA error: an illegal memory access was encountered")

@@ -112,6 +112,7 @@ def test_a_file_that_is_no_video_is_refused_at_upload_with_a_titled_whole_messag
     page.wait_for_function("() => document.querySelector('#duration input[type=range]').max === '2'")
     page.locator("#prompt textarea").fill("dog barking")
     page.locator("#generate").click()
+    toast.wait_for(state="detached")  # a new run clears the old toasts
     assert result_duration(page) == pytest.approx(2.0, abs=0.15)
     page.wait_for_function("() => document.querySelector('#info textarea').value.includes('2.00 s from')")
 

@@ -144,7 +144,8 @@ class Studio:
 
         Args:
             video: the video file (mp4, mov, webm...): a path, a public http(s) URL, or the file as
-                a data: URL; none, with a duration above 0, makes sound from the prompt alone.
+                a data: URL (at most about 3 MB of video: MCP refuses request bodies over 4 MiB);
+                none, with a duration above 0, makes sound from the prompt alone.
             prompt: the sound to make; also picks which visible source it follows, e.g. "dog barking".
             negative_prompt: a sound to steer away from, e.g. "wind noise" (may be empty).
             steps: flow steps, 1-100 (25 is typical).
@@ -246,7 +247,7 @@ class Studio:
 
         Args:
             video: the video file (mp4, mov, webm...): a path, a public http(s) URL, or the file as
-                a data: URL.
+                a data: URL (at most about 3 MB of video: MCP refuses request bodies over 4 MiB).
             prompt_1: the first stem's sound, e.g. "dog barking" (required).
             negative_1: a sound the first stem steers away from (may be empty).
             gain_1: the first stem's level in the mix, 0-2.

@@ -16,6 +16,8 @@ from selva.app.results import PAGE_EVENT, PAGE_EVENT_TOASTS
 
 POLL_SECONDS = 0.5  # how often the running page refreshes Generate's label
 IDLE_LABEL = "Generate"
+# A new run starts with no old toasts over it (gradio has no server call to close them).
+CLOSE_TOASTS = "() => { document.querySelectorAll('.toast-close').forEach((b) => b.click()); }"
 
 
 def busy() -> tuple[Any, Any, Any]:
@@ -41,6 +43,7 @@ def wire_running(studio: Studio, run: gr.Button, stop: gr.Button, checked: Any) 
     generation's event, wires its end (success, failure or cancel) back to idle.
     """
     timer = gr.Timer(POLL_SECONDS, active=False)
+    run.click(None, None, None, js=CLOSE_TOASTS, **PAGE_EVENT)
     started = checked.success(busy, None, [run, stop, timer], **PAGE_EVENT)
     timer.tick(studio.running_label, None, run, show_progress="hidden", **PAGE_EVENT)
 
