@@ -148,7 +148,7 @@ def test_the_page_serves_while_the_model_loads_and_shows_why_it_failed(fresh_tin
     assert status.state == "failed" and "generator_small_16k" in status.error
     panel, timer = seen["panel"]
     assert panel["visible"] and "could not load" in panel["value"]
-    assert load_status.html.escape(status.error) in panel["value"]  # whole, "<...>" as text
+    assert load_status.html.escape(status.error).replace("\n", "<br>") in panel["value"]  # whole
     assert timer.active  # a retry (the next Generate) shows up too
     # SIGTERM now removes the app's outputs (selva.output_store), as Ctrl-C does.
     assert getattr(signal.getsignal(signal.SIGTERM), "__module__", "") == "selva.output_store"

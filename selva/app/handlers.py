@@ -328,7 +328,8 @@ def toast_text(message: str, title: str) -> str:
     whatever title the server sends, and renders a toast's text as HTML: so the title goes
     into the text, and "put it at <weights_dir>" is escaped so it is not taken for a tag.
     """
-    return f"<strong>{html.escape(title)}</strong><br>{html.escape(message)}"
+    lines = html.escape(message).replace("\n", "<br>")  # the missing-files list keeps its lines
+    return f"<strong>{html.escape(title)}</strong><br>{lines}"
 
 
 def notify(message: str, title: str, level: str = "info", duration: float | None = 10) -> None:

@@ -28,7 +28,8 @@ def load_status_text(status: LoadStatus) -> str:
         percent = f" ({status.fraction:.0%})" if status.fraction else ""
         return f"⏳ **Preparing the model** – {html.escape(desc)}{percent}"
     if status.state == "failed":
-        return f"⚠️ **The model could not load.** {html.escape(status.error or '')}"
+        error = html.escape(status.error or "").replace("\n", "<br>")
+        return f"⚠️ **The model could not load.**<br>{error}"
     return ""
 
 

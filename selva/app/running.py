@@ -49,6 +49,8 @@ def wire_running(studio: Studio, run: gr.Button, stop: gr.Button, checked: Any) 
 
     def finish(event: Any) -> None:
         event.then(idle, None, [run, stop, timer], **PAGE_EVENT)
+        # gradio 6's page skips `.then` after a failed event (only `.failure` listeners run then).
+        event.failure(idle, None, [run, stop, timer], **PAGE_EVENT)
         # gradio's cancel: it drops a queued job, or cancels the running one, which `stops_on_cancel`
         # stops after its current flow step (for this request alone, so no other visitor's job).
         stop.click(cancelled, None, [run, stop, timer], cancels=[event], **PAGE_EVENT_TOASTS)
