@@ -612,11 +612,12 @@ def test_on_zerogpu_only_the_model_call_is_wrapped(monkeypatch, app_pipe, clip):
         @staticmethod
         def GPU(duration=None):  # noqa: N802 (its name)
             def wrap(fn):
-                def run(request, progress, token):
-                    # ZeroGPU pickles the arguments into its worker
-                    pickle.dumps((request, gr.Progress(), token))
+                def run(project, folder, progress, token):
+                    # ZeroGPU pickles the arguments into its worker (gradio's Progress is picklable)
+                    progress.progress = gr.Progress()
+                    pickle.dumps((project, folder, progress, token))
                     seen.append(duration)
-                    return fn(request, progress, token)
+                    return fn(project, folder, progress, token)
 
                 return run
 
@@ -628,7 +629,7 @@ def test_on_zerogpu_only_the_model_call_is_wrapped(monkeypatch, app_pipe, clip):
     assert seen == [handlers.ZEROGPU_SECONDS] and "seed 4" in info
 
     monkeypatch.setattr(handlers, "spaces", None)  # elsewhere: no wrapper at all
-    assert handlers.Studio(studio.slot).service._infer.__func__ is GenerationService._infer_here
+    assert handlers.Studio(studio.slot).service._render.__func__ is GenerationService._render_here
 
 
 # -- the API, through gradio_client against the launched app -------------------------------------------

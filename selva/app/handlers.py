@@ -89,6 +89,22 @@ def stops_on_cancel(handler: Callable[..., T]) -> Callable[..., Awaitable[T]]:
     return run
 
 
+class _Tracked:
+    """`progress` that also keeps its latest text in `activity[session]`, for the Generate button.
+
+    A class, not a closure: ZeroGPU pickles the model call's arguments into its worker.
+    """
+
+    def __init__(self, progress: Any, activity: dict[str, str], session: str):
+        self.progress, self.activity, self.session = progress, activity, session
+
+    def __call__(self, fraction: float | None, desc: str | None = None, **kwargs: Any) -> None:
+        if desc:
+            self.activity[self.session] = desc
+        if self.progress is not None:
+            self.progress(fraction, desc=desc, **kwargs)
+
+
 def _on_gpu(fn: Callable) -> Callable:
     """`spaces.GPU` where the `spaces` package is importable (ZeroGPU), otherwise `fn` itself."""
     if spaces is None:
@@ -107,17 +123,6 @@ class Studio:
         self.slot = slot
         self.service = GenerationService(slot, outputs, on_gpu=_on_gpu)
         self.activity: dict[str, str] = {}  # per session: what its running job reports now
-
-    def _tracked(self, progress: Any, session: str) -> Callable[..., None]:
-        """`progress` that also keeps its latest text in `activity`, for the Generate button to show."""
-
-        def report(fraction: float, desc: str | None = None, **kwargs: Any) -> None:
-            if desc:
-                self.activity[session] = desc
-            if progress is not None:
-                progress(fraction, desc=desc, **kwargs)
-
-        return report
 
     def running_label(self, request: gr.Request | None = None) -> Any:
         """What this visitor's job is doing, as the Generate button says while it runs (or no change)."""
@@ -181,7 +186,7 @@ class Studio:
             try:
                 result = self.service.run(
                     req,
-                    self._tracked(progress, session),
+                    _Tracked(progress, self.activity, session),
                     session=session,
                     original_audio_gain=gain or None,
                     cancel=_REQUEST_CANCEL.get(),
