@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import gc
 import logging
+import shutil
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -305,6 +307,16 @@ class GenerationResult:
         return f"{self.prompt} · seed {self.seed} · {self.duration:.2f} s {where}{many}"
 
 
+@contextmanager
+def _removed_on_failure(folder: Path) -> Iterator[None]:
+    """Remove `folder` (a request's, still without results) when the block raises."""
+    try:
+        yield
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
 class GenerationService:
     """Runs `GenerationRequest`s on a slot's pipeline, one at a time, and saves what they make.
 
@@ -349,9 +361,10 @@ class GenerationService:
             ORIGINAL_AUDIO_GAIN.check(original_audio_gain, by_label=True)
         project = single_sound(req, original_audio_gain=original_audio_gain or 0.0)
         folder = self.outputs.new_folder()
-        rendered, pipe, load_seconds = self.render(
-            project, folder / "takes", progress, session=session, cancel=cancel
-        )
+        with _removed_on_failure(folder):  # a cancelled or failed job leaves no folder behind
+            rendered, pipe, load_seconds = self.render(
+                project, folder / "takes", progress, session=session, cancel=cancel
+            )
         source = Path(req.video).stem if req.video is not None else "prompt"
         files = write_takes(rendered, folder, f"{slug(source, 24)}_{slug(req.prompt, 32)}")
         first = rendered.project.sounds[0].takes[rendered.generated[0][1]]
@@ -448,9 +461,10 @@ class GenerationService:
         ORIGINAL_AUDIO_GAIN.check(original_audio_gain, by_label=True)
         project = stems_project(base, stems, original_audio_gain=original_audio_gain)
         folder = self.outputs.new_folder()
-        rendered, pipe, load_seconds = self.render(
-            project, folder / "takes", progress, session=session, cancel=cancel
-        )
+        with _removed_on_failure(folder):  # a cancelled or failed job leaves no folder behind
+            rendered, pipe, load_seconds = self.render(
+                project, folder / "takes", progress, session=session, cancel=cancel
+            )
         seeds = tuple(rendered.seeds)
         files = write_mix(rendered, folder, f"{slug(Path(project.video).stem, 24)}_seed{seeds[0]}")
         info = project_info(rendered) + f" · {pipe.variant.name} on {pipe.device} ({dtype_name(pipe.dtype)})"
