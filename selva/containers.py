@@ -36,10 +36,20 @@ _DECODE_PROBE_PACKETS = 16
 
 def not_media(path: Path, reason: object) -> MediaError:
     """The error for a file FFmpeg cannot make sense of; `reason` says what was seen."""
+    reason = ffmpeg_reason(reason)
     return MediaError(
         f"{path.name} is not a media file FFmpeg can read, or it is damaged or truncated ({reason}); "
         "if it plays elsewhere, convert it to MP4 (H.264)"
     )
+
+
+def ffmpeg_reason(error: object) -> object:
+    """FFmpeg's words for `error` without its errno and path ("Invalid data found when processing input").
+
+    PyAV's str() reads "[Errno 1094995529] ...: '/tmp/x.mp4'": a number no user can act on, and
+    the server's path to the file.
+    """
+    return getattr(error, "strerror", None) or error
 
 
 def open_input(path: Path) -> av.container.InputContainer:

@@ -35,6 +35,7 @@ from selva.containers import (
     audio_stream,
     channel_layout,
     exact,
+    ffmpeg_reason,
     frames_from,
     not_media,
     open_input,
@@ -200,7 +201,9 @@ def _first_frame_rotation(container: av.container.InputContainer, stream: av.Vid
         for frame in container.decode(stream):
             return int(frame.rotation) % 360
     except av.FFmpegError as e:
-        raise MediaError(f"{path.name}'s video stream cannot be decoded ({e}); re-export it as MP4") from e
+        raise MediaError(
+            f"{path.name}'s video stream cannot be decoded ({ffmpeg_reason(e)}); re-export it as MP4"
+        ) from e
     raise MediaError(f"{path.name}'s video stream yields no pictures; the file is damaged, re-export it")
 
 

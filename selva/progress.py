@@ -25,19 +25,23 @@ ProgressFn = Callable[..., object]  # called as progress(fraction, desc=...), as
 
 
 class ProgressReport:
-    """The pipeline's stage and step callbacks as `progress(fraction, desc=...)` calls (gradio's shape)."""
+    """The pipeline's stage and step callbacks as `progress(fraction, desc=...)` calls (gradio's shape).
 
-    # Where each stage starts on the bar, and what the user reads meanwhile.
+    The percentage a page shows is the flow steps' share done ("step 12/25" reads 48%), windows
+    included: the steps are where the time goes. The stages around them say what runs with no
+    percentage (`fraction` None, which gradio shows as its text alone).
+    """
+
+    # What the user reads while each stage runs.
     STAGES = {
-        "probe": (0.0, "Reading video"),
-        "text": (0.05, "Encoding prompts"),
-        "decode": (0.1, "Decoding video"),
-        "text_synch": (0.15, "TextSynch: following the prompted motion"),
-        "flow": (0.2, "Generating"),
-        "vae": (0.9, "Decoding audio"),
-        "vocoder": (0.95, "Vocoding"),
+        "probe": "Reading video",
+        "text": "Encoding prompts",
+        "decode": "Decoding video",
+        "text_synch": "TextSynch: following the prompted motion",
+        "flow": "Generating",
+        "vae": "Decoding audio",
+        "vocoder": "Vocoding",
     }
-    FLOW_SHARE = 0.7  # of the bar, from the flow's start to the VAE's
 
     def __init__(self, progress: ProgressFn | None, steps: int):
         self.progress = progress
@@ -45,8 +49,7 @@ class ProgressReport:
 
     def stage(self, name: str) -> None:
         if self.progress is not None and name in self.STAGES:
-            fraction, desc = self.STAGES[name]
-            self.progress(fraction, desc=desc)
+            self.progress(None, desc=self.STAGES[name])
 
     def finish(self) -> None:
         if self.progress is not None:
@@ -62,8 +65,7 @@ class ProgressReport:
             return
         done = index + 1
         passes, number = state.get("passes", 1), state.get("pass", 0)
-        overall = (number * self.steps + done) / (passes * self.steps)
-        fraction = self.STAGES["flow"][0] + self.FLOW_SHARE * overall
+        fraction = (number * self.steps + done) / (passes * self.steps)
         where = ""
         windows = state.get("windows", 1)
         if windows > 1:
@@ -85,8 +87,11 @@ class StemsProgress(ProgressReport):
     def begin(self, index: int, count: int) -> None:
         self.index, self.count = index, count
 
-    def _scaled(self, fraction: float, desc: str = "") -> None:
+    def _scaled(self, fraction: float | None, desc: str = "") -> None:
         assert self.outer is not None
+        if fraction is None:  # a stage: its text alone
+            self.outer(None, desc=f"Stem {self.index + 1}/{self.count}: {desc}")
+            return
         if fraction >= 1.0:
             self.outer(1.0, desc=desc)
             return

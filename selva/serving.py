@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -96,6 +97,16 @@ class GenerationResult:
         return f"{self.prompt} · seed {self.seed} · {self.duration:.2f} s {where}{many}"
 
 
+@contextmanager
+def _removed_on_failure(folder: Path) -> Iterator[None]:
+    """Remove `folder` (a request's, still without results) when the block raises."""
+    try:
+        yield
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
 class GenerationService:
     """Runs `GenerationRequest`s on a slot's pipeline, one at a time, and saves what they make.
 
@@ -140,13 +151,10 @@ class GenerationService:
             ORIGINAL_AUDIO_GAIN.check(original_audio_gain, by_label=True)
         project = single_sound(req, original_audio_gain=original_audio_gain or 0.0)
         folder = self.outputs.new_folder()
-        try:
+        with _removed_on_failure(folder):  # a cancelled or failed job leaves no folder behind
             rendered, pipe, load_seconds = self.render(
                 project, folder / "takes", progress, session=session, cancel=cancel
             )
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)  # a cancelled or failed job leaves nothing
-            raise
         source = Path(req.video).stem if req.video is not None else "prompt"
         files = write_takes(rendered, folder, f"{slug(source, 24)}_{slug(req.prompt, 32)}")
         first = rendered.project.sounds[0].takes[rendered.generated[0][1]]
@@ -222,15 +230,25 @@ class GenerationService:
         return rendered
 
     def render_project(
-        self, project: Project, progress: ProgressFn | None = None, *, session: str = "local",
+        self,
+        project: Project,
+        progress: ProgressFn | None = None,
+        *,
+        session: str = "local",
         cancel: CancelToken | None = None,
-    ) -> ProjectResult:  # fmt: skip
+    ) -> ProjectResult:
         """Render `project` (only takes without audio run the model) into a new folder, with every file."""
         from selva.project_files import deliver_project
-        folder, job = self.outputs.new_folder(), {"session": session, "cancel": cancel}
-        rendered, pipe, loaded = self.render(project, folder / "takes", progress, **job)
+
+        folder = self.outputs.new_folder()
+        with _removed_on_failure(folder):  # a cancelled or failed job leaves no folder behind
+            rendered, pipe, loaded = self.render(
+                project, folder / "takes", progress, session=session, cancel=cancel
+            )
         info = f"{project_info(rendered)} · {pipe.variant.name} on {pipe.device} ({dtype_name(pipe.dtype)})"
-        return deliver_project(rendered, folder, info + (f" · model loaded in {loaded:.1f} s" * bool(loaded)))
+        if loaded:
+            info += f" · model loaded in {loaded:.1f} s"
+        return deliver_project(rendered, folder, info)
 
     # -- several sources at once (selva.stems) ----------------------------------------------------
 
@@ -254,13 +272,10 @@ class GenerationService:
         ORIGINAL_AUDIO_GAIN.check(original_audio_gain, by_label=True)
         project = stems_project(base, stems, original_audio_gain=original_audio_gain)
         folder = self.outputs.new_folder()
-        try:
+        with _removed_on_failure(folder):  # a cancelled or failed job leaves no folder behind
             rendered, pipe, load_seconds = self.render(
                 project, folder / "takes", progress, session=session, cancel=cancel
             )
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)  # a cancelled or failed job leaves nothing
-            raise
         seeds = tuple(rendered.seeds)
         files = write_mix(rendered, folder, f"{slug(Path(project.video).stem, 24)}_seed{seeds[0]}")
         info = project_info(rendered) + f" · {pipe.variant.name} on {pipe.device} ({dtype_name(pipe.dtype)})"

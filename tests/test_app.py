@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from media_factory import make_video
 
-from selva.app import handlers, launch, page, results
+from selva.app import handlers, launch, page, results, toasts
 from selva.serving import MAX_CANDIDATES, GenerationResult, GenerationService, PipelineSlot
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,23 +115,51 @@ def test_command_line_options():
     assert defaults.variant == "small_16k" and not defaults.share and defaults.port is None
 
 
-def test_start_up_failure_is_one_clear_line(fresh_tiny_hub, capsys, monkeypatch):
-    """A model that cannot load stops `python app.py` before it serves, with the pipeline's message."""
-
+def test_a_bad_option_stops_the_app_before_it_serves(tiny_hub, capsys, monkeypatch):
     def no_launch(*args, **kwargs):
-        raise AssertionError("the app must not start serving without its model")
+        raise AssertionError("the app must not start serving with a bad option")
 
     monkeypatch.setattr(gr.Blocks, "launch", no_launch)
     assert launch.main(["--variant", "small_61k", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "unknown variant 'small_61k'" in err and "Traceback" not in err
 
-    # Missing weights (offline): exit code 3, as the `selva` command uses.
+
+def test_the_page_serves_while_the_model_loads_and_shows_why_it_failed(fresh_tiny_hub, monkeypatch):
+    """Missing weights: the page comes up at once and its status panel says the whole message."""
+    import signal
+
+    from selva.app import load_status
+
+    seen = {}
+
+    def fake_launch(demo, **kwargs):  # the page would serve now; the load runs behind it
+        seen["launched_while"] = demo.studio.slot.status.state
+        demo.loader.join(120)
+        seen["status"] = demo.studio.slot.status
+        seen["panel"] = load_status.poll(demo.studio.slot)
+
+    monkeypatch.setattr(gr.Blocks, "launch", fake_launch)
     generator = fresh_tiny_hub.variants["tiny_16k"].generator_file
     fresh_tiny_hub.remove(generator.repo, generator.path)
-    assert launch.main(["--variant", "tiny_16k", "--device", "cpu"]) == 3
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and "generator_small_16k" in err and "Traceback" not in err
+    assert launch.main(["--variant", "tiny_16k", "--device", "cpu"]) == 0
+    assert seen["launched_while"] in ("idle", "loading", "failed")
+    status = seen["status"]
+    assert status.state == "failed" and "generator_small_16k" in status.error
+    panel, timer = seen["panel"]
+    assert panel["visible"] and "could not load" in panel["value"]
+    assert load_status.html.escape(status.error).replace("\n", "<br>") in panel["value"]  # whole
+    assert timer.active  # a retry (the next Generate) shows up too
+    # SIGTERM now removes the app's outputs (selva.output_store), as Ctrl-C does.
+    assert getattr(signal.getsignal(signal.SIGTERM), "__module__", "") == "selva.output_store"
+
+
+def test_the_status_panel_hides_and_stops_once_the_model_is_ready(studio):
+    from selva.app import load_status
+
+    panel, timer = load_status.poll(studio.slot)
+    assert studio.slot.status.state == "ready"
+    assert not panel["visible"] and not timer.active
 
 
 def test_blocks_offer_every_control_with_its_default(app_pipe, tmp_path, monkeypatch):
@@ -213,7 +241,7 @@ def test_generate_returns_muxed_videos_audio_files_and_an_info_line(studio, clip
     # Stages and Euler steps reach the progress bar.
     descs = [d for _, d in progress.calls]
     assert "Encoding prompts" in descs and "Generating: step 3/3" in descs
-    fractions = [f for f, _ in progress.calls]
+    fractions = [f for f, _ in progress.calls if f is not None]  # None: a stage's text alone
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
 
 
@@ -410,6 +438,96 @@ def test_a_good_request_after_failed_ones_works(studio, clip, tmp_path):
     assert "seed 1" in info
 
 
+def test_errors_carry_a_title_and_the_whole_message():
+    from selva.spec import MediaError, WeightsError
+
+    message = "tiny_16k's files are missing: put it at <weights_dir>/generator.pt, or run `selva download`"
+    with pytest.raises(gr.Error) as caught, handlers.user_errors():
+        raise WeightsError(message)
+    assert caught.value.title == "Model weights missing" and caught.value.message == message
+    # The page's toast is the titled log message (gradio 6 titles every error toast "Error");
+    # the error itself fails the event and reaches API callers, unseen on the page.
+    assert caught.value.visible is False
+    toast = toasts.toast_text(message, "Model weights missing")
+    assert toast.startswith("<strong>Model weights missing</strong><br>")
+    assert "put it at &lt;weights_dir&gt;/generator.pt, or run `selva download`" in toast  # text, no tag
+    with pytest.raises(gr.Error) as caught, handlers.user_errors():
+        raise MediaError("clip.mp4 has no video stream")
+    assert caught.value.title == "Video not usable"
+    with pytest.raises(gr.Error) as caught:
+        handlers.check_source("video", None, 0)
+    assert caught.value.title == "No video"
+
+
+def test_a_file_that_is_no_video_is_refused_at_upload_without_an_errno(tmp_path):
+    fake = tmp_path / "notes.mp4"
+    fake.write_text("not a video")
+    video, duration, start = handlers.check_upload(str(fake), 0, max_duration=600)
+    assert video["value"] is None  # the box is cleared
+    with pytest.raises(gr.Error) as caught:
+        generate(handlers.Studio(PipelineSlot("tiny_16k", device="cpu")), fake)
+    assert "not a media file" in caught.value.message and "Errno" not in caught.value.message
+    assert str(tmp_path) not in caught.value.message
+
+
+def test_an_upload_fits_the_span_and_a_longer_clip_is_said(clip):
+    video, duration, start = handlers.check_upload(str(clip), 5.0, max_duration=600)
+    assert duration["maximum"] == pytest.approx(2.0) and duration["value"] == pytest.approx(2.0)
+    assert start["maximum"] == pytest.approx(2.0 - 0.64)
+    with pytest.warns(UserWarning, match="2 s long; one request covers at most 1 s"):
+        _, duration, _ = handlers.check_upload(str(clip), 0, max_duration=1.0)
+    assert duration["maximum"] == 1.0 and duration["value"] == 0
+
+
+def test_the_info_line_says_when_the_span_was_capped(app_pipe, clip, monkeypatch):
+    monkeypatch.setattr(app_pipe, "max_duration", 1.0)  # as `--max-duration 1` would load it
+    capped = handlers.Studio(PipelineSlot.wrap(app_pipe))
+    *_, info, result = generate(capped, clip, seed=1)
+    assert result.duration == pytest.approx(1.0, abs=0.05)
+    assert "span capped at 1 s of the 2.00 s left in the clip" in info
+    *_, info, _ = generate(capped, clip, seed=1, start=1.2)  # what is left fits: nothing to say
+    assert "capped" not in info
+
+
+def test_progress_percent_follows_the_steps(studio, clip):
+    progress = Progress()
+    generate(studio, clip, steps=4, seed=1, progress=progress)
+    steps = [(f, d) for f, d in progress.calls if d and d.startswith("Generating: step")]
+    assert steps == [(k / 4, f"Generating: step {k}/4") for k in range(1, 5)]
+    stages = [f for f, d in progress.calls if d in ("Reading video", "Decoding audio", "Vocoding")]
+    assert stages and all(f is None for f in stages)  # stages: their text, no percentage
+
+
+def test_generate_shows_its_step_while_running_and_cancel_only_meanwhile(studio, clip):
+    from selva.app import running
+
+    run, stop, timer = running.busy()
+    assert run["interactive"] is False and stop["visible"] is True and timer.active
+    labels = []
+    progress = Progress(lambda fraction, desc: labels.append(studio.running_label(None)))
+    generate(studio, clip, steps=3, seed=1, progress=progress)
+    assert {"value": "Generating: step 2/3", "__type__": "update"} in labels
+    assert studio.running_label(None) == {"__type__": "update"}  # after the run: no change
+    run, stop, timer = running.idle()
+    assert run["interactive"] is True and run["value"] == "Generate" and not stop["visible"]
+    assert not timer.active
+
+
+def test_the_mcp_tools_state_the_largest_data_url():
+    """The MCP transport answers 413 to bodies over its limit: the tools say how much video fits."""
+    import base64
+    import json
+
+    from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE
+
+    for tool in (handlers.Studio.generate, handlers.Studio.generate_stems):
+        assert "at most about 3 MB of video: MCP refuses request bodies over 4 MiB" in tool.__doc__
+    assert DEFAULT_MAX_REQUEST_BODY_SIZE == 4 * 1024 * 1024
+    url = "data:video/mp4;base64," + base64.b64encode(bytes(3_000_000)).decode("ascii")
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"arguments": {"video": url}}}
+    assert len(json.dumps(call)) < DEFAULT_MAX_REQUEST_BODY_SIZE  # 3 MB fits, with room for the rest
+
+
 def test_unexpected_errors_are_reported_without_a_traceback(caplog):
     with pytest.raises(gr.Error) as caught, handlers.user_errors():
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
@@ -496,8 +614,9 @@ def test_on_zerogpu_only_the_model_call_is_wrapped(monkeypatch, app_pipe, clip):
         def GPU(duration=None):  # noqa: N802 (its name)
             def wrap(fn):
                 def run(project, folder, progress, token):
-                    # ZeroGPU pickles the arguments into its worker
-                    pickle.dumps((project, folder, gr.Progress(), token))
+                    # ZeroGPU pickles the arguments into its worker (gradio's Progress is picklable)
+                    progress.progress = gr.Progress()
+                    pickle.dumps((project, folder, progress, token))
                     seen.append(duration)
                     return fn(project, folder, progress, token)
 

@@ -93,25 +93,71 @@ def test_upload_prompt_generate_and_download(page, tmp_path):
         shutil.copy(shot, README_SHOT)
 
 
-def test_a_bad_upload_shows_the_error_and_the_next_request_works(page, tmp_path):
-    broken = tmp_path / "broken.mp4"
+def test_a_file_that_is_no_video_is_refused_at_upload_with_a_titled_whole_message(page, tmp_path):
+    broken = tmp_path / "not a video.mp4"
     broken.write_bytes(b"this is not a video" * 100)
     page.locator("#input-video input[type=file]").set_input_files(str(broken))
-    page.locator("#prompt textarea").fill("dog barking")
-    page.locator("#generate").click()
 
-    toast = page.locator(".toast-body", has_text="not a media file")
+    toast = page.locator(".toast-body", has_text="is not a media file")  # at upload: no Generate yet
     toast.wait_for()
-    assert "broken.mp4" in toast.inner_text()
-    assert "Traceback" not in page.content()
+    text = toast.inner_text()
+    assert "Not a usable video" in text  # our title (gradio heads the group "Error")
+    assert "not a video.mp4 is not a media file" in text and "convert it to MP4" in text  # whole
+    assert "Errno" not in text and "Traceback" not in page.content()
+    page.wait_for_function("() => !document.querySelector('#input-video video')")  # the box is cleared
     page.screenshot(path=str(tmp_path / "error.png"))
 
-    # the player and its toolbar each have a Clear button; the player's empties the input
-    page.locator("#input-video button[aria-label='Clear']").last.click()
     upload(page, make_video(tmp_path / "good.mp4", seconds=2.0))
+    # The span fits the clip: Duration's end is the clip's 2 s.
+    page.wait_for_function("() => document.querySelector('#duration input[type=range]').max === '2'")
+    page.locator("#prompt textarea").fill("dog barking")
     page.locator("#generate").click()
+    toast.wait_for(state="detached")  # a new run clears the old toasts
     assert result_duration(page) == pytest.approx(2.0, abs=0.15)
     page.wait_for_function("() => document.querySelector('#info textarea').value.includes('2.00 s from')")
+
+
+def test_the_page_serves_while_the_weights_are_missing_and_says_why_whole(browser, fresh_tiny_hub, tmp_path):
+    """The model loads behind the page; its failure shows there, and Generate's toast is titled and whole."""
+    import socket
+
+    from selva.app import page as page_module
+    from selva.serving import PipelineSlot
+
+    generator = fresh_tiny_hub.variants["tiny_16k"].generator_file
+    fresh_tiny_hub.remove(generator.repo, generator.path)
+    slot = PipelineSlot("tiny_16k", device="cpu", precision="fp32")
+    slot.load_in_background().join(120)
+    assert slot.status.state == "failed"
+    demo = page_module.build_demo(slot, examples=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(f"http://127.0.0.1:{port}/")
+        panel = page.locator("#load-status")
+        panel.get_by_text("The model could not load").wait_for()
+        shown = panel.inner_text()
+        assert "generator_small_16k" in shown and "put it at <weights_dir>/" in shown
+
+        upload(page, make_video(tmp_path / "clip.mp4", seconds=2.0))
+        page.locator("#prompt textarea").fill("dog barking")
+        page.locator("#generate").click()
+        toast = page.locator(".toast-body", has_text="Model weights missing")  # the title, in the text
+        toast.wait_for()
+        text = toast.inner_text()
+        # Whole: the "<weights_dir>" path and the lines after it are there, not cut at "put it at".
+        last_line = slot.status.error.splitlines()[-1].strip()
+        assert "put it at <weights_dir>/" in text and text.rstrip().endswith(last_line)
+        page.locator("#cancel").wait_for(state="hidden")
+        assert page.locator("#generate").is_enabled()
+    finally:
+        context.close()
+        demo.close()
 
 
 def set_number(page, label: str, value: float) -> None:
@@ -122,17 +168,31 @@ def set_number(page, label: str, value: float) -> None:
 
 def test_progress_shows_the_steps_and_cancel_stops_the_job(page, app_server, tmp_path, caplog):
     caplog.set_level("INFO", logger="selva.app")
+    page.locator("#load-status").wait_for(state="hidden")  # the model is ready: nothing to say
+    assert page.locator("#cancel").is_hidden()  # nothing runs: no Cancel
     upload(page, make_video(tmp_path / "clip.mp4", seconds=6.0))
     page.locator("#prompt textarea").fill("dog barking")
+    set_number(page, "Steps", 3)
+    page.locator("#generate").click()
+    assert result_duration(page) == pytest.approx(6.0, abs=0.15)  # the result a cancel must keep
+    page.locator("#cancel").wait_for(state="hidden")
+
     set_number(page, "Steps", 100)
     set_number(page, "Candidates", 4)  # a slow job: four candidates, a hundred steps, 6 s
     page.locator("#generate").click()
-
-    page.get_by_text(re.compile(r"Generating: step \d+/100")).first.wait_for()
+    page.locator("#cancel").wait_for(state="visible")
+    # Generate says what runs and waits; the percentage is the steps' share.
+    page.wait_for_function(
+        "() => /Generating: step \\d+\\/100/.test(document.querySelector('#generate').innerText)"
+    )
+    assert page.locator("#generate").is_disabled()
     cancel_and_wait(page, "#cancel")  # answered once the job has stopped after its current step
+    page.locator(".toast-body", has_text="Cancelled").wait_for()
+    page.locator("#cancel").wait_for(state="hidden")
+    assert page.locator("#generate").is_enabled() and page.locator("#generate").inner_text() == "Generate"
     assert not app_server.demo.studio.slot.lock.locked()
     assert "generation cancelled by the user" in caplog.text  # the pipeline stopped between steps
-    assert page.locator("#result-1 video").count() == 0
+    assert result_duration(page) == pytest.approx(6.0, abs=0.15)  # the previous result stays
 
     set_number(page, "Steps", 3)
     set_number(page, "Candidates", 2)

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import functools
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,6 +24,7 @@ import gradio as gr
 
 from selva import spec
 from selva.app.stems import stems_outputs
+from selva.app.toasts import fail, notify, user_errors  # noqa: F401 (the handlers' own, re-exported)
 from selva.serving import (
     MAX_CANDIDATES,
     GenerationService,
@@ -32,7 +33,7 @@ from selva.serving import (
     dtype_name,
     parse_request,
 )
-from selva.spec import CancelToken, GenerationCancelled, InputError, SelvaError, is_out_of_memory
+from selva.spec import CancelToken, InputError, SelvaError
 from selva.stems import stems_from_form
 
 try:  # Hugging Face ZeroGPU; the package is absent (or a no-op) everywhere else
@@ -86,6 +87,22 @@ def stops_on_cancel(handler: Callable[..., T]) -> Callable[..., Awaitable[T]]:
     return run
 
 
+class _Tracked:
+    """`progress` that also keeps its latest text in `activity[session]`, for the Generate button.
+
+    A class, not a closure: ZeroGPU pickles the model call's arguments into its worker.
+    """
+
+    def __init__(self, progress: Any, activity: dict[str, str], session: str):
+        self.progress, self.activity, self.session = progress, activity, session
+
+    def __call__(self, fraction: float | None, desc: str | None = None, **kwargs: Any) -> None:
+        if desc:
+            self.activity[self.session] = desc
+        if self.progress is not None:
+            self.progress(fraction, desc=desc, **kwargs)
+
+
 def _on_gpu(fn: Callable) -> Callable:
     """`spaces.GPU` where the `spaces` package is importable (ZeroGPU), otherwise `fn` itself."""
     if spaces is None:
@@ -103,6 +120,12 @@ class Studio:
     def __init__(self, slot: PipelineSlot, outputs: OutputStore | None = None):
         self.slot = slot
         self.service = GenerationService(slot, outputs, on_gpu=_on_gpu)
+        self.activity: dict[str, str] = {}  # per session: what its running job reports now
+
+    def running_label(self, request: gr.Request | None = None) -> Any:
+        """What this visitor's job is doing, as the Generate button says while it runs (or no change)."""
+        desc = self.activity.get(_session(request))
+        return gr.update(value=desc) if desc else gr.update()
 
     def generate(
         self,
@@ -124,7 +147,8 @@ class Studio:
 
         Args:
             video: the video file (mp4, mov, webm...): a path, a public http(s) URL, or the file as
-                a data: URL; none, with a duration above 0, makes sound from the prompt alone.
+                a data: URL (at most about 3 MB of video: MCP refuses request bodies over 4 MiB);
+                none, with a duration above 0, makes sound from the prompt alone.
             prompt: the sound to make; also picks which visible source it follows, e.g. "dog barking".
             negative_prompt: a sound to steer away from, e.g. "wind noise" (may be empty).
             steps: flow steps, 1-100 (25 is typical).
@@ -156,13 +180,18 @@ class Studio:
                 max_duration=self.slot.max_duration,
             )
             gain = spec.ORIGINAL_AUDIO_GAIN.check(float(original_audio_gain or 0.0), by_label=True)
-            result = self.service.run(
-                req,
-                progress,
-                session=_session(request),
-                original_audio_gain=gain or None,
-                cancel=_REQUEST_CANCEL.get(),
-            )
+            session = _session(request)
+            try:
+                result = self.service.run(
+                    req,
+                    _Tracked(progress, self.activity, session),
+                    session=session,
+                    original_audio_gain=gain or None,
+                    cancel=_REQUEST_CANCEL.get(),
+                )
+            finally:
+                self.activity.pop(session, None)
+            result = _say_if_capped(result, req.video, self.slot.max_duration)
         # Plain paths (None for unused players), so API callers get files, not component updates;
         # the page's labels, audio players and history follow from the result (selva.app.results.present).
         videos = [*result.videos, *[None] * (MAX_CANDIDATES - len(result.videos))]
@@ -221,7 +250,7 @@ class Studio:
 
         Args:
             video: the video file (mp4, mov, webm...): a path, a public http(s) URL, or the file as
-                a data: URL.
+                a data: URL (at most about 3 MB of video: MCP refuses request bodies over 4 MiB).
             prompt_1: the first stem's sound, e.g. "dog barking" (required).
             negative_1: a sound the first stem steers away from (may be empty).
             gain_1: the first stem's level in the mix, 0-2.
@@ -295,42 +324,6 @@ class Studio:
         return f"`{variant}` loads on the first Generate."
 
 
-@contextmanager
-def user_errors(private_dirs: Sequence[str | Path] = ()) -> Iterator[None]:
-    """Turn every failure into a `gr.Error` with a message a user can act on; never a stack trace.
-
-    Our own errors carry that message already (server folders in `private_dirs`,
-    such as the upload folder, are cut out of it); out-of-memory gets advice;
-    anything else is logged with its traceback on the server and reported in one line.
-    """
-    try:
-        yield
-    except gr.Error:
-        raise
-    except SelvaError as exc:
-        if isinstance(exc, GenerationCancelled):
-            log.info("generation cancelled by the user")
-            raise gr.Error("Generation cancelled.", title="Cancelled", print_exception=False) from None
-        message = str(exc)
-        for folder in private_dirs:
-            message = message.replace(str(folder).rstrip("/\\") + os.sep, "")
-        raise gr.Error(message, print_exception=False) from None
-    except Exception as exc:
-        if is_out_of_memory(exc):
-            log.warning("out of memory: %s", exc)
-            raise gr.Error(
-                "Out of GPU memory. Try a shorter duration or fewer candidates; the person running the "
-                "app can also start it with --offload offload_to_cpu or --precision bf16.",
-                print_exception=False,
-            ) from None
-        log.error("generation failed", exc_info=exc)
-        raise gr.Error(
-            f"Something went wrong on our side ({type(exc).__name__}); the details are in the server log. "
-            "Please try again, or report it with the info line of your last result.",
-            print_exception=False,
-        ) from None
-
-
 def check_source(source: str | None, video: str | None, duration: float | None) -> Any:
     """The page's Source choice against its inputs, before `/generate` runs; returns the Video box's value.
 
@@ -341,21 +334,68 @@ def check_source(source: str | None, video: str | None, duration: float | None) 
     """
     if source == SOURCE_PROMPT:
         if not duration or float(duration) <= 0:
-            raise gr.Error(
+            raise fail(
                 "Prompt only makes as many seconds of sound as Duration says: set Duration above 0 "
                 "(8 s is SelVA's training length).",
-                title="Duration needed",
-                print_exception=False,
+                "Duration needed",
             )
         return None
     if not video:
-        raise gr.Error(
+        raise fail(
             "Upload a video first: drop a clip (mp4, mov, webm...) on the Video box, "
             "or choose Source: Prompt only to make sound from the prompt alone.",
-            title="No video",
-            print_exception=False,
+            "No video",
         )
     return gr.update()
+
+
+def check_upload(video: str | None, duration: float | None, *, max_duration: float) -> tuple[Any, Any, Any]:
+    """The Video box's upload event: refuse what is no usable video, fit the span to the clip.
+
+    A file that is no video (a renamed text file, a damaged clip) is refused here with the
+    reason, and the box is cleared, instead of the browser's "Video not playable" and a late
+    error after Generate. A good clip sets Duration's end to its length (up to `max_duration`,
+    saying so when the clip is longer: never a silent cut) and Start's to where a span can
+    still begin. Returns updates for the video, Duration and Start.
+    """
+    if not video:
+        return gr.update(), gr.update(maximum=max_duration), gr.update(maximum=None)
+    from selva import media  # torch with it: the page imports this module without a model
+
+    try:
+        info = media.probe(video)
+    except SelvaError as exc:
+        message = str(exc)
+        for folder in _upload_dirs(video):
+            message = message.replace(folder.rstrip("/\\") + os.sep, "")
+        notify(message, "Not a usable video", level="error", duration=None)
+        return gr.update(value=None), gr.update(maximum=max_duration), gr.update(maximum=None)
+    length = round(info.duration, 2)
+    if length > max_duration:
+        notify(
+            f"This clip is {length:g} s long; one request covers at most {max_duration:g} s. "
+            f"Duration 0 (auto) makes the {max_duration:g} s from Start; move Start to go on.",
+            "Clip longer than the limit",
+            level="warning",
+            duration=None,
+        )
+    end = min(length, max_duration)
+    value = min(float(duration or 0.0), end)
+    latest_start = max(0.0, length - spec.MIN_DURATION)  # a span needs this much clip after Start
+    return gr.update(), gr.update(maximum=end, value=value), gr.update(maximum=round(latest_start, 2))
+
+
+def _say_if_capped(result: Any, video: str | None, max_duration: float) -> Any:
+    """`result` whose info line says so when the clip went on past the span `max_duration` allowed."""
+    if not video or result.duration < max_duration - 0.01:
+        return result
+    from selva import media
+
+    left = media.probe(video).duration - result.start
+    if left <= result.duration + 0.01:
+        return result
+    note = f"span capped at {max_duration:g} s of the {left:.2f} s left in the clip"
+    return dataclasses.replace(result, info=f"{result.info} · {note}")
 
 
 def _upload_dirs(video: str | None) -> list[str]:

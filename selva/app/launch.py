@@ -1,4 +1,4 @@
-"""SelVA Studio's command line: parse the options, load the models once, launch the page.
+"""SelVA Studio's command line: parse the options, launch the page, load the models behind it.
 
     python app.py [--share] [--server-name HOST] [--port N] [--variant NAME] [--device DEV]
                   [--precision P] [--offload O] [--weights-dir DIR] [--max-duration SEC] [--mcp]
@@ -19,8 +19,8 @@ from typing import Any
 from selva import spec
 from selva.app.mcp_compat import fix_gradio_mcp_results
 from selva.app.page import EXAMPLES_DIR, build_demo
-from selva.serving import PipelineSlot
-from selva.spec import SelvaError, WeightsError
+from selva.serving import OutputStore, PipelineSlot
+from selva.spec import SelvaError
 
 MAX_UPLOAD = "500mb"  # a minute of 4K phone video; longer clips should be cut first
 
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     from selva.cli import OFFLOADS, PRECISIONS
 
     parser = argparse.ArgumentParser(
-        description="SelVA Studio: the web app. Models load once at start-up.",
+        description="SelVA Studio: the web app. The models load once, in the background at start-up.",
     )
     parser.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
     parser.add_argument(
@@ -79,7 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the app until it is stopped; the exit code (2: a bad option, 3: missing weights)."""
+    """Run the app until it is stopped; the exit code (2: a bad option).
+
+    The model loads in the background (unless `--lazy-load`): the page serves at once and
+    shows the weights' download and load, or the error that stopped them.
+    """
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     slot = PipelineSlot(
@@ -92,16 +96,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_duration=args.max_duration,
         compile=args.compile,
     )
+    try:  # a bad option stops the app before it serves; weights are the page's to report
+        from selva.variants import known_variants
+
+        spec.check_variant(args.variant, known_variants())
+    except SelvaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2  # the exit code of the `selva` command
+    OutputStore.remove_on_exit()  # SIGTERM (a service stop) as well as Ctrl-C removes the outputs
+    loader = None
     if not args.lazy_load:
-        print(f"Loading {args.variant} (downloads the weights on first run)...", flush=True)
-        try:
-            with slot.lock:
-                _, seconds = slot.get(args.variant)
-        except SelvaError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 3 if isinstance(exc, WeightsError) else 2  # the exit codes of the `selva` command
-        print(f"Loaded {args.variant} on {slot.pipe.device} in {seconds:.1f} s.", flush=True)
+        # The page comes up at once and shows the download and load (or why they failed);
+        # requests wait for the slot's lock meanwhile.
+        print(f"Loading {args.variant} in the background (downloads the weights on first run)...", flush=True)
+        loader = slot.load_in_background(args.variant)
     demo = build_demo(slot)
+    demo.loader = loader  # for tests: the loading thread, or None
     demo.launch(
         share=args.share,
         server_name=args.server_name,

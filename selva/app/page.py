@@ -22,6 +22,7 @@ import gradio as gr
 
 from selva import spec
 from selva.app import results as results_ui
+from selva.app import running
 from selva.app import stems as stems_ui
 from selva.app import workspace as workspace_ui
 from selva.app.handlers import (
@@ -30,8 +31,10 @@ from selva.app.handlers import (
     SOURCE_VIDEO,
     Studio,
     check_source,
+    check_upload,
     stops_on_cancel,
 )
+from selva.app.load_status import load_status_panel
 from selva.app.workspace_handlers import Workspace, one_sound
 from selva.serving import PipelineSlot
 
@@ -130,6 +133,7 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
             "SelVA generates audio that follows only the motion of the source you named "
             "([paper](https://arxiv.org/abs/2512.02650)). No video? Choose **Prompt only**."
         )
+        load_status_panel(slot)  # the model's download and load, until it is ready
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=320):
                 source = gr.Radio(
@@ -158,7 +162,7 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
                 )
                 with gr.Row():
                     run = gr.Button("Generate", variant="primary", elem_id="generate", scale=3)
-                    stop = gr.Button("Cancel", variant="stop", elem_id="cancel", scale=1)
+                    stop = gr.Button("Cancel", variant="stop", elem_id="cancel", scale=1, visible=False)
                 sounds = workspace_ui.sound_rows(prompt, negative)
                 with gr.Row():
                     duration = gr.Slider(
@@ -234,10 +238,18 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
             video,
             **results_ui.PAGE_EVENT_TOASTS,
         )
+        # A file that is no video is refused at upload; a clip sets the span's ends.
+        video.upload(
+            lambda v, d: check_upload(v, d, max_duration=slot.max_duration),
+            [video, duration],
+            [video, duration, start],
+            **results_ui.PAGE_EVENT_TOASTS,
+        )
+        started, end_of_run = running.wire_running(studio, run, stop, checked)
         inputs = [video, prompt, negative, steps, cfg, seed, duration, start, variant, num_samples]
         inputs.append(original_level)
         # One sound: the page's `/generate` (its candidates are the sound's takes); several: the workspace.
-        single = checked.success(one_sound, sounds["count"], None, **results_ui.PAGE_EVENT_TOASTS)
+        single = started.success(one_sound, sounds["count"], None, **results_ui.PAGE_EVENT_TOASTS)
         event = single.success(
             stops_on_cancel(studio.generate),
             inputs=inputs,
@@ -250,9 +262,7 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
             show_progress_on=[results.videos[0], results.audios[0]],
         )
         results_ui.wire_results(results, event, seed=seed, num_samples=num_samples)
-        # gradio's cancel: it drops a queued job, or cancels the running one, which `stops_on_cancel`
-        # stops after its current flow step (for this request alone, so no other visitor's job).
-        stop.click(None, None, None, cancels=[event], **private)
+        end_of_run(event)  # Generate back, Cancel hidden: after the run, or at once on Cancel
         reuse.click(lambda r: -1 if r is None else r.seed, results.current, seed, **private)
         variant.change(studio.describe, variant, status, **private)
         # Refresh the status after a run: the first one loads the model.
@@ -261,7 +271,7 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
         workspace_ui.wire_workspace(
             Workspace(studio), sounds, area, checked=checked, single=event, stop=stop, video=video,
             settings=[steps, cfg, seed, duration, start, variant, num_samples], original=original_level,
-            num_samples=num_samples, current_result=results.current, cards=results.cards,
+            num_samples=num_samples, current_result=results.current, cards=results.cards, finish=end_of_run,
         )  # fmt: skip
         stems_ui.wire_stems(
             stems_widgets,

@@ -14,6 +14,7 @@ seeds and settings (Generate then renders the takes whose audio is not on this s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
@@ -190,12 +191,13 @@ def wire_workspace(
     num_samples: gr.Slider,
     current_result: gr.State,
     cards: list[Any],
+    finish: Callable[[Any], None] | None = None,
 ) -> None:
     """The workspace's events.
 
     `checked` is the page's Source check before a Generate; `single` the `/generate` event (one
     sound); `settings` are steps, CFG, seed, duration, start, variant and Candidates; `cards` the
-    one-sound result cards.
+    one-sound result cards; `finish(event)` puts Generate and Cancel back to idle after a run.
     """
     for button, delta in ((rows["add"], 1), (rows["remove"], -1)):
         button.click(
@@ -226,6 +228,8 @@ def wire_workspace(
         show_progress_on=area["mix_video"],
         **gpu,
     )
+    if finish is not None:
+        finish(many)
     # One result area: the one-sound cards make way for the project's (`/generate` shows them again).
     many.success(lambda: [gr.update(visible=False)] * len(cards), None, cards, **PAGE_EVENT)
     mix_values = [*mix_inputs(rows), original]
