@@ -209,10 +209,22 @@ def render(
                     sound = replace(sound, takes=_replaced(sound.takes, t, take))
                 generated.append((k, t))
             project = project.with_sound(k, sound)
+    # 4. The mix.
+    return mixed(
+        project, audio, sample_rate, generated=generated, timings=timings, windows=windows, info=info
+    )
+
+
+def mixed(
+    project: Project, audio: dict[tuple[int, int], np.ndarray], sample_rate: int, **made: object
+) -> Rendered:
+    """`project` rendered from takes at hand (`audio`): the span settled, the original read, the mix.
+
+    No model runs: a re-mix after a gain, pan, mute or solo changed calls this alone.
+    `made` are the generation's own fields of `Rendered` (generated, timings, windows, info).
+    """
     duration = _settled_duration(project, audio, sample_rate)
     project = replace(project, duration=duration)
-
-    # 4. The mix.
     original = None
     if project.video is not None:
         from selva import tracks
@@ -228,10 +240,7 @@ def render(
         sample_rate=sample_rate,
         start=project.start,
         duration=duration,
-        generated=generated,
-        timings=timings,
-        windows=windows,
-        info=info,
+        **made,
     )
 
 

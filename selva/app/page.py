@@ -35,6 +35,7 @@ from selva.app.handlers import (
     stops_on_cancel,
 )
 from selva.app.load_status import load_status_panel
+from selva.app.widgets import limit_slider
 from selva.app.workspace_handlers import Workspace, one_sound
 from selva.serving import PipelineSlot
 
@@ -101,13 +102,6 @@ def _variant_choices(current: str) -> list[tuple[str, str]]:
     if current not in names:
         names.insert(0, current)
     return [(f"{name} – {known[name].description}" if name in known else name, name) for name in names]
-
-
-def _slider(limit: spec.Limit, *, step: float, info: str | None = None, **options: Any) -> gr.Slider:
-    """A slider over one of the spec's limits: its range, default and label."""
-    return gr.Slider(
-        limit.minimum, limit.maximum, value=limit.default, step=step, label=limit.label, info=info, **options
-    )
 
 
 def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bool = True) -> gr.Blocks:
@@ -192,8 +186,8 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
                     )
                     status = gr.Markdown(studio.describe(start_variant), elem_id="model-status")
                     with gr.Row():
-                        steps = _slider(spec.STEPS, step=1)
-                        cfg = _slider(spec.CFG_STRENGTH, step=0.1)
+                        steps = limit_slider(spec.STEPS, step=1)
+                        cfg = limit_slider(spec.CFG_STRENGTH, step=0.1)
                     with gr.Row():
                         with gr.Column(min_width=160):
                             seed = gr.Number(
@@ -206,13 +200,13 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
                                 elem_id="seed",
                             )
                             reuse = gr.Button("Reuse last seed", size="sm")
-                        num_samples = _slider(
+                        num_samples = limit_slider(
                             spec.NUM_SAMPLES,
                             step=1,
                             info="candidate k gets seed + k",
                             elem_id="candidates-count",
                         )
-                    original_level = _slider(
+                    original_level = limit_slider(
                         spec.ORIGINAL_AUDIO_GAIN,
                         step=0.05,
                         info="the video's own sound under the new audio (0 = replace it)",

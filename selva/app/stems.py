@@ -17,6 +17,7 @@ from typing import Any
 import gradio as gr
 
 from selva import spec
+from selva.app.widgets import limit_slider, sound_prompts
 from selva.serving import StemsResult
 
 HISTORY_SIZE = 20  # earlier stems results kept per browser session (their files live ~1 h)
@@ -101,38 +102,15 @@ def stems_accordion() -> dict[str, Any]:
                     with gr.Row(visible=k < DEFAULT_ROWS, elem_id=f"stem-row-{k + 1}") as row:
                         # An empty value is a default, so MCP and API callers may leave a field out;
                         # the first stem's prompt has none: the one field a caller must give.
-                        ui["prompts"].append(
-                            gr.Textbox(
-                                value=None if k == 0 else "",
-                                label=f"Stem {k + 1} prompt",
-                                placeholder=PLACEHOLDERS[k],
-                                max_lines=2,
-                                scale=2,
-                                min_width=200,
-                                elem_id=f"stem-prompt-{k + 1}",
-                            )
-                        )
-                        ui["negatives"].append(
-                            gr.Textbox(
-                                value="",
-                                label="Negative",
-                                max_lines=2,
-                                scale=1,
-                                min_width=140,
-                                elem_id=f"stem-negative-{k + 1}",
-                            )
-                        )
-                        ui["gains"].append(
-                            gr.Slider(
-                                spec.STEM_GAIN.minimum,
-                                spec.STEM_GAIN.maximum,
-                                value=spec.STEM_GAIN.default,
-                                step=0.05,
-                                label=spec.STEM_GAIN.label,
-                                min_width=140,
-                                elem_id=f"stem-gain-{k + 1}",
-                            )
-                        )
+                        prompt, negative = sound_prompts(
+                            f"Stem {k + 1} prompt", PLACEHOLDERS[k], f"stem-prompt-{k + 1}",
+                            value=None if k == 0 else "",
+                        )  # fmt: skip
+                        ui["prompts"].append(prompt)
+                        ui["negatives"].append(negative)
+                        where = f"stem-gain-{k + 1}"
+                        gain = limit_slider(spec.STEM_GAIN, step=0.05, min_width=140, elem_id=where)
+                        ui["gains"].append(gain)
                     ui["rows"].append(row)
                 ui["count"] = gr.State(DEFAULT_ROWS)
                 with gr.Row():

@@ -22,6 +22,7 @@ import gradio as gr
 from selva import spec
 from selva.app.handlers import stops_on_cancel
 from selva.app.results import PAGE_EVENT, PAGE_EVENT_TOASTS
+from selva.app.widgets import limit_slider, sound_prompts
 from selva.app.workspace_handlers import MIX_FIELDS, Current, Workspace, resize, several_sounds
 from selva.project import MAX_SOUNDS
 from selva.serving import MAX_CANDIDATES
@@ -35,28 +36,9 @@ PLACEHOLDERS = ("dog barking", "car engine", "rain on a window", "footsteps")
 def _mix_controls(ui: dict[str, Any], k: int) -> None:
     """Sound k's place in the mix: gain, pan, mute, solo (`sound-gain-K` ... with K from 1)."""
     with gr.Row(equal_height=True):
-        ui["gain"].append(
-            gr.Slider(
-                spec.STEM_GAIN.minimum,
-                spec.STEM_GAIN.maximum,
-                value=spec.STEM_GAIN.default,
-                step=0.05,
-                label=spec.STEM_GAIN.label,
-                min_width=120,
-                elem_id=f"sound-gain-{k + 1}",
-            )
-        )
-        ui["pan"].append(
-            gr.Slider(
-                spec.PAN.minimum,
-                spec.PAN.maximum,
-                value=spec.PAN.default,
-                step=0.05,
-                label=spec.PAN.label,
-                min_width=120,
-                elem_id=f"sound-pan-{k + 1}",
-            )
-        )
+        for name, limit in (("gain", spec.STEM_GAIN), ("pan", spec.PAN)):
+            slider = limit_slider(limit, step=0.05, min_width=120, elem_id=f"sound-{name}-{k + 1}")
+            ui[name].append(slider)
         ui["mute"].append(gr.Checkbox(False, label="Mute", min_width=60, elem_id=f"sound-mute-{k + 1}"))
         ui["solo"].append(gr.Checkbox(False, label="Solo", min_width=60, elem_id=f"sound-solo-{k + 1}"))
 
@@ -74,27 +56,11 @@ def sound_rows(prompt: gr.Textbox, negative: gr.Textbox) -> dict[str, Any]:
     for k in range(1, MAX_SOUNDS):
         with gr.Column(visible=False, elem_id=f"sound-row-{k + 1}") as row:
             with gr.Row():
-                ui["prompts"].append(
-                    gr.Textbox(
-                        value="",
-                        label=f"Sound {k + 1}: prompt",
-                        placeholder=PLACEHOLDERS[k],
-                        max_lines=2,
-                        scale=2,
-                        min_width=200,
-                        elem_id=f"sound-prompt-{k + 1}",
-                    )
+                prompt, negative = sound_prompts(
+                    f"Sound {k + 1}: prompt", PLACEHOLDERS[k], f"sound-prompt-{k + 1}"
                 )
-                ui["negatives"].append(
-                    gr.Textbox(
-                        value="",
-                        label="Negative",
-                        max_lines=2,
-                        scale=1,
-                        min_width=140,
-                        elem_id=f"sound-negative-{k + 1}",
-                    )
-                )
+                ui["prompts"].append(prompt)
+                ui["negatives"].append(negative)
             _mix_controls(ui, k)
         ui["rows"].append(row)
     ui["count"] = gr.State(1)

@@ -292,7 +292,7 @@ def with_mix_values(project: Project, values: Sequence[Any]) -> Project:
 def remix(project: Project, sample_rate: int, folder: Path) -> ProjectResult:
     """Mix `project`'s chosen takes again from their files and deliver it into `folder`: no model runs."""
     from selva.progress import project_info
-    from selva.render import Rendered, mix_project, read_take
+    from selva.render import mixed, read_take
 
     audio = {}
     for k, sound in enumerate(project.sounds):
@@ -300,23 +300,7 @@ def remix(project: Project, sample_rate: int, folder: Path) -> ProjectResult:
             if take.audio is None:
                 raise InputError(f"sound {k + 1}'s take {t + 1} has not been generated: press Generate")
             audio[(k, t)] = read_take(take.audio)
-    duration = next(iter(audio.values())).shape[0] / sample_rate
-    original = None
-    if project.video is not None:
-        from selva import tracks
-
-        original = tracks.original_audio(project.video, project.start, duration, sample_rate)
-    mix, normalised_db = mix_project(project, audio, original, round(duration * sample_rate))
-    rendered = Rendered(
-        project=project,
-        audio=audio,
-        mix=mix,
-        normalised_db=normalised_db,
-        original=original,
-        sample_rate=sample_rate,
-        start=project.start,
-        duration=duration,
-    )
+    rendered = mixed(project, audio, sample_rate)
     return deliver_project(rendered, folder, project_info(rendered) + " · re-mixed (no model run)")
 
 
