@@ -30,7 +30,7 @@ from typing import TypeVar
 from tqdm import tqdm
 
 from selva import spec
-from selva.cli_options import delivery_settings
+from selva.cli_options import delivery_settings, model_options
 from selva.names import slug, sound_file
 from selva.project import PROJECT_SUFFIX, Project
 from selva.spec import InputError, MediaError, SelvaError, is_out_of_memory
@@ -328,16 +328,7 @@ def print_summary(summary: Summary, args: argparse.Namespace) -> None:
 
 def load_options(args: argparse.Namespace, variant: str | None = None) -> spec.LoadOptions:
     """The command line's model options as the one set every front end loads with."""
-    return spec.LoadOptions(
-        variant=variant or args.variant,
-        device=args.device,
-        precision=args.precision,
-        offload=args.offload,
-        compile=args.compile,
-        weights_dir=str(args.weights_dir) if args.weights_dir is not None else None,
-        revision=args.revision,
-        max_duration=args.max_duration,
-    ).checked()
+    return spec.LoadOptions(variant=variant or args.variant, **model_options(args)).checked()
 
 
 def load_pipeline(args: argparse.Namespace, variant: str | None = None):

@@ -5,14 +5,7 @@
     selva render PROJECT.selva.json [options]
     selva download [--variant NAME ...]
 
-Exit codes, for scripts:
-    0    every clip was written (or its outputs already existed)
-    1    one or more clips failed; the others were written (rerun to retry them)
-    2    usage error or bad input: options, missing files, malformed CSV, unknown variant
-    3    weights missing, corrupt or not downloadable
-    4    unexpected error (out of memory, an unsupported library version, a bug); -v: traceback
-    130  interrupted (Ctrl-C); finished clips are kept (a batch rerun resumes)
-    143  terminated (SIGTERM); as 130
+Exit codes, for scripts: `EXIT_CODES` below (each command's --help prints them).
 """
 
 from __future__ import annotations

@@ -139,3 +139,16 @@ def add_limit_option(
         metavar=metavar,
         help=f"{what} ({span}{shown})",
     )
+
+
+# The command line's model options (`selva generate/batch/render` and `python app.py` alike), by the
+# name `LoadOptions` and `PipelineSlot` give them.
+MODEL_OPTIONS = ("device", "precision", "offload", "compile", "weights_dir", "revision", "max_duration")
+
+
+def model_options(args: argparse.Namespace) -> dict[str, object]:
+    """The parsed model options as keyword arguments of `LoadOptions` (and `PipelineSlot`)."""
+    values = {name: getattr(args, name) for name in MODEL_OPTIONS}
+    if values["weights_dir"] is not None:
+        values["weights_dir"] = str(values["weights_dir"])
+    return values

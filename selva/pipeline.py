@@ -237,16 +237,9 @@ class SelvaPipeline:
         before any stage or flow step once it is cancelled, even if that
         happened before the call began; once the flow is done the call finishes.
         """
+        # The call's first nine arguments are the request's fields, in the request's order.
         request = GenerationRequest(
-            video=video,
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            steps=steps,
-            cfg_strength=cfg_strength,
-            seed=seed,
-            duration=duration,
-            start=start,
-            num_samples=num_samples,
+            video, prompt, negative_prompt, steps, cfg_strength, seed, duration, start, num_samples
         )
         return self.generate(
             request,

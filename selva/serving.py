@@ -150,11 +150,7 @@ class GenerationService:
         if original_audio_gain:
             ORIGINAL_AUDIO_GAIN.check(original_audio_gain, by_label=True)
         project = single_sound(req, original_audio_gain=original_audio_gain or 0.0)
-        folder = self.outputs.new_folder()
-        with _removed_on_failure(folder):  # a cancelled or failed job leaves no folder behind
-            rendered, pipe, load_seconds = self.render(
-                project, folder / "takes", progress, session=session, cancel=cancel
-            )
+        folder, (rendered, pipe, load_seconds) = self._render_new(project, progress, session, cancel)
         source = Path(req.video).stem if req.video is not None else "prompt"
         files = write_takes(rendered, folder, f"{slug(source, 24)}_{slug(req.prompt, 32)}")
         first = rendered.project.sounds[0].takes[rendered.generated[0][1]]
@@ -207,6 +203,14 @@ class GenerationService:
             self.slot.done(session, token)
         return rendered, pipe, load_seconds
 
+    def _render_new(
+        self, project: Project, progress: ProgressFn | None, session: str, cancel: CancelToken | None
+    ) -> tuple[Path, tuple[Rendered, SelvaPipeline, float]]:
+        """`render` into a new output folder (takes in `takes/`); a cancelled or failed job leaves none."""
+        folder = self.outputs.new_folder()
+        with _removed_on_failure(folder):
+            return folder, self.render(project, folder / "takes", progress, session=session, cancel=cancel)
+
     def _render_here(
         self, project: Project, folder: Path | None, progress: ProgressFn | None, token: CancelToken
     ) -> Rendered:
@@ -240,11 +244,7 @@ class GenerationService:
         """Render `project` (only takes without audio run the model) into a new folder, with every file."""
         from selva.project_files import deliver_project
 
-        folder = self.outputs.new_folder()
-        with _removed_on_failure(folder):  # a cancelled or failed job leaves no folder behind
-            rendered, pipe, loaded = self.render(
-                project, folder / "takes", progress, session=session, cancel=cancel
-            )
+        folder, (rendered, pipe, loaded) = self._render_new(project, progress, session, cancel)
         info = f"{project_info(rendered)} · {pipe.variant.name} on {pipe.device} ({dtype_name(pipe.dtype)})"
         if loaded:
             info += f" · model loaded in {loaded:.1f} s"
@@ -271,11 +271,7 @@ class GenerationService:
 
         ORIGINAL_AUDIO_GAIN.check(original_audio_gain, by_label=True)
         project = stems_project(base, stems, original_audio_gain=original_audio_gain)
-        folder = self.outputs.new_folder()
-        with _removed_on_failure(folder):  # a cancelled or failed job leaves no folder behind
-            rendered, pipe, load_seconds = self.render(
-                project, folder / "takes", progress, session=session, cancel=cancel
-            )
+        folder, (rendered, pipe, load_seconds) = self._render_new(project, progress, session, cancel)
         seeds = tuple(rendered.seeds)
         files = write_mix(rendered, folder, f"{slug(Path(project.video).stem, 24)}_seed{seeds[0]}")
         info = project_info(rendered) + f" · {pipe.variant.name} on {pipe.device} ({dtype_name(pipe.dtype)})"

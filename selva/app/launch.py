@@ -19,6 +19,7 @@ from typing import Any
 from selva import spec
 from selva.app.mcp_compat import fix_gradio_mcp_results
 from selva.app.page import EXAMPLES_DIR, build_demo
+from selva.cli_options import model_options
 from selva.serving import OutputStore, PipelineSlot
 from selva.spec import SelvaError
 
@@ -86,16 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    slot = PipelineSlot(
-        args.variant,
-        device=args.device,
-        precision=args.precision,
-        offload=args.offload,
-        weights_dir=args.weights_dir,
-        revision=args.revision,
-        max_duration=args.max_duration,
-        compile=args.compile,
-    )
+    slot = PipelineSlot(args.variant, **model_options(args))
     try:  # a bad option stops the app before it serves; weights are the page's to report
         from selva.variants import known_variants
 
