@@ -51,7 +51,7 @@ SOURCE_VIDEO, SOURCE_PROMPT = "video", "prompt"  # the page's Source choice: sou
 T = TypeVar("T")
 
 # The cancel token of the request a handler is serving, when gradio runs it through `stops_on_cancel`.
-_REQUEST_CANCEL: contextvars.ContextVar[CancelToken | None] = contextvars.ContextVar(
+REQUEST_CANCEL: contextvars.ContextVar[CancelToken | None] = contextvars.ContextVar(
     "selva_request_cancel", default=None
 )
 
@@ -75,7 +75,7 @@ def stops_on_cancel(handler: Callable[..., T]) -> Callable[..., Awaitable[T]]:
     async def run(*args: Any, **kwargs: Any) -> T:
         token = CancelToken()
         context = contextvars.copy_context()  # gradio's own context (gr.Info, progress) goes along
-        context.run(_REQUEST_CANCEL.set, token)
+        context.run(REQUEST_CANCEL.set, token)
         call = functools.partial(context.run, handler, *args, **kwargs)
         work = asyncio.get_running_loop().run_in_executor(None, call)
         try:
@@ -124,7 +124,7 @@ class Studio:
 
     def running_label(self, request: gr.Request | None = None) -> Any:
         """What this visitor's job is doing, as the Generate button says while it runs (or no change)."""
-        desc = self.activity.get(_session(request))
+        desc = self.activity.get(session_of(request))
         return gr.update(value=desc) if desc else gr.update()
 
     def generate(
@@ -165,7 +165,7 @@ class Studio:
         sound comes from the prompt alone), the FLAC and WAV files (per candidate), the info line,
         and the `GenerationResult` (kept in the page, not sent to API callers).
         """
-        with user_errors(_upload_dirs(video)):
+        with user_errors(upload_dirs(video)):
             req = parse_request(
                 video,
                 prompt,
@@ -180,14 +180,14 @@ class Studio:
                 max_duration=self.slot.max_duration,
             )
             gain = spec.ORIGINAL_AUDIO_GAIN.check(float(original_audio_gain or 0.0), by_label=True)
-            session = _session(request)
+            session = session_of(request)
             try:
                 result = self.service.run(
                     req,
                     _Tracked(progress, self.activity, session),
                     session=session,
                     original_audio_gain=gain or None,
-                    cancel=_REQUEST_CANCEL.get(),
+                    cancel=REQUEST_CANCEL.get(),
                 )
             finally:
                 self.activity.pop(session, None)
@@ -209,11 +209,11 @@ class Studio:
 
         Returns the video, its audio (for the waveform player), the audio files and the info line.
         """
-        with user_errors(_upload_dirs(video)):
+        with user_errors(upload_dirs(video)):
             req = spec.GenerationRequest(
                 video, prompt, negative_prompt or "", seed=EXAMPLE_SEED, variant=self.slot.default_variant
             ).checked(max_duration=self.slot.max_duration)
-            result = self.service.run(req, progress, session=_session(request), cancel=_REQUEST_CANCEL.get())
+            result = self.service.run(req, progress, session=session_of(request), cancel=REQUEST_CANCEL.get())
         return result.videos[0], result.candidate_audio(0)[1], list(result.audio_files), result.info
 
     def generate_stems(
@@ -280,7 +280,7 @@ class Studio:
             (prompt_3, negative_3, gain_3),
             (prompt_4, negative_4, gain_4),
         ]
-        with user_errors(_upload_dirs(video)):
+        with user_errors(upload_dirs(video)):
             if not video:  # the form's rule would take no video and a Duration for sound from text alone
                 raise InputError(
                     "Stems need a video: upload one (Source: Video); each stem follows its own source in it."
@@ -296,9 +296,9 @@ class Studio:
                 base,
                 stems,
                 progress,
-                session=_session(request),
+                session=session_of(request),
                 original_audio_gain=gain,
-                cancel=_REQUEST_CANCEL.get(),
+                cancel=REQUEST_CANCEL.get(),
             )
         return stems_outputs(result)[:-1] + (result,)
 
@@ -366,7 +366,7 @@ def check_upload(video: str | None, duration: float | None, *, max_duration: flo
         info = media.probe(video)
     except SelvaError as exc:
         message = str(exc)
-        for folder in _upload_dirs(video):
+        for folder in upload_dirs(video):
             message = message.replace(folder.rstrip("/\\") + os.sep, "")
         notify(message, "Not a usable video", level="error", duration=None)
         return gr.update(value=None), gr.update(maximum=max_duration), gr.update(maximum=None)
@@ -398,12 +398,12 @@ def _say_if_capped(result: Any, video: str | None, max_duration: float) -> Any:
     return dataclasses.replace(result, info=f"{result.info} · {note}")
 
 
-def _upload_dirs(video: str | None) -> list[str]:
+def upload_dirs(video: str | None) -> list[str]:
     """The server folder an upload sits in: messages name the file, not where the server keeps it."""
     if not video:
         return []
     return list({str(Path(video).parent), str(Path(video).resolve().parent)})
 
 
-def _session(request: gr.Request | None) -> str:
+def session_of(request: gr.Request | None) -> str:
     return getattr(request, "session_hash", None) or "local"

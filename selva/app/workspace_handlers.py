@@ -16,8 +16,7 @@ from typing import Any
 import gradio as gr
 
 from selva import spec
-from selva.app.handlers import _REQUEST_CANCEL as REQUEST_CANCEL
-from selva.app.handlers import Studio, _session, _upload_dirs, user_errors
+from selva.app.handlers import REQUEST_CANCEL, Studio, session_of, upload_dirs, user_errors
 from selva.project import MAX_SOUNDS, Mix, Project, Sound
 from selva.project_files import ProjectResult, deliver_project
 from selva.serving import MAX_CANDIDATES, GenerationResult, parse_request
@@ -102,7 +101,7 @@ class Workspace:
         match the rows keeps its takes, so only those without audio run.
         """
         steps, cfg, seed, duration, start, variant, num_samples = settings
-        with user_errors(_upload_dirs(video)):
+        with user_errors(upload_dirs(video)):
             sounds = sounds_from_rows(int(count), rows)
             req = parse_request(
                 video,
@@ -139,7 +138,7 @@ class Workspace:
                     cfg_strength=req.cfg_strength,
                 )
             result = self.service.render_project(
-                project, progress, session=_session(request), cancel=REQUEST_CANCEL.get()
+                project, progress, session=session_of(request), cancel=REQUEST_CANCEL.get()
             )
         return [*show(result, self._sample_rate(result.project)), None]
 
@@ -158,7 +157,7 @@ class Workspace:
             count = int(spec.NUM_SAMPLES.check(int(num_samples or 1), by_label=True))
             project = draft_takes(current.project, count=count, sounds=[k])
             result = self.service.render_project(
-                project, progress, session=_session(request), cancel=REQUEST_CANCEL.get()
+                project, progress, session=session_of(request), cancel=REQUEST_CANCEL.get()
             )
         return show(result, self._sample_rate(result.project))
 
