@@ -38,7 +38,7 @@ def chromium() -> Iterator[Any]:
     except ImportError:
         pytest.fail("playwright is missing: `pip install playwright` (never `playwright install`)")
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=TIMEOUT_MS)
         try:
             yield browser
         finally:

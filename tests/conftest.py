@@ -68,19 +68,16 @@ def app_server(app_pipe, tmp_path_factory):
 
     Yields `.url` and `.demo` (its `Studio` is `.demo.studio`). Lazily cached
     examples go to a temp folder, not the checkout's .gradio/."""
-    import socket
     from types import SimpleNamespace
+
+    from served import served
 
     from selva.app import launch, page
 
     mp = pytest.MonkeyPatch()
     mp.setenv("GRADIO_EXAMPLES_CACHE", str(tmp_path_factory.mktemp("gradio_examples")))
     demo = page.build_demo(app_pipe)
-    with socket.socket() as s:  # a free port; gradio binds it right after
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    options = launch.launch_options()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **options)
-    yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", demo=demo)
-    demo.close()
+    with served(demo, **launch.launch_options()) as url:
+        yield SimpleNamespace(url=url, demo=demo)
     mp.undo()
+

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from browser_support import TIMEOUT_MS, cancel_and_wait, chromium, video_duration
 from media_factory import make_video
+from served import served
 
 from selva.app.handlers import EXAMPLE_SEED
 from selva.app.page import EXAMPLES_DIR
@@ -119,8 +120,6 @@ def test_a_file_that_is_no_video_is_refused_at_upload_with_a_titled_whole_messag
 
 def test_the_page_serves_while_the_weights_are_missing_and_says_why_whole(browser, fresh_tiny_hub, tmp_path):
     """The model loads behind the page; its failure shows there, and Generate's toast is titled and whole."""
-    import socket
-
     from selva.app import page as page_module
     from selva.serving import PipelineSlot
 
@@ -130,34 +129,30 @@ def test_the_page_serves_while_the_weights_are_missing_and_says_why_whole(browse
     slot.load_in_background().join(120)
     assert slot.status.state == "failed"
     demo = page_module.build_demo(slot, examples=False)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    try:
-        page = context.new_page()
-        page.set_default_timeout(TIMEOUT_MS)
-        page.goto(f"http://127.0.0.1:{port}/")
-        panel = page.locator("#load-status")
-        panel.get_by_text("The model could not load").wait_for()
-        shown = panel.inner_text()
-        assert "generator_small_16k" in shown and "put it at <weights_dir>/" in shown
+    with served(demo) as url:
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        try:
+            page = context.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(url)
+            panel = page.locator("#load-status")
+            panel.get_by_text("The model could not load").wait_for()
+            shown = panel.inner_text()
+            assert "generator_small_16k" in shown and "put it at <weights_dir>/" in shown
 
-        upload(page, make_video(tmp_path / "clip.mp4", seconds=2.0))
-        page.locator("#prompt textarea").fill("dog barking")
-        page.locator("#generate").click()
-        toast = page.locator(".toast-body", has_text="Model weights missing")  # the title, in the text
-        toast.wait_for()
-        text = toast.inner_text()
-        # Whole: the "<weights_dir>" path and the lines after it are there, not cut at "put it at".
-        last_line = slot.status.error.splitlines()[-1].strip()
-        assert "put it at <weights_dir>/" in text and text.rstrip().endswith(last_line)
-        page.locator("#cancel").wait_for(state="hidden")
-        assert page.locator("#generate").is_enabled()
-    finally:
-        context.close()
-        demo.close()
+            upload(page, make_video(tmp_path / "clip.mp4", seconds=2.0))
+            page.locator("#prompt textarea").fill("dog barking")
+            page.locator("#generate").click()
+            toast = page.locator(".toast-body", has_text="Model weights missing")  # the title, in the text
+            toast.wait_for()
+            text = toast.inner_text()
+            # Whole: the "<weights_dir>" path and the lines after it are there, not cut at "put it at".
+            last_line = slot.status.error.splitlines()[-1].strip()
+            assert "put it at <weights_dir>/" in text and text.rstrip().endswith(last_line)
+            page.locator("#cancel").wait_for(state="hidden")
+            assert page.locator("#generate").is_enabled()
+        finally:
+            context.close()
 
 
 def set_number(page, label: str, value: float) -> None:

@@ -234,19 +234,14 @@ def test_cli_writes_stems_and_the_mix(tiny_hub, clip, tmp_path):
 @pytest.fixture(scope="module")
 def mcp_url(app_pipe) -> str:
     """The app as `python app.py --mcp` launches it (launch.launch_options(mcp=True)): its MCP URL."""
-    import socket
+    from served import served
 
     from selva.app import launch, page
 
     assert launch.build_parser().parse_args(["--mcp"]).mcp
     demo = page.build_demo(app_pipe, examples=False)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    options = launch.launch_options(mcp=True)
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **options)
-    yield f"http://127.0.0.1:{port}/gradio_api/mcp/"
-    demo.close()
+    with served(demo, **launch.launch_options(mcp=True)) as url:
+        yield f"{url}gradio_api/mcp/"
 
 
 def mcp_session(url: str, work: Callable[[Any], Awaitable[Any]]) -> Any:
