@@ -150,12 +150,13 @@ def check_region(
 ) -> Region:
     """Every check of a re-roll that needs no model: the sound and take exist, the region fits the span;
     the region widened to latent frames."""
-    if not isinstance(sound, int) or not 0 <= sound < len(project.sounds):
-        raise InputError(f"sound {sound!r} is not one of the project's {len(project.sounds)} sounds (from 0)")
+    count = len(project.sounds)
+    if not isinstance(sound, int) or isinstance(sound, bool) or not 0 <= sound < count:
+        raise InputError(f"there is no sound {_number(sound)}: the project has {count} (from 1)")
     takes = project.sounds[sound].takes
     index = project.sounds[sound].chosen if take is None else take
-    if index is None or not isinstance(index, int) or not 0 <= index < len(takes):
-        raise InputError(f"sound {sound + 1} has no take {index!r}: it has {len(takes)} (from 0)")
+    if index is None or not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(takes):
+        raise InputError(f"sound {sound + 1} has no take {_number(index)}: it has {len(takes)} (from 1)")
     if prompt is not None:
         check_prompt("the region's prompt", prompt)
         if not prompt.strip():
@@ -165,6 +166,11 @@ def check_region(
     # A project never rendered: the region is checked against its span once rendering settles it.
     duration = end if project.duration is None else project.duration
     return widen(start, end, duration=duration, sample_rate=sample_rate, hop_length=hop_length)
+
+
+def _number(index: object) -> object:
+    """An index as messages count (from 1, as `sound 1 take 2`)."""
+    return index + 1 if isinstance(index, int) and not isinstance(index, bool) else index
 
 
 @dataclass
@@ -288,12 +294,13 @@ def splice(original: np.ndarray, new: np.ndarray, region: Region) -> np.ndarray:
     """`original` with `new` (the region's samples) inside the region, crossfaded at its inner edges.
 
     Equal power: in a fade the new audio's gain is sin and the take's cos of the same
-    phase, so the squares sum to one; outside the region nothing changes.
+    phase, so the squares sum to one; outside the region nothing changes. Like every take, the
+    result stays in [-1, 1]: two alike signals can sum past full scale mid-fade (up to sqrt 2).
     """
     a, b = region.start_sample, region.end_sample
     keep, put = fade_gains(region)
     out = np.array(original, dtype=np.float32, copy=True)
-    out[a:b] = keep * original[a:b] + put * np.asarray(new, dtype=np.float32)
+    out[a:b] = np.clip(keep * original[a:b] + put * np.asarray(new, dtype=np.float32), -1.0, 1.0)
     return out
 
 
