@@ -199,3 +199,20 @@ def test_selva_edit_refuses_bad_inputs_before_loading(tmp_path, capsys, tiny_hub
     code = main(["edit", str(saved), *args, "--weights-dir", str(tmp_path / "none"), "-q"])
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+# -- the API ---------------------------------------------------------------------------------------------
+
+
+def test_the_service_rerolls_a_region_into_a_new_folder(pipe, edited):
+    from selva.serving import GenerationService, PipelineSlot
+
+    project, _, first = edited
+    service = GenerationService(PipelineSlot.wrap(pipe))
+    with pytest.raises(InputError, match="end after it starts"):
+        service.reroll_region(project, 0, 0, 1.0, 0.5)
+    result = service.reroll_region(project, 0, 0, 0.5, 1.0, seed=7)
+    sound = result.project.sounds[0]
+    assert sound.chosen == 1 and sound.takes[1].seed == 7 and sound.takes[1].edit.start == pytest.approx(0.48)
+    np.testing.assert_array_equal(read_take(sound.takes[1].audio), first.audio)
+    assert "re-rolled with seed 7 as take 2" in result.info and Path(result.mix_audio).is_file()
