@@ -3,6 +3,7 @@
     selva generate VIDEO [VIDEO...] --prompt TEXT [--prompt TEXT...] [options]
     selva batch LIST.csv | FOLDER [--prompt TEXT...] [options]
     selva render PROJECT.selva.json [options]
+    selva edit PROJECT.selva.json --sound N --region A B [--seed S] [--prompt TEXT] [options]
     selva download [--variant NAME ...]
 
 Exit codes, for scripts: `EXIT_CODES` below (each command's --help prints them).
@@ -126,6 +127,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("outputs"), metavar="DIR", help="default: %(default)s")
     p.add_argument("--format", choices=["flac", "wav"], default="flac", help="default: flac")
     add_score_options(p, best_of=False)
+    _delivery_options(p, default="the project's")
+    _model_options(p, variant_default=None)
+
+    about = (
+        "Re-roll a region of a rendered project's take: seconds A..B of sound N's take (default the\n"
+        "chosen one) are generated anew from a new seed (shown; --seed makes it again) while the\n"
+        "rest of the take stays sample for sample. The region is widened to whole latent frames,\n"
+        "joined with short equal-power fades inside it; the edited take is added to the sound,\n"
+        "chosen, kept in <name>_takes/, and the mix is delivered again as `selva render` does."
+    )
+    p = sub.add_parser("edit", help="re-roll a region of a take", description=about, **shared)
+    p.add_argument("project", type=Path, metavar="PROJECT.selva.json")
+    p.add_argument("--sound", type=int, required=True, metavar="N", help="the sound, from 1")
+    p.add_argument("--take", type=int, metavar="T", help="its take, from 1 (default: the chosen one)")
+    p.add_argument("--region", type=float, nargs=2, required=True, metavar=("A", "B"),
+                   help="seconds from the span's start")  # fmt: skip
+    p.add_argument("--seed", type=seed_arg, help="the region's seed (default: a new one, shown)")
+    p.add_argument("--prompt", help="a prompt for the region alone (default: the sound's)")
+    p.add_argument("--out", type=Path, default=Path("outputs"), metavar="DIR", help="default: %(default)s")
+    p.add_argument("--format", choices=["flac", "wav"], default="flac", help="default: flac")
     _delivery_options(p, default="the project's")
     _model_options(p, variant_default=None)
 
@@ -312,6 +333,44 @@ def cmd_render(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_edit(args: argparse.Namespace) -> int:
+    from selva.batch import load_pipeline, project_name, takes_folder
+    from selva.cli_options import delivery_settings
+    from selva.progress import project_info
+    from selva.project import Project
+    from selva.project_files import write_mix
+    from selva.region import check_region, reroll_region
+    from selva.render import random_seed
+    from selva.variants import get_variant
+
+    project = Project.load(args.project)
+    project = replace(project, mix=delivery_settings(project.mix, args)).checked(max_duration=math.inf)
+    variant = get_variant(args.variant or project.variant or DEFAULT_VARIANT)
+    sound, take = args.sound - 1, None if args.take is None else args.take - 1
+    start, end = args.region
+    seed = random_seed() if args.seed is None else args.seed
+    # Every check before the models load: a typo costs no minutes.
+    check_region(project, sound, take, start, end, sample_rate=variant.sample_rate,
+                 hop_length=variant.hop_length, prompt=args.prompt, seed=seed)  # fmt: skip
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the output folder {args.out}: {exc}") from None
+    pipe = load_pipeline(args, variant.name)
+    result = reroll_region(pipe, project, sound, take, start, end, seed=seed, prompt=args.prompt,
+                           folder=takes_folder(args.project))  # fmt: skip
+    rendered = result.rendered
+    name = project_name(args.project)
+    files = write_mix(rendered, args.out, name, audio_format=args.format)
+    written = [*files.sound_audio, files.mix_audio, files.mix_video, files.tracks_video]
+    rendered.project.save(args.project)
+    log.info("sound %d take %d: region %s re-rolled with seed %d as take %d", args.sound,
+             result.rendered.project.sounds[sound].takes[result.take].edit.source + 1,
+             result.region.describe(), seed, result.take + 1)  # fmt: skip
+    log.info("%s -> %s (%s)", args.project, ", ".join(str(p) for p in written if p), project_info(rendered))
+    return EXIT_OK
+
+
 def cmd_download(args: argparse.Namespace) -> int:
     from selva import hub
     from selva.variants import get_variant, human_size, known_variants
@@ -327,7 +386,13 @@ def cmd_download(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"generate": cmd_generate, "batch": cmd_batch, "render": cmd_render, "download": cmd_download}
+COMMANDS = {
+    "generate": cmd_generate,
+    "batch": cmd_batch,
+    "render": cmd_render,
+    "edit": cmd_edit,
+    "download": cmd_download,
+}
 
 
 # -- entry point ------------------------------------------------------------------------------------

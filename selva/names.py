@@ -19,6 +19,11 @@ def take_file(prompt: str, seed: int) -> str:
     return f"{slug(prompt, empty='sound')}_seed{seed}.npy"
 
 
+def edit_file(prompt: str, take: int, seed: int) -> str:
+    """The exact waveform file of an edited take (`selva.region`): its number in the sound and its seed."""
+    return f"{slug(prompt, empty='sound')}_take{take + 1}_region_seed{seed}.npy"
+
+
 def sound_file(name: str, index: int, prompt: str, suffix: str) -> str:
     """Sound `index` (0-based) of a multi-sound output called `name`: `name_2-car-engine.flac`."""
     return f"{name}_{index + 1}-{slug(prompt, empty='stem')}.{suffix}"

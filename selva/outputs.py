@@ -24,6 +24,8 @@ class SelvaOutput:
     timings: dict[str, float] = field(default_factory=dict)
     windows: int = 1  # 8 s windows the span was generated in
     info: media.VideoInfo | None = None  # the call's probe of `video`, reused when muxing
+    # Per window, the flow's final normalised latents (num_samples, L_w, C) on the CPU (`selva.region`).
+    latents: list[torch.Tensor] | None = None
 
     def save_audio(self, path: str | Path, index: int = 0) -> Path:
         """Write candidate `index` as FLAC or WAV (chosen by the suffix)."""

@@ -7,10 +7,10 @@ same methods the ComfyUI nodes and the tests call:
 2. `plan_span`: probe the video, settle the span, plan its 8 s windows;
 3. `encode_prompts`: T5 for TextSynch, the CLIP text tower for the generator;
 4. `sync_features`: TextSynch over the span, conditioned on the prompt;
-5-9. `sample`, from the features, window by window: `prepare_latents` (the
-   seed's noise), `prepare_conditions`, `denoise` (the flow with
-   classifier-free guidance), `decode_latents` (latents to mel), `vocode`
-   (mel to waveform), then `join` (the windows crossfaded into one track).
+5-9. `sample`, from the features, window by window: `sample_latents` (steps 5-7:
+   `prepare_latents`, the seed's noise; `prepare_conditions`; `denoise`, the flow with
+   classifier-free guidance), then `decode_windows` (steps 8-9: `decode_latents`,
+   latents to mel; `vocode`, mel to waveform; `join`, the windows crossfaded into one track).
 
 The networks sit in two components the pipeline owns: `pipe.features`
 (`selva.features.FeatureEncoder`: text encoders, TextSynch, the caches; steps
@@ -288,7 +288,7 @@ class SelvaPipeline:
                     span, [req.prompt], feed=feed, stage=stage, timings=timings, cancel=stage.cancel
                 )[0]
         # 5-9. Noise, flow, mel and waveform window by window; the windows joined into one track.
-        audio = self.sample(
+        latents = self.sample_latents(
             sync_f,
             positive.clip,
             negative_clip,
@@ -302,6 +302,13 @@ class SelvaPipeline:
             cancel=stage.cancel,
             timings=timings,
         )
+        audio = self.decode_windows(
+            latents,
+            span.windows,
+            num_samples=req.num_samples,
+            callback_on_stage=stage.callback,
+            timings=timings,
+        )
         timings["total"] = time.perf_counter() - t_total
         return SelvaOutput(
             audio=audio,
@@ -313,6 +320,7 @@ class SelvaPipeline:
             timings=timings,
             windows=len(span.windows),
             info=span.info,
+            latents=[latents[w.index].cpu() for w in span.windows],
         )
 
     # -- steps ---------------------------------------------------------------------------------
@@ -374,12 +382,56 @@ class SelvaPipeline:
         candidates (at most WINDOW_BATCH rows); step callbacks get "window", "window_count",
         "windows", "pass" and "passes" beside the latents. Candidate k is drawn from seed + k.
         """
+        timings = {} if timings is None else timings
+        latents = self.sample_latents(
+            sync_f,
+            clip_text_f,
+            negative_clip_text_f,
+            windows=windows,
+            steps=steps,
+            cfg_strength=cfg_strength,
+            seed=seed,
+            num_samples=num_samples,
+            callback_on_step_end=callback_on_step_end,
+            callback_on_stage=callback_on_stage,
+            cancel=cancel,
+            timings=timings,
+        )
+        return self.decode_windows(
+            latents, windows, num_samples=num_samples, callback_on_stage=callback_on_stage, timings=timings
+        )
+
+    @torch.inference_mode()
+    def sample_latents(
+        self,
+        sync_f: torch.Tensor | None,
+        clip_text_f: torch.Tensor,
+        negative_clip_text_f: torch.Tensor | None,
+        *,
+        windows: list[Window],
+        steps: int,
+        cfg_strength: float,
+        seed: int,
+        num_samples: int = 1,
+        only: set[int] | None = None,
+        callback_on_step_end: StepCallback | None = None,
+        callback_on_stage: StageCallback | None = None,
+        cancel: CancelToken | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> dict[int, torch.Tensor]:
+        """Steps 5-7 of `sample`: window index -> normalised latents (num_samples, L_w, C), float32.
+
+        `only`: run just the flow batches holding these windows (the batches stay as a whole call
+        forms them, so their latents are the same to the bit: `selva.region` re-runs a take's flow).
+        """
         stage = StageReport(callback_on_stage, cancel or CancelToken())
         timings = {} if timings is None else timings
         noise = self.prepare_latents(windows, num_samples, seed)
         batches = window_batches(windows, max(1, WINDOW_BATCH // num_samples))
+        if only is not None:
+            batches = [b for b in batches if any(w.index in only for w in b)]
         stage("flow")
-        latents: list[torch.Tensor] = []
+        latents: dict[int, torch.Tensor] = {}
         with self._timed(timings, "flow"):
             for number, batch in enumerate(batches):
                 rows = len(batch) * num_samples  # window-major: row w * num_samples + k
@@ -401,22 +453,44 @@ class SelvaPipeline:
                     "pass": number,
                     "passes": len(batches),
                 }
-                latents.append(
-                    self.denoise(
-                        torch.cat([noise[w.index] for w in batch]),
-                        cond,
-                        uncond,
-                        steps=steps,
-                        cfg_strength=cfg_strength,
-                        callback_on_step_end=callback_on_step_end,
-                        cancel=stage.cancel,
-                        state=where,
-                    )
+                x = self.synthesis.flow(
+                    torch.cat([noise[w.index] for w in batch]),
+                    cond,
+                    uncond,
+                    steps=steps,
+                    cfg_strength=cfg_strength,
+                    callback_on_step_end=callback_on_step_end,
+                    cancel=stage.cancel,
+                    state=where,
+                    caller=self,
                 )
-        timings["flow_per_step"] = timings["flow"] / (steps * len(batches))
+                latents |= dict(zip([w.index for w in batch], x.split(num_samples), strict=True))
+        timings["flow_per_step"] = timings["flow"] / (steps * max(1, len(batches)))
+        return latents
 
+    @torch.inference_mode()
+    def decode_windows(
+        self,
+        latents: dict[int, torch.Tensor],
+        windows: list[Window],
+        *,
+        num_samples: int = 1,
+        callback_on_stage: StageCallback | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> torch.Tensor:
+        """Steps 8-9 of `sample`: normalised window latents (`sample_latents`) -> mel -> waveform,
+        the windows joined into one track (num_samples, N) float32 on the CPU."""
+        stage = StageReport(callback_on_stage, CancelToken())
+        timings = {} if timings is None else timings
+        # The flow's batches again: batched rows can differ from lone ones in the last bits.
+        batches = window_batches(windows, max(1, WINDOW_BATCH // num_samples))
         stage("vae")
-        mels = [self.decode_latents(latent, timings) for latent in latents]
+        mels = [
+            self.decode_latents(
+                self.generator.unnormalize(torch.cat([latents[w.index] for w in batch])), timings
+            )
+            for batch in batches
+        ]
         stage("vocoder")
         pieces: dict[int, torch.Tensor] = {}
         with self._timed(timings, "vocoder"):

@@ -97,6 +97,32 @@ class Score:
 
 
 @dataclass(frozen=True)
+class Edit:
+    """How an edited take was made from an earlier take of its sound (`selva.region`).
+
+    Seconds `start`..`end` of the span (widened to whole latent frames) were generated anew,
+    from the edited take's own `seed`, steps and CFG strength (and `prompt`, None: the sound's
+    own), while the rest of take `source` stayed.
+    """
+
+    source: int  # index of the take it was made from, an earlier one of the same sound
+    start: float
+    end: float
+    prompt: str | None = None
+
+    def checked(self, where: str, index: int) -> Edit:
+        if not isinstance(self.source, int) or isinstance(self.source, bool) or not 0 <= self.source < index:
+            raise InputError(f"{where}: edit source must be an earlier take's index, got {self.source!r}")
+        if not (_is_number(self.start) and _is_number(self.end) and 0 <= self.start < self.end):
+            raise InputError(
+                f"{where}: edit region must run from 0 s or later forward, got {self.start!r}..{self.end!r}"
+            )
+        if self.prompt is not None:
+            check_prompt(f"{where} edit prompt", self.prompt)
+        return self
+
+
+@dataclass(frozen=True)
 class Take:
     """One generation of a sound.
 
@@ -111,8 +137,9 @@ class Take:
     batch: int = 0  # takes with the same batch were drawn in one call
     audio: str | None = None
     score: Score | None = None  # None until scored (`selva.project_scores`)
+    edit: Edit | None = None  # None: generated whole from `seed`; else a region re-roll of another take
 
-    def checked(self, where: str) -> Take:
+    def checked(self, where: str, index: int = 0) -> Take:
         _field(where, SEED, self.seed)
         _field(where, STEPS, self.steps)
         _field(where, CFG_STRENGTH, self.cfg_strength)
@@ -124,6 +151,10 @@ class Take:
             if not isinstance(self.score, Score):
                 raise InputError(f"{where}: score must be a Score or null, got {self.score!r}")
             self.score.checked(where)
+        if self.edit is not None:
+            if not isinstance(self.edit, Edit):
+                raise InputError(f"{where}: edit must be an Edit or null, got {self.edit!r}")
+            self.edit.checked(where, index)
         return self
 
 
@@ -161,7 +192,7 @@ class Sound:
             if not isinstance(getattr(self, name), bool):
                 raise InputError(f"{where}: {name} must be true or false, got {getattr(self, name)!r}")
         for k, take in enumerate(self.takes):
-            take.checked(f"{where} take {k + 1}")
+            take.checked(f"{where} take {k + 1}", k)
         if self.chosen is not None and not (
             isinstance(self.chosen, int) and 0 <= self.chosen < len(self.takes)
         ):
@@ -360,7 +391,11 @@ def _sound(data: Any, relative_to: str | Path | None) -> Sound:
         score = take.get("score")  # absent in files written before takes were scored
         if score is not None and not isinstance(score, dict):
             raise InputError(f"a take's score is a JSON object or null, got {score!r}")
-        take = Take(**{**take, "score": Score(**score) if score is not None else None})
+        edit = take.get("edit")  # absent in files written before region re-rolls
+        if edit is not None and not isinstance(edit, dict):
+            raise InputError(f"a take's edit is a JSON object or null, got {edit!r}")
+        take = Take(**{**take, "score": Score(**score) if score is not None else None,
+                       "edit": Edit(**edit) if edit is not None else None})  # fmt: skip
         if take.audio is not None and relative_to is not None and not Path(take.audio).is_absolute():
             take = replace(take, audio=str(Path(relative_to) / take.audio))
         takes.append(take)

@@ -97,6 +97,9 @@ class Rendered:
     timings: dict[str, float] = field(default_factory=dict)
     windows: int = 1
     info: object | None = None  # the video's probe (media.VideoInfo), reused when muxing
+    # (sound, take) -> per window the flow's final normalised latents (L_w, C): the takes made here
+    # (and edited), for a region re-roll (`selva.region`); kept beside their audio as `latent_file`.
+    latents: dict[tuple[int, int], list[np.ndarray]] = field(default_factory=dict)
 
     @property
     def video(self) -> Path | None:
@@ -159,6 +162,7 @@ def render(
 
     timings: dict[str, float] = {}
     generated: list[tuple[int, int]] = []
+    latents: dict[tuple[int, int], list[np.ndarray]] = {}
     windows, info = 1, None
     sample_rate = pipe.variant.sample_rate
     if groups:
@@ -203,16 +207,26 @@ def render(
                 take = sound.takes[t]
                 wave = out.audio[row].numpy()
                 audio[(k, t)] = wave
+                latents[(k, t)] = [window[row].numpy() for window in out.latents]
                 if folder is not None:
                     path = Path(folder) / names.take_file(sound.prompt, take.seed)
+                    write_latents(latent_file(path), latents[(k, t)])
                     take = replace(take, audio=str(write_take(path, wave)))
                     sound = replace(sound, takes=_replaced(sound.takes, t, take))
                 generated.append((k, t))
             project = project.with_sound(k, sound)
+    # Region re-rolls whose audio is gone, made again from their takes (earlier ones: made by now).
+    edits = [(k, t) for k, s in enumerate(project.sounds) for t, x in enumerate(s.takes) if x.edit]
+    if lost := [key for key in edits if key not in audio]:
+        from selva.region import redo_edits  # region re-rolls build on rendering
+
+        project = redo_edits(pipe, project, audio, latents, folder, cancel=cancel)
+        generated += lost
     # 4. The mix.
     return mixed(
-        project, audio, sample_rate, generated=generated, timings=timings, windows=windows, info=info
-    )
+        project, audio, sample_rate, generated=generated, timings=timings, windows=windows, info=info,
+        latents=latents,
+    )  # fmt: skip
 
 
 def mixed(
@@ -310,6 +324,35 @@ def write_take(path: Path, wave: np.ndarray) -> Path:
     return path
 
 
+def latent_file(take_audio: str | Path) -> Path:
+    """Where a take's latents are kept: beside its audio, `<take>.latent.npz`."""
+    path = Path(take_audio)
+    return path.with_name(f"{path.stem}.latent.npz")
+
+
+def write_latents(path: Path, latents: list[np.ndarray]) -> Path:
+    """A take's per-window latents as `.npz` (w0, w1, ...; written then renamed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.part")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **{f"w{k}": np.asarray(x, dtype=np.float32) for k, x in enumerate(latents)})
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_latents(path: str | Path) -> list[np.ndarray] | None:
+    """A take's kept latents, or None when the file is missing or unreadable (they can be made again)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return [data[f"w{k}"] for k in range(len(data.files))]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def read_take(path: str | Path) -> np.ndarray:
     try:
         wave = np.load(path, allow_pickle=False)
@@ -332,21 +375,33 @@ def _missing_batches(
     rows can differ from a lone call in the last bits); a batch whose seeds do not
     run on by one (an edited file) runs take by take.
     """
-    groups = []
-    for k, sound in enumerate(project.sounds):
-        batches: dict[int, list[int]] = {}
-        for t, take in enumerate(sound.takes):
+    return [
+        (k, members)
+        for k, sound in enumerate(project.sounds)
+        for members in take_calls(sound)
+        if not all((k, t) in audio for t in members)
+    ]
+
+
+def take_calls(sound: Sound) -> list[list[int]]:
+    """The sound's takes (indices) grouped as the pipeline calls that made them; edited takes left out.
+
+    A batch is one call (take k from its first seed + k); a batch whose seeds do not
+    run on by one, or whose steps or CFG differ (an edited file), was take by take.
+    """
+    batches: dict[int, list[int]] = {}
+    for t, take in enumerate(sound.takes):
+        if take.edit is None:
             batches.setdefault(take.batch, []).append(t)
-        for members in batches.values():
-            if all((k, t) in audio for t in members):
-                continue
-            takes = [sound.takes[t] for t in members]
-            same = all((x.steps, x.cfg_strength) == (takes[0].steps, takes[0].cfg_strength) for x in takes)
-            if same and [x.seed for x in takes] == take_seeds(takes[0].seed, len(takes)):
-                groups.append((k, members))
-            else:
-                groups += [(k, [t]) for t in members if (k, t) not in audio]
-    return groups
+    calls: list[list[int]] = []
+    for members in batches.values():
+        takes = [sound.takes[t] for t in members]
+        same = all((x.steps, x.cfg_strength) == (takes[0].steps, takes[0].cfg_strength) for x in takes)
+        if same and [x.seed for x in takes] == take_seeds(takes[0].seed, len(takes)):
+            calls.append(members)
+        else:
+            calls += [[t] for t in members]
+    return calls
 
 
 def _settled_duration(project: Project, audio: dict[tuple[int, int], np.ndarray], sample_rate: int) -> float:

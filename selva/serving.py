@@ -185,11 +185,13 @@ class GenerationService:
         *,
         session: str = "local",
         cancel: CancelToken | None = None,
+        region: tuple | None = None,
     ) -> tuple[Rendered, SelvaPipeline, float]:
         """Render `project` on the slot's pipeline (loading its variant if needed): one job.
 
         Returns the rendered project, the pipeline and the seconds spent loading it. `cancel`
         is the caller's own token for this job (else the slot makes one for `session`).
+        `region`: `selva.region.reroll_region`'s (sound, take, start, end, seed, prompt) as well.
         """
         token = self.slot.job(session, cancel)
         try:
@@ -198,7 +200,7 @@ class GenerationService:
             with self.slot.lock:  # one generation at a time; no variant swap during one
                 token.raise_if_cancelled()  # cancelled while it waited: do not even load
                 pipe, load_seconds = self.slot.get(project.variant, progress)
-                rendered = self._render(project, folder, progress, token)
+                rendered = self._render(project, folder, progress, token, region)
         finally:
             self.slot.done(session, token)
         return rendered, pipe, load_seconds
@@ -212,8 +214,14 @@ class GenerationService:
             return folder, self.render(project, folder / "takes", progress, session=session, cancel=cancel)
 
     def _render_here(
-        self, project: Project, folder: Path | None, progress: ProgressFn | None, token: CancelToken
+        self,
+        project: Project,
+        folder: Path | None,
+        progress: ProgressFn | None,
+        token: CancelToken,
+        region: tuple | None = None,
     ) -> Rendered:
+        from selva.region import reroll_region
         from selva.render import render
 
         pipe = self.slot.pipe
@@ -221,15 +229,21 @@ class GenerationService:
         steps = max((t.steps for s in project.sounds for t in s.takes if t.audio is None), default=1)
         several = len(project.sounds) > 1
         report = StemsProgress(progress, steps) if several else ProgressReport(progress, steps)
-        rendered = render(
-            pipe,
-            project,
-            folder,
-            callback_on_stage=report.stage,
-            callback_on_step_end=report.step,
-            on_sound=getattr(report, "begin", None),
-            cancel=token,
-        )
+        if region is not None:  # one sound's region: its flow only, after any take the project lacks
+            sound, take, start, end, seed, prompt = region
+            rendered = reroll_region(pipe, project, sound, take, start, end, seed=seed, prompt=prompt,
+                                     folder=folder, callback_on_stage=report.stage,
+                                     callback_on_step_end=report.step, cancel=token).rendered  # fmt: skip
+        else:
+            rendered = render(
+                pipe,
+                project,
+                folder,
+                callback_on_stage=report.stage,
+                callback_on_step_end=report.step,
+                on_sound=getattr(report, "begin", None),
+                cancel=token,
+            )
         report.finish()
         return rendered
 
@@ -246,6 +260,51 @@ class GenerationService:
 
         folder, (rendered, pipe, loaded) = self._render_new(project, progress, session, cancel)
         info = f"{project_info(rendered)} · {pipe.variant.name} on {pipe.device} ({dtype_name(pipe.dtype)})"
+        if loaded:
+            info += f" · model loaded in {loaded:.1f} s"
+        return deliver_project(rendered, folder, info)
+
+    def reroll_region(
+        self,
+        project: Project,
+        sound: int,
+        take: int | None,
+        start: float,
+        end: float,
+        *,
+        seed: int | None = None,
+        prompt: str | None = None,
+        progress: ProgressFn | None = None,
+        session: str = "local",
+        cancel: CancelToken | None = None,
+    ) -> ProjectResult:
+        """Seconds `start`..`end` of sound `sound`'s take `take` (from 0; None: the chosen) re-rolled
+        (`selva.region.reroll_region`) into a new folder, delivered as `render_project` does.
+
+        Checked before any model loads. The edited take is the sound's last, and chosen; its
+        `seed` (drawn when None) and `edit` (the widened region) are in the result's project and info.
+        """
+        from selva.project_files import deliver_project
+        from selva.region import check_region
+        from selva.render import random_seed
+        from selva.variants import get_variant
+
+        variant = get_variant(project.variant or self.slot.default_variant)  # what `slot.get` loads
+        seed = random_seed() if seed is None else seed
+        check_region(project, sound, take, start, end, sample_rate=variant.sample_rate,
+                     hop_length=variant.hop_length, prompt=prompt, seed=seed)  # fmt: skip
+        folder = self.outputs.new_folder()
+        region = (sound, take, start, end, seed, prompt)  # plain values: ZeroGPU pickles them
+        with _removed_on_failure(folder):
+            rendered, pipe, loaded = self.render(
+                project, folder / "takes", progress, session=session, cancel=cancel, region=region
+            )
+        edited = rendered.project.sounds[sound].takes[-1]
+        info = (
+            f"sound {sound + 1}: {edited.edit.start:.3f}-{edited.edit.end:.3f} s re-rolled with seed {seed} "
+            f"as take {len(rendered.project.sounds[sound].takes)} · {project_info(rendered)} · "
+            f"{pipe.variant.name} on {pipe.device} ({dtype_name(pipe.dtype)})"
+        )
         if loaded:
             info += f" · model loaded in {loaded:.1f} s"
         return deliver_project(rendered, folder, info)

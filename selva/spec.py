@@ -113,6 +113,12 @@ TRAINED_DURATION = 8.0  # seconds; SelVA was trained on 8 s clips and sonifies u
 SYNC_FPS = 25  # TextSynch reads 25 frames a second ...
 SEGMENT_FRAMES = 16  # ... in segments of 16 frames, so a span needs at least 16 of them
 MIN_DURATION = SEGMENT_FRAMES / SYNC_FPS
+
+# Region re-roll (`selva.region`): the region is widened to whole latent frames and at least this
+# many of them; an equal-power crossfade of at most REGION_MAX_FADE seconds joins the new audio to
+# the take inside each edge (shorter when the region is short: at most half of it per edge).
+REGION_MIN_LATENT_FRAMES = 1
+REGION_MAX_FADE = 0.05
 # Longer spans run as overlapping 8 s windows (selva.windows); the cap bounds one request's work.
 DEFAULT_MAX_DURATION = 600.0
 MAX_PROMPT_CHARS = 2000

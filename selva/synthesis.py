@@ -89,7 +89,11 @@ class Synthesizer:
         )
         return cond, uncond
 
-    def denoise(
+    def denoise(self, x0: torch.Tensor, cond, uncond, **kwargs: Any) -> torch.Tensor:
+        """`flow`, then the latents unnormalised for the VAE (B, L, C)."""
+        return self.generator.unnormalize(self.flow(x0, cond, uncond, **kwargs))
+
+    def flow(
         self,
         x0: torch.Tensor,
         cond,
@@ -102,7 +106,8 @@ class Synthesizer:
         state: dict[str, Any] | None = None,
         caller: Any = None,
     ) -> torch.Tensor:
-        """Euler flow matching from t=0 (noise) to t=1 (normalised latents).
+        """Euler flow matching from t=0 (noise) to t=1: the normalised latents (float32), the flow's own
+        space (kept by `selva.region` as a take's known latents for inpainting).
 
         The state is kept in float32 while the network runs in the pipeline's
         dtype: rounding the state to bf16 at every step would add up. `state`'s entries
@@ -129,7 +134,7 @@ class Synthesizer:
                 changed = callback_on_step_end(caller, i, float(t_next), {**(state or {}), "latents": x})
                 if changed and "latents" in changed:
                     x = changed["latents"]
-        return self.generator.unnormalize(x)
+        return x
 
     def decode_latents(self, latent: torch.Tensor, timings: dict[str, float] | None = None) -> torch.Tensor:
         """Unnormalised latents (B, L, C) -> mel (B, n_mels, 2L)."""
