@@ -42,6 +42,8 @@ so the number of compiles is bounded instead:
 `compile_pipeline` also points PyTorch's on-disk compile caches at a folder
 under the Hugging Face cache (`selva.compile_cache`), so a second start reuses
 the kernels. Each call that compiles logs what it compiled and how long it took.
+`warm_pipeline` runs a compiled pipeline once over the shapes a start would meet
+first (`selva download --compile` fills the cache ahead of time with it).
 """
 
 from __future__ import annotations
@@ -66,6 +68,11 @@ CUDA_GRAPH_MODE = "reduce-overhead"
 # windows x candidates x CFG branches, at most 16 windows x candidates (the pipeline's
 # WINDOW_BATCH) times 2; larger batches round up to a multiple of the last bucket.
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32)
+# Candidates per call `warm_pipeline` runs where shapes are static (CUDA): an 8 s call's generator
+# rows 2, 4 and 8 (CFG branches x candidates), the vocoder's 1, 2 and 4, each a bucket. Where
+# lengths are dynamic (the CPU) one call serves every batch of 2 rows or more.
+WARM_SAMPLES = (1, 2, 4)
+WARM_STEPS = 2  # flow steps per warm call: a CUDA graph is recorded on a shape's second call
 
 
 @dataclass(frozen=True)
@@ -188,6 +195,74 @@ def compile_pipeline(pipe: Any, *, mode: str | None = None, backend: str = "indu
     return compile_networks(
         pipe.generator, pipe.text_synch, vocoder, device=pipe.device, mode=mode, backend=backend
     )
+
+
+@dataclass(frozen=True)
+class WarmReport:
+    """What `warm_pipeline` did: the calls run, graphs dynamo compiled, inductor's cache hits and misses."""
+
+    calls: list[str]
+    seconds: float
+    graphs: int
+    cache_hits: int
+    compiled: int  # FX graphs inductor compiled afresh (0: the cache had every one)
+
+    def line(self) -> str:
+        return (
+            f"{len(self.calls)} call(s) ({', '.join(self.calls)}) in {self.seconds:.1f} s: "
+            f"{self.graphs} graph(s), kernels from the cache: {self.cache_hits}, new: {self.compiled}"
+        )
+
+
+def warm_pipeline(
+    pipe: Any, *, samples: tuple[int, ...] | None = None, steps: int = WARM_STEPS
+) -> WarmReport:
+    """Run a compiled pipeline's public steps once per batch shape a start meets first; returns a report.
+
+    Synthetic input, the shapes of an 8 s call (the trained length; longer spans run in 8 s
+    windows): TextSynch over 8 s of grey frames, then `sample` with `samples` candidates each
+    (default `WARM_SAMPLES` on CUDA, one call elsewhere). Everything compiled lands in the
+    compile cache `compile_pipeline` set up, so the next process reads it instead of compiling.
+    """
+    from selva.features import frame_chunks
+    from selva.sequence import SEGMENT_FRAMES, SEGMENT_STRIDE, SequenceLengths
+    from selva.spec import CFG_STRENGTH, TRAINED_DURATION
+
+    if samples is None:
+        samples = WARM_SAMPLES if pipe.device.type == "cuda" else (1,)
+    seconds = TRAINED_DURATION
+    lengths = SequenceLengths.from_duration(
+        seconds, sample_rate=pipe.variant.sample_rate, hop_length=pipe.variant.hop_length
+    )
+    frames = (lengths.sync_segments - 1) * SEGMENT_STRIDE + SEGMENT_FRAMES
+    video = torch.full((frames, 3, 224, 224), 128, dtype=torch.uint8)
+    graphs, hits, misses = _compile_counts()
+    begun = time.perf_counter()
+    calls = []
+    with torch.inference_mode():  # as the pipeline's call: dynamo's guards include the grad mode
+        prompt = pipe.encode_prompt("warming up")
+        sync_f = pipe.encode_span(frame_chunks(video, lengths.sync_segments), [prompt])[0]
+        calls.append(f"TextSynch {seconds:g} s")
+        windows = pipe.plan_span(None, duration=seconds).windows
+        for count in samples:
+            cfg = CFG_STRENGTH.default
+            pipe.sample(
+                sync_f,
+                prompt.clip,
+                None,
+                windows=windows,
+                steps=steps,
+                cfg_strength=cfg,
+                seed=0,
+                num_samples=count,
+            )
+            calls.append(f"{count} candidate(s)")
+    now_graphs, now_hits, now_misses = _compile_counts()
+    report = WarmReport(
+        calls, time.perf_counter() - begun, now_graphs - graphs, now_hits - hits, now_misses - misses
+    )
+    log.info("warmed: %s", report.line())
+    return report
 
 
 def is_compiled(module: nn.Module, method: str = "forward") -> bool:

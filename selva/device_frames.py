@@ -16,6 +16,12 @@ the same precision rule, the same rounding offset, shift and clamp, pass by
 pass. The frames are then the CPU path's level for level (tests/test_frame_feed.py
 checks this against `media.read_frames` on clips).
 
+`selva.media.iter_frames(..., device=...)` decodes with this resize: PyAV's RGB
+pictures go up as uint8 in batches and are squashed there, the GPU's kernels
+running while the host decodes the next batch. `wanted(device)` is the one
+switch: on off the CPU, off on it (where `media`'s own path stays level-exact
+with the reference loader); `SELVA_DEVICE_FRAMES=0` or `=1` overrides it.
+
     frames = torch.from_numpy(rgb).to("cuda", non_blocking=True)  # uint8 (T, H, W, 3)
     small = squash_frames(frames, 224, rotation=info.rotation)    # uint8 (T, 3, 224, 224) on cuda
 """
@@ -23,6 +29,7 @@ checks this against `media.read_frames` on clips).
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 import torch.nn.functional as F
@@ -30,19 +37,38 @@ import torch.nn.functional as F
 # Pictures per pass: 32 at 1080p is 800 MB of int32 pixels, whatever T is.
 CHUNK_FRAMES = 32
 _MAX_PRECISION = 22  # the uint8 kernel's weights use at most this many fraction bits
+DEVICE_FRAMES_ENV = "SELVA_DEVICE_FRAMES"  # "1": squash on the model's device, "0": on the CPU
+
+
+def wanted(device: torch.device | str) -> bool:
+    """Whether frames for `device` are squashed there: yes off the CPU, unless `SELVA_DEVICE_FRAMES` says."""
+    setting = os.environ.get(DEVICE_FRAMES_ENV, "").strip()
+    if setting in ("0", "1"):
+        return setting == "1"
+    if setting:
+        raise ValueError(f"{DEVICE_FRAMES_ENV} is 0 or 1 (or unset: on off the CPU), not {setting!r}")
+    return torch.device(device).type != "cpu"
 
 
 def squash_frames(
-    frames: torch.Tensor, size: int, *, rotation: int = 0, chunk: int = CHUNK_FRAMES
+    frames: torch.Tensor,
+    size: int,
+    *,
+    rotation: int = 0,
+    chunk: int = CHUNK_FRAMES,
+    fixed_point: bool | None = None,
 ) -> torch.Tensor:
     """uint8 RGB pictures (T, H, W, 3) on any device -> uint8 (T, 3, size, size) there, turned upright.
 
     `rotation` is the counter-clockwise display rotation (`VideoInfo.rotation`).
     On the CPU this is `selva.media`'s own uint8 resize; elsewhere the same
     arithmetic in int32 (`squash_frames_fixed_point`), with the same result.
+    `fixed_point=True` takes the int32 path on the CPU too (CPU tensors standing in for a GPU's).
     """
     _check(frames, size, rotation)
-    if frames.device.type == "cpu":
+    if fixed_point is None:
+        fixed_point = frames.device.type != "cpu"
+    if not fixed_point:
         # (T, 3, H, W) view of channels-last pixels: the layout torch's uint8 kernel takes, as in media
         small = F.interpolate(
             frames.permute(0, 3, 1, 2), size=(size, size), mode="bicubic", align_corners=False, antialias=True

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from selva import media
+from selva import device_frames, media
 from selva.cache import LRUCache
 from selva.frame_feed import FrameFeed
 from selva.outputs import PromptFeatures
@@ -108,6 +108,8 @@ class FeatureEncoder:
         # ("t5", prompt) -> (states, mask); ("clip", prompt) -> states
         self.prompt_cache: LRUCache[Any] = LRUCache(cache_size)
         self.sync_cache: LRUCache[torch.Tensor] = LRUCache(cache_size)
+        # Squash decoded frames on the device (off the CPU) instead of the host: the one switch.
+        self.device_frames = device_frames.wanted(place.device)
 
     def clear_caches(self) -> None:
         self.prompt_cache.clear()
@@ -261,6 +263,7 @@ class FeatureEncoder:
             lengths=self._lengths(span.duration),
             chunk_segments=SYNC_CHUNK_SEGMENTS,
             pin_memory=self.place.device.type == "cuda",
+            device=self.place.device if self.device_frames else None,
         )
 
     def _lengths(self, duration: float) -> SequenceLengths:

@@ -39,8 +39,10 @@ class FrameFeed:
 
     A context manager: leaving it, also early or on an error, stops the worker. Decoding
     errors (a damaged file) are raised by the iteration, where the frames were wanted.
-    `pin_memory=True` hands out page-locked frames, which copy to a GPU asynchronously.
-    `decode_seconds` is the worker's time spent decoding and resizing so far.
+    `pin_memory=True` hands out page-locked frames, which copy to a GPU asynchronously;
+    `device` instead squashes the decoded pictures on that device (`media.iter_frames`), so the
+    chunks are already there. `decode_seconds` is the worker's time spent decoding and resizing
+    so far (with a `device`, the time to queue the resize, not the device's time to run it).
     """
 
     def __init__(
@@ -51,6 +53,7 @@ class FrameFeed:
         lengths: SequenceLengths,
         chunk_segments: int,
         pin_memory: bool = False,
+        device: torch.device | None = None,
     ) -> None:
         if chunk_segments < 1:
             raise ValueError(f"chunks hold at least one segment, not {chunk_segments}")
@@ -67,8 +70,10 @@ class FrameFeed:
             fps=SYNC_FPS,
             size=SYNC_SIZE,
             block=chunk_segments * SEGMENT_STRIDE,
+            device=device,
         )
-        self._pin = pin_memory
+        self._device = device
+        self._pin = pin_memory and device is None
         self._queue: queue.Queue = queue.Queue(maxsize=1)
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._run, name="selva-frame-feed", daemon=True)
@@ -104,7 +109,7 @@ class FrameFeed:
             self._hand_over(e)
 
     def _chunks(self) -> Iterator[tuple[int, torch.Tensor]]:
-        held = torch.empty((0, 3, SYNC_SIZE, SYNC_SIZE), dtype=torch.uint8)
+        held = torch.empty((0, 3, SYNC_SIZE, SYNC_SIZE), dtype=torch.uint8, device=self._device)
         for first in range(0, self.segments, self.chunk_segments):
             count = min(self.chunk_segments, self.segments - first)
             need = (count - 1) * SEGMENT_STRIDE + SEGMENT_FRAMES

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from selva import device_frames
 from selva.containers import (
     atomic_write,
     audio_stream,
@@ -255,6 +256,7 @@ def _frames(
     info: VideoInfo | None,
     skip: int,
     block: int | None = None,
+    device: torch.device | None = None,
 ) -> Iterator[torch.Tensor]:
     """Checks the span, then decodes it lazily in blocks (one block of everything by default)."""
     if not (duration > 0 and fps > 0 and start >= 0 and 1 <= size <= MAX_SIDE):
@@ -277,7 +279,7 @@ def _frames(
             f"for the span {start:.2f}-{start + duration:.2f} s; choose a shorter span or an earlier start"
         )
 
-    return _decode_blocks(path, info, targets, size, block or count)
+    return _decode_blocks(path, info, targets, size, block or count, device)
 
 
 def iter_frames(
@@ -290,24 +292,30 @@ def iter_frames(
     info: VideoInfo | None = None,
     skip: int = 0,
     block: int,
+    device: torch.device | str | None = None,
 ) -> Iterator[torch.Tensor]:
     """`read_frames`' frames in consecutive uint8 blocks of `block` frames (the last may be shorter).
 
     One decoder pass over the span; each block is yielded as soon as its last frame is squashed,
     so a consumer can work on it while the next one decodes, and only one block is held here.
     Bad arguments and spans past the video's end raise here, before anything is decoded.
+
+    `device` (None: the CPU path above) squashes on that device instead: the full-size RGB
+    pictures go up as uint8 and `selva.device_frames` resizes them there, so the blocks live
+    on `device`. Off the CPU its kernels run while the next pictures decode; the frames are
+    the CPU path's (`device_frames` does the same fixed-point arithmetic).
     """
     if block < 1:
         raise MediaError(f"frames come in blocks of at least 1, not {block}")
     span = {"start": start, "duration": duration, "fps": fps, "size": size, "info": info, "skip": skip}
-    return _frames(path, **span, block=block)
+    return _frames(path, **span, block=block, device=None if device is None else torch.device(device))
 
 
 def _decode_blocks(
-    path: Path, info: VideoInfo, targets: list[float], size: int, block: int
+    path: Path, info: VideoInfo, targets: list[float], size: int, block: int, device: torch.device | None
 ) -> Iterator[torch.Tensor]:
     count = len(targets)
-    squash = _Squasher(count, size, info.rotation, block)
+    squash = _Squasher(count, size, info.rotation, block, device)
     k, last, last_end = 0, None, 0.0
     with open_input(path) as container:
         stream = container.streams.video[video_stream(container, path).index]
@@ -360,10 +368,14 @@ class _Squasher:
     (on 2 cores, 8 s at 25 fps cost 1.09 s of CPU instead of 0.83 s at 360p, 4.2 s instead of
     3.5 s at 1080p). A batch gives the same pictures as one at a time. A batch is also resized
     as soon as it holds a block's last frame, so no finished block waits for the next batch.
+
+    With a `device`, a batch goes up as uint8 and `selva.device_frames` squashes it there (its
+    kernels queued, so a GPU works on one batch while the next decodes); blocks live on `device`.
     """
 
-    def __init__(self, count: int, size: int, rotation: int, block: int) -> None:
+    def __init__(self, count: int, size: int, rotation: int, block: int, device: torch.device | None) -> None:
         self.count, self.size, self.rotation, self.block = count, size, rotation, block
+        self.device = device
         self.offset = 0  # the span index of self.out[0]
         self.out = self._new_block()
         self.ready: list[torch.Tensor] = []
@@ -373,7 +385,7 @@ class _Squasher:
 
     def _new_block(self) -> torch.Tensor:
         n = min(self.block, self.count - self.offset)
-        return torch.empty((n, 3, self.size, self.size), dtype=torch.uint8)
+        return torch.empty((n, 3, self.size, self.size), dtype=torch.uint8, device=self.device)
 
     def add(self, frame: av.VideoFrame, first: int, end: int) -> None:
         """Output frames first..end-1 (span indices) show `frame`."""
@@ -401,12 +413,20 @@ class _Squasher:
 
     def _flush(self) -> None:
         # (N, 3, H, W) view of (N, H, W, 3) pixels: channels-last, the layout torch's uint8 kernels take
-        batch = torch.from_numpy(self.pictures[: len(self.pending)]).permute(0, 3, 1, 2)
-        small = F.interpolate(
-            batch, size=(self.size, self.size), mode="bicubic", align_corners=False, antialias=True
-        )
-        if self.rotation:
-            small = torch.rot90(small, k=self.rotation // 90, dims=(2, 3))  # counter-clockwise
+        pictures = torch.from_numpy(self.pictures[: len(self.pending)])  # (N, H, W, 3)
+        if self.device is not None:
+            # A copy from pageable memory has left the buffer when .to returns: it can be refilled.
+            small = device_frames.squash_frames(
+                pictures.to(self.device), self.size, rotation=self.rotation, fixed_point=True
+            )
+        else:
+            # (N, 3, H, W) view of (N, H, W, 3) pixels: channels-last, the layout torch's uint8 kernels take
+            batch = pictures.permute(0, 3, 1, 2)
+            small = F.interpolate(
+                batch, size=(self.size, self.size), mode="bicubic", align_corners=False, antialias=True
+            )
+            if self.rotation:
+                small = torch.rot90(small, k=self.rotation // 90, dims=(2, 3))  # counter-clockwise
         for picture, (first, end) in zip(small, self.pending, strict=True):
             while first < end:  # a held picture may run on into the next block
                 stop = min(end, self.offset + len(self.out))

@@ -10,7 +10,7 @@ import torch
 from media_factory import make_moving_video, make_video
 
 from selva import media
-from selva.device_frames import squash_frames, squash_frames_fixed_point
+from selva.device_frames import DEVICE_FRAMES_ENV, squash_frames, squash_frames_fixed_point, wanted
 from selva.frame_feed import FrameFeed
 from selva.sequence import SEGMENT_FRAMES, SEGMENT_STRIDE, SequenceLengths
 from selva.spec import MediaError
@@ -119,3 +119,65 @@ def test_device_side_squash_refuses_what_is_not_rgb_pictures():
         squash_frames(torch.zeros(2, 8, 8, 3), 4)
     with pytest.raises(ValueError, match="multiple of 90"):
         squash_frames(torch.zeros(2, 8, 8, 3, dtype=torch.uint8), 4, rotation=45)
+
+
+def test_the_device_frames_switch(monkeypatch):
+    monkeypatch.delenv(DEVICE_FRAMES_ENV, raising=False)
+    assert wanted("cuda") and wanted("mps") and not wanted("cpu")
+    monkeypatch.setenv(DEVICE_FRAMES_ENV, "1")
+    assert wanted("cpu")
+    monkeypatch.setenv(DEVICE_FRAMES_ENV, "0")
+    assert not wanted("cuda")
+    monkeypatch.setenv(DEVICE_FRAMES_ENV, "yes")
+    with pytest.raises(ValueError, match="0 or 1"):
+        wanted("cuda")
+
+
+@pytest.mark.parametrize(("rotation", "block"), [(None, 9), (90, 1000)])
+def test_decoding_with_the_device_squash_gives_the_cpu_paths_blocks(tmp_path, rotation, block):
+    # device="cpu" forces the device path (upload, fixed-point resize) with CPU tensors standing in.
+    if rotation is None:
+        clip = make_moving_video(tmp_path / "c.mp4", seconds=2.0, size=(320, 180))
+    else:
+        clip = make_video(tmp_path / "r.mp4", seconds=2.0, size=(96, 64), rotation=rotation, marker=True)
+    info = media.probe(clip)
+    span = {"start": 0.2, "duration": 1.5, "info": info, "block": block}
+    host = list(media.iter_frames(clip, **span))
+    device = list(media.iter_frames(clip, **span, device="cpu"))
+    assert [len(b) for b in device] == [len(b) for b in host]
+    assert torch.equal(torch.cat(device), torch.cat(host))
+
+
+def test_a_feed_squashing_on_the_device_hands_out_the_same_chunks(tmp_path):
+    clip = make_moving_video(tmp_path / "c.mp4", seconds=3.0, size=(320, 180))
+    info, lengths = media.probe(clip), _lengths(3.0)
+    with FrameFeed(info, start=0.0, lengths=lengths, chunk_segments=3) as feed:
+        host = list(feed)
+    with FrameFeed(info, start=0.0, lengths=lengths, chunk_segments=3, device=torch.device("cpu")) as feed:
+        device = list(feed)
+    assert [first for first, _ in device] == [first for first, _ in host]
+    for (_, a), (_, b) in zip(device, host, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_the_pipeline_feeds_text_synch_the_same_frames_either_way(pipe, tmp_path, monkeypatch):
+    # Through the real pipeline on the tiny models: the switch forced on for the CPU device runs the
+    # device path (fixed-point resize of uploaded pictures); TextSynch must see the CPU path's frames.
+    clip = make_moving_video(tmp_path / "c.mp4", seconds=2.4, size=(320, 180))
+    seen: list[torch.Tensor] = []
+    hook = pipe.text_synch.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    runs = []
+    try:
+        for on in (False, True):
+            monkeypatch.setattr(pipe.features, "device_frames", on)
+            pipe.clear_caches()  # else the second call reuses the first one's sync features
+            seen.clear()
+            out = pipe(clip, "a dog barks", steps=1, seed=3, duration=2.0)
+            runs.append((torch.cat([frames.flatten() for frames in seen]), out.audio))
+    finally:
+        hook.remove()
+    (host, host_audio), (device, device_audio) = runs
+    assert host.shape == device.shape and host.numel() > 0
+    # [-1, 1] frames back to levels: within 1 level of the CPU path's (it is exact)
+    assert float((host - device).abs().max()) * 127.5 <= 1.0 + 1e-4
+    torch.testing.assert_close(device_audio, host_audio)
