@@ -216,6 +216,14 @@ class ProjectResult:
     project_file: str  # `<name>.selva.json`: take paths relative to it where they lie under its folder
     take_players: dict[tuple[int, int], str]  # (sound, take) -> FLAC
     info: str
+    score_warning: str | None = None  # why the takes went unscored when scores were asked for
+
+    @property
+    def scores(self) -> tuple:
+        """Each scored take's CLAP scores and best flag (`selva.project_scores.ScoredTake`)."""
+        from selva.project_scores import scored_takes
+
+        return scored_takes(self.project)
 
 
 def deliver_project(rendered: Rendered, folder: str | Path, info: str) -> ProjectResult:

@@ -173,6 +173,10 @@ STEM_GAIN = Limit("gain", "Gain", 0.0, 2.0, 1.0)
 ORIGINAL_AUDIO_GAIN = Limit("original_audio_gain", "Original audio level", 0.0, 2.0, 0.0)
 # Constant-power stereo position of one sound: -1 is hard left, 0 the centre, 1 hard right.
 PAN = Limit("pan", "Pan", -1.0, 1.0, 0.0)
+# The largest request the MCP endpoint takes (streamable HTTP): the `mcp` package's own limit, which
+# gradio gives no way to raise. A video sent as a data: URL grows by a third in base64, so about
+# 3 MB of video fits; a larger one goes as a URL or through the HTTP API's upload.
+MCP_MAX_REQUEST_BYTES = 4 * 1024 * 1024
 
 
 def check_duration(duration: object, max_duration: float) -> float | None:

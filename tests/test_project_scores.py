@@ -236,3 +236,28 @@ def test_score_options_are_checked_before_any_model_loads(clip, tmp_path, capsys
     argv = ["generate", str(clip), "--prompt", "rain", "--variant", "no_such_variant", *extra]
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+# -- what the app shows: a take card's line, the takes by score ---------------------------------------
+
+
+def test_a_take_cards_line_and_the_takes_ordered_by_score_with_the_best_marked():
+    from selva.project_scores import score_line, scored_takes, takes_by_score
+
+    assert score_line(Score(0.3149, 0.1211, 0.2543, "c")) == "match 0.31 · leak 0.12 · score 0.25"
+    assert score_line(Score(-0.05, None, -0.05, "c")) == "match -0.05 · leak - · score -0.05"
+    takes = (
+        Take(seed=1, score=Score(0.2, 0.1, 0.15, "c")),
+        Take(seed=2),  # unscored: after the scored ones
+        Take(seed=3, score=Score(0.4, 0.0, 0.4, "c")),
+        Take(seed=4, score=Score(0.4, None, 0.4, "c")),  # equal to seed 3: the first of equals is best
+    )
+    sound = Sound("dog barking", takes=takes, chosen=0)
+    assert [(i, t.seed, best) for i, t, best in takes_by_score(sound)] == [
+        (2, 3, True), (3, 4, False), (0, 1, False), (1, 2, False),
+    ]  # fmt: skip
+    rows = scored_takes(Project(sounds=(sound,), duration=1.0))
+    assert [(r.take, r.seed, r.best, r.chosen) for r in rows] == [
+        (0, 1, False, True), (2, 3, True, False), (3, 4, False, False),
+    ]  # fmt: skip
+    assert takes_by_score(Sound("rain")) == []

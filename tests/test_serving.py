@@ -232,3 +232,98 @@ def test_a_background_load_without_network_shows_the_clear_error(tmp_path, fixtu
     assert status.state == "failed" and slot.pipe is None and not slot.lock.locked()
     assert "there is no network" in status.error
     assert "python -m selva download --variant tiny_16k" in status.error
+
+
+# -- scores and delivery through the service (the app's and MCP's road) ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def clap(tmp_path_factory, tiny_hub) -> str:
+    from tiny_clap import write_tiny_clap
+
+    return str(write_tiny_clap(tmp_path_factory.mktemp("clap") / "hub"))
+
+
+def test_scores_come_back_with_the_result_and_equal_the_scorers_own(service, clip, clap):
+    from selva import scoring
+    from selva.render import read_take
+
+    scored = GenerationService(service.slot, service.outputs, scorer=clap)
+    req = parse_request(clip, "dog barking", "rain", 2, 4.5, 21, 0, 0, None, 3)
+    result = scored.run(req, score=True)
+    assert result.score_warning is None
+    rows = result.scores
+    assert [(r.sound, r.take, r.seed) for r in rows] == [(0, 0, 21), (0, 1, 22), (0, 2, 23)]
+    scorer = scoring.load_scorer(clap, device="cpu")  # the resident one: loaded by the run, not again
+    takes = [read_take(t.audio) for t in result.project.sounds[0].takes]
+    want = scorer.score_takes(takes, 16_000, "dog barking", negative_prompt="rain")
+    for row, expected in zip(rows, want, strict=True):
+        assert (row.agreement, row.leakage, row.score) == pytest.approx(
+            (expected.agreement, expected.leakage, expected.score), abs=1e-5
+        )
+        assert row.leaked_into == "rain"
+    best = max(range(3), key=lambda i: (want[i].score, -i))
+    assert [r.best for r in rows] == [i == best for i in range(3)]
+    assert [r.chosen for r in rows] == [True, False, False]  # scoring never changes the user's choice
+    assert "Scores (CLAP: a hint" in result.info and f"seed {21 + best}: match " in result.info
+    assert rows[0].to_dict()["seed"] == 21
+    # Not asked: no scores, no scorer time.
+    plain = scored.run(req)
+    assert plain.scores == () and "Scores" not in plain.info and plain.score_warning is None
+
+
+def test_a_missing_clap_says_why_in_the_result_and_the_generation_completes(service, clip):
+    from selva import spec
+
+    missing = GenerationService(service.slot, service.outputs, scorer=spec.SCORER_CHECKPOINT)  # not cached
+    result = missing.run(parse_request(clip, "dog barking", "", 2, 4.5, 5, 0, 0, None, 2), score=True)
+    assert result.scores == () and result.count == 2
+    assert all(Path(f).is_file() for f in (*result.videos, *result.audio_files))
+    warning = result.score_warning
+    assert warning.startswith("not scored: ") and spec.SCORER_CHECKPOINT in warning
+    assert "HF_HUB_OFFLINE=1" in warning and "model.safetensors" in warning
+    assert f"Scores: {warning}" in result.info
+
+
+def test_a_projects_and_stems_takes_are_scored_against_the_other_sounds(service, clip, clap):
+    from selva.project import Project, Sound
+    from selva.render import draft_takes
+    from selva.stems import Stem
+
+    scored = GenerationService(service.slot, service.outputs, scorer=clap)
+    project = Project(sounds=(Sound("dog barking"), Sound("car engine", "rain")), video=clip)
+    result = scored.render_project(draft_takes(project, seed=5, count=2, steps=2), score=True)
+    rows = result.scores
+    assert [(r.sound, r.seed) for r in rows] == [(0, 5), (0, 6), (1, 7), (1, 8)]
+    assert {r.leaked_into for r in rows if r.sound == 0} == {"car engine"}
+    assert {r.leaked_into for r in rows if r.sound == 1} <= {"dog barking", "rain"}
+    assert sum(r.best for r in rows) == 2 and "sound 2 seed 7: match " in result.info
+    assert [t.score is not None for s in result.project.sounds for t in s.takes] == [True] * 4
+
+    base = parse_request(clip, "x", "", 2, 4.5, 11, 0, 0, None, 1)
+    stems = scored.run_stems(base, [Stem("dog barking"), Stem("car engine")], score=True)
+    assert [(r.sound, r.seed, r.leaked_into) for r in stems.scores] == [
+        (0, 11, "car engine"), (1, 12, "dog barking"),
+    ]  # fmt: skip
+
+
+def test_delivered_files_are_48_khz_by_default_and_the_models_rate_on_request(service, clip):
+    import av
+
+    from selva.spec import InputError
+
+    def rate_and_samples(path):
+        with av.open(path) as f:
+            return f.streams.audio[0].rate, sum(fr.samples for fr in f.decode(audio=0))
+
+    req = parse_request(clip, "dog barking", "", 2, 4.5, 5, 0, 0, None, 1)
+    flac, wav = service.run(req).candidate_audio(0)
+    assert rate_and_samples(flac) == rate_and_samples(wav) == (48_000, 48_000)  # 1 s
+    flac, _ = service.run(req, sample_rate="model").candidate_audio(0)
+    assert rate_and_samples(flac) == (16_000, 16_000)  # tiny_16k's own rate
+    loud = service.run(req, loudness=-23)
+    assert loud.project.mix.loudness == -23.0 and loud.project.mix.sample_rate == 48_000
+    with pytest.raises(InputError, match="output sample rate must be one of 48000, model"):
+        service.run(req, sample_rate=44_100)
+    with pytest.raises(InputError, match="loudness target must be one of off, -23, -16, -14"):
+        service.run(req, loudness=-20)

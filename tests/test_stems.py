@@ -335,7 +335,86 @@ def test_mcp_calls_generate_and_generate_stems_on_a_clip(mcp_url, clip, tmp_path
         assert path.suffix == ".flac"
         with av.open(str(path)) as f:
             samples = sum(frame.samples for frame in f.decode(audio=0))
-        assert samples == pytest.approx(16_000, abs=400)  # 1 s at tiny_16k's 16 kHz
+        assert samples == 48_000  # 1 s, delivered at 48 kHz (tiny_16k makes 16 kHz)
+
+
+def test_an_oversized_data_url_gets_the_limit_and_what_to_do_instead(mcp_url):
+    """Over the MCP limit, a tool call gets a tool error with the message, not a bare HTTP 413."""
+    import base64
+    import json
+
+    import httpx
+    from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE
+
+    from selva.spec import MCP_MAX_REQUEST_BYTES
+
+    assert MCP_MAX_REQUEST_BYTES == DEFAULT_MAX_REQUEST_BODY_SIZE  # ours answers at the mcp package's limit
+    video = "data:video/mp4;base64," + base64.b64encode(bytes(3_300_000)).decode("ascii")  # 4.4 MB
+
+    async def call(session):
+        return await session.call_tool("generate", {"video": video, "prompt": "dog barking"})
+
+    result = mcp_session(mcp_url, call)
+    assert result.isError
+    (text,) = [c.text for c in result.content]
+    assert "This MCP request is 4.4 MB; the server takes at most 4 MiB per request" in text
+    assert "about 3 MB of video sent as a data: URL" in text and "public http(s) URL" in text
+    assert "handle_file(path)" in text
+
+    # Any other method gets a JSON-RPC error with the request's own id; the session goes on.
+    ping = {"jsonrpc": "2.0", "id": "big-1", "method": "ping", "params": {"pad": "x" * MCP_MAX_REQUEST_BYTES}}
+    headers = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+    reply = httpx.post(mcp_url, content=json.dumps(ping), headers=headers, timeout=60)
+    assert reply.status_code == 200 and reply.json()["id"] == "big-1"
+    assert reply.json()["error"]["message"].startswith("This MCP request is 4.2 MB")
+
+    async def listed(session):
+        return [tool.name for tool in (await session.list_tools()).tools]
+
+    assert "generate" in mcp_session(mcp_url, listed)  # requests within the limit are served as before
+
+
+def test_the_reply_to_a_huge_request_finds_its_id_at_either_end():
+    """Past 32 MiB only a body's ends are kept: the id is read before "params" or at the very end."""
+    from selva.app.mcp_compat import oversized_reply
+
+    head = b'{"method":"tools/call","params":{"name":"generate","arguments":{"id":99,"video":"data:'
+    tail = b'AAAA"}},"jsonrpc":"2.0","id":5}'  # the Python SDK's order
+    reply = oversized_reply(head, 50_000_000, end=tail)
+    assert reply["id"] == 5 and reply["result"]["isError"]
+    assert "This MCP request is 50.0 MB" in reply["result"]["content"][0]["text"]
+    head = b'{"jsonrpc":"2.0","id":"a","method":"ping","params":{"x":"'
+    reply = oversized_reply(head, 9_000_000, end=b'A"}}')
+    assert reply["id"] == "a" and "at most 4 MiB" in reply["error"]["message"]
+    assert oversized_reply(b"not json", 9_000_000)["id"] is None
+
+
+def test_the_mcp_tools_functions_return_scores_when_asked(app_pipe, clip, tmp_path_factory):
+    """`score=True` on /generate's and /stems' functions: the scores end the info line API callers get."""
+    from tiny_clap import write_tiny_clap
+
+    from selva.app import handlers
+
+    clap = write_tiny_clap(tmp_path_factory.mktemp("clap"))
+    studio = handlers.Studio(PipelineSlot.wrap(app_pipe), scorer=str(clap))
+    *_, info, result = studio.generate(
+        str(clip), "dog barking", "rain", 2, 4.5, 31, 0, 0, None, 2, score=True, progress=None
+    )
+    assert [(r.seed, r.leaked_into) for r in result.scores] == [(31, "rain"), (32, "rain")]
+    best = next(r for r in result.scores if r.best)
+    assert "Scores (CLAP: a hint for choosing, not a judgement of quality):" in info
+    assert f"seed {best.seed}: match {best.agreement:.2f} · leak {best.leakage:.2f} · score" in info
+    *_, info, stems = studio.generate_stems(
+        str(clip), "dog barking", "", 1, "car engine", "", 0.5, *[None] * 6, 2, 4.5, 11, 0, 0, None,
+        score=True, progress=None,
+    )  # fmt: skip
+    assert [(r.sound, r.seed, r.leaked_into) for r in stems.scores] == [
+        (0, 11, "car engine"), (1, 12, "dog barking"),
+    ]  # fmt: skip
+    assert "sound 2 seed 12: match " in info
+    # Not asked (the page's and the tools' default): no scores.
+    *_, info, result = studio.generate(str(clip), "dog barking", "", 2, 4.5, 31, 0, 0, None, 1, progress=None)
+    assert result.scores == () and "Scores" not in info
 
 
 def test_stems_decode_the_span_once_and_run_text_synch_once_per_prompt(app_pipe, clip, monkeypatch):

@@ -117,9 +117,9 @@ class Studio:
     run in a `selva.serving.GenerationService`.
     """
 
-    def __init__(self, slot: PipelineSlot, outputs: OutputStore | None = None):
+    def __init__(self, slot: PipelineSlot, outputs: OutputStore | None = None, *, scorer: str | None = None):
         self.slot = slot
-        self.service = GenerationService(slot, outputs, on_gpu=_on_gpu)
+        self.service = GenerationService(slot, outputs, on_gpu=_on_gpu, scorer=scorer)
         self.activity: dict[str, str] = {}  # per session: what its running job reports now
 
     def running_label(self, request: gr.Request | None = None) -> Any:
@@ -140,6 +140,7 @@ class Studio:
         variant: str | None,
         num_samples: float,
         original_audio_gain: float | None = 0.0,
+        score: bool | None = False,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 (gradio injects it: the default marks the parameter)
         request: gr.Request | None = None,
     ) -> tuple[Any, ...]:
@@ -160,6 +161,9 @@ class Studio:
             variant: model variant name, or empty for the server's.
             num_samples: candidates, 1-4; candidate k is drawn from seed + k.
             original_audio_gain: the video's own soundtrack under the new audio, 0-2 (0 replaces it).
+            score: also score each candidate with CLAP (match with the prompt, leakage into the
+                negative prompt, one ranking score): the scores end the info line. A hint, not a
+                judgement of quality.
 
         Returns one mp4 path per candidate (None for unused players, and for every one when the
         sound comes from the prompt alone), the FLAC and WAV files (per candidate), the info line,
@@ -188,6 +192,7 @@ class Studio:
                     session=session,
                     original_audio_gain=gain or None,
                     cancel=REQUEST_CANCEL.get(),
+                    score=bool(score),
                 )
             finally:
                 self.activity.pop(session, None)
@@ -238,6 +243,7 @@ class Studio:
         start: float | None,
         variant: str | None,
         original_audio_gain: float | None = 0.0,
+        score: bool | None = False,
         progress: gr.Progress = gr.Progress(),  # noqa: B008
         request: gr.Request | None = None,
     ) -> tuple[Any, ...]:
@@ -270,6 +276,8 @@ class Studio:
             start: where the span begins, in seconds.
             variant: model variant name, or empty for the server's.
             original_audio_gain: the video's own soundtrack in the mix, 0-2.
+            score: also score each stem with CLAP (match with its prompt, leakage into its
+                negative and the other stems' prompts): the scores end the info line. A hint.
 
         Returns the mixed mp4, the multi-track mp4 (mix + one track per stem), the mix
         FLAC, one FLAC per stem (None for unused ones) and the info line with the seeds.
@@ -299,6 +307,7 @@ class Studio:
                 session=session_of(request),
                 original_audio_gain=gain,
                 cancel=REQUEST_CANCEL.get(),
+                score=bool(score),
             )
         return stems_outputs(result)[:-1] + (result,)
 
