@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from browser_support import TIMEOUT_MS, cancel_and_wait, chromium, video_duration
+from browser_support import TIMEOUT_MS, cancel_and_wait, chromium, open_settings, video_duration
 from media_factory import make_video
 
 from selva.app.handlers import EXAMPLE_SEED
@@ -171,6 +171,7 @@ def test_the_page_serves_while_the_weights_are_missing_and_says_why_whole(browse
 
 
 def set_number(page, label: str, value: float) -> None:
+    open_settings(page)  # most numbers are Settings (collapsed at first)
     box = page.get_by_label(f"number input for {label}")
     box.fill(str(value))
     box.press("Enter")
@@ -230,7 +231,7 @@ def test_takes_side_by_side_shown_once_keep_and_use_seed(page, tmp_path):
     upload(page, make_video(tmp_path / "clip.mp4", seconds=2.0))
     page.locator("#prompt textarea").fill("dog barking")
     set_number(page, "Steps", 3)
-    set_number(page, "Candidates", 2)
+    set_number(page, "Candidates", 2)  # opens the Settings
     page.locator("#seed input").fill("5")
     page.locator("#generate").click()
 

@@ -8,7 +8,7 @@ Needs `apt-get install -y chromium` and `pip install playwright`; never `playwri
 from urllib.parse import unquote
 
 import pytest
-from browser_support import TIMEOUT_MS, chromium, video_duration
+from browser_support import TIMEOUT_MS, chromium, open_settings, video_duration
 from media_factory import make_video
 
 pytestmark = pytest.mark.browser
@@ -27,6 +27,7 @@ def page(app_server):
 
 
 def set_number(page, selector: str, value: float) -> None:
+    open_settings(page)  # most numbers are Settings (collapsed at first)
     box = page.locator(selector)
     box.fill(str(value))
     box.press("Enter")
@@ -67,6 +68,7 @@ def test_video_first_prompt_and_generate_lie_in_the_first_viewport(page):
         assert box["y"] + box["height"] <= DESKTOP["height"], f"{selector} ends at {box['y'] + box['height']}"
     assert page.locator("#stems").is_hidden()  # no second editor on the page
     assert page.locator("#sound-row-2").is_hidden()  # one sound to start
+    assert page.locator("#seed input").is_hidden()  # Settings start collapsed
 
 
 @pytest.fixture(scope="module")

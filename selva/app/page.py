@@ -177,7 +177,7 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
                     )
                 with gr.Accordion("How the two prompts work", open=False):
                     gr.Markdown(PROMPT_HELP)
-                with gr.Accordion("Settings", open=True):
+                with gr.Accordion("Settings", open=False, elem_id="settings"):  # collapsed: prompts first
                     variant = gr.Dropdown(
                         choices=_variant_choices(start_variant),
                         value=start_variant,
