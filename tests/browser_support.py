@@ -57,6 +57,14 @@ def video_duration(page: Any, selector: str) -> float:
     return handle.json_value()
 
 
+def open_settings(page: Any) -> None:
+    """Open the page's Settings (collapsed by default) unless they are open already."""
+    seed = page.locator("#seed input")
+    if not seed.is_visible():
+        page.locator("#settings").get_by_text("Settings", exact=True).first.click()
+        seed.wait_for()
+
+
 def cancel_and_wait(page: Any, selector: str) -> None:
     """Click the Cancel button at `selector` and wait until the server has answered the page's cancel.
 

@@ -190,7 +190,9 @@ def test_blocks_offer_every_control_with_its_default(app_pipe, tmp_path, monkeyp
     assert [label for label, _ in source["choices"]] == ["Video", "Prompt only"]
     assert "Earlier results (this session)" in by_label and "Kept files" in by_label
     buttons = [c["props"].get("value") for c in config["components"] if c["type"] == "button"]
-    assert buttons.count("Keep") == buttons.count("Use this seed") == MAX_CANDIDATES
+    # per (hidden) candidate card and per take card of the workspace's sounds
+    assert buttons.count("Keep") == buttons.count("Use this seed") == MAX_CANDIDATES + 4 * MAX_CANDIDATES
+    assert by_label["Everything in one zip: the mix, the multi-track mp4, each sound's take, the project"]
     level = by_label["Original audio level"]
     assert (level["minimum"], level["maximum"], level["value"]) == (0, 2, 0)
 

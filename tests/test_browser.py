@@ -8,13 +8,11 @@ with SELVA_UPDATE_SCREENSHOT=1.
 
 import io
 import os
-import re
 import shutil
-import wave
 from pathlib import Path
 
 import pytest
-from browser_support import TIMEOUT_MS, cancel_and_wait, chromium, video_duration
+from browser_support import TIMEOUT_MS, cancel_and_wait, chromium, open_settings, video_duration
 from media_factory import make_video
 from served import served
 
@@ -50,15 +48,31 @@ def upload(page, path: Path) -> None:
 
 
 def result_duration(page, player: int = 1) -> float:
-    """Wait until result player `player` has loaded a video, and return its duration in seconds."""
+    """Wait until example card `player` has loaded a video, and return its duration in seconds."""
     return video_duration(page, f"#result-{player}")
 
 
-def download_links(page) -> dict[str, str]:
-    """File name -> URL of each entry in the downloads list."""
-    page.wait_for_selector("#downloads a")
-    urls = page.locator("#downloads a").evaluate_all("(as) => as.map(a => a.href)")
-    return {Path(url.split("?")[0]).name: url for url in urls}
+def mix_duration(page) -> float:
+    """Wait until the result area's mixed video has loaded, and return its duration in seconds."""
+    return video_duration(page, "#mix-video")
+
+
+def mix_info_has(page, needle: str) -> str:
+    """Wait until the result area's info line holds `needle`; returns it."""
+    return page.wait_for_function(
+        "(n) => { const v = document.querySelector('#mix-info textarea')?.value || '';"
+        " return v.includes(n) ? v : null; }",
+        arg=needle,
+    ).json_value()
+
+
+def take_seconds(page, url: str) -> float:
+    """The length in seconds of the audio file at `url` (decoded with PyAV)."""
+    import av
+
+    with av.open(io.BytesIO(page.request.get(url).body())) as f:
+        stream = f.streams.audio[0]
+        return sum(frame.samples for frame in f.decode(stream)) / stream.rate
 
 
 def test_upload_prompt_generate_and_download(page, tmp_path):
@@ -70,22 +84,18 @@ def test_upload_prompt_generate_and_download(page, tmp_path):
     set_number(page, "Candidates", 2)
     page.locator("#generate").click()
 
-    assert result_duration(page) == pytest.approx(5.0, abs=0.15)  # auto: the whole 5 s clip
-    assert result_duration(page, 2) == pytest.approx(5.0, abs=0.15)
-    info = page.locator("#info textarea")
-    info.wait_for()
-    page.wait_for_function("() => document.querySelector('#info textarea').value.includes('seed')")
-    assert "tiny_16k on cpu" in info.input_value() and "5.00 s from 0.00 s" in info.input_value()
+    assert mix_duration(page) == pytest.approx(5.0, abs=0.15)  # auto: the whole 5 s clip
+    info = mix_info_has(page, "seed")
+    assert "tiny_16k on cpu" in info and "5.00 s from 0.00 s" in info  # the run's own info line
+    audio_shown(page, "#take-1-1", "0:05")
+    audio_shown(page, "#take-1-2", "0:05")
 
-    links = download_links(page)
-    assert {Path(name).suffix for name in links} == {".flac", ".wav"}
-    flac = next(url for name, url in links.items() if name.endswith(".flac"))
+    flac = page.locator("#take-1-2 a[download$='.flac']").get_attribute("href")
     response = page.request.get(flac)
     assert response.ok and response.body()[:4] == b"fLaC"
 
-    audio_shown(page, 2, "0:05")
-    page.locator("#keep-2").click()  # the README's picture shows a kept take too
-    page.wait_for_function("() => document.querySelectorAll('#kept-files a').length === 3")
+    page.locator("#keep-take-1-2").click()
+    page.wait_for_function("() => document.querySelectorAll('#kept-files a').length === 1")
     shot = tmp_path / "ui.png"
     page.screenshot(path=str(shot), full_page=True)
     assert 0 < shot.stat().st_size < SHOT_LIMIT
@@ -114,8 +124,8 @@ def test_a_file_that_is_no_video_is_refused_at_upload_with_a_titled_whole_messag
     page.locator("#prompt textarea").fill("dog barking")
     page.locator("#generate").click()
     toast.wait_for(state="detached")  # a new run clears the old toasts
-    assert result_duration(page) == pytest.approx(2.0, abs=0.15)
-    page.wait_for_function("() => document.querySelector('#info textarea').value.includes('2.00 s from')")
+    assert mix_duration(page) == pytest.approx(2.0, abs=0.15)
+    mix_info_has(page, "2.00 s from")
 
 
 def test_the_page_serves_while_the_weights_are_missing_and_says_why_whole(browser, fresh_tiny_hub, tmp_path):
@@ -156,6 +166,7 @@ def test_the_page_serves_while_the_weights_are_missing_and_says_why_whole(browse
 
 
 def set_number(page, label: str, value: float) -> None:
+    open_settings(page)  # most numbers are Settings (collapsed at first)
     box = page.get_by_label(f"number input for {label}")
     box.fill(str(value))
     box.press("Enter")
@@ -169,7 +180,7 @@ def test_progress_shows_the_steps_and_cancel_stops_the_job(page, app_server, tmp
     page.locator("#prompt textarea").fill("dog barking")
     set_number(page, "Steps", 3)
     page.locator("#generate").click()
-    assert result_duration(page) == pytest.approx(6.0, abs=0.15)  # the result a cancel must keep
+    assert mix_duration(page) == pytest.approx(6.0, abs=0.15)  # the result a cancel must keep
     page.locator("#cancel").wait_for(state="hidden")
 
     set_number(page, "Steps", 100)
@@ -187,73 +198,64 @@ def test_progress_shows_the_steps_and_cancel_stops_the_job(page, app_server, tmp
     assert page.locator("#generate").is_enabled() and page.locator("#generate").inner_text() == "Generate"
     assert not app_server.demo.studio.slot.lock.locked()
     assert "generation cancelled by the user" in caplog.text  # the pipeline stopped between steps
-    assert result_duration(page) == pytest.approx(6.0, abs=0.15)  # the previous result stays
+    assert mix_duration(page) == pytest.approx(6.0, abs=0.15)  # the previous result stays
+    assert page.locator("#take-card-1-2").is_hidden()  # its one take, not the cancelled run's
 
     set_number(page, "Steps", 3)
     set_number(page, "Candidates", 2)
     page.locator("#generate").click()
-    assert result_duration(page, 2) == pytest.approx(6.0, abs=0.15)
-    assert page.locator("#result-3").is_hidden()
+    audio_shown(page, "#take-1-2", "0:06")
+    assert page.locator("#take-card-1-3").is_hidden()
 
 
 def label_of(page, selector: str) -> str:
     return page.locator(f"{selector} [data-testid='block-label']").first.inner_text().strip()
 
 
-def audio_shown(page, player: int, seconds: str) -> None:
-    """Wait until audio player `player` has drawn its waveform for a clip of `seconds` ("0:02")."""
-    page.wait_for_selector(f"#audio-{player} [data-testid^='waveform-']")
+def audio_shown(page, selector: str, seconds: str) -> None:
+    """Wait until the audio player at `selector` has drawn its waveform for a clip of `seconds` ("0:02")."""
+    page.wait_for_selector(f"{selector} [data-testid^='waveform-']")
     page.wait_for_function(
-        "([id, s]) => document.querySelector(`#audio-${id} time#duration`)?.textContent.trim() === s",
-        arg=[player, seconds],
+        "([sel, s]) => document.querySelector(`${sel} time#duration`)?.textContent.trim() === s",
+        arg=[selector, seconds],
     )
 
 
-def test_candidates_side_by_side_keep_use_seed_and_earlier_results(page, tmp_path):
+def test_takes_side_by_side_shown_once_keep_and_use_seed(page, tmp_path):
+    """One sound's candidates are its takes, shown once: no card of the old one-sound road besides."""
     upload(page, make_video(tmp_path / "clip.mp4", seconds=2.0))
     page.locator("#prompt textarea").fill("dog barking")
     set_number(page, "Steps", 3)
-    set_number(page, "Candidates", 2)
+    set_number(page, "Candidates", 2)  # opens the Settings
     page.locator("#seed input").fill("5")
     page.locator("#generate").click()
 
-    page.locator("#keep-2").wait_for()
-    audio_shown(page, 1, "0:02")
-    audio_shown(page, 2, "0:02")
-    assert result_duration(page, 2) == pytest.approx(2.0, abs=0.15)
-    for k, seed in ((1, 5), (2, 6)):  # candidate k was drawn from seed + k - 1
-        label = f"Candidate {k} · seed {seed}"
-        assert label_of(page, f"#result-{k}") == label_of(page, f"#audio-{k}") == label
-    first, second = (page.locator(f"#candidate-{k}").bounding_box() for k in (1, 2))
+    page.locator("#keep-take-1-2").wait_for()
+    audio_shown(page, "#take-1-1", "0:02")
+    audio_shown(page, "#take-1-2", "0:02")
+    assert page.locator("#candidates-area").is_hidden() and page.locator("#downloads").is_hidden()
+    for t, label in ((1, "Take 1 · seed 5 (in the mix)"), (2, "Take 2 · seed 6")):  # take t: seed + t - 1
+        assert label_of(page, f"#take-1-{t}") == label
+    first, second = (page.locator(f"#take-card-1-{t}").bounding_box() for t in (1, 2))
     assert abs(first["y"] - second["y"]) < 2 and second["x"] >= first["x"] + first["width"]  # side by side
 
-    page.locator("#keep-2").click()
+    page.locator("#keep-take-1-2").click()
     page.locator("#kept-list", has_text="dog barking · seed 6 · 2.00 s of clip.mp4").wait_for()
-    page.wait_for_function("() => document.querySelectorAll('#kept-files a').length === 3")
-    urls = page.locator("#kept-files a").evaluate_all("(as) => as.map(a => a.href)")
-    assert sorted(Path(u.split("?")[0]).suffix for u in urls) == [".flac", ".mp4", ".wav"]
-    wav = next(u for u in urls if u.split("?")[0].endswith(".wav"))
-    assert page.request.get(wav).body()[:4] == b"RIFF"
+    page.wait_for_function("() => document.querySelectorAll('#kept-files a').length === 1")
+    url = page.locator("#kept-files a").first.get_attribute("href")
+    assert page.request.get(url).body()[:4] == b"fLaC"
 
-    page.locator("#keep-2").click()
+    page.locator("#keep-take-1-2").click()
     page.locator(".toast-body", has_text="Already kept").wait_for()  # one take, kept once
-    page.locator("#use-seed-2").click()
+    page.locator("#use-seed-1-2").click()
     page.locator(".toast-body", has_text="Seed 6, one candidate").wait_for()
     page.wait_for_function("() => document.querySelector('#seed input').value === '6'")
     assert page.get_by_label("number input for Candidates").input_value() == "1"
-    assert page.locator("#candidate-2").is_visible()  # the candidate stays on show until the next run
-    page.locator("#generate").click()  # candidate 2 again, alone
-    page.wait_for_function("() => document.querySelector('#info textarea').value.startsWith('seed 6 ')")
-    page.locator("#audio-1 [data-testid='block-label']", has_text="Result · seed 6").wait_for()
-    page.locator("#candidate-2").wait_for(state="hidden")
-
-    # The first run comes back from the list of earlier results, both candidates.
-    page.locator("#history input").click()
-    page.get_by_role("option", name=re.compile(r"^1\. dog barking · seed 5")).click()
-    page.wait_for_function("() => document.querySelector('#info textarea').value.startsWith('seed 5 ')")
-    page.locator("#audio-2 [data-testid='block-label']", has_text="Candidate 2 · seed 6").wait_for()
-    assert result_duration(page, 2) == pytest.approx(2.0, abs=0.15)
-    audio_shown(page, 2, "0:02")
+    assert page.locator("#take-card-1-2").is_visible()  # the take stays on show until the next run
+    page.locator("#generate").click()  # take 2 again, alone
+    mix_info_has(page, "seed 6 ")
+    page.locator("#take-1-1 [data-testid='block-label']", has_text="Take 1 · seed 6 (in the mix)").wait_for()
+    page.locator("#take-card-1-2").wait_for(state="hidden")
 
 
 def test_a_phone_sized_page_makes_sound_from_the_prompt_alone(browser, app_server, tmp_path):
@@ -264,10 +266,10 @@ def test_a_phone_sized_page_makes_sound_from_the_prompt_alone(browser, app_serve
     page.goto(app_server.url)
     page.wait_for_selector("#generate")
 
-    def fits() -> None:
+    def fits(*selectors: str) -> None:
         # nothing to scroll sideways
         assert page.evaluate("() => document.scrollingElement.scrollWidth <= innerWidth")
-        for selector in ("#source", "#prompt", "#generate", "#candidate-1", "#audio-1", "#info"):
+        for selector in ("#source", "#prompt", "#generate", *selectors):
             box = page.locator(selector).bounding_box()
             assert box is not None and box["width"] > 0 and box["height"] > 0, selector
             assert box["x"] >= 0 and box["x"] + box["width"] <= width, selector
@@ -288,19 +290,18 @@ def test_a_phone_sized_page_makes_sound_from_the_prompt_alone(browser, app_serve
     set_number(page, "Candidates", 2)
     page.locator("#generate").tap()
 
-    audio_shown(page, 1, "0:02")
-    audio_shown(page, 2, "0:02")
-    page.wait_for_function(
-        "() => document.querySelector('#info textarea').value.includes('2.00 s from the prompt alone')"
-    )
-    assert label_of(page, "#audio-1").startswith("Candidate 1 · seed ")
-    assert page.locator("#result-1").is_hidden()  # no video to show
-    first, second = (page.locator(f"#candidate-{k}").bounding_box() for k in (1, 2))
-    assert second["y"] >= first["y"] + first["height"] - 1  # one column: the second card below the first
-    page.locator("#audio-1").scroll_into_view_if_needed()
-    box = page.locator("#audio-1").bounding_box()
+    audio_shown(page, "#take-1-1", "0:02")
+    audio_shown(page, "#take-1-2", "0:02")
+    mix_info_has(page, "2.00 s from the prompt alone")
+    assert label_of(page, "#take-1-1").startswith("Take 1 · seed ")
+    assert page.locator("#mix-video").is_hidden()  # no video to show
+    first, second = (page.locator(f"#take-card-1-{t}").bounding_box() for t in (1, 2))
+    beside = second["x"] >= first["x"] + first["width"] - 1
+    assert beside or second["y"] >= first["y"] + first["height"] - 1  # no overlap
+    page.locator("#take-1-1").scroll_into_view_if_needed()
+    box = page.locator("#take-1-1").bounding_box()
     assert box["y"] >= 0 and box["y"] + box["height"] <= 844  # on screen once scrolled to
-    fits()
+    fits("#take-card-1-1", "#take-card-1-2", "#take-1-1", "#mix-info")
     page.screenshot(path=str(tmp_path / "phone.png"), full_page=True)
     context.close()
 
@@ -312,12 +313,11 @@ def test_a_30_second_clip_gets_sound_as_long_as_itself(page, tmp_path):
     set_number(page, "Steps", 2)
     page.locator("#generate").click()
 
-    assert result_duration(page) == pytest.approx(30.0, abs=0.04)  # the mp4 the browser plays
-    audio_shown(page, 1, "0:30")
-    wav = page.locator("#audio-1 a[download$='.wav']").get_attribute("href")
-    with wave.open(io.BytesIO(page.request.get(wav).body())) as w:
-        assert w.getnframes() / w.getframerate() == pytest.approx(30.0, abs=0.04)
-    assert "30.00 s from 0.00 s" in page.locator("#info textarea").input_value()
+    assert mix_duration(page) == pytest.approx(30.0, abs=0.04)  # the mp4 the browser plays
+    audio_shown(page, "#take-1-1", "0:30")
+    flac = page.locator("#take-1-1 a[download$='.flac']").get_attribute("href")
+    assert take_seconds(page, flac) == pytest.approx(30.0, abs=0.04)
+    assert "30.00 s from 0.00 s" in mix_info_has(page, "30.00 s from")
 
 
 def test_an_example_fills_the_inputs_and_shows_its_cached_result(page):

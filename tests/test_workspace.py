@@ -10,12 +10,13 @@ import pytest
 from media_factory import make_video
 
 from selva.app import handlers
-from selva.app.workspace_handlers import MAX_CANDIDATES, SHOWN, Current, Workspace
+from selva.app.workspace_handlers import MAX_CANDIDATES, SHOWN, TAKE_CARD, Current, Workspace
 from selva.project import MAX_SOUNDS, Project
 from selva.serving import PipelineSlot
+from selva.spec import InputError
 
 SETTINGS = [2, 4.5, 5, 0, 0, "tiny_16k", 1]  # steps, CFG, seed, duration (auto), start, variant, Candidates
-PER_SOUND = 2 + 2 * MAX_CANDIDATES  # section, label, players, "Use this take" buttons
+PER_SOUND = 2 + TAKE_CARD * MAX_CANDIDATES  # section, label, per take slot: card, player, "Use this take"
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,7 @@ def test_two_sounds_make_one_result_with_both(first):
     assert [s.prompt for s in project.sounds] == ["dog barking", "car engine"]
     assert [s.take.seed for s in project.sounds] == [5, 6]
     assert all(Path(s.take.audio).is_file() for s in project.sounds)
-    mix_video, info, project_file = first[2:5]
+    mix_video, info, project_file = first[2]["value"], *first[3:5]
     assert Path(mix_video).suffix == ".mp4" and Path(mix_video).is_file()
     assert "'dog barking' seed 5" in info and "'car engine' seed 6" in info
     assert project_file.endswith(".selva.json")
@@ -104,7 +105,7 @@ def test_moving_a_gain_or_pan_remixes_without_the_model(workspace, first, app_pi
     assert panned[0].project.sounds[1].pan == -0.5
     import av
 
-    with av.open(panned[2]) as f:  # the mixed mp4's soundtrack turned stereo with the pan
+    with av.open(panned[2]["value"]) as f:  # the mixed mp4's soundtrack turned stereo with the pan
         assert f.streams.audio[0].codec_context.channels == 2
     assert "re-mixed" in panned[3]
 
@@ -152,5 +153,83 @@ def test_an_empty_row_is_refused_with_what_to_do(workspace, clip):
         workspace.generate(str(clip), 2, rows(("dog barking", ""), ("", "")), SETTINGS, 0.0)
 
 
+def take_cards(values: list, k: int) -> list[list]:
+    """Sound k's take cards' values (card, player, "Use this take") from `show`'s values."""
+    base = 5 + k * PER_SOUND + 2
+    return [values[base + t * TAKE_CARD : base + (t + 1) * TAKE_CARD] for t in range(MAX_CANDIDATES)]
+
+
+def test_each_take_is_shown_once_with_its_seed_keep_and_use_this_seed(workspace, clip):
+    """One sound, two candidates: two take cards side by side, each with its seed, Keep, Use this seed."""
+    import gradio as gr
+
+    values = workspace.generate(
+        str(clip), 1, rows(("dog barking", "")), [2, 4.5, 11, 0, 0, "tiny_16k", 2], 0.0
+    )  # fmt: skip
+    current = values[0]
+    cards = take_cards(values, 0)
+    assert [c[0]["visible"] for c in cards] == [True, True, False, False]
+    assert [c[1]["label"] for c in cards[:2]] == ["Take 1 · seed 11 (in the mix)", "Take 2 · seed 12"]
+    assert [c[2]["visible"] for c in cards[:2]] == [False, True]  # "Use this take" on the other one
+    assert all(Path(c[1]["value"]).suffix == ".flac" for c in cards[:2])
+
+    kept, text, files = workspace.keep_take(0, 1, current, [])
+    assert len(kept) == 1 and kept[0].seed == 12 and "dog barking · seed 12 · 1.00 s of clip.mp4" in text
+    assert files["value"] == [current.players[(0, 1)]] and Path(files["value"][0]).is_file()
+    again, _, _ = workspace.keep_take(0, 1, current, kept)
+    assert again == kept  # one take, kept once
+    assert workspace.take_seed(0, 1, current) == (12, 1)
+    assert workspace.take_seed(0, 3, current) == (gr.update(), gr.update())  # an empty card: nothing
+
+
 def test_remix_before_any_generate_changes_nothing(workspace):
     assert all(v == {"__type__": "update"} for v in workspace.remix(None, *mix_values()))
+
+
+def test_the_bundle_holds_the_mix_the_tracks_each_sounds_take_and_the_project(first, tmp_path):
+    import zipfile
+
+    import av
+
+    from selva.bundle import bundle_names, write_bundle
+    from selva.render import read_take
+
+    project, bundle = first[0].project, first[-2]  # the last of `show`'s values, then the restored project
+    assert Path(bundle).name == "1-dog-barking_seed5+2-car-engine_seed6.zip"
+    with zipfile.ZipFile(bundle) as zf:
+        names = zf.namelist()
+        assert names == bundle_names(project, video=True) == [
+            "1-dog-barking_seed5+2-car-engine_seed6_mix.mp4",
+            "1-dog-barking_seed5+2-car-engine_seed6_tracks.mp4",
+            "1-dog-barking_seed5.flac", "1-dog-barking_seed5.wav",
+            "2-car-engine_seed6.flac", "2-car-engine_seed6.wav",
+            "1-dog-barking_seed5+2-car-engine_seed6.selva.json",
+        ]  # fmt: skip
+        assert zf.read(names[0]) == Path(first[2]["value"]).read_bytes()
+        assert zf.read(names[-1]) == Path(first[4]).read_bytes()
+        zf.extractall(tmp_path / "out")
+    with av.open(str(tmp_path / "out" / names[1])) as f:  # the mix, one track per sound, the original
+        assert len(f.streams.audio) == 4
+    for k, sound in enumerate(project.sounds):
+        exact = read_take(sound.take.audio)
+        for name in names[2 + 2 * k : 4 + 2 * k]:
+            with av.open(str(tmp_path / "out" / name)) as f:
+                stream = f.streams.audio[0]
+                wave = np.concatenate([fr.to_ndarray().reshape(-1) for fr in f.decode(stream)])
+                assert stream.rate == 16_000 and len(wave) == len(exact)
+                scale = 32768.0 if wave.dtype == np.int16 else 1.0
+                assert np.max(np.abs(wave / scale - exact)) < 2 / 32768  # 16-bit files of the exact take
+
+    # Whole or nothing: a take whose audio is gone stops the bundle, and no zip (nor a part) is left.
+    from dataclasses import replace
+
+    gone = project.with_sound(
+        1, replace(project.sounds[1], takes=(replace(project.sounds[1].take, audio=None),))
+    )
+    target = tmp_path / "broken.zip"
+    with pytest.raises(InputError, match="sound 2's chosen take has no audio"):
+        write_bundle(target, gone, 16_000, project_file=first[4], mix_video=first[2]["value"],
+                     tracks_video=first[2]["value"])  # fmt: skip
+    assert list(tmp_path.glob("*broken*")) == [] and not any(
+        p.name.startswith(".") for p in tmp_path.iterdir()
+    )

@@ -177,7 +177,7 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
                     )
                 with gr.Accordion("How the two prompts work", open=False):
                     gr.Markdown(PROMPT_HELP)
-                with gr.Accordion("Settings", open=True):
+                with gr.Accordion("Settings", open=False, elem_id="settings"):  # collapsed: prompts first
                     variant = gr.Dropdown(
                         choices=_variant_choices(start_variant),
                         value=start_variant,
@@ -240,6 +240,8 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
             **results_ui.PAGE_EVENT_TOASTS,
         )
         started, end_of_run = running.wire_running(studio, run, stop, checked)
+        # One result area: a run's takes show in the workspace; the cards only hold an example's result.
+        started.then(lambda: gr.update(visible=False), None, results.area, **private)
         inputs = [video, prompt, negative, steps, cfg, seed, duration, start, variant, num_samples]
         inputs.append(original_level)
         # One sound: the page's `/generate` (its candidates are the sound's takes); several: the workspace.
@@ -253,7 +255,7 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
             "or (no video, a duration) sound from the prompt alone.",
             concurrency_limit=1,
             concurrency_id="gpu",  # every model call shares one slot: one job at a time per GPU
-            show_progress_on=[results.videos[0], results.audios[0]],
+            show_progress_on=area["mix_video"],  # the cards are hidden: the workspace's result shows it
         )
         results_ui.wire_results(results, event, seed=seed, num_samples=num_samples)
         end_of_run(event)  # Generate back, Cancel hidden: after the run, or at once on Cancel
@@ -265,7 +267,8 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
         workspace_ui.wire_workspace(
             Workspace(studio), sounds, area, checked=checked, single=event, stop=stop, video=video,
             settings=[steps, cfg, seed, duration, start, variant, num_samples], original=original_level,
-            num_samples=num_samples, current_result=results.current, cards=results.cards, finish=end_of_run,
+            num_samples=num_samples, current_result=results.current, finish=end_of_run,
+            kept=[results.kept, results.kept_list, results.kept_files],
         )  # fmt: skip
         stems_ui.wire_stems(
             stems_widgets,
@@ -295,7 +298,7 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
             gallery.dataset.click(
                 lambda: results_ui.example_shown(EXAMPLE_SEED),
                 None,
-                [results.current, *results.players],
+                [results.current, results.area, *results.players],
                 **private,
             )
 

@@ -49,6 +49,7 @@ class Take:
 class ResultsUI:
     """The result widgets of the page and the session state behind them."""
 
+    area: gr.Column  # the cards, downloads, info and earlier results: shown for an example's result
     cards: list[gr.Column]  # one per candidate: video, audio, actions
     videos: list[gr.Video]
     audios: list[gr.Audio]
@@ -162,11 +163,15 @@ def recall(past: list[GenerationResult] | None, index: int | None) -> tuple[Any,
 
 def keep(result: GenerationResult | None, kept: list[Take] | None, k: int) -> tuple[Any, ...]:
     """Add candidate `k` of the result on show to the kept list; returns the list, its text and files."""
-    kept = list(kept or [])
     if result is None or k >= result.count:
         gr.Warning("Nothing to keep here yet: generate first.")
-        return kept, gr.update(), gr.update()
-    take = Take(take_label(result, k), result.candidate_seed(k), result.candidate_files(k))
+        return list(kept or []), gr.update(), gr.update()
+    return add_kept(kept, Take(take_label(result, k), result.candidate_seed(k), result.candidate_files(k)))
+
+
+def add_kept(kept: list[Take] | None, take: Take) -> tuple[Any, ...]:
+    """`take` added to the kept list (once, up to KEPT_SIZE); returns the list, its text and files."""
+    kept = list(kept or [])
     if take in kept:
         gr.Info(f"Already kept: {take.label}")
     elif len(kept) >= KEPT_SIZE:
@@ -180,7 +185,7 @@ def keep(result: GenerationResult | None, kept: list[Take] | None, k: int) -> tu
 
 def kept_text(kept: Sequence[Take]) -> str:
     if not kept:
-        return "Nothing kept yet: press **Keep** under a candidate."
+        return "Nothing kept yet: press **Keep** under a take."
     lines = [f"{n}. {take.label}" for n, take in enumerate(kept, start=1)]
     return "\n".join(lines) + "\n\nThe files stay downloadable for about an hour."
 
@@ -189,44 +194,62 @@ def use_seed(result: GenerationResult | None, k: int) -> tuple[Any, Any]:
     """Candidate `k`'s seed and one candidate, for the Seed and Candidates fields."""
     if result is None or k >= result.count:
         return gr.update(), gr.update()
-    seed = result.candidate_seed(k)
+    return seed_alone(result.candidate_seed(k))
+
+
+def seed_alone(seed: int) -> tuple[int, int]:
+    """`seed` and one candidate, for the Seed and Candidates fields, with a note of what Generate does."""
     gr.Info(f"Seed {seed}, one candidate: Generate makes it again; change the prompt or settings to vary it.")
     return seed, 1
 
 
 def results_column() -> ResultsUI:
-    """The result cards (side by side, wrapping to one column on a phone), downloads, info, lists."""
+    """The result cards (side by side, wrapping to one column on a phone), downloads, info, lists.
+
+    The cards' area is hidden: `/generate`'s outputs for API callers, on the page it shows only an
+    example's cached result; a page Generate shows its candidates as the workspace's takes.
+    """
     cards, videos, audios, actions, keeps, seeds = [], [], [], [], [], []
-    with gr.Row(equal_height=False, elem_id="candidates"):
-        for k in range(MAX_CANDIDATES):
-            # min_width: two cards side by side in the results column, one on a phone.
-            with gr.Column(min_width=260, visible=k == 0, elem_id=f"candidate-{k + 1}") as card:
-                name = "Result" if k == 0 else f"Candidate {k + 1}"
-                videos.append(gr.Video(label=name, interactive=False, elem_id=f"result-{k + 1}", height=240))
-                audios.append(
-                    gr.Audio(label=name, type="filepath", interactive=False, elem_id=f"audio-{k + 1}")
-                )
-                with gr.Row(visible=False) as row:
-                    keeps.append(gr.Button("Keep", size="sm", min_width=80, elem_id=f"keep-{k + 1}"))
-                    seeds.append(
-                        gr.Button("Use this seed", size="sm", min_width=80, elem_id=f"use-seed-{k + 1}")
+    with gr.Column(visible=False, elem_id="candidates-area") as area:
+        with gr.Row(equal_height=False, elem_id="candidates"):
+            for k in range(MAX_CANDIDATES):
+                # min_width: two cards side by side in the results column, one on a phone.
+                with gr.Column(min_width=260, visible=k == 0, elem_id=f"candidate-{k + 1}") as card:
+                    name = "Result" if k == 0 else f"Candidate {k + 1}"
+                    videos.append(
+                        gr.Video(label=name, interactive=False, elem_id=f"result-{k + 1}", height=240)
                     )
-            cards.append(card)
-            actions.append(row)
-    downloads = gr.File(
-        label="Audio downloads (FLAC and WAV)", file_count="multiple", interactive=False, elem_id="downloads"
-    )
-    info = gr.Textbox(label="Info", interactive=False, lines=2, elem_id="info")
-    history = gr.Dropdown(
-        choices=[], value=None, label="Earlier results (this session)", interactive=True, elem_id="history"
-    )
+                    audios.append(
+                        gr.Audio(label=name, type="filepath", interactive=False, elem_id=f"audio-{k + 1}")
+                    )
+                    with gr.Row(visible=False) as row:
+                        keeps.append(gr.Button("Keep", size="sm", min_width=80, elem_id=f"keep-{k + 1}"))
+                        seeds.append(
+                            gr.Button("Use this seed", size="sm", min_width=80, elem_id=f"use-seed-{k + 1}")
+                        )
+                cards.append(card)
+                actions.append(row)
+        downloads = gr.File(
+            label="Audio downloads (FLAC and WAV)",
+            file_count="multiple",
+            interactive=False,
+            elem_id="downloads",
+        )
+        info = gr.Textbox(label="Info", interactive=False, lines=2, elem_id="info")
+        history = gr.Dropdown(
+            choices=[],
+            value=None,
+            label="Earlier results (this session)",
+            interactive=True,
+            elem_id="history",
+        )
     with gr.Accordion("Kept (this session)", open=True, elem_id="kept"):
         kept_list = gr.Markdown(kept_text([]), elem_id="kept-list")
         kept_files = gr.File(
             label="Kept files", file_count="multiple", interactive=False, visible=False, elem_id="kept-files"
         )
     return ResultsUI(
-        cards, videos, audios, actions, keeps, seeds, downloads, info, history, kept_list, kept_files,
+        area, cards, videos, audios, actions, keeps, seeds, downloads, info, history, kept_list, kept_files,
         current=gr.State(None), past=gr.State([]), kept=gr.State([]),
     )  # fmt: skip
 
@@ -263,10 +286,13 @@ def wire_results(ui: ResultsUI, run: Any, *, seed: gr.Number, num_samples: gr.Sl
 
 
 def example_shown(seed: int) -> tuple[Any, ...]:
-    """An example's cached result takes the first card; no Keep for it: it is no run of this session."""
+    """An example's cached result takes the first card; no Keep for it: it is no run of this session.
+
+    Returns the result on show (none), the cards' area (shown) and `ResultsUI.players`' updates.
+    """
     label = f"Example · seed {seed}"
     cards = [gr.update(visible=k == 0) for k in range(MAX_CANDIDATES)]
     videos = [gr.update(label=label, visible=True) if k == 0 else gr.update() for k in range(MAX_CANDIDATES)]
     audios = [gr.update(label=label) if k == 0 else gr.update() for k in range(MAX_CANDIDATES)]
     actions = [gr.update(visible=False)] * MAX_CANDIDATES
-    return (None, *cards, *videos, *audios, *actions)
+    return (None, gr.update(visible=True), *cards, *videos, *audios, *actions)

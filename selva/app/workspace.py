@@ -75,39 +75,28 @@ def sound_rows(prompt: gr.Textbox, negative: gr.Textbox) -> dict[str, Any]:
 def result_area() -> dict[str, Any]:
     """The project's result: the mixed video, then per sound its takes, "Use this take" and "Re-roll".
 
-    Element ids: `workspace-result`, `mix-video`, `mix-info`, `project-file`, `project-upload`,
-    `sound-result-K`, `sound-label-K`, `take-K-T`, `use-take-K-T`, `reroll-K` (K, T from 1).
+    Element ids: `workspace-result`, `mix-video`, `mix-info`, `bundle`, `project-file`, `project-upload`,
+    `sound-result-K`, `sound-label-K`, `reroll-K` and `take_card`'s (K, T from 1).
     """
-    ui: dict[str, Any] = {"sections": [], "labels": [], "takes": [], "use": [], "reroll": []}
+    ui: dict[str, Any] = {"sections": [], "labels": [], "reroll": []}
+    ui.update({part: [] for part in (*TAKE_CARD_PARTS, *TAKE_CARD_ACTIONS)})
     with gr.Column(visible=False, elem_id="workspace-result") as area:
         ui["mix_video"] = gr.Video(label="Mix", interactive=False, height=260, elem_id="mix-video")
         ui["info"] = gr.Textbox(label="Mix info", interactive=False, lines=2, elem_id="mix-info")
+        ui["bundle"] = gr.File(
+            label="Everything in one zip: the mix, the multi-track mp4, each sound's take, the project",
+            interactive=False,
+            elem_id="bundle",
+        )
         for k in range(MAX_SOUNDS):
             with gr.Column(visible=False, elem_id=f"sound-result-{k + 1}") as section:
                 ui["labels"].append(gr.Markdown(f"**Sound {k + 1}**", elem_id=f"sound-label-{k + 1}"))
-                takes, use = [], []
+                cards = []
                 with gr.Row(equal_height=False):
                     for t in range(MAX_CANDIDATES):
-                        with gr.Column(min_width=160):
-                            takes.append(
-                                gr.Audio(
-                                    label=f"Take {t + 1}",
-                                    type="filepath",
-                                    interactive=False,
-                                    visible=False,
-                                    elem_id=f"take-{k + 1}-{t + 1}",
-                                )
-                            )
-                            use.append(
-                                gr.Button(
-                                    "Use this take",
-                                    size="sm",
-                                    visible=False,
-                                    elem_id=f"use-take-{k + 1}-{t + 1}",
-                                )
-                            )
-                ui["takes"].append(takes)
-                ui["use"].append(use)
+                        cards.append(take_card(k, t))
+                for part in (*TAKE_CARD_PARTS, *TAKE_CARD_ACTIONS):
+                    ui[part].append([card[part] for card in cards])
                 ui["reroll"].append(gr.Button("Re-roll this sound", size="sm", elem_id=f"reroll-{k + 1}"))
             ui["sections"].append(section)
     ui["area"] = area
@@ -121,14 +110,39 @@ def result_area() -> dict[str, Any]:
     return ui
 
 
+# A take card's widgets, in the order `workspace_handlers.take_card_values` gives their values.
+TAKE_CARD_PARTS = ("cards", "takes", "use")
+TAKE_CARD_ACTIONS = ("keep", "use_seed")  # a card's buttons whose events need no update from `show`
+
+
+def take_card(k: int, t: int) -> dict[str, Any]:
+    """Sound k's take slot t: its player (the seed in its label), "Use this take", Keep, Use this seed.
+
+    Element ids: `take-card-K-T`, `take-K-T`, `use-take-K-T`, `keep-take-K-T`, `use-seed-K-T`.
+    Hidden until `show` fills it; every take's look is decided here and in `take_card_values`.
+    """
+    card: dict[str, Any] = {}
+    with gr.Column(min_width=160, visible=False, elem_id=f"take-card-{k + 1}-{t + 1}") as column:
+        card["cards"] = column
+        card["takes"] = gr.Audio(
+            label=f"Take {t + 1}", type="filepath", interactive=False, elem_id=f"take-{k + 1}-{t + 1}"
+        )
+        card["use"] = gr.Button("Use this take", size="sm", elem_id=f"use-take-{k + 1}-{t + 1}")
+        with gr.Row():
+            card["keep"] = gr.Button("Keep", size="sm", min_width=60, elem_id=f"keep-take-{k + 1}-{t + 1}")
+            card["use_seed"] = gr.Button(
+                "Use this seed", size="sm", min_width=60, elem_id=f"use-seed-{k + 1}-{t + 1}"
+            )
+    return card
+
+
 def area_outputs(ui: dict[str, Any]) -> list[Any]:
     """What `show` updates, in its order."""
-    per_sound = [
-        x
-        for k in range(MAX_SOUNDS)
-        for x in (ui["sections"][k], ui["labels"][k], *ui["takes"][k], *ui["use"][k])
-    ]
-    return [ui["current"], ui["area"], ui["mix_video"], ui["info"], ui["download"], *per_sound]
+    per_sound = []
+    for k in range(MAX_SOUNDS):
+        per_sound += [ui["sections"][k], ui["labels"][k]]
+        per_sound += [ui[part][k][t] for t in range(MAX_CANDIDATES) for part in TAKE_CARD_PARTS]
+    return [ui["current"], ui["area"], ui["mix_video"], ui["info"], ui["download"], *per_sound, ui["bundle"]]
 
 
 def row_inputs(rows: dict[str, Any]) -> list[Any]:
@@ -156,14 +170,15 @@ def wire_workspace(
     original: gr.Slider,
     num_samples: gr.Slider,
     current_result: gr.State,
-    cards: list[Any],
+    kept: list[Any],
     finish: Callable[[Any], None] | None = None,
 ) -> None:
     """The workspace's events.
 
     `checked` is the page's Source check before a Generate; `single` the `/generate` event (one
-    sound); `settings` are steps, CFG, seed, duration, start, variant and Candidates; `cards` the
-    one-sound result cards; `finish(event)` puts Generate and Cancel back to idle after a run.
+    sound); `settings` are steps, CFG, seed, duration, start, variant and Candidates; `kept` the
+    kept list's state, text and files (a take's Keep); `finish(event)` puts Generate and Cancel
+    back to idle after a run.
     """
     for button, delta in ((rows["add"], 1), (rows["remove"], -1)):
         button.click(
@@ -196,8 +211,6 @@ def wire_workspace(
     )
     if finish is not None:
         finish(many)
-    # One result area: the one-sound cards make way for the project's (`/generate` shows them again).
-    many.success(lambda: [gr.update(visible=False)] * len(cards), None, cards, **PAGE_EVENT)
     mix_values = [*mix_inputs(rows), original]
     single.success(ws.adopt, [current_result, *mix_values], outputs, **PAGE_EVENT_TOASTS)
     rerolls = [
@@ -222,6 +235,18 @@ def wire_workspace(
                 lambda cur, *v, k=k, t=t: ws.use_take(k, t, cur, *v),
                 [area["current"], *mix_values],
                 outputs,
+                **PAGE_EVENT_TOASTS,
+            )
+            area["keep"][k][t].click(
+                lambda cur, kept_, k=k, t=t: ws.keep_take(k, t, cur, kept_),
+                [area["current"], kept[0]],
+                kept,
+                **PAGE_EVENT_TOASTS,
+            )
+            area["use_seed"][k][t].click(
+                lambda cur, k=k, t=t: ws.take_seed(k, t, cur),
+                area["current"],
+                [settings[2], num_samples],
                 **PAGE_EVENT_TOASTS,
             )
     restore_outputs = [

@@ -9,7 +9,7 @@ The layout and the events are `selva.app.workspace`'s.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +17,17 @@ import gradio as gr
 
 from selva import spec
 from selva.app.handlers import REQUEST_CANCEL, Studio, session_of, upload_dirs, user_errors
+from selva.app.results import Take, add_kept, seed_alone
 from selva.project import MAX_SOUNDS, Mix, Project, Sound
 from selva.project_files import ProjectResult, deliver_project
 from selva.serving import MAX_CANDIDATES, GenerationResult, parse_request
 from selva.spec import InputError
 
 MIX_FIELDS = ("gain", "pan", "mute", "solo")
-# How many values `show` gives: the state, the area, the mix video, the info, the project file, and
-# per sound its section, its label, and a player and a "Use this take" button per take slot.
-SHOWN = 5 + MAX_SOUNDS * (2 + 2 * MAX_CANDIDATES)
+TAKE_CARD = 3  # values `take_card_values` gives per take slot: its card, its player, "Use this take"
+# How many values `show` gives: the state, the area, the mix video, the info, the project file,
+# per sound its section, its label, and a take card's values per take slot; then the bundle.
+SHOWN = 5 + MAX_SOUNDS * (2 + TAKE_CARD * MAX_CANDIDATES) + 1
 
 
 @dataclass(frozen=True)
@@ -34,32 +36,65 @@ class Current:
 
     project: Project
     sample_rate: int
+    players: dict[tuple[int, int], str] = field(default_factory=dict)  # (sound, take) -> its FLAC
 
 
 def show(result: ProjectResult, sample_rate: int) -> list[Any]:
-    """`area_outputs`' values for a delivered project: the state, the mix, and every sound's takes."""
+    """`area_outputs`' values for a delivered project: the state, the mix, every sound's takes, the bundle."""
     project = result.project
-    values: list[Any] = [Current(project, sample_rate), gr.update(visible=True), result.mix_video]
+    current = Current(project, sample_rate, dict(result.take_players))
+    mix_video = gr.update(value=result.mix_video, visible=result.mix_video is not None)  # none: prompt only
+    values: list[Any] = [current, gr.update(visible=True), mix_video]
     values += [result.info, result.project_file]
     for k in range(MAX_SOUNDS):
         sound = project.sounds[k] if k < len(project.sounds) else None
         values.append(gr.update(visible=sound is not None))
         values.append(f"**Sound {k + 1}: {sound.prompt}**" if sound is not None else "")
-        # The latest takes, the chosen one among them: at most MAX_CANDIDATES players per sound.
+        # The latest takes, the chosen one among them: at most MAX_CANDIDATES cards per sound.
         shown = _shown_takes(sound) if sound is not None else []
-        players, buttons = [], []
         for slot in range(MAX_CANDIDATES):
-            if slot >= len(shown):
-                players.append(gr.update(value=None, visible=False))
-                buttons.append(gr.update(visible=False))
-                continue
-            t = shown[slot]
-            chosen = t == sound.chosen
-            label = f"Take {t + 1} · seed {sound.takes[t].seed}" + (" (in the mix)" if chosen else "")
-            players.append(gr.update(value=result.take_players[(k, t)], label=label, visible=True))
-            buttons.append(gr.update(visible=not chosen))
-        values += [*players, *buttons]
-    return values
+            take = shown[slot] if slot < len(shown) else None
+            values += take_card_values(current, k, take)
+    return [*values, bundle_of(result, sample_rate)]
+
+
+def bundle_of(result: ProjectResult, sample_rate: int) -> str:
+    """The result's download bundle (`selva.bundle`), written into the result's own folder."""
+    from selva.bundle import BUNDLE_SUFFIX, project_tag, write_bundle
+
+    project = result.project
+    path = Path(result.project_file).parent / f"{project_tag(project)}{BUNDLE_SUFFIX}"
+    written = write_bundle(
+        path, project, sample_rate, project_file=result.project_file,
+        mix_video=result.mix_video, tracks_video=result.tracks_video,
+    )  # fmt: skip
+    return str(written)
+
+
+def take_card_values(current: Current, k: int, t: int | None) -> list[Any]:
+    """A take card's values (`workspace.take_card`): sound `k`'s take `t` (None: the card hidden).
+
+    Every take's look is decided here: its label (take, seed, whether it is in the mix) and
+    which actions it offers; a later line (a score) goes here too.
+    """
+    if t is None:
+        return [gr.update(visible=False), gr.update(value=None), gr.update(visible=False)]
+    sound = current.project.sounds[k]
+    chosen = t == sound.chosen
+    label = f"Take {t + 1} · seed {sound.takes[t].seed}" + (" (in the mix)" if chosen else "")
+    player = gr.update(value=current.players.get((k, t)), label=label)
+    return [gr.update(visible=True), player, gr.update(visible=not chosen)]
+
+
+def _take_in_slot(current: Current | None, k: int, slot: int) -> tuple[Sound, Any, str] | None:
+    """The sound, take and FLAC that card `slot` of sound `k` shows (None: the card shows none)."""
+    if current is None or k >= len(current.project.sounds):
+        return None
+    sound = current.project.sounds[k]
+    shown = _shown_takes(sound)
+    if slot >= len(shown) or (k, shown[slot]) not in current.players:
+        return None
+    return sound, sound.takes[shown[slot]], current.players[(k, shown[slot])]
 
 
 def _shown_takes(sound: Sound) -> list[int]:
@@ -188,12 +223,37 @@ class Workspace:
         project = current.project.with_sound(k, replace(sound, chosen=shown[t]))
         return self.remix(Current(project, current.sample_rate), *values)
 
+    def keep_take(
+        self, k: int, slot: int, current: Current | None, kept: list[Take] | None
+    ) -> tuple[Any, ...]:
+        """Sound `k`'s take in card `slot` into this session's kept list (its FLAC, the prompt and seed)."""
+        found = _take_in_slot(current, k, slot)
+        if found is None:
+            gr.Warning("Nothing to keep here yet: generate first.")
+            return list(kept or []), gr.update(), gr.update()
+        sound, take, path = found
+        where = f"of {Path(current.project.video).name}" if current.project.video else "from the prompt alone"
+        label = f"{sound.prompt} · seed {take.seed} · {current.project.duration or 0:.2f} s {where}"
+        return add_kept(kept, Take(label, take.seed, (path,)))
+
+    def take_seed(self, k: int, slot: int, current: Current | None) -> tuple[Any, Any]:
+        """Sound `k`'s take in card `slot`: its seed and one candidate, for the Seed and Candidates fields."""
+        found = _take_in_slot(current, k, slot)
+        if found is None:
+            return gr.update(), gr.update()
+        return seed_alone(found[1].seed)
+
     def adopt(self, result: GenerationResult | None, *values: Any) -> list[Any]:
-        """After the one-sound `/generate`: its project (its candidates as sound 1's takes) on show."""
+        """After the one-sound `/generate`: its project (its candidates as sound 1's takes) on show.
+
+        The info line is the run's own (model, device, stage times), not the re-mix's.
+        """
         if result is None or result.project is None:
             return [gr.update()] * SHOWN
         project = result.project
-        return self.remix(Current(project, self._sample_rate(project)), *values)
+        shown = self.remix(Current(project, self._sample_rate(project)), *values)
+        shown[3] = result.info
+        return shown
 
     # The project file ---------------------------------------------------------------------------------
 
