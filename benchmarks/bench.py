@@ -236,9 +236,12 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         warmups = args.warmup if args.warmup is not None else 1
         # On the CPU a short warm-up primes the same kernels at a fraction of the cost: every step is alike.
         warm_steps = args.steps if cuda or args.compile else min(args.steps, 2)
+        warmup_s = []  # each warm-up's wall time: with --compile the first is the compile (cold or cached)
         for i in range(warmups):
             log(f"warm-up {i + 1}/{warmups} ({warm_steps} steps)")
+            begun = time.perf_counter()
             generate(WARMUP_PROMPT, 1000 + i, warm_steps)
+            warmup_s.append(time.perf_counter() - begun)
         pipe.clear_caches()
 
         # 4. First run (nothing cached), then a re-roll (same video and prompt, new seed).
@@ -274,6 +277,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "steps": args.steps,
         "compile": args.compile,
         "warmup_runs": warmups,
+        "warmup_s": warmup_s,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "clip": {

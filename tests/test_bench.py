@@ -497,3 +497,36 @@ def test_vs_reference_synchformer_is_the_video_encoders_motionformer(reference_s
         video_enc = TextSynch(network_config(get_variant("small_16k"), "text_synch")).state_dict()
     state = reference_side.synchformer_state(video_enc)
     assert {k: tuple(v.shape) for k, v in state.items()} == real
+
+
+def test_gpu_session_dry_run_plans_cold_then_warm_per_variant(benchmarks_importable, tmp_path, capsys):
+    session = importlib.import_module("benchmarks.gpu_session")
+    out = tmp_path / "session.jsonl"
+    common = ["--dry-run", "--device", "cpu", "--work-dir", str(tmp_path / "w"), "--json-out", str(out)]
+    assert session.main([*common, "--variants", "tiny_16k,tiny_44k"]) == 0
+    printed = capsys.readouterr().out
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["step"] for r in rows] == ["tiny_16k cold", "tiny_16k warm", "tiny_44k cold", "tiny_44k warm"]
+    # cold and warm share one compile cache per variant; the variants do not share one
+    assert rows[0]["env"] == rows[1]["env"] != rows[2]["env"]
+    assert "vs reference: skipped" in printed and "| tiny_16k warm | dry run |" in printed
+    steps = session.plan(session.parse_args(["--device", "cpu", "--variants", "tiny_16k"]))
+    assert (
+        "--compile" in steps[0].command and steps[0].command[steps[0].command.index("--device") + 1] == "cpu"
+    )
+    # with a reference checkout, the side by side on CUDA comes last
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    (ref / "demo.py").write_text("")
+    last = session.plan(session.parse_args(["--variants", "tiny_16k", "--reference-dir", str(ref)]))[-1]
+    assert last.kind == "reference" and last.command[last.command.index("--device") + 1] == "cuda"
+
+
+def test_gpu_session_table_judges_the_issue_targets(benchmarks_importable):
+    session = importlib.import_module("benchmarks.gpu_session")
+    row = {"step": "small_16k warm", "outcome": "ok", "variant": "small_16k", "load_s": 9.5,
+           "warmup_s": [8.0, 0.3], "first": {"e2e": 0.3}, "reroll": {"e2e": 0.09}}  # fmt: skip
+    line = session.summary([row]).splitlines()[-1]
+    assert "| 9.500 | 8.000 | 17.500 | 0.300 | 0.090 |" in line
+    assert "e2e missed (0.25 s), re-roll met (0.1 s), warm start met (20 s)" in line
+    assert session.parse_result('noise\nBENCH_JSON {"load_s": 1.0}\n') == {"load_s": 1.0}

@@ -4,7 +4,8 @@
                   [--precision P] [--offload O] [--weights-dir DIR] [--max-duration SEC] [--mcp]
 
 (`selva-app` is the same command once the package is installed.) On Hugging Face ZeroGPU the
-model call is wrapped with `spaces.GPU` (`selva.app.handlers`).
+model call is wrapped with `spaces.GPU` (`selva.app.handlers`), and `--compile` compiles the
+generator ahead of time with the platform's helpers (`selva.zerogpu`) instead of `torch.compile`.
 """
 
 from __future__ import annotations
@@ -87,7 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    slot = PipelineSlot(args.variant, **model_options(args))
+    from selva import zerogpu  # torch comes with it: imported once the app runs, not with the module
+
+    compiling = zerogpu.compile_mode(args.compile)  # "aot" on ZeroGPU, "jit" elsewhere, or "eager"
+    slot = PipelineSlot(args.variant, **{**model_options(args), "compile": compiling == "jit"})
     try:  # a bad option stops the app before it serves; weights are the page's to report
         from selva.variants import known_variants
 
@@ -101,7 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The page comes up at once and shows the download and load (or why they failed);
         # requests wait for the slot's lock meanwhile.
         print(f"Loading {args.variant} in the background (downloads the weights on first run)...", flush=True)
-        loader = slot.load_in_background(args.variant)
+        if compiling == "aot":
+            loader = zerogpu.load_and_compile_in_background(slot, args.variant)
+        else:
+            loader = slot.load_in_background(args.variant)
     demo = build_demo(slot)
     demo.loader = loader  # for tests: the loading thread, or None
     demo.launch(
