@@ -112,3 +112,25 @@ def test_rerolling_sound_2_adds_its_takes_and_muting_remixes(page, two_sounds):
     page.locator("#sound-mute-1 input").check()
     info = mix_info(page, "re-mixed")
     assert "1. 'dog barking' seed 7" in info  # sound 1's take stays the one on show
+
+
+def test_history_survives_a_reload_and_restore_puts_prompts_and_seed_back(page, two_sounds):
+    # The re-roll's entry is listed (stored in the browser) before the reload.
+    page.wait_for_function(
+        "() => /car engine \\(seed (?!8\\))/.test(document.querySelector('#history-list input')?.value || '')"
+    )
+    page.reload()
+    page.wait_for_selector("#generate")
+    assert page.locator("#workspace-result").is_hidden()  # a new session: nothing on show
+    listed = page.locator("#history-list input")
+    page.wait_for_function(
+        "() => (document.querySelector('#history-list input')?.value || '').includes('dog barking (seed 7)')"
+    )
+    assert "car engine (seed " in listed.input_value() and "street.mp4" in listed.input_value()
+    assert page.locator("#prompt textarea").input_value() == ""
+    page.locator("#history-restore").click()
+    page.wait_for_function("() => document.querySelector('#prompt textarea').value === 'dog barking'")
+    assert page.locator("#sound-prompt-2 textarea").input_value() == "car engine"
+    open_settings(page)
+    assert page.locator("#seed input").input_value() == "7"
+    assert video_duration(page, "#input-video") == pytest.approx(1.0, abs=0.1)  # the server still holds it

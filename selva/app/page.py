@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from selva import spec
+from selva.app import history as history_ui
 from selva.app import results as results_ui
 from selva.app import running
 from selva.app import stems as stems_ui
@@ -213,6 +214,7 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
                     )
             with gr.Column(scale=1, min_width=320):
                 area = workspace_ui.result_area()
+                history = history_ui.history_panel()
                 results = results_ui.results_column()
         stems_widgets = stems_ui.stems_accordion()  # hidden: the `/stems` API's inputs and outputs
         remembered = gr.State({})  # what the other Source had: its upload and its Duration
@@ -264,11 +266,15 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
         # Refresh the status after a run: the first one loads the model.
         event.then(studio.describe, variant, status, **private)
 
-        workspace_ui.wire_workspace(
+        restore_outputs = workspace_ui.wire_workspace(
             Workspace(studio), sounds, area, checked=checked, single=event, stop=stop, video=video,
             settings=[steps, cfg, seed, duration, start, variant, num_samples], original=original_level,
             num_samples=num_samples, current_result=results.current, finish=end_of_run,
             kept=[results.kept, results.kept_list, results.kept_files],
+        )  # fmt: skip
+        history_ui.wire_history(
+            demo, history, area["current"], restore_outputs, video,
+            roots=[Path(gr.utils.get_upload_folder()), EXAMPLES_DIR],  # where this server keeps clips
         )  # fmt: skip
         stems_ui.wire_stems(
             stems_widgets,
