@@ -2,12 +2,10 @@
 
 Needs `apt-get install -y chromium` and `pip install playwright`; never run
 `playwright install` (we use the system chromium). Screenshots go to the test's
-tmp folder; docs/ui.png (the README's) is written when missing, or refreshed
-with SELVA_UPDATE_SCREENSHOT=1.
+tmp folder; the README's pictures are `python -m benchmarks.screenshots`'s.
 """
 
 import io
-import os
 import shutil
 from pathlib import Path
 
@@ -21,8 +19,7 @@ from selva.app.page import EXAMPLES_DIR
 
 pytestmark = pytest.mark.browser
 
-README_SHOT = Path(__file__).resolve().parents[1] / "docs" / "ui.png"
-SHOT_LIMIT = 300_000  # bytes: the README image is committed
+SHOT_LIMIT = 300_000  # bytes: a whole page's picture stays small
 
 
 @pytest.fixture(scope="module")
@@ -99,9 +96,6 @@ def test_upload_prompt_generate_and_download(page, tmp_path):
     shot = tmp_path / "ui.png"
     page.screenshot(path=str(shot), full_page=True)
     assert 0 < shot.stat().st_size < SHOT_LIMIT
-    if not README_SHOT.exists() or os.environ.get("SELVA_UPDATE_SCREENSHOT") == "1":
-        README_SHOT.parent.mkdir(exist_ok=True)
-        shutil.copy(shot, README_SHOT)
 
 
 def test_a_file_that_is_no_video_is_refused_at_upload_with_a_titled_whole_message(page, tmp_path):

@@ -14,16 +14,23 @@ from media_factory import make_video
 pytestmark = pytest.mark.browser
 
 DESKTOP = {"width": 1366, "height": 900}
+PHONE = {"width": 390, "height": 844}
 
 
 @pytest.fixture(scope="module")
-def page(app_server):
+def browser():
     with chromium() as browser:
-        page = browser.new_page(viewport=DESKTOP)
-        page.set_default_timeout(TIMEOUT_MS)
-        page.goto(app_server.url)
-        page.wait_for_selector("#generate")
-        yield page
+        yield browser
+
+
+@pytest.fixture(scope="module")
+def page(browser, app_server):
+    page = browser.new_page(viewport=DESKTOP)
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(app_server.url)
+    page.wait_for_selector("#generate")
+    yield page
+    page.close()
 
 
 def set_number(page, selector: str, value: float) -> None:
@@ -62,10 +69,7 @@ def waveform_width(page, selector: str) -> float:
 
 
 def test_video_first_prompt_and_generate_lie_in_the_first_viewport(page):
-    for selector in ("#input-video", "#prompt", "#generate"):
-        box = page.locator(selector).bounding_box()
-        assert box is not None and box["y"] >= 0, selector
-        assert box["y"] + box["height"] <= DESKTOP["height"], f"{selector} ends at {box['y'] + box['height']}"
+    in_first_viewport(page, ("#input-video", "#prompt", "#generate"), DESKTOP["height"])
     assert page.locator("#stems").is_hidden()  # no second editor on the page
     assert page.locator("#sound-row-2").is_hidden()  # one sound to start
     assert page.locator("#seed input").is_hidden()  # Settings start collapsed
@@ -112,3 +116,63 @@ def test_rerolling_sound_2_adds_its_takes_and_muting_remixes(page, two_sounds):
     page.locator("#sound-mute-1 input").check()
     info = mix_info(page, "re-mixed")
     assert "1. 'dog barking' seed 7" in info  # sound 1's take stays the one on show
+
+
+def test_history_survives_a_reload_and_restore_puts_prompts_and_seed_back(page, two_sounds):
+    # The re-roll's entry is listed (stored in the browser) before the reload.
+    page.wait_for_function(
+        "() => /car engine \\(seed (?!8\\))/.test(document.querySelector('#history-list input')?.value || '')"
+    )
+    page.reload()
+    page.wait_for_selector("#generate")
+    assert page.locator("#workspace-result").is_hidden()  # a new session: nothing on show
+    listed = page.locator("#history-list input")
+    page.wait_for_function(
+        "() => (document.querySelector('#history-list input')?.value || '').includes('dog barking (seed 7)')"
+    )
+    assert "car engine (seed " in listed.input_value() and "street.mp4" in listed.input_value()
+    assert page.locator("#prompt textarea").input_value() == ""
+    page.locator("#history-restore").click()
+    page.wait_for_function("() => document.querySelector('#prompt textarea').value === 'dog barking'")
+    assert page.locator("#sound-prompt-2 textarea").input_value() == "car engine"
+    open_settings(page)
+    assert page.locator("#seed input").input_value() == "7"
+    assert video_duration(page, "#input-video") == pytest.approx(1.0, abs=0.1)  # the server still holds it
+
+
+def in_first_viewport(page, selectors, height: int) -> None:
+    for selector in selectors:
+        box = page.locator(selector).bounding_box()
+        assert box is not None and box["y"] >= 0, selector
+        assert box["y"] + box["height"] <= height, f"{selector} ends at {box['y'] + box['height']}"
+
+
+def test_on_a_phone_the_inputs_are_on_the_first_screen_and_a_run_scrolls_to_the_result(
+    browser, app_server, tmp_path
+):
+    context = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True)
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(app_server.url)
+        page.wait_for_selector("#generate")
+        in_first_viewport(page, ("#input-video", "#prompt", "#generate"), PHONE["height"])
+
+        page.locator("#input-video input[type=file]").set_input_files(
+            str(make_video(tmp_path / "c.mp4", seconds=1.0))
+        )
+        page.wait_for_selector("#input-video video")
+        set_number(page, "input[aria-label='number input for Steps']", 2)
+        page.locator("#prompt textarea").fill("dog barking")
+        page.evaluate("() => window.scrollTo(0, 0)")
+        page.locator("#generate").tap()
+        # The result column comes on screen at once, while the run goes on.
+        page.wait_for_function(
+            """() => { const top = document.querySelector('#result-column').getBoundingClientRect().top;
+                       return scrollY > 0 && top >= -2 && top < innerHeight / 2; }"""
+        )
+        mix_info(page, "1.00 s from")
+        box = page.locator("#workspace-result").bounding_box()
+        assert box["y"] < PHONE["height"]  # the result is where the page scrolled to
+    finally:
+        context.close()

@@ -233,3 +233,30 @@ def test_the_bundle_holds_the_mix_the_tracks_each_sounds_take_and_the_project(fi
     assert list(tmp_path.glob("*broken*")) == [] and not any(
         p.name.startswith(".") for p in tmp_path.iterdir()
     )
+
+
+def test_history_keeps_small_settings_and_restores_them(workspace, first, tmp_path):
+    import gradio as gr
+
+    from selva.app import history
+
+    stored, listing = history.remember([], first[0])
+    assert len(stored) == 1 and listing["value"] == 0
+    assert "dog barking (seed 5); car engine (seed 6) · clip.mp4" in stored[0]["label"]
+    assert len(json.dumps(stored)) < 2000  # settings only: no audio, no take files
+    assert all(t["audio"] is None for s in stored[0]["project"]["sounds"] for t in s["takes"])
+    remixed = workspace.remix(first[0], *mix_values(gains=(0.5, 1.0, 1.0, 1.0)))[0]
+    stored, _ = history.remember(stored, remixed)  # the same result re-mixed: its entry is replaced
+    assert len(stored) == 1 and stored[0]["project"]["sounds"][0]["gain"] == 0.5
+
+    clip_root = Path(first[0].project.video).parent
+    values = history.restore(stored, 0, [clip_root])
+    *restored, video = values
+    assert restored[0] == 2 and video["value"] == str(Path(first[0].project.video).resolve())
+    prompts = restored[MAX_SOUNDS + 2 : 2 * MAX_SOUNDS + 2]
+    assert prompts == ["dog barking", "car engine", "", ""]
+    assert restored[-9:-2] == [2, 4.5, 5, pytest.approx(1.0), 0.0, "tiny_16k", 1]  # steps ... Candidates
+    # A path the server does not hold (or one a browser made up) is not put back.
+    assert history.restore(stored, 0, [tmp_path])[-1] == gr.update()
+    with pytest.raises(gr.Error, match="Pick an earlier result"):
+        history.restore(stored, 3, [tmp_path])

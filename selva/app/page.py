@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from selva import spec
+from selva.app import history as history_ui
 from selva.app import results as results_ui
 from selva.app import running
 from selva.app import stems as stems_ui
@@ -50,6 +51,15 @@ EXAMPLES_CSV = EXAMPLES_DIR / "examples.csv"
 QUEUE_SIZE = 32  # requests waiting beyond this are turned away with a "queue full" message
 DELETE_CACHE = (1800, 3600)  # every 30 min, drop served files older than an hour
 PROMPT_ONLY_SECONDS = 8.0  # SelVA's training length: how much sound Prompt only makes unless told
+# On a phone the result column sits under the inputs: a run that starts brings it on screen (on a
+# wide screen it is beside them, and nothing moves).
+SCROLL_TO_RESULT = """() => {
+    const result = document.querySelector('#result-column');
+    const generate = document.querySelector('#generate');
+    if (result && generate && result.getBoundingClientRect().top >= generate.getBoundingClientRect().bottom) {
+        result.scrollIntoView({block: 'start'});
+    }
+}"""
 
 PROMPT_HELP = """\
 **Prompt** – the sound you want, e.g. *dog barking*. It does two jobs: it names the sound, and it
@@ -211,8 +221,9 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
                         step=0.05,
                         info="the video's own sound under the new audio (0 = replace it)",
                     )
-            with gr.Column(scale=1, min_width=320):
+            with gr.Column(scale=1, min_width=320, elem_id="result-column"):
                 area = workspace_ui.result_area()
+                history = history_ui.history_panel()
                 results = results_ui.results_column()
         stems_widgets = stems_ui.stems_accordion()  # hidden: the `/stems` API's inputs and outputs
         remembered = gr.State({})  # what the other Source had: its upload and its Duration
@@ -242,6 +253,7 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
         started, end_of_run = running.wire_running(studio, run, stop, checked)
         # One result area: a run's takes show in the workspace; the cards only hold an example's result.
         started.then(lambda: gr.update(visible=False), None, results.area, **private)
+        started.then(None, None, None, js=SCROLL_TO_RESULT, **private)
         inputs = [video, prompt, negative, steps, cfg, seed, duration, start, variant, num_samples]
         inputs.append(original_level)
         # One sound: the page's `/generate` (its candidates are the sound's takes); several: the workspace.
@@ -264,11 +276,15 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
         # Refresh the status after a run: the first one loads the model.
         event.then(studio.describe, variant, status, **private)
 
-        workspace_ui.wire_workspace(
+        restore_outputs = workspace_ui.wire_workspace(
             Workspace(studio), sounds, area, checked=checked, single=event, stop=stop, video=video,
             settings=[steps, cfg, seed, duration, start, variant, num_samples], original=original_level,
             num_samples=num_samples, current_result=results.current, finish=end_of_run,
             kept=[results.kept, results.kept_list, results.kept_files],
+        )  # fmt: skip
+        history_ui.wire_history(
+            demo, history, area["current"], restore_outputs, video,
+            roots=[Path(gr.utils.get_upload_folder()), EXAMPLES_DIR],  # where this server keeps clips
         )  # fmt: skip
         stems_ui.wire_stems(
             stems_widgets,

@@ -242,6 +242,7 @@ def results_column() -> ResultsUI:
             label="Earlier results (this session)",
             interactive=True,
             elem_id="history",
+            visible=False,  # the page's history is `selva.app.history`'s, which survives a reload
         )
     with gr.Accordion("Kept (this session)", open=True, elem_id="kept"):
         kept_list = gr.Markdown(kept_text([]), elem_id="kept-list")

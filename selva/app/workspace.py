@@ -172,8 +172,8 @@ def wire_workspace(
     current_result: gr.State,
     kept: list[Any],
     finish: Callable[[Any], None] | None = None,
-) -> None:
-    """The workspace's events.
+) -> list[Any]:
+    """The workspace's events; returns what a restore fills (`workspace_handlers.project_values`' order).
 
     `checked` is the page's Source check before a Generate; `single` the `/generate` event (one
     sound); `settings` are steps, CFG, seed, duration, start, variant and Candidates; `kept` the
@@ -260,6 +260,7 @@ def wire_workspace(
         area["restored"],
     ]
     area["upload"].upload(ws.restore, area["upload"], restore_outputs, **PAGE_EVENT_TOASTS)
+    return restore_outputs
 
 
 def _reroll_for(ws: Workspace, k: int) -> Any:

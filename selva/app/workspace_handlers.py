@@ -36,7 +36,9 @@ class Current:
 
     project: Project
     sample_rate: int
-    players: dict[tuple[int, int], str] = field(default_factory=dict)  # (sound, take) -> its FLAC
+    # (sound, take) -> its FLAC. Not hashed: gradio hashes a watched state, and the project says
+    # what changed (a re-mix also changes a gain, a pan or the chosen take).
+    players: dict[tuple[int, int], str] = field(default_factory=dict, hash=False)
 
 
 def show(result: ProjectResult, sample_rate: int) -> list[Any]:
@@ -272,34 +274,7 @@ class Workspace:
             replace(s, takes=tuple(replace(t, audio=_inside(t.audio, root)) for t in s.takes))
             for s in project.sounds
         )
-        project = replace(project, sounds=sounds)
-        count = len(sounds)
-        first = sounds[0].take
-        seed = sounds[0].takes[0].seed if sounds[0].takes else -1
-        candidates = (
-            sum(1 for t in sounds[0].takes if t.batch == sounds[0].takes[0].batch) if sounds[0].takes else 1
-        )
-        values: list[Any] = [count, *[gr.update(visible=k < count) for k in range(1, MAX_SOUNDS)]]
-        values += [gr.update(interactive=count < MAX_SOUNDS), gr.update(interactive=count > 1)]
-        padded = [*sounds, *[None] * (MAX_SOUNDS - count)]
-        values += [s.prompt if s else "" for s in padded]
-        values += [s.negative_prompt if s else "" for s in padded]
-        values += [s.gain if s else spec.STEM_GAIN.default for s in padded]
-        values += [s.pan if s else spec.PAN.default for s in padded]
-        values += [s.mute if s else False for s in padded]
-        values += [s.solo if s else False for s in padded]
-        values += [
-            first.steps if first else gr.update(),
-            first.cfg_strength if first else gr.update(),
-            seed,
-            project.duration or 0.0,
-            project.start,
-            project.variant or gr.update(),
-            candidates,
-            project.mix.original_audio_gain,
-            project,
-        ]
-        return values
+        return project_values(replace(project, sounds=sounds))
 
     def _sample_rate(self, project: Project) -> int:
         pipe = self.studio.slot.pipe
@@ -308,6 +283,40 @@ class Workspace:
         from selva.variants import known_variants
 
         return known_variants()[project.variant or self.studio.slot.default_variant].sample_rate
+
+
+def project_values(project: Project) -> list[Any]:
+    """`project`'s sounds and settings as `restore_outputs`' values: the rows, the settings, and the
+    project itself, waiting for Generate (which renders the takes whose audio is not on this server).
+    """
+    sounds = project.sounds
+    count = len(sounds)
+    first = sounds[0].take
+    seed = sounds[0].takes[0].seed if sounds[0].takes else -1
+    candidates = (
+        sum(1 for t in sounds[0].takes if t.batch == sounds[0].takes[0].batch) if sounds[0].takes else 1
+    )
+    values: list[Any] = [count, *[gr.update(visible=k < count) for k in range(1, MAX_SOUNDS)]]
+    values += [gr.update(interactive=count < MAX_SOUNDS), gr.update(interactive=count > 1)]
+    padded = [*sounds, *[None] * (MAX_SOUNDS - count)]
+    values += [s.prompt if s else "" for s in padded]
+    values += [s.negative_prompt if s else "" for s in padded]
+    values += [s.gain if s else spec.STEM_GAIN.default for s in padded]
+    values += [s.pan if s else spec.PAN.default for s in padded]
+    values += [s.mute if s else False for s in padded]
+    values += [s.solo if s else False for s in padded]
+    values += [
+        first.steps if first else gr.update(),
+        first.cfg_strength if first else gr.update(),
+        seed,
+        project.duration or 0.0,
+        project.start,
+        project.variant or gr.update(),
+        candidates,
+        project.mix.original_audio_gain,
+        project,
+    ]
+    return values
 
 
 # -- the project from the rows, and back -------------------------------------------------------------------
