@@ -7,6 +7,7 @@ tmp folder; the README's pictures are `python -m benchmarks.screenshots`'s.
 
 import io
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -166,7 +167,10 @@ def set_number(page, label: str, value: float) -> None:
     box.press("Enter")
 
 
-def test_progress_shows_the_steps_and_cancel_stops_the_job(page, app_server, tmp_path, caplog):
+def test_progress_shows_the_steps_and_cancel_stops_the_job(page, app_server, tmp_path, caplog, monkeypatch):
+    from selva.progress import ProgressReport
+    from selva.spec import CancelToken
+
     caplog.set_level("INFO", logger="selva.app")
     page.locator("#load-status").wait_for(state="hidden")  # the model is ready: nothing to say
     assert page.locator("#cancel").is_hidden()  # nothing runs: no Cancel
@@ -177,8 +181,24 @@ def test_progress_shows_the_steps_and_cancel_stops_the_job(page, app_server, tmp
     assert mix_duration(page) == pytest.approx(6.0, abs=0.15)  # the result a cancel must keep
     page.locator("#cancel").wait_for(state="hidden")
 
+    # Spies on the real step report and cancel: after reporting its second step the job waits for
+    # the cancel, so however slow the browser's click is, the job cannot finish its steps first.
+    cancelled = threading.Event()
+    report_step, cancel_token = ProgressReport.step, CancelToken.cancel
+
+    def step(self, pipe, index, t, state):
+        report_step(self, pipe, index, t, state)
+        if index >= 1:
+            assert cancelled.wait(TIMEOUT_MS / 1000), "the page's cancel never reached the job"
+
+    def cancel(self):
+        cancel_token(self)
+        cancelled.set()
+
+    monkeypatch.setattr(ProgressReport, "step", step)
+    monkeypatch.setattr(CancelToken, "cancel", cancel)
     set_number(page, "Steps", 100)
-    set_number(page, "Candidates", 4)  # a slow job: four candidates, a hundred steps, 6 s
+    set_number(page, "Candidates", 4)
     page.locator("#generate").click()
     page.locator("#cancel").wait_for(state="visible")
     # Generate says what runs and waits; the percentage is the steps' share.
@@ -194,6 +214,7 @@ def test_progress_shows_the_steps_and_cancel_stops_the_job(page, app_server, tmp
     assert "generation cancelled by the user" in caplog.text  # the pipeline stopped between steps
     assert mix_duration(page) == pytest.approx(6.0, abs=0.15)  # the previous result stays
     assert page.locator("#take-card-1-2").is_hidden()  # its one take, not the cancelled run's
+    monkeypatch.undo()
 
     set_number(page, "Steps", 3)
     set_number(page, "Candidates", 2)
