@@ -210,66 +210,23 @@ def reroll_region(
     them), then the edited take is added to the sound and chosen, its files in `folder`.
     """
     seed = random_seed() if seed is None else seed
-    check_region(
-        project,
-        sound,
-        take,
-        start,
-        end,
-        sample_rate=pipe.sample_rate,
-        hop_length=pipe.variant.hop_length,
-        prompt=prompt,
-        seed=seed,
-    )
-    rendered = render(
-        pipe,
-        project,
-        folder,
-        callback_on_step_end=callback_on_step_end,
-        callback_on_stage=callback_on_stage,
-        cancel=cancel,
-    )
-    project = rendered.project
+    rate, hop = pipe.sample_rate, pipe.variant.hop_length
+    check_region(project, sound, take, start, end, sample_rate=rate, hop_length=hop, prompt=prompt, seed=seed)
+    rendered = render(pipe, project, folder, callback_on_step_end=callback_on_step_end,
+                      callback_on_stage=callback_on_stage, cancel=cancel)  # fmt: skip
+    project = rendered.project  # the span settled
     index = project.sounds[sound].chosen if take is None else take
-    region = widen(
-        start,
-        end,
-        duration=project.duration,
-        sample_rate=pipe.sample_rate,
-        hop_length=pipe.variant.hop_length,
-    )
+    region = widen(start, end, duration=project.duration, sample_rate=rate, hop_length=hop)
     source = project.sounds[sound].takes[index]
-    edited = Take(
-        seed=seed,
-        steps=source.steps,
-        cfg_strength=source.cfg_strength,
-        batch=project.next_batch(),
-        edit=Edit(index, region.start, region.end, prompt),
-    )
+    edited = Take(seed, source.steps, source.cfg_strength, batch=project.next_batch(),
+                  edit=Edit(index, region.start, region.end, prompt))  # fmt: skip
     project = project.with_sound(sound, project.sounds[sound].with_takes([edited]))
     new = len(project.sounds[sound].takes) - 1
     audio, latents = dict(rendered.audio), dict(rendered.latents)
-    project = _make_edit(
-        pipe,
-        project,
-        audio,
-        latents,
-        sound,
-        new,
-        folder,
-        callback_on_step_end=callback_on_step_end,
-        cancel=cancel,
-    )
-    made = mixed(
-        project,
-        audio,
-        rendered.sample_rate,
-        generated=[*rendered.generated, (sound, new)],
-        timings=rendered.timings,
-        windows=rendered.windows,
-        info=rendered.info,
-        latents=latents,
-    )
+    project = _make_edit(pipe, project, audio, latents, sound, new, folder,
+                         callback_on_step_end=callback_on_step_end, cancel=cancel)  # fmt: skip
+    made = mixed(project, audio, rate, generated=[*rendered.generated, (sound, new)], latents=latents,
+                 timings=rendered.timings, windows=rendered.windows, info=rendered.info)  # fmt: skip
     return RegionResult(rendered=made, sound=sound, take=new, seed=seed, region=region)
 
 

@@ -298,6 +298,9 @@ class GenerationService:
         pipe = self.slot.pipe
         assert pipe is not None  # loaded by `render` under the lock
         steps = max((t.steps for s in project.sounds for t in s.takes if t.audio is None), default=1)
+        if region is not None:  # the edited take runs its source take's steps
+            sound = project.sounds[region[0]]
+            steps = max(steps, sound.takes[sound.chosen if region[1] is None else region[1]].steps)
         several = len(project.sounds) > 1
         report = StemsProgress(progress, steps) if several else ProgressReport(progress, steps)
         if region is not None:  # one sound's region: its flow only, after any take the project lacks

@@ -116,6 +116,11 @@ def test_a_reroll_is_reproducible_from_its_seed(pipe, edited, tmp_path):
     other = reroll_region(pipe, project, 0, 0, 0.5, 1.0, seed=8, folder=None)
     assert not np.array_equal(other.audio, first.audio)
     assert np.array_equal(outside(other.audio, other.region), outside(first.audio, first.region))
+    # A prompt for the region alone: other audio there, recorded with the edit.
+    prompted = reroll_region(pipe, project, 0, 0, 0.5, 1.0, seed=7, prompt="heavy rain", folder=None)
+    assert not np.array_equal(prompted.audio, first.audio)
+    assert np.array_equal(outside(prompted.audio, prompted.region), outside(first.audio, first.region))
+    assert prompted.rendered.project.sounds[0].takes[1].edit.prompt == "heavy rain"
 
 
 def test_without_latent_files_the_flow_runs_again_to_the_same_result(pipe, edited, tmp_path):
