@@ -29,6 +29,7 @@ from selva import spec
 from selva.batch import EXIT_OK, OOM_HINT, items_for, items_from_folder, run_items
 from selva.batch_csv import items_from_csv
 from selva.cli_options import (
+    DELIVERY_DEFAULTS,
     add_limit_option,
     check_options,
     duration_arg,
@@ -127,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("outputs"), metavar="DIR", help="default: %(default)s")
     p.add_argument("--format", choices=["flac", "wav"], default="flac", help="default: flac")
     add_score_options(p, best_of=False)
-    _delivery_options(p, default="the project's")
+    _delivery_options(p, new_project=False)
     _model_options(p, variant_default=None)
 
     about = (
@@ -228,17 +229,21 @@ def _generation_options(p: argparse.ArgumentParser) -> None:
     add_limit_option(g, "--keep-original-audio", spec.ORIGINAL_AUDIO_GAIN, "GAIN", what, default=False)
     g.add_argument("--format", choices=["flac", "wav"], default="flac", help="default: flac")
     add_score_options(p, best_of=p.prog.endswith("generate"))
-    _delivery_options(p, default="model")
+    _delivery_options(p, new_project=True)
     _model_options(p, variant_default=DEFAULT_VARIANT)
 
 
-def _delivery_options(p: argparse.ArgumentParser, *, default: str) -> None:
-    # Not given: None, so `selva render` keeps the project's settings; a new project's are "model", "off".
+def _delivery_options(p: argparse.ArgumentParser, *, new_project: bool) -> None:
+    # A new project (generate, batch) is delivered at the spec's rate and loudness by default; for
+    # `selva render` an option not given is None, so the project's own settings stay.
+    rate, loudness = DELIVERY_DEFAULTS if new_project else (None, None)
+    default = rate if new_project else "the project's"
     g = p.add_argument_group("delivery")
     rates = ",".join(str(r) for r in spec.OUTPUT_RATES)
     g.add_argument(
         "--sample-rate",
         type=sample_rate_arg,
+        default=rate,
         metavar=f"{{{rates}}}",
         help=f"rate of every file written: 48000 for video editors, or the model's own (default: {default})",
     )
@@ -248,9 +253,10 @@ def _delivery_options(p: argparse.ArgumentParser, *, default: str) -> None:
     g.add_argument(
         "--loudness",
         type=loudness_arg,
+        default=loudness,
         metavar=f"{{{targets}}}",
         help=f"integrated loudness of the mix in LUFS (-23 EBU R128, -16, -14 streaming), true peak under "
-        f"{ceiling:g} dBTP; off: peak-normalised (default: {'off' if default == 'model' else default})",
+        f"{ceiling:g} dBTP; off: peak-normalised (default: {default if loudness is None else loudness})",
     )
 
 

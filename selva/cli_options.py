@@ -101,8 +101,17 @@ def loudness_arg(text: str) -> float | str:
     return spec.LOUDNESS_OFF if target is None else target
 
 
+# A new project's delivery on the command line (generate, batch), as the flags spell it: the spec's
+# output rate (48 kHz: what video editors expect; "--sample-rate model" keeps the model's) and target.
+DELIVERY_DEFAULTS: tuple[int | str, float | str] = (
+    spec.DEFAULT_OUTPUT_RATE,
+    spec.LOUDNESS_OFF if spec.DEFAULT_LOUDNESS_TARGET is None else spec.DEFAULT_LOUDNESS_TARGET,
+)
+
+
 def delivery_settings(mix: Mix, args: argparse.Namespace) -> Mix:
-    """`mix` with the --sample-rate and --loudness given (None: not given, the mix's own stays)."""
+    """`mix` with the --sample-rate and --loudness values (None: `selva render` was given none, the mix's own
+    stays; generate and batch default to `DELIVERY_DEFAULTS`)."""
     changes: dict[str, object] = {}
     rate, loudness = getattr(args, "sample_rate", None), getattr(args, "loudness", None)
     if rate is not None:

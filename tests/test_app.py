@@ -235,7 +235,7 @@ def test_generate_returns_muxed_videos_audio_files_and_an_info_line(studio, clip
     assert sorted(Path(f).suffix for f in files) == [".flac", ".flac", ".wav", ".wav"]
     for path in files:
         audio, rate = decoded(path)
-        assert rate == 16000 and audio.shape[-1] == pytest.approx(32000, abs=1100)
+        assert rate == 48000 and audio.shape[-1] == pytest.approx(96000, abs=3300)  # delivered at 48 kHz
 
     assert isinstance(result, GenerationResult) and result.seed == 7  # kept in the page, not sent to the API
     for part in ("seed 7", "2.00 s from 0.00 s", "2 candidates", "tiny_16k on cpu (fp32)", "flow", "total"):
@@ -277,7 +277,7 @@ def test_prompt_only_makes_audio_players_and_no_video(studio):
     assert sorted(Path(f).suffix for f in files) == [".flac", ".flac", ".wav", ".wav"]
     for path in files:
         audio, rate = decoded(path)
-        assert audio.shape[-1] == 40000 and rate == 16000  # exactly 2.5 s
+        assert audio.shape[-1] == 120000 and rate == 48000  # exactly 2.5 s, delivered at 48 kHz
     assert "2.50 s from the prompt alone" in info and "seed 3" in info
     assert result.source is None
     assert result.label == "rain on a tin roof · seed 3 · 2.50 s from the prompt alone · 2 candidates"

@@ -514,7 +514,7 @@ def test_generate_writes_audio_and_video(tiny_hub, clips, tmp_path, capsys):
     code, out, err = run(capsys, "generate", *videos, *prompts, "--seed", "3", "--out", tmp_path, *FAST)
     assert code == 0, err
     rate, seconds = audio_info(tmp_path / "dog.flac")
-    assert rate == 16_000 and seconds == pytest.approx(1.0, abs=0.05)
+    assert rate == 48_000 and seconds == pytest.approx(1.0, abs=0.05)  # delivered at 48 kHz by default
     assert stream_kinds(tmp_path / "dog.mp4") == ["audio", "video"]
     counts = summary_counts(out)
     assert (counts["done"], counts["skipped"], counts["failed"]) == ("2", "0", "0")
@@ -596,7 +596,7 @@ def test_batch_over_a_folder_with_one_prompt(tiny_hub, clips, tmp_path, capsys):
     assert (counts["done"], counts["skipped"], counts["failed"]) == ("2", "0", "0")
     assert float(counts["s/clip"]) > 0
     assert sorted(p.name for p in out_dir.iterdir()) == ["Cat.flac", "Cat.mp4", "dog.flac", "dog.mp4"]
-    assert audio_info(out_dir / "Cat.flac")[0] == 16_000
+    assert audio_info(out_dir / "Cat.flac")[0] == 48_000
     assert stream_kinds(out_dir / "dog.mp4") == ["audio", "video"]
     assert err.count("seed 5") == 2
 
@@ -665,7 +665,7 @@ def test_batch_mixes_one_prompt_and_stems_rows_and_resumes(tiny_hub, clips, tmp_
     ]  # fmt: skip
     assert track_titles(out_dir / "dog-rain_tracks.mp4") == ["mix", "rain", "thunder", "wind", "original"]
     assert stream_kinds(out_dir / "dog-rain_mix.mp4") == ["audio", "video"]
-    assert audio_info(out_dir / "dog-rain_2-thunder.flac") == (16_000, pytest.approx(0.64, abs=0.01))
+    assert audio_info(out_dir / "dog-rain_2-thunder.flac") == (48_000, pytest.approx(0.64, abs=0.01))
     assert "seed 4 gain 1.5" in err and "2. 'car engine' seed 5 gain 0.5" in err and "seed 2" in err
 
     # Stem k is drawn with seed + k: stem 2 of line 2 is `selva generate` of its prompt and negative

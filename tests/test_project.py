@@ -221,13 +221,15 @@ def test_one_project_gives_the_same_audio_through_the_service_and_the_command_li
         np.testing.assert_array_equal(read_take(take.audio), wave)
     assert (tmp_path / "r" / "cli_mix.flac").is_file() and (tmp_path / "r" / "cli_mix.mp4").is_file()
 
-    # A batch CSV row with the same settings writes the same two takes (as WAV: 16-bit samples).
+    # A batch CSV row with the same settings writes the same two takes (as WAV at the model's rate:
+    # 16-bit samples of the takes themselves, not resampled).
     import av
 
     rows = tmp_path / "list.csv"
     rows.write_text(f"video,prompt,negative,seed\n{clip},dog barking,wind,7\n")
     out = str(tmp_path / "b")
     batch = ["batch", str(rows), "--steps", "2", "--samples", "2", "--format", "wav", "--out", out]
+    batch += ["--sample-rate", "model"]
     assert main([*batch, *common]) == 0
     for k, wave in enumerate(expected, 1):
         with av.open(str(tmp_path / "b" / f"clip_{k}.wav")) as f:

@@ -73,12 +73,22 @@ def loudness(wave: np.ndarray, rate: int) -> float:
 
 
 def test_a_48k_delivery_has_exactly_duration_times_48000_samples(tiny_hub, clip, tmp_path):
+    """48 kHz is the command line's default for every file; `--sample-rate model` keeps the model's."""
     out = tmp_path / "out"
-    argv = ["generate", str(clip), "--prompt", "dog barking", "--seed", "5", "--sample-rate", "48000"]
-    assert main([*argv, "--out", str(out), *COMMON]) == 0
-    rate, wave = decoded(out / "clip.flac")
+    argv = ["generate", str(clip), "--prompt", "dog barking", "--seed", "5"]
+    assert main([*argv, "--out", str(out), "--format", "wav", *COMMON]) == 0
+    rate, wave = decoded(out / "clip.wav")
     assert rate == 48_000 and wave.shape[1] == round(SECONDS * 48_000)
     assert audio_streams(out / "clip.mp4") == [(48_000, round(SECONDS * 48_000))]
+
+    saved = tmp_path / "p.selva.json"
+    model = [*argv, "--sample-rate", "model", "--save-project", str(saved), "--out", str(tmp_path / "m")]
+    assert main([*model, "--format", "wav", *COMMON]) == 0
+    rate, wave = decoded(tmp_path / "m" / "clip.wav")
+    assert rate == 16_000 and wave.shape[1] == round(SECONDS * 16_000)  # tiny_16k's own rate, as generated
+    take = np.load(Project.load(saved).sounds[0].takes[0].audio)
+    np.testing.assert_array_equal(np.round(wave[0] * 32768), np.round(take * 32767))  # its 16-bit samples
+    assert json.loads(saved.read_text())["mix"]["sample_rate"] is None
 
 
 def test_stems_at_48k_and_minus_23_lufs_measure_it_and_keep_the_true_peak_under_the_ceiling(
