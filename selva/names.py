@@ -7,6 +7,10 @@ seed (`dog-barking_seed41.flac`), so a kept file says how to reproduce it.
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from selva.project import Take
 
 
 def slug(text: str, limit: int = 32, *, empty: str = "clip") -> str:
@@ -22,6 +26,15 @@ def take_file(prompt: str, seed: int) -> str:
 def edit_file(prompt: str, take: int, seed: int) -> str:
     """The exact waveform file of an edited take (`selva.region`): its number in the sound and its seed."""
     return f"{slug(prompt, empty='sound')}_take{take + 1}_region_seed{seed}.npy"
+
+
+def take_stem(name: str, take: Take) -> str:
+    """A delivered take's file name without suffix: `name_seed41`, and for an edited take also the take
+    and region it re-rolled (`name_take1-1.50-2.50s_seed41`), so an edit never overwrites its source."""
+    if take.edit is None:
+        return f"{name}_seed{take.seed}"
+    edit = take.edit
+    return f"{name}_take{edit.source + 1}-{edit.start:.2f}-{edit.end:.2f}s_seed{take.seed}"
 
 
 def sound_file(name: str, index: int, prompt: str, suffix: str) -> str:

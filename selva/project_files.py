@@ -127,7 +127,7 @@ def write_takes(
     for t in takes:
         take = project.sounds[sound].takes[t]
         wave = delivered_take(rendered, sound, t)
-        stem = f"{name}_seed{take.seed}"  # the seed that makes this take again
+        stem = names.take_stem(name, take)  # the seed that makes this take again
         audio = tuple(media.write_audio(folder / f"{stem}.{fmt}", wave, rate) for fmt in formats)
         video = None
         if rendered.video is not None:
@@ -241,8 +241,7 @@ def deliver_project(rendered: Rendered, folder: str | Path, info: str) -> Projec
     files = write_mix(rendered, folder, name, project_file=True)
     players = {}
     for (k, t), wave in sorted(rendered.audio.items()):
-        seed = project.sounds[k].takes[t].seed
-        path = folder / f"{name}_{k + 1}_seed{seed}.flac"
+        path = folder / f"{names.take_stem(f'{name}_{k + 1}', project.sounds[k].takes[t])}.flac"
         players[(k, t)] = str(media.write_audio(path, wave, rendered.sample_rate))
     return ProjectResult(
         project=project,
