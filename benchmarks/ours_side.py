@@ -50,6 +50,7 @@ def ours_cmd(args: argparse.Namespace, clip: Path, weights: Path, out: Path, pre
         sys.executable, "-m", "selva", "generate", str(clip), "--prompt", args.prompt,
         "--weights-dir", str(weights), "--variant", args.variant, "--steps", str(args.steps),
         "--cfg", str(args.cfg), "--seed", str(args.seed), "--device", args.device, "--out", str(out),
+        "--sample-rate", "model",  # like the reference: files at the model's rate, no 48 kHz resampling
     ]  # fmt: skip
     if args.device == "cuda":
         cmd.append("--compile")  # what pays on a GPU; the compile cache makes it warm

@@ -132,7 +132,7 @@ def test_best_of_3_keeps_the_best_scored_take_and_names_the_dropped_seeds(
     argv = [
         "generate", str(clip), "--prompt", "dog barking", "--negative", "wind", "--seed", "7",
         "--best-of", "3", "--scorer", str(clap_folder), "--out", str(out), "--save-project", str(saved),
-        *COMMON,
+        "--sample-rate", "model", *COMMON,  # the model's rate: the kept file is compared with the raw take
     ]  # fmt: skip
     assert main(argv) == 0
     log = capsys.readouterr().err
