@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", help="a prompt for the region alone (default: the sound's)")
     p.add_argument("--out", type=Path, default=Path("outputs"), metavar="DIR", help="default: %(default)s")
     p.add_argument("--format", choices=["flac", "wav"], default="flac", help="default: flac")
-    _delivery_options(p, default="the project's")
+    _delivery_options(p, new_project=False)
     _model_options(p, variant_default=None)
 
     about = (
