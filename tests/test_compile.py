@@ -282,11 +282,16 @@ def warm_counts(log: str) -> tuple[int, int]:
     return int(found[1]), int(found[2])
 
 
-def test_download_compile_fills_the_cache_a_second_process_reads(tiny_hub, tmp_path):
-    first = download_compile_in_a_new_process(tiny_hub, tmp_path)
-    assert "for the CPU: minutes on a few cores" in first  # said, not refused
-    hits, new = warm_counts(first)
+def test_download_compile_fills_the_cache(tiny_hub, tmp_path):
+    """`selva download --compile` compiles the variant and stores its kernels where a start looks.
+
+    That a later process then reads them instead of compiling is
+    `test_a_second_process_reads_the_compile_cache`'s (one process here: the whole tiny pipeline
+    takes minutes to compile on two cores, the CI's budget).
+    """
+    log = download_compile_in_a_new_process(tiny_hub, tmp_path)
+    assert "for the CPU: minutes on a few cores" in log  # said, not refused
+    hits, new = warm_counts(log)
     assert new >= 3  # the generator, TextSynch and the vocoder at least
-    assert (tmp_path / "compile" / compile_cache_dir("tiny_16k", "cpu").name).is_dir()
-    second = download_compile_in_a_new_process(tiny_hub, tmp_path)
-    assert warm_counts(second) == (hits + new, 0)  # every kernel read back, none compiled
+    folder = tmp_path / "compile" / compile_cache_dir("tiny_16k", "cpu").name
+    assert folder.is_dir() and any(path.is_file() for path in folder.rglob("*"))
