@@ -13,21 +13,19 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import signal
 import sys
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 
 from tqdm import tqdm
 
 from selva import spec
-from selva.batch import EXIT_OK, OOM_HINT, items_for, items_from_folder, run_items
+from selva.batch import OOM_HINT, items_for, items_from_folder, run_items
 from selva.batch_csv import items_from_csv
+from selva.cli_download import cmd_download
 from selva.cli_options import (
     DELIVERY_DEFAULTS,
     add_limit_option,
@@ -40,6 +38,7 @@ from selva.cli_options import (
     start_arg,
     stem_gain_arg,
 )
+from selva.cli_project import cmd_edit, cmd_render
 from selva.cli_scores import add_score_options, check_score_options
 from selva.spec import (
     DEFAULT_VARIANT,
@@ -66,7 +65,8 @@ EXIT_CODES = """exit codes:
 # The modules whose lines are the command's own output: shown at INFO (the rest of `selva` at -v); the
 # compile modules say where kernels are cached and what each compile took.
 CLI_LOGGERS = (
-    "selva.cli", "selva.cli_scores", "selva.batch", "selva.batch_ray", "selva.compile", "selva.compile_cache"
+    "selva.cli", "selva.cli_project", "selva.cli_download", "selva.cli_scores", "selva.batch",
+    "selva.batch_ray", "selva.compile", "selva.compile_cache",
 )  # fmt: skip
 PRECISIONS = spec.PRECISIONS
 OFFLOADS = (*spec.OFFLOADS, *spec.OFFLOAD_ALIASES)
@@ -313,123 +313,6 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
         return run_ray(items, args, skip_existing=not args.overwrite)
     return run_items(items, args, skip_existing=not args.overwrite)
-
-
-def cmd_render(args: argparse.Namespace) -> int:
-    from selva.batch import load_pipeline, project_name, takes_folder
-    from selva.cli_options import delivery_settings
-    from selva.cli_scores import score_clip, write_clip_scores
-    from selva.progress import project_info
-    from selva.project import Project
-    from selva.project_files import write_mix
-    from selva.render import render
-
-    check_score_options(args)
-    project = Project.load(args.project)
-    project = replace(project, mix=delivery_settings(project.mix, args)).checked(max_duration=math.inf)
-    variant = args.variant or project.variant or DEFAULT_VARIANT
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create the output folder {args.out}: {exc}") from None
-    pipe = load_pipeline(args, variant)
-    rendered = render(pipe, project, takes_folder(args.project))
-    rendered, score_lines = score_clip(rendered, args, str(args.project))  # --score; never fails
-    name = project_name(args.project)
-    files = write_mix(rendered, args.out, name, audio_format=args.format)
-    written = [*files.sound_audio, files.mix_audio, files.mix_video, files.tracks_video]
-    written += write_clip_scores(rendered.project, args.out / name, score_lines)
-    rendered.project.save(args.project)
-    log.info("%s -> %s (%s)", args.project, ", ".join(str(p) for p in written if p), project_info(rendered))
-    for line in score_lines or ():
-        log.info("%s", line)
-    return EXIT_OK
-
-
-def cmd_edit(args: argparse.Namespace) -> int:
-    from selva.batch import load_pipeline, project_name, takes_folder
-    from selva.cli_options import delivery_settings
-    from selva.progress import project_info
-    from selva.project import Project
-    from selva.project_files import write_mix
-    from selva.region import check_region, reroll_region
-    from selva.render import random_seed
-    from selva.variants import get_variant
-
-    project = Project.load(args.project)
-    project = replace(project, mix=delivery_settings(project.mix, args)).checked(max_duration=math.inf)
-    variant = get_variant(args.variant or project.variant or DEFAULT_VARIANT)
-    sound, take = args.sound - 1, None if args.take is None else args.take - 1
-    start, end = args.region
-    seed = random_seed() if args.seed is None else args.seed
-    # Every check before the models load: a typo costs no minutes.
-    check_region(project, sound, take, start, end, sample_rate=variant.sample_rate,
-                 hop_length=variant.hop_length, prompt=args.prompt, seed=seed)  # fmt: skip
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create the output folder {args.out}: {exc}") from None
-    pipe = load_pipeline(args, variant.name)
-    result = reroll_region(pipe, project, sound, take, start, end, seed=seed, prompt=args.prompt,
-                           folder=takes_folder(args.project))  # fmt: skip
-    rendered = result.rendered
-    name = project_name(args.project)
-    files = write_mix(rendered, args.out, name, audio_format=args.format)
-    written = [*files.sound_audio, files.mix_audio, files.mix_video, files.tracks_video]
-    rendered.project.save(args.project)
-    log.info("sound %d take %d: region %s re-rolled with seed %d as take %d", args.sound,
-             result.rendered.project.sounds[sound].takes[result.take].edit.source + 1,
-             result.region.describe(), seed, result.take + 1)  # fmt: skip
-    log.info("%s -> %s (%s)", args.project, ", ".join(str(p) for p in written if p), project_info(rendered))
-    return EXIT_OK
-
-
-def cmd_download(args: argparse.Namespace) -> int:
-    from selva import hub
-    from selva.variants import get_variant, human_size, known_variants
-
-    names = list(known_variants()) if args.all else args.variant or [DEFAULT_VARIANT]
-    for name in dict.fromkeys(names):  # stops at the first failure: a half-filled image should not build
-        started, size = time.perf_counter(), human_size(get_variant(name).download_bytes())
-        log.info("%s: checking %s of weights, downloading what is missing", name, size)
-        paths = hub.download(name, revision=args.revision, weights_dir=args.weights_dir)
-        log.info("%s: verified in %.1f s", name, time.perf_counter() - started)
-        if not args.quiet:
-            print("\n".join(f"{name}\t{role}\t{path}" for role, path in paths.items()), flush=True)
-        if args.compile:
-            _compile_ahead(name, args)
-    return EXIT_OK
-
-
-def _compile_ahead(variant: str, args: argparse.Namespace) -> None:
-    """`selva download --compile`: load `variant` compiled and warm it, saying what compiled and how long."""
-    from selva.compile import warm_pipeline
-    from selva.loader import load_pipeline
-    from selva.spec import LoadOptions
-
-    options = LoadOptions(
-        variant=variant,
-        device=args.device,
-        precision=args.precision,
-        compile=True,
-        weights_dir=None if args.weights_dir is None else str(args.weights_dir),
-        revision=args.revision,
-    )
-    started = time.perf_counter()
-    pipe = load_pipeline(options)
-    if pipe.device.type == "cpu":
-        log.warning(
-            "compiling %s for the CPU: minutes on a few cores, and little gained there (CUDA gains most)",
-            variant,
-        )
-    report = warm_pipeline(pipe)
-    log.info(
-        "%s: compile cache filled for %s in %.1f s (%s)",
-        variant,
-        pipe.device,
-        time.perf_counter() - started,
-        report.line(),
-    )
 
 
 COMMANDS = {

@@ -65,7 +65,7 @@ log = logging.getLogger(__name__)
 RECOMPILE_LIMIT = 8  # per compiled function: durations, batch sizes, dtypes seen in one process
 CUDA_GRAPH_MODE = "reduce-overhead"
 # Batch sizes the generator and the vocoder are compiled for: the generator's batch is
-# windows x candidates x CFG branches, at most 16 windows x candidates (the pipeline's
+# windows x candidates x CFG branches, at most 16 windows x candidates (selva.window_passes'
 # WINDOW_BATCH) times 2; larger batches round up to a multiple of the last bucket.
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32)
 # Candidates per call `warm_pipeline` runs where shapes are static (CUDA): an 8 s call's generator

@@ -11,6 +11,8 @@ same methods the ComfyUI nodes and the tests call:
    `prepare_latents`, the seed's noise; `prepare_conditions`; `denoise`, the flow with
    classifier-free guidance), then `decode_windows` (steps 8-9: `decode_latents`,
    latents to mel; `vocode`, mel to waveform; `join`, the windows crossfaded into one track).
+   `sample_latents` and `decode_windows`, the loops over the windows' flow batches, live in
+   `selva.window_passes` (a mixin: they stay this class's own methods).
 
 The networks sit in two components the pipeline owns: `pipe.features`
 (`selva.features.FeatureEncoder`: text encoders, TextSynch, the caches; steps
@@ -41,11 +43,11 @@ from torch import nn
 from selva import device as devices
 from selva import media, spec
 from selva.features import FeatureEncoder, Placement, Span, StageCallback, StageReport
-from selva.loading import release_freed_memory
 from selva.outputs import SelvaOutput
 from selva.sequence import SequenceLengths
 from selva.spec import DEFAULT_MAX_DURATION, CancelToken, GenerationRequest
 from selva.synthesis import StepCallback, Synthesizer
+from selva.window_passes import WindowPasses
 from selva.windows import (
     DEFAULT_WINDOW_OVERLAP,
     Window,
@@ -53,7 +55,6 @@ from selva.windows import (
     join_windows,
     plan_windows,
     resolve_span,
-    window_batches,
 )
 
 log = logging.getLogger(__name__)
@@ -70,12 +71,7 @@ def _delegated(part: str, name: str) -> property:
 __all__ = ["STAGES", "SelvaPipeline", "StageCallback", "StepCallback"]
 
 
-# Windows x candidates per flow batch (CFG doubles it): enough to keep an accelerator busy, bounded
-# so a 10 minute clip (90 windows) does not need 90 windows of activations at once.
-WINDOW_BATCH = 16
-
-
-class SelvaPipeline:
+class SelvaPipeline(WindowPasses):
     """The SelVA networks and text encoders, ready to turn videos into sound.
 
     The constructor only receives components; `from_pretrained` builds them
@@ -379,7 +375,7 @@ class SelvaPipeline:
 
         `sync_f` (1, S * 8, D) covers the whole span (None: the prompt alone); `windows` are
         its plan (`plan_span`). Windows of equal length run as one flow batch of windows x
-        candidates (at most WINDOW_BATCH rows); step callbacks get "window", "window_count",
+        candidates (at most `window_passes.WINDOW_BATCH` rows); step callbacks get "window", "window_count",
         "windows", "pass" and "passes" beside the latents. Candidate k is drawn from seed + k.
         """
         timings = {} if timings is None else timings
@@ -400,107 +396,6 @@ class SelvaPipeline:
         return self.decode_windows(
             latents, windows, num_samples=num_samples, callback_on_stage=callback_on_stage, timings=timings
         )
-
-    @torch.inference_mode()
-    def sample_latents(
-        self,
-        sync_f: torch.Tensor | None,
-        clip_text_f: torch.Tensor,
-        negative_clip_text_f: torch.Tensor | None,
-        *,
-        windows: list[Window],
-        steps: int,
-        cfg_strength: float,
-        seed: int,
-        num_samples: int = 1,
-        only: set[int] | None = None,
-        callback_on_step_end: StepCallback | None = None,
-        callback_on_stage: StageCallback | None = None,
-        cancel: CancelToken | None = None,
-        timings: dict[str, float] | None = None,
-    ) -> dict[int, torch.Tensor]:
-        """Steps 5-7 of `sample`: window index -> normalised latents (num_samples, L_w, C), float32.
-
-        `only`: run just the flow batches holding these windows (the batches stay as a whole call
-        forms them, so their latents are the same to the bit: `selva.region` re-runs a take's flow).
-        """
-        stage = StageReport(callback_on_stage, cancel or CancelToken())
-        timings = {} if timings is None else timings
-        noise = self.prepare_latents(windows, num_samples, seed)
-        batches = window_batches(windows, max(1, WINDOW_BATCH // num_samples))
-        if only is not None:
-            batches = [b for b in batches if any(w.index in only for w in b)]
-        stage("flow")
-        latents: dict[int, torch.Tensor] = {}
-        with self._timed(timings, "flow"):
-            for number, batch in enumerate(batches):
-                rows = len(batch) * num_samples  # window-major: row w * num_samples + k
-                window_sync = None
-                if sync_f is not None:
-                    window_sync = torch.cat([sync_f[:, w.sync_slice] for w in batch]).to(self.device)
-                    window_sync = window_sync.repeat_interleave(num_samples, dim=0)
-                cond, uncond = self.prepare_conditions(
-                    window_sync,
-                    clip_text_f,
-                    negative_clip_text_f,
-                    num_samples=rows,
-                    lengths=self._lengths(batch[0].duration),
-                )
-                where = {
-                    "window": batch[0].index,
-                    "window_count": len(batch),
-                    "windows": len(windows),
-                    "pass": number,
-                    "passes": len(batches),
-                }
-                x = self.synthesis.flow(
-                    torch.cat([noise[w.index] for w in batch]),
-                    cond,
-                    uncond,
-                    steps=steps,
-                    cfg_strength=cfg_strength,
-                    callback_on_step_end=callback_on_step_end,
-                    cancel=stage.cancel,
-                    state=where,
-                    caller=self,
-                )
-                latents |= dict(zip([w.index for w in batch], x.split(num_samples), strict=True))
-        timings["flow_per_step"] = timings["flow"] / (steps * max(1, len(batches)))
-        return latents
-
-    @torch.inference_mode()
-    def decode_windows(
-        self,
-        latents: dict[int, torch.Tensor],
-        windows: list[Window],
-        *,
-        num_samples: int = 1,
-        callback_on_stage: StageCallback | None = None,
-        timings: dict[str, float] | None = None,
-    ) -> torch.Tensor:
-        """Steps 8-9 of `sample`: normalised window latents (`sample_latents`) -> mel -> waveform,
-        the windows joined into one track (num_samples, N) float32 on the CPU."""
-        stage = StageReport(callback_on_stage, CancelToken())
-        timings = {} if timings is None else timings
-        # The flow's batches again: batched rows can differ from lone ones in the last bits.
-        batches = window_batches(windows, max(1, WINDOW_BATCH // num_samples))
-        stage("vae")
-        mels = [
-            self.decode_latents(
-                self.generator.unnormalize(torch.cat([latents[w.index] for w in batch])), timings
-            )
-            for batch in batches
-        ]
-        stage("vocoder")
-        pieces: dict[int, torch.Tensor] = {}
-        with self._timed(timings, "vocoder"):
-            for batch, mel in zip(batches, mels, strict=True):
-                audio = self.vocode(mel).float().cpu()
-                pieces |= dict(zip([w.index for w in batch], audio.split(num_samples), strict=True))
-        # TextSynch's and the vocoder's activations are hundreds of MB; glibc keeps such freed
-        # blocks in the heap, and an idle app would hold its worst request's peak for good.
-        release_freed_memory()
-        return self.join([pieces[w.index] for w in windows], windows)
 
     def prepare_latents(self, windows: list[Window], num_samples: int, seed: int) -> list[torch.Tensor]:
         """Step 5: per window, noise (num_samples, L_w, C) on the device, by `windows.draw_noise`'s rule

@@ -1,0 +1,88 @@
+"""`selva render` and `selva edit`: the commands that work on a project file.
+
+`render` generates the takes a project is missing and delivers its mix; `edit` re-rolls a region
+of one take, then delivers the mix as `render` does. `selva.cli` parses the options and calls
+these; models load only after every check (a typo costs no minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from dataclasses import replace
+
+from selva.batch import EXIT_OK
+from selva.cli_scores import check_score_options
+from selva.spec import DEFAULT_VARIANT, InputError
+
+log = logging.getLogger(__name__)  # one of `selva.cli.CLI_LOGGERS`: its lines show at INFO
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from selva.batch import load_pipeline, project_name, takes_folder
+    from selva.cli_options import delivery_settings
+    from selva.cli_scores import score_clip, write_clip_scores
+    from selva.progress import project_info
+    from selva.project import Project
+    from selva.project_files import write_mix
+    from selva.render import render
+
+    check_score_options(args)
+    project = Project.load(args.project)
+    project = replace(project, mix=delivery_settings(project.mix, args)).checked(max_duration=math.inf)
+    variant = args.variant or project.variant or DEFAULT_VARIANT
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the output folder {args.out}: {exc}") from None
+    pipe = load_pipeline(args, variant)
+    rendered = render(pipe, project, takes_folder(args.project))
+    rendered, score_lines = score_clip(rendered, args, str(args.project))  # --score; never fails
+    name = project_name(args.project)
+    files = write_mix(rendered, args.out, name, audio_format=args.format)
+    written = [*files.sound_audio, files.mix_audio, files.mix_video, files.tracks_video]
+    written += write_clip_scores(rendered.project, args.out / name, score_lines)
+    rendered.project.save(args.project)
+    log.info("%s -> %s (%s)", args.project, ", ".join(str(p) for p in written if p), project_info(rendered))
+    for line in score_lines or ():
+        log.info("%s", line)
+    return EXIT_OK
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    from selva.batch import load_pipeline, project_name, takes_folder
+    from selva.cli_options import delivery_settings
+    from selva.progress import project_info
+    from selva.project import Project
+    from selva.project_files import write_mix
+    from selva.region import check_region, reroll_region
+    from selva.render import random_seed
+    from selva.variants import get_variant
+
+    project = Project.load(args.project)
+    project = replace(project, mix=delivery_settings(project.mix, args)).checked(max_duration=math.inf)
+    variant = get_variant(args.variant or project.variant or DEFAULT_VARIANT)
+    sound, take = args.sound - 1, None if args.take is None else args.take - 1
+    start, end = args.region
+    seed = random_seed() if args.seed is None else args.seed
+    # Every check before the models load: a typo costs no minutes.
+    check_region(project, sound, take, start, end, sample_rate=variant.sample_rate,
+                 hop_length=variant.hop_length, prompt=args.prompt, seed=seed)  # fmt: skip
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the output folder {args.out}: {exc}") from None
+    pipe = load_pipeline(args, variant.name)
+    result = reroll_region(pipe, project, sound, take, start, end, seed=seed, prompt=args.prompt,
+                           folder=takes_folder(args.project))  # fmt: skip
+    rendered = result.rendered
+    name = project_name(args.project)
+    files = write_mix(rendered, args.out, name, audio_format=args.format)
+    written = [*files.sound_audio, files.mix_audio, files.mix_video, files.tracks_video]
+    rendered.project.save(args.project)
+    log.info("sound %d take %d: region %s re-rolled with seed %d as take %d", args.sound,
+             result.rendered.project.sounds[sound].takes[result.take].edit.source + 1,
+             result.region.describe(), seed, result.take + 1)  # fmt: skip
+    log.info("%s -> %s (%s)", args.project, ", ".join(str(p) for p in written if p), project_info(rendered))
+    return EXIT_OK
