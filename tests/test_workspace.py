@@ -16,7 +16,8 @@ from selva.serving import PipelineSlot
 from selva.spec import InputError
 
 SETTINGS = [2, 4.5, 5, 0, 0, "tiny_16k", 1]  # steps, CFG, seed, duration (auto), start, variant, Candidates
-PER_SOUND = 2 + TAKE_CARD * MAX_CANDIDATES  # section, label, per take slot: card, player, "Use this take"
+# Section, label, per take slot: card, player, score line, "Use this take".
+PER_SOUND = 2 + TAKE_CARD * MAX_CANDIDATES
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +155,7 @@ def test_an_empty_row_is_refused_with_what_to_do(workspace, clip):
 
 
 def take_cards(values: list, k: int) -> list[list]:
-    """Sound k's take cards' values (card, player, "Use this take") from `show`'s values."""
+    """Sound k's take cards' values (card, player, score line, "Use this take") from `show`'s values."""
     base = 5 + k * PER_SOUND + 2
     return [values[base + t * TAKE_CARD : base + (t + 1) * TAKE_CARD] for t in range(MAX_CANDIDATES)]
 
@@ -170,7 +171,8 @@ def test_each_take_is_shown_once_with_its_seed_keep_and_use_this_seed(workspace,
     cards = take_cards(values, 0)
     assert [c[0]["visible"] for c in cards] == [True, True, False, False]
     assert [c[1]["label"] for c in cards[:2]] == ["Take 1 · seed 11 (in the mix)", "Take 2 · seed 12"]
-    assert [c[2]["visible"] for c in cards[:2]] == [False, True]  # "Use this take" on the other one
+    assert [c[2]["visible"] for c in cards[:2]] == [False, False]  # not scored: no score line
+    assert [c[3]["visible"] for c in cards[:2]] == [False, True]  # "Use this take" on the other one
     assert all(Path(c[1]["value"]).suffix == ".flac" for c in cards[:2])
 
     kept, text, files = workspace.keep_take(0, 1, current, [])
@@ -192,6 +194,7 @@ def test_the_bundle_holds_the_mix_the_tracks_each_sounds_take_and_the_project(fi
     import av
 
     from selva.bundle import bundle_names, write_bundle
+    from selva.delivery import resample
     from selva.render import read_take
 
     project, bundle = first[0].project, first[-2]  # the last of `show`'s values, then the restored project
@@ -211,14 +214,15 @@ def test_the_bundle_holds_the_mix_the_tracks_each_sounds_take_and_the_project(fi
     with av.open(str(tmp_path / "out" / names[1])) as f:  # the mix, one track per sound, the original
         assert len(f.streams.audio) == 4
     for k, sound in enumerate(project.sounds):
-        exact = read_take(sound.take.audio)
+        # Delivered at 48 kHz (the default): the exact take resampled by the library, in 16 bits.
+        exact = resample(read_take(sound.take.audio), 16_000, 48_000, duration=project.duration)
         for name in names[2 + 2 * k : 4 + 2 * k]:
             with av.open(str(tmp_path / "out" / name)) as f:
                 stream = f.streams.audio[0]
                 wave = np.concatenate([fr.to_ndarray().reshape(-1) for fr in f.decode(stream)])
-                assert stream.rate == 16_000 and len(wave) == len(exact)
+                assert stream.rate == 48_000 and len(wave) == len(exact)
                 scale = 32768.0 if wave.dtype == np.int16 else 1.0
-                assert np.max(np.abs(wave / scale - exact)) < 2 / 32768  # 16-bit files of the exact take
+                assert np.max(np.abs(wave / scale - exact)) < 2 / 32768
 
     # Whole or nothing: a take whose audio is gone stops the bundle, and no zip (nor a part) is left.
     from dataclasses import replace
@@ -260,3 +264,56 @@ def test_history_keeps_small_settings_and_restores_them(workspace, first, tmp_pa
     assert history.restore(stored, 0, [tmp_path])[-1] == gr.update()
     with pytest.raises(gr.Error, match="Pick an earlier result"):
         history.restore(stored, 3, [tmp_path])
+
+
+# -- scores on the take cards (CLAP) ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def clap(tmp_path_factory, tiny_hub) -> str:
+    from tiny_clap import write_tiny_clap
+
+    return str(write_tiny_clap(tmp_path_factory.mktemp("clap") / "hub"))
+
+
+def test_scored_takes_show_their_line_best_first_and_the_choice_stays(app_pipe, clip, clap):
+    from selva.project_scores import best_take, score_line
+
+    scoring = Workspace(handlers.Studio(PipelineSlot.wrap(app_pipe), scorer=clap))
+    values = scoring.generate(
+        str(clip), 2, rows(("dog barking", ""), ("car engine", "")), [2, 4.5, 31, 0, 0, "tiny_16k", 3], 0.0,
+        score=True,
+    )  # fmt: skip
+    current = values[0]
+    for k, sound in enumerate(current.project.sounds):
+        assert sound.chosen == 0 and all(t.score is not None for t in sound.takes)  # the choice: not moved
+        best = best_take(sound.takes)
+        order = sorted(range(3), key=lambda i: (-sound.takes[i].score.score, i))
+        assert order[0] == best
+        cards = take_cards(values, k)[:3]
+        seeds = [sound.takes[i].seed for i in order]
+        assert [int(c[1]["label"].split("seed ")[1].split()[0]) for c in cards] == seeds  # best first
+        assert "★ best match" in cards[0][1]["label"]
+        assert not any("★" in c[1]["label"] for c in cards[1:])
+        assert [c[2]["value"] for c in cards] == [score_line(sound.takes[i].score) for i in order]
+        assert all(c[2]["visible"] for c in cards)
+        in_mix = order.index(0)  # "Use this take" hidden on the chosen one only, wherever it sits
+        assert [c[3]["visible"] for c in cards] == [i != in_mix for i in range(3)]
+    # "Use this take" on the first card (the best) puts that very take in the mix.
+    best_seed = current.project.sounds[0].takes[best_take(current.project.sounds[0].takes)].seed
+    used = scoring.use_take(0, 0, current, *mix_values())
+    assert used[0].project.sounds[0].take.seed == best_seed
+
+
+def test_without_clap_the_result_still_shows_with_a_warning(app_pipe, clip):
+    from selva import spec
+
+    studio = handlers.Studio(PipelineSlot.wrap(app_pipe), scorer=spec.SCORER_CHECKPOINT)  # not cached
+    with pytest.warns(UserWarning, match="The takes are not scored: not scored: "):
+        values = Workspace(studio).generate(
+            str(clip), 1, rows(("dog barking", "")), [2, 4.5, 3, 0, 0, "tiny_16k", 2], 0.0, score=True
+        )
+    cards = take_cards(values, 0)
+    assert [c[0]["visible"] for c in cards] == [True, True, False, False]
+    assert not cards[0][2]["visible"] and "★" not in cards[0][1]["label"]
+    assert "Scores: not scored" in values[3]

@@ -196,6 +196,8 @@ class Studio:
                 )
             finally:
                 self.activity.pop(session, None)
+            if result.score_warning:
+                notify(f"The takes are not scored: {result.score_warning}", "No scores", "warning")
             result = _say_if_capped(result, req.video, self.slot.max_duration)
         # Plain paths (None for unused players), so API callers get files, not component updates;
         # the page's labels, audio players and history follow from the result (selva.app.results.present).

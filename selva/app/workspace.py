@@ -111,14 +111,16 @@ def result_area() -> dict[str, Any]:
 
 
 # A take card's widgets, in the order `workspace_handlers.take_card_values` gives their values.
-TAKE_CARD_PARTS = ("cards", "takes", "use")
+TAKE_CARD_PARTS = ("cards", "takes", "score", "use")
 TAKE_CARD_ACTIONS = ("keep", "use_seed")  # a card's buttons whose events need no update from `show`
 
 
 def take_card(k: int, t: int) -> dict[str, Any]:
-    """Sound k's take slot t: its player (the seed in its label), "Use this take", Keep, Use this seed.
+    """Sound k's take slot t: its player (the seed in its label), its score line (when scored),
+    "Use this take", Keep, Use this seed.
 
-    Element ids: `take-card-K-T`, `take-K-T`, `use-take-K-T`, `keep-take-K-T`, `use-seed-K-T`.
+    Element ids: `take-card-K-T`, `take-K-T`, `take-score-K-T`, `use-take-K-T`, `keep-take-K-T`,
+    `use-seed-K-T`.
     Hidden until `show` fills it; every take's look is decided here and in `take_card_values`.
     """
     card: dict[str, Any] = {}
@@ -127,6 +129,7 @@ def take_card(k: int, t: int) -> dict[str, Any]:
         card["takes"] = gr.Audio(
             label=f"Take {t + 1}", type="filepath", interactive=False, elem_id=f"take-{k + 1}-{t + 1}"
         )
+        card["score"] = gr.Markdown("", visible=False, elem_id=f"take-score-{k + 1}-{t + 1}")
         card["use"] = gr.Button("Use this take", size="sm", elem_id=f"use-take-{k + 1}-{t + 1}")
         with gr.Row():
             card["keep"] = gr.Button("Keep", size="sm", min_width=60, elem_id=f"keep-take-{k + 1}-{t + 1}")
@@ -171,14 +174,15 @@ def wire_workspace(
     num_samples: gr.Slider,
     current_result: gr.State,
     kept: list[Any],
+    score: gr.Checkbox,
     finish: Callable[[Any], None] | None = None,
 ) -> list[Any]:
     """The workspace's events; returns what a restore fills (`workspace_handlers.project_values`' order).
 
     `checked` is the page's Source check before a Generate; `single` the `/generate` event (one
     sound); `settings` are steps, CFG, seed, duration, start, variant and Candidates; `kept` the
-    kept list's state, text and files (a take's Keep); `finish(event)` puts Generate and Cancel
-    back to idle after a run.
+    kept list's state, text and files (a take's Keep); `score` the "Score the takes" box;
+    `finish(event)` puts Generate and Cancel back to idle after a run.
     """
     for button, delta in ((rows["add"], 1), (rows["remove"], -1)):
         button.click(
@@ -199,12 +203,14 @@ def wire_workspace(
     ) -> list[Any]:
         video, count, *rest = values
         rows_, settings_ = rest[:n_rows], rest[n_rows : n_rows + 7]
-        original_, restored = rest[n_rows + 7 :]
-        return ws.generate(video, count, rows_, settings_, original_, restored, progress, request)
+        original_, restored, score_ = rest[n_rows + 7 :]
+        return ws.generate(
+            video, count, rows_, settings_, original_, restored, progress, request, score=score_
+        )
 
     many = checked.success(several_sounds, rows["count"], None, **PAGE_EVENT_TOASTS).success(
         stops_on_cancel(generate),
-        [video, rows["count"], *row_inputs(rows), *settings, original, area["restored"]],
+        [video, rows["count"], *row_inputs(rows), *settings, original, area["restored"], score],
         [*outputs, area["restored"]],
         show_progress_on=area["mix_video"],
         **gpu,
@@ -216,7 +222,7 @@ def wire_workspace(
     rerolls = [
         area["reroll"][k].click(
             stops_on_cancel(_reroll_for(ws, k)),
-            [area["current"], num_samples],
+            [area["current"], num_samples, score],
             outputs,
             show_progress_on=area["sections"][k],
             **gpu,
@@ -269,9 +275,10 @@ def _reroll_for(ws: Workspace, k: int) -> Any:
     def reroll(
         current: Current | None,
         num_samples: float,
+        score: bool,
         progress: gr.Progress = gr.Progress(),  # noqa: B008
         request: gr.Request | None = None,
     ) -> list[Any]:
-        return ws.reroll(k, current, num_samples, progress, request)
+        return ws.reroll(k, current, num_samples, progress, request, score=score)
 
     return reroll

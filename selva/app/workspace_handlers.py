@@ -24,7 +24,8 @@ from selva.serving import MAX_CANDIDATES, GenerationResult, parse_request
 from selva.spec import InputError
 
 MIX_FIELDS = ("gain", "pan", "mute", "solo")
-TAKE_CARD = 3  # values `take_card_values` gives per take slot: its card, its player, "Use this take"
+# Values `take_card_values` gives per take slot: its card, its player, its score line, "Use this take".
+TAKE_CARD = 4
 # How many values `show` gives: the state, the area, the mix video, the info, the project file,
 # per sound its section, its label, and a take card's values per take slot; then the bundle.
 SHOWN = 5 + MAX_SOUNDS * (2 + TAKE_CARD * MAX_CANDIDATES) + 1
@@ -60,6 +61,14 @@ def show(result: ProjectResult, sample_rate: int) -> list[Any]:
     return [*values, bundle_of(result, sample_rate)]
 
 
+def warn_unscored(result: Any) -> None:
+    """Scores asked for and not made (no CLAP): a warning toast; the result shows all the same."""
+    if getattr(result, "score_warning", None):
+        from selva.app.toasts import notify
+
+        notify(f"The takes are not scored: {result.score_warning}", "No scores", "warning")
+
+
 def bundle_of(result: ProjectResult, sample_rate: int) -> str:
     """The result's download bundle (`selva.bundle`), written into the result's own folder."""
     from selva.bundle import BUNDLE_SUFFIX, project_tag, write_bundle
@@ -76,16 +85,25 @@ def bundle_of(result: ProjectResult, sample_rate: int) -> str:
 def take_card_values(current: Current, k: int, t: int | None) -> list[Any]:
     """A take card's values (`workspace.take_card`): sound `k`'s take `t` (None: the card hidden).
 
-    Every take's look is decided here: its label (take, seed, whether it is in the mix) and
-    which actions it offers; a later line (a score) goes here too.
+    Every take's look is decided here: its label (take, seed, the best-scored mark, whether it
+    is in the mix), its score line (when the takes were scored) and which actions it offers.
+    The best mark is a hint: the take in the mix stays the one the user chose.
     """
     if t is None:
-        return [gr.update(visible=False), gr.update(value=None), gr.update(visible=False)]
+        return [gr.update(visible=False), gr.update(value=None), gr.update(value="", visible=False),
+                gr.update(visible=False)]  # fmt: skip
+    from selva.project_scores import best_take, score_line
+
     sound = current.project.sounds[k]
+    take = sound.takes[t]
     chosen = t == sound.chosen
-    label = f"Take {t + 1} · seed {sound.takes[t].seed}" + (" (in the mix)" if chosen else "")
+    best = len(sound.takes) > 1 and best_take(sound.takes) == t
+    label = f"Take {t + 1} · seed {take.seed}" + (" · ★ best match" if best else "")
+    label += " (in the mix)" if chosen else ""
     player = gr.update(value=current.players.get((k, t)), label=label)
-    return [gr.update(visible=True), player, gr.update(visible=not chosen)]
+    line = score_line(take.score) if take.score is not None else ""
+    return [gr.update(visible=True), player, gr.update(value=line, visible=bool(line)),
+            gr.update(visible=not chosen)]  # fmt: skip
 
 
 def _take_in_slot(current: Current | None, k: int, slot: int) -> tuple[Sound, Any, str] | None:
@@ -100,11 +118,14 @@ def _take_in_slot(current: Current | None, k: int, slot: int) -> tuple[Sound, An
 
 
 def _shown_takes(sound: Sound) -> list[int]:
-    """Take indices a sound's players show: its last MAX_CANDIDATES takes, keeping the chosen one."""
+    """Take indices a sound's players show: its last MAX_CANDIDATES takes, keeping the chosen one,
+    best-scored first when they were scored (`takes_by_score`; unscored ones keep their order)."""
+    from selva.project_scores import takes_by_score
+
     latest = list(range(len(sound.takes)))[-MAX_CANDIDATES:]
     if sound.chosen is not None and sound.chosen not in latest:
         latest = [sound.chosen, *latest[1:]]
-    return latest
+    return [i for i, _, _ in takes_by_score(sound) if i in latest]
 
 
 # -- handlers ------------------------------------------------------------------------------------------
@@ -129,9 +150,11 @@ class Workspace:
         restored: Project | None = None,
         progress: Any = None,
         request: Any = None,
+        *,
+        score: bool = False,
     ) -> list[Any]:
         """Render the first `count` rows (`row_inputs`' values) as one project; `area_outputs`' values
-        and the restored project (now used up: None).
+        and the restored project (now used up: None). `score` scores the takes with CLAP.
 
         `settings` are steps, CFG, seed, duration, start, variant and Candidates. Every sound gets
         Candidates takes (sound j: seed + j * Candidates + k); an uploaded project whose prompts
@@ -175,12 +198,20 @@ class Workspace:
                     cfg_strength=req.cfg_strength,
                 )
             result = self.service.render_project(
-                project, progress, session=session_of(request), cancel=REQUEST_CANCEL.get()
+                project, progress, session=session_of(request), cancel=REQUEST_CANCEL.get(), score=bool(score)
             )
+        warn_unscored(result)
         return [*show(result, self._sample_rate(result.project)), None]
 
     def reroll(
-        self, k: int, current: Current | None, num_samples: float, progress: Any = None, request: Any = None
+        self,
+        k: int,
+        current: Current | None,
+        num_samples: float,
+        progress: Any = None,
+        request: Any = None,
+        *,
+        score: bool = False,
     ) -> list[Any]:
         """New takes of sound `k` alone (a fresh seed, Candidates of them); the others are read back."""
         from selva.render import draft_takes
@@ -194,8 +225,9 @@ class Workspace:
             count = int(spec.NUM_SAMPLES.check(int(num_samples or 1), by_label=True))
             project = draft_takes(current.project, count=count, sounds=[k])
             result = self.service.render_project(
-                project, progress, session=session_of(request), cancel=REQUEST_CANCEL.get()
+                project, progress, session=session_of(request), cancel=REQUEST_CANCEL.get(), score=bool(score)
             )
+        warn_unscored(result)
         return show(result, self._sample_rate(result.project))
 
     # Re-mix: no model ---------------------------------------------------------------------------------
