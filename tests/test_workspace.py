@@ -317,3 +317,28 @@ def test_without_clap_the_result_still_shows_with_a_warning(app_pipe, clip):
     assert [c[0]["visible"] for c in cards] == [True, True, False, False]
     assert not cards[0][2]["visible"] and "★" not in cards[0][1]["label"]
     assert "Scores: not scored" in values[3]
+
+
+# -- delivery: the output sample rate and the loudness target ----------------------------------------------
+
+
+def audio_rate(path: str) -> int:
+    import av
+
+    with av.open(path) as f:
+        return f.streams.audio[0].rate
+
+
+def test_delivery_is_48khz_by_default_or_the_models_rate_at_a_loudness_target(workspace, first, clip):
+    assert audio_rate(first[2]["value"]) == 48_000  # the default: what video editors expect
+    assert first[0].project.mix.sample_rate == 48_000
+    values = workspace.generate(
+        str(clip), 2, rows(("dog barking", ""), ("car engine", "horn")), SETTINGS, 0.0,
+        sample_rate="model", loudness="-23 LUFS (EBU R128 broadcast)",
+    )  # fmt: skip
+    assert audio_rate(values[2]["value"]) == 16_000  # tiny_16k's own rate
+    assert values[0].project.mix.loudness == -23.0
+    assert "LUFS" in values[3]  # the measured loudness is in the info line
+    # A re-roll keeps the page's delivery settings too.
+    rerolled = workspace.reroll(0, values[0], 1, sample_rate="model", loudness="off")
+    assert audio_rate(rerolled[2]["value"]) == 16_000 and rerolled[0].project.mix.loudness is None

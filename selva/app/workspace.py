@@ -175,6 +175,7 @@ def wire_workspace(
     current_result: gr.State,
     kept: list[Any],
     score: gr.Checkbox,
+    delivery: list[Any],
     finish: Callable[[Any], None] | None = None,
 ) -> list[Any]:
     """The workspace's events; returns what a restore fills (`workspace_handlers.project_values`' order).
@@ -182,6 +183,7 @@ def wire_workspace(
     `checked` is the page's Source check before a Generate; `single` the `/generate` event (one
     sound); `settings` are steps, CFG, seed, duration, start, variant and Candidates; `kept` the
     kept list's state, text and files (a take's Keep); `score` the "Score the takes" box;
+    `delivery` the output sample rate and loudness target;
     `finish(event)` puts Generate and Cancel back to idle after a run.
     """
     for button, delta in ((rows["add"], 1), (rows["remove"], -1)):
@@ -203,14 +205,15 @@ def wire_workspace(
     ) -> list[Any]:
         video, count, *rest = values
         rows_, settings_ = rest[:n_rows], rest[n_rows : n_rows + 7]
-        original_, restored, score_ = rest[n_rows + 7 :]
+        original_, restored, score_, rate, loudness = rest[n_rows + 7 :]
         return ws.generate(
-            video, count, rows_, settings_, original_, restored, progress, request, score=score_
-        )
+            video, count, rows_, settings_, original_, restored, progress, request,
+            score=score_, sample_rate=rate, loudness=loudness,
+        )  # fmt: skip
 
     many = checked.success(several_sounds, rows["count"], None, **PAGE_EVENT_TOASTS).success(
         stops_on_cancel(generate),
-        [video, rows["count"], *row_inputs(rows), *settings, original, area["restored"], score],
+        [video, rows["count"], *row_inputs(rows), *settings, original, area["restored"], score, *delivery],
         [*outputs, area["restored"]],
         show_progress_on=area["mix_video"],
         **gpu,
@@ -222,7 +225,7 @@ def wire_workspace(
     rerolls = [
         area["reroll"][k].click(
             stops_on_cancel(_reroll_for(ws, k)),
-            [area["current"], num_samples, score],
+            [area["current"], num_samples, score, *delivery],
             outputs,
             show_progress_on=area["sections"][k],
             **gpu,
@@ -276,9 +279,20 @@ def _reroll_for(ws: Workspace, k: int) -> Any:
         current: Current | None,
         num_samples: float,
         score: bool,
+        sample_rate: int | str,
+        loudness: str,
         progress: gr.Progress = gr.Progress(),  # noqa: B008
         request: gr.Request | None = None,
     ) -> list[Any]:
-        return ws.reroll(k, current, num_samples, progress, request, score=score)
+        return ws.reroll(
+            k,
+            current,
+            num_samples,
+            progress,
+            request,
+            score=score,
+            sample_rate=sample_rate,
+            loudness=loudness,
+        )
 
     return reroll

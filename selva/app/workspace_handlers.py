@@ -152,9 +152,12 @@ class Workspace:
         request: Any = None,
         *,
         score: bool = False,
+        sample_rate: int | str | None = spec.DEFAULT_OUTPUT_RATE,
+        loudness: float | str | None = spec.DEFAULT_LOUDNESS_TARGET,
     ) -> list[Any]:
         """Render the first `count` rows (`row_inputs`' values) as one project; `area_outputs`' values
-        and the restored project (now used up: None). `score` scores the takes with CLAP.
+        and the restored project (now used up: None). `score` scores the takes with CLAP;
+        `sample_rate` (48000 or "model") and `loudness` (a LUFS target or "off") are the delivery's.
 
         `settings` are steps, CFG, seed, duration, start, variant and Candidates. Every sound gets
         Candidates takes (sound j: seed + j * Candidates + k); an uploaded project whose prompts
@@ -197,10 +200,7 @@ class Workspace:
                     steps=req.steps,
                     cfg_strength=req.cfg_strength,
                 )
-            result = self.service.render_project(
-                project, progress, session=session_of(request), cancel=REQUEST_CANCEL.get(), score=bool(score)
-            )
-        warn_unscored(result)
+            result = self._render(project, progress, request, score, sample_rate, loudness)
         return [*show(result, self._sample_rate(result.project)), None]
 
     def reroll(
@@ -212,6 +212,8 @@ class Workspace:
         request: Any = None,
         *,
         score: bool = False,
+        sample_rate: int | str | None = spec.DEFAULT_OUTPUT_RATE,
+        loudness: float | str | None = spec.DEFAULT_LOUDNESS_TARGET,
     ) -> list[Any]:
         """New takes of sound `k` alone (a fresh seed, Candidates of them); the others are read back."""
         from selva.render import draft_takes
@@ -224,11 +226,19 @@ class Workspace:
         with user_errors():
             count = int(spec.NUM_SAMPLES.check(int(num_samples or 1), by_label=True))
             project = draft_takes(current.project, count=count, sounds=[k])
-            result = self.service.render_project(
-                project, progress, session=session_of(request), cancel=REQUEST_CANCEL.get(), score=bool(score)
-            )
-        warn_unscored(result)
+            result = self._render(project, progress, request, score, sample_rate, loudness)
         return show(result, self._sample_rate(result.project))
+
+    def _render(
+        self, project: Project, progress: Any, request: Any, score: bool, sample_rate: Any, loudness: Any
+    ) -> ProjectResult:
+        """`project` rendered (only takes without audio run), scored if asked, delivered as set."""
+        result = self.service.render_project(
+            project, progress, session=session_of(request), cancel=REQUEST_CANCEL.get(), score=bool(score),
+            sample_rate=spec.DEFAULT_OUTPUT_RATE if sample_rate is None else sample_rate, loudness=loudness,
+        )  # fmt: skip
+        warn_unscored(result)
+        return result
 
     # Re-mix: no model ---------------------------------------------------------------------------------
 
