@@ -342,3 +342,46 @@ def test_delivery_is_48khz_by_default_or_the_models_rate_at_a_loudness_target(wo
     # A re-roll keeps the page's delivery settings too.
     rerolled = workspace.reroll(0, values[0], 1, sample_rate="model", loudness="off")
     assert audio_rate(rerolled[2]["value"]) == 16_000 and rerolled[0].project.mix.loudness is None
+
+
+# -- region re-roll ---------------------------------------------------------------------------------------
+
+
+def test_a_region_reroll_keeps_the_rest_of_the_take_and_the_other_sound(workspace, first):
+    from selva.app.region_controls import reroll_region
+    from selva.render import read_take
+
+    before = first[0].project
+    other = Path(before.sounds[1].take.audio).read_bytes()
+    values = reroll_region(workspace, 0, first[0], 0.3, 0.6, "", 77)
+    assert len(values) == SHOWN
+    project = values[0].project
+    sound = project.sounds[0]
+    edited = sound.takes[-1]
+    assert sound.chosen == len(sound.takes) - 1 == len(before.sounds[0].takes)  # appended, chosen
+    assert edited.seed == 77 and edited.edit.source == before.sounds[0].chosen
+    assert edited.edit.start <= 0.3 and edited.edit.end >= 0.6  # widened to whole latent frames
+    assert f"sound 1: {edited.edit.start:.3f}-{edited.edit.end:.3f} s re-rolled with seed 77" in values[3]
+    old, new = read_take(before.sounds[0].take.audio), read_take(edited.audio)
+    a, b = round(edited.edit.start * 16_000), round(edited.edit.end * 16_000)
+    assert np.array_equal(new[..., :a], old[..., :a]) and np.array_equal(new[..., b:], old[..., b:])
+    assert not np.array_equal(new[..., a:b], old[..., a:b])  # the region itself is new
+    assert Path(project.sounds[1].take.audio).read_bytes() == other  # sound 2: bit for bit
+    cards = take_cards(values, 0)  # the edited take on a card, in the mix
+    assert any(c[0]["visible"] and "seed 77 (in the mix)" in c[1]["label"] for c in cards)
+
+
+def test_a_bad_region_is_a_titled_error_before_any_model_runs(workspace, first, app_pipe):
+    import gradio as gr
+
+    from selva.app.region_controls import reroll_region
+
+    counts = cache_counts(app_pipe)
+    with pytest.raises(gr.Error) as bad:
+        reroll_region(workspace, 0, first[0], 0.6, 0.3)
+    assert bad.value.title != "Error" and "region" in bad.value.message
+    with pytest.raises(gr.Error, match="Start and End"):
+        reroll_region(workspace, 1, first[0], None, 0.5)
+    with pytest.raises(gr.Error, match="Generate first"):
+        reroll_region(workspace, 0, None, 0.1, 0.5)
+    assert cache_counts(app_pipe) == counts

@@ -20,6 +20,7 @@ from typing import Any
 import gradio as gr
 
 from selva import spec
+from selva.app import region_controls
 from selva.app.handlers import stops_on_cancel
 from selva.app.results import PAGE_EVENT, PAGE_EVENT_TOASTS
 from selva.app.widgets import limit_slider, sound_prompts
@@ -76,9 +77,10 @@ def result_area() -> dict[str, Any]:
     """The project's result: the mixed video, then per sound its takes, "Use this take" and "Re-roll".
 
     Element ids: `workspace-result`, `mix-video`, `mix-info`, `bundle`, `project-file`, `project-upload`,
-    `sound-result-K`, `sound-label-K`, `reroll-K` and `take_card`'s (K, T from 1).
+    `sound-result-K`, `sound-label-K`, `reroll-K`, `take_card`'s and `region_controls.region_row`'s
+    (K, T from 1).
     """
-    ui: dict[str, Any] = {"sections": [], "labels": [], "reroll": []}
+    ui: dict[str, Any] = {"sections": [], "labels": [], "reroll": [], "region": []}
     ui.update({part: [] for part in (*TAKE_CARD_PARTS, *TAKE_CARD_ACTIONS)})
     with gr.Column(visible=False, elem_id="workspace-result") as area:
         ui["mix_video"] = gr.Video(label="Mix", interactive=False, height=260, elem_id="mix-video")
@@ -98,6 +100,7 @@ def result_area() -> dict[str, Any]:
                 for part in (*TAKE_CARD_PARTS, *TAKE_CARD_ACTIONS):
                     ui[part].append([card[part] for card in cards])
                 ui["reroll"].append(gr.Button("Re-roll this sound", size="sm", elem_id=f"reroll-{k + 1}"))
+                ui["region"].append(region_controls.region_row(k))
             ui["sections"].append(section)
     ui["area"] = area
     with gr.Row():
@@ -232,7 +235,17 @@ def wire_workspace(
         )
         for k in range(MAX_SOUNDS)
     ]
-    stop.click(None, None, None, cancels=[many, *rerolls], **PAGE_EVENT)
+    regions = [
+        area["region"][k]["button"].click(
+            stops_on_cancel(region_controls.handler_for(ws, k)),
+            [area["current"], *(area["region"][k][part] for part in region_controls.REGION_PARTS)],
+            outputs,
+            show_progress_on=area["sections"][k],
+            **gpu,
+        )
+        for k in range(MAX_SOUNDS)
+    ]
+    stop.click(None, None, None, cancels=[many, *rerolls, *regions], **PAGE_EVENT)
     # The user's own moves only (not a restore's): sliders on release, boxes on input.
     for control in [*rows["gain"], *rows["pan"], original]:
         control.release(ws.remix, [area["current"], *mix_values], outputs, **PAGE_EVENT_TOASTS)

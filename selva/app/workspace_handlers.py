@@ -201,7 +201,7 @@ class Workspace:
                     cfg_strength=req.cfg_strength,
                 )
             result = self._render(project, progress, request, score, sample_rate, loudness)
-        return [*show(result, self._sample_rate(result.project)), None]
+        return [*show(result, self.sample_rate_of(result.project)), None]
 
     def reroll(
         self,
@@ -227,7 +227,7 @@ class Workspace:
             count = int(spec.NUM_SAMPLES.check(int(num_samples or 1), by_label=True))
             project = draft_takes(current.project, count=count, sounds=[k])
             result = self._render(project, progress, request, score, sample_rate, loudness)
-        return show(result, self._sample_rate(result.project))
+        return show(result, self.sample_rate_of(result.project))
 
     def _render(
         self, project: Project, progress: Any, request: Any, score: bool, sample_rate: Any, loudness: Any
@@ -295,7 +295,7 @@ class Workspace:
         if result is None or result.project is None:
             return [gr.update()] * SHOWN
         project = result.project
-        shown = self.remix(Current(project, self._sample_rate(project)), *values)
+        shown = self.remix(Current(project, self.sample_rate_of(project)), *values)
         shown[3] = result.info
         return shown
 
@@ -318,7 +318,7 @@ class Workspace:
         )
         return project_values(replace(project, sounds=sounds))
 
-    def _sample_rate(self, project: Project) -> int:
+    def sample_rate_of(self, project: Project) -> int:
         pipe = self.studio.slot.pipe
         if pipe is not None and pipe.variant.name == project.variant:
             return pipe.variant.sample_rate
