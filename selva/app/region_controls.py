@@ -29,15 +29,17 @@ def region_row(k: int) -> dict[str, Any]:
     with gr.Row(equal_height=True, elem_id=f"region-row-{k + 1}"):
         n = k + 1
         row["start"] = gr.Number(
-            None, label="Start (s)", minimum=0, min_width=80, elem_id=f"region-start-{n}"
+            None, label="Region start (s)", minimum=0, min_width=80, elem_id=f"region-start-{n}"
         )
-        row["end"] = gr.Number(None, label="End (s)", minimum=0, min_width=80, elem_id=f"region-end-{n}")
+        row["end"] = gr.Number(
+            None, label="Region end (s)", minimum=0, min_width=80, elem_id=f"region-end-{n}"
+        )
         row["prompt"] = gr.Textbox(
             "", label="Region prompt", placeholder="blank: the sound's own", max_lines=1, min_width=140,
             elem_id=f"region-prompt-{n}",
         )  # fmt: skip
         row["seed"] = gr.Number(
-            None, label="Seed", placeholder="blank: new", precision=0, minimum=0, min_width=80,
+            None, label="Region seed", placeholder="blank: new", precision=0, minimum=0, min_width=80,
             elem_id=f"region-seed-{n}",
         )  # fmt: skip
         row["button"] = gr.Button("Re-roll region", size="sm", min_width=100, elem_id=f"reroll-region-{n}")
