@@ -16,7 +16,8 @@ from selva.serving import PipelineSlot
 from selva.spec import InputError
 
 SETTINGS = [2, 4.5, 5, 0, 0, "tiny_16k", 1]  # steps, CFG, seed, duration (auto), start, variant, Candidates
-PER_SOUND = 2 + TAKE_CARD * MAX_CANDIDATES  # section, label, per take slot: card, player, "Use this take"
+# Section, label, per take slot: card, player, score line, "Use this take".
+PER_SOUND = 2 + TAKE_CARD * MAX_CANDIDATES
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +155,7 @@ def test_an_empty_row_is_refused_with_what_to_do(workspace, clip):
 
 
 def take_cards(values: list, k: int) -> list[list]:
-    """Sound k's take cards' values (card, player, "Use this take") from `show`'s values."""
+    """Sound k's take cards' values (card, player, score line, "Use this take") from `show`'s values."""
     base = 5 + k * PER_SOUND + 2
     return [values[base + t * TAKE_CARD : base + (t + 1) * TAKE_CARD] for t in range(MAX_CANDIDATES)]
 
@@ -170,7 +171,8 @@ def test_each_take_is_shown_once_with_its_seed_keep_and_use_this_seed(workspace,
     cards = take_cards(values, 0)
     assert [c[0]["visible"] for c in cards] == [True, True, False, False]
     assert [c[1]["label"] for c in cards[:2]] == ["Take 1 · seed 11 (in the mix)", "Take 2 · seed 12"]
-    assert [c[2]["visible"] for c in cards[:2]] == [False, True]  # "Use this take" on the other one
+    assert [c[2]["visible"] for c in cards[:2]] == [False, False]  # not scored: no score line
+    assert [c[3]["visible"] for c in cards[:2]] == [False, True]  # "Use this take" on the other one
     assert all(Path(c[1]["value"]).suffix == ".flac" for c in cards[:2])
 
     kept, text, files = workspace.keep_take(0, 1, current, [])
@@ -192,6 +194,7 @@ def test_the_bundle_holds_the_mix_the_tracks_each_sounds_take_and_the_project(fi
     import av
 
     from selva.bundle import bundle_names, write_bundle
+    from selva.delivery import resample
     from selva.render import read_take
 
     project, bundle = first[0].project, first[-2]  # the last of `show`'s values, then the restored project
@@ -211,14 +214,15 @@ def test_the_bundle_holds_the_mix_the_tracks_each_sounds_take_and_the_project(fi
     with av.open(str(tmp_path / "out" / names[1])) as f:  # the mix, one track per sound, the original
         assert len(f.streams.audio) == 4
     for k, sound in enumerate(project.sounds):
-        exact = read_take(sound.take.audio)
+        # Delivered at 48 kHz (the default): the exact take resampled by the library, in 16 bits.
+        exact = resample(read_take(sound.take.audio), 16_000, 48_000, duration=project.duration)
         for name in names[2 + 2 * k : 4 + 2 * k]:
             with av.open(str(tmp_path / "out" / name)) as f:
                 stream = f.streams.audio[0]
                 wave = np.concatenate([fr.to_ndarray().reshape(-1) for fr in f.decode(stream)])
-                assert stream.rate == 16_000 and len(wave) == len(exact)
+                assert stream.rate == 48_000 and len(wave) == len(exact)
                 scale = 32768.0 if wave.dtype == np.int16 else 1.0
-                assert np.max(np.abs(wave / scale - exact)) < 2 / 32768  # 16-bit files of the exact take
+                assert np.max(np.abs(wave / scale - exact)) < 2 / 32768
 
     # Whole or nothing: a take whose audio is gone stops the bundle, and no zip (nor a part) is left.
     from dataclasses import replace
@@ -260,3 +264,124 @@ def test_history_keeps_small_settings_and_restores_them(workspace, first, tmp_pa
     assert history.restore(stored, 0, [tmp_path])[-1] == gr.update()
     with pytest.raises(gr.Error, match="Pick an earlier result"):
         history.restore(stored, 3, [tmp_path])
+
+
+# -- scores on the take cards (CLAP) ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def clap(tmp_path_factory, tiny_hub) -> str:
+    from tiny_clap import write_tiny_clap
+
+    return str(write_tiny_clap(tmp_path_factory.mktemp("clap") / "hub"))
+
+
+def test_scored_takes_show_their_line_best_first_and_the_choice_stays(app_pipe, clip, clap):
+    from selva.project_scores import best_take, score_line
+
+    scoring = Workspace(handlers.Studio(PipelineSlot.wrap(app_pipe), scorer=clap))
+    values = scoring.generate(
+        str(clip), 2, rows(("dog barking", ""), ("car engine", "")), [2, 4.5, 31, 0, 0, "tiny_16k", 3], 0.0,
+        score=True,
+    )  # fmt: skip
+    current = values[0]
+    for k, sound in enumerate(current.project.sounds):
+        assert sound.chosen == 0 and all(t.score is not None for t in sound.takes)  # the choice: not moved
+        best = best_take(sound.takes)
+        order = sorted(range(3), key=lambda i: (-sound.takes[i].score.score, i))
+        assert order[0] == best
+        cards = take_cards(values, k)[:3]
+        seeds = [sound.takes[i].seed for i in order]
+        assert [int(c[1]["label"].split("seed ")[1].split()[0]) for c in cards] == seeds  # best first
+        assert "★ best match" in cards[0][1]["label"]
+        assert not any("★" in c[1]["label"] for c in cards[1:])
+        assert [c[2]["value"] for c in cards] == [score_line(sound.takes[i].score) for i in order]
+        assert all(c[2]["visible"] for c in cards)
+        in_mix = order.index(0)  # "Use this take" hidden on the chosen one only, wherever it sits
+        assert [c[3]["visible"] for c in cards] == [i != in_mix for i in range(3)]
+    # "Use this take" on the first card (the best) puts that very take in the mix.
+    best_seed = current.project.sounds[0].takes[best_take(current.project.sounds[0].takes)].seed
+    used = scoring.use_take(0, 0, current, *mix_values())
+    assert used[0].project.sounds[0].take.seed == best_seed
+
+
+def test_without_clap_the_result_still_shows_with_a_warning(app_pipe, clip):
+    from selva import spec
+
+    studio = handlers.Studio(PipelineSlot.wrap(app_pipe), scorer=spec.SCORER_CHECKPOINT)  # not cached
+    with pytest.warns(UserWarning, match="The takes are not scored: not scored: "):
+        values = Workspace(studio).generate(
+            str(clip), 1, rows(("dog barking", "")), [2, 4.5, 3, 0, 0, "tiny_16k", 2], 0.0, score=True
+        )
+    cards = take_cards(values, 0)
+    assert [c[0]["visible"] for c in cards] == [True, True, False, False]
+    assert not cards[0][2]["visible"] and "★" not in cards[0][1]["label"]
+    assert "Scores: not scored" in values[3]
+
+
+# -- delivery: the output sample rate and the loudness target ----------------------------------------------
+
+
+def audio_rate(path: str) -> int:
+    import av
+
+    with av.open(path) as f:
+        return f.streams.audio[0].rate
+
+
+def test_delivery_is_48khz_by_default_or_the_models_rate_at_a_loudness_target(workspace, first, clip):
+    assert audio_rate(first[2]["value"]) == 48_000  # the default: what video editors expect
+    assert first[0].project.mix.sample_rate == 48_000
+    values = workspace.generate(
+        str(clip), 2, rows(("dog barking", ""), ("car engine", "horn")), SETTINGS, 0.0,
+        sample_rate="model", loudness="-23 LUFS (EBU R128 broadcast)",
+    )  # fmt: skip
+    assert audio_rate(values[2]["value"]) == 16_000  # tiny_16k's own rate
+    assert values[0].project.mix.loudness == -23.0
+    assert "LUFS" in values[3]  # the measured loudness is in the info line
+    # A re-roll keeps the page's delivery settings too.
+    rerolled = workspace.reroll(0, values[0], 1, sample_rate="model", loudness="off")
+    assert audio_rate(rerolled[2]["value"]) == 16_000 and rerolled[0].project.mix.loudness is None
+
+
+# -- region re-roll ---------------------------------------------------------------------------------------
+
+
+def test_a_region_reroll_keeps_the_rest_of_the_take_and_the_other_sound(workspace, first):
+    from selva.app.region_controls import reroll_region
+    from selva.render import read_take
+
+    before = first[0].project
+    other = Path(before.sounds[1].take.audio).read_bytes()
+    values = reroll_region(workspace, 0, first[0], 0.3, 0.6, "", 77)
+    assert len(values) == SHOWN
+    project = values[0].project
+    sound = project.sounds[0]
+    edited = sound.takes[-1]
+    assert sound.chosen == len(sound.takes) - 1 == len(before.sounds[0].takes)  # appended, chosen
+    assert edited.seed == 77 and edited.edit.source == before.sounds[0].chosen
+    assert edited.edit.start <= 0.3 and edited.edit.end >= 0.6  # widened to whole latent frames
+    assert f"sound 1: {edited.edit.start:.3f}-{edited.edit.end:.3f} s re-rolled with seed 77" in values[3]
+    old, new = read_take(before.sounds[0].take.audio), read_take(edited.audio)
+    a, b = round(edited.edit.start * 16_000), round(edited.edit.end * 16_000)
+    assert np.array_equal(new[..., :a], old[..., :a]) and np.array_equal(new[..., b:], old[..., b:])
+    assert not np.array_equal(new[..., a:b], old[..., a:b])  # the region itself is new
+    assert Path(project.sounds[1].take.audio).read_bytes() == other  # sound 2: bit for bit
+    cards = take_cards(values, 0)  # the edited take on a card, in the mix
+    assert any(c[0]["visible"] and "seed 77 (in the mix)" in c[1]["label"] for c in cards)
+
+
+def test_a_bad_region_is_a_titled_error_before_any_model_runs(workspace, first, app_pipe):
+    import gradio as gr
+
+    from selva.app.region_controls import reroll_region
+
+    counts = cache_counts(app_pipe)
+    with pytest.raises(gr.Error) as bad:
+        reroll_region(workspace, 0, first[0], 0.6, 0.3)
+    assert bad.value.title != "Error" and "region" in bad.value.message
+    with pytest.raises(gr.Error, match="Start and End"):
+        reroll_region(workspace, 1, first[0], None, 0.5)
+    with pytest.raises(gr.Error, match="Generate first"):
+        reroll_region(workspace, 0, None, 0.1, 0.5)
+    assert cache_counts(app_pipe) == counts

@@ -141,6 +141,8 @@ class Studio:
         num_samples: float,
         original_audio_gain: float | None = 0.0,
         score: bool | None = False,
+        sample_rate: int | str | None = spec.DEFAULT_OUTPUT_RATE,
+        loudness: float | str | None = spec.DEFAULT_LOUDNESS_TARGET,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 (gradio injects it: the default marks the parameter)
         request: gr.Request | None = None,
     ) -> tuple[Any, ...]:
@@ -164,6 +166,8 @@ class Studio:
             score: also score each candidate with CLAP (match with the prompt, leakage into the
                 negative prompt, one ranking score): the scores end the info line. A hint, not a
                 judgement of quality.
+            sample_rate: the delivered files' rate: 48000 (the default) or "model" (the model's own).
+            loudness: the mix's loudness target: "off", -23 (EBU R128), -16 or -14 LUFS.
 
         Returns one mp4 path per candidate (None for unused players, and for every one when the
         sound comes from the prompt alone), the FLAC and WAV files (per candidate), the info line,
@@ -193,9 +197,13 @@ class Studio:
                     original_audio_gain=gain or None,
                     cancel=REQUEST_CANCEL.get(),
                     score=bool(score),
+                    sample_rate=spec.DEFAULT_OUTPUT_RATE if sample_rate is None else sample_rate,
+                    loudness=loudness,
                 )
             finally:
                 self.activity.pop(session, None)
+            if result.score_warning:
+                notify(f"The takes are not scored: {result.score_warning}", "No scores", "warning")
             result = _say_if_capped(result, req.video, self.slot.max_duration)
         # Plain paths (None for unused players), so API callers get files, not component updates;
         # the page's labels, audio players and history follow from the result (selva.app.results.present).

@@ -36,7 +36,7 @@ from selva.app.handlers import (
     stops_on_cancel,
 )
 from selva.app.load_status import load_status_panel
-from selva.app.widgets import limit_slider
+from selva.app.widgets import delivery_settings, limit_slider
 from selva.app.workspace_handlers import Workspace, one_sound
 from selva.serving import PipelineSlot
 
@@ -221,6 +221,16 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
                         step=0.05,
                         info="the video's own sound under the new audio (0 = replace it)",
                     )
+                    score_takes = gr.Checkbox(
+                        False,
+                        label="Score the takes (CLAP)",
+                        info="A hint for choosing: how well each take matches its prompt and how much it "
+                        "leaks the other sounds' prompts, not a judgement of quality. The best is "
+                        "marked; the choice stays yours. Loads a CLAP model on first use.",
+                        elem_id="score-takes",
+                    )
+                    with gr.Row():
+                        sample_rate, loudness = delivery_settings()
             with gr.Column(scale=1, min_width=320, elem_id="result-column"):
                 area = workspace_ui.result_area()
                 history = history_ui.history_panel()
@@ -255,7 +265,7 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
         started.then(lambda: gr.update(visible=False), None, results.area, **private)
         started.then(None, None, None, js=SCROLL_TO_RESULT, **private)
         inputs = [video, prompt, negative, steps, cfg, seed, duration, start, variant, num_samples]
-        inputs.append(original_level)
+        inputs += [original_level, score_takes, sample_rate, loudness]
         # One sound: the page's `/generate` (its candidates are the sound's takes); several: the workspace.
         single = started.success(one_sound, sounds["count"], None, **results_ui.PAGE_EVENT_TOASTS)
         event = single.success(
@@ -280,7 +290,8 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
             Workspace(studio), sounds, area, checked=checked, single=event, stop=stop, video=video,
             settings=[steps, cfg, seed, duration, start, variant, num_samples], original=original_level,
             num_samples=num_samples, current_result=results.current, finish=end_of_run,
-            kept=[results.kept, results.kept_list, results.kept_files],
+            kept=[results.kept, results.kept_list, results.kept_files], score=score_takes,
+            delivery=[sample_rate, loudness],
         )  # fmt: skip
         history_ui.wire_history(
             demo, history, area["current"], restore_outputs, video,

@@ -20,6 +20,7 @@ from typing import Any
 import gradio as gr
 
 from selva import spec
+from selva.app import region_controls
 from selva.app.handlers import stops_on_cancel
 from selva.app.results import PAGE_EVENT, PAGE_EVENT_TOASTS
 from selva.app.widgets import limit_slider, sound_prompts
@@ -76,9 +77,10 @@ def result_area() -> dict[str, Any]:
     """The project's result: the mixed video, then per sound its takes, "Use this take" and "Re-roll".
 
     Element ids: `workspace-result`, `mix-video`, `mix-info`, `bundle`, `project-file`, `project-upload`,
-    `sound-result-K`, `sound-label-K`, `reroll-K` and `take_card`'s (K, T from 1).
+    `sound-result-K`, `sound-label-K`, `reroll-K`, `take_card`'s and `region_controls.region_row`'s
+    (K, T from 1).
     """
-    ui: dict[str, Any] = {"sections": [], "labels": [], "reroll": []}
+    ui: dict[str, Any] = {"sections": [], "labels": [], "reroll": [], "region": []}
     ui.update({part: [] for part in (*TAKE_CARD_PARTS, *TAKE_CARD_ACTIONS)})
     with gr.Column(visible=False, elem_id="workspace-result") as area:
         ui["mix_video"] = gr.Video(label="Mix", interactive=False, height=260, elem_id="mix-video")
@@ -98,6 +100,7 @@ def result_area() -> dict[str, Any]:
                 for part in (*TAKE_CARD_PARTS, *TAKE_CARD_ACTIONS):
                     ui[part].append([card[part] for card in cards])
                 ui["reroll"].append(gr.Button("Re-roll this sound", size="sm", elem_id=f"reroll-{k + 1}"))
+                ui["region"].append(region_controls.region_row(k))
             ui["sections"].append(section)
     ui["area"] = area
     with gr.Row():
@@ -111,14 +114,16 @@ def result_area() -> dict[str, Any]:
 
 
 # A take card's widgets, in the order `workspace_handlers.take_card_values` gives their values.
-TAKE_CARD_PARTS = ("cards", "takes", "use")
+TAKE_CARD_PARTS = ("cards", "takes", "score", "use")
 TAKE_CARD_ACTIONS = ("keep", "use_seed")  # a card's buttons whose events need no update from `show`
 
 
 def take_card(k: int, t: int) -> dict[str, Any]:
-    """Sound k's take slot t: its player (the seed in its label), "Use this take", Keep, Use this seed.
+    """Sound k's take slot t: its player (the seed in its label), its score line (when scored),
+    "Use this take", Keep, Use this seed.
 
-    Element ids: `take-card-K-T`, `take-K-T`, `use-take-K-T`, `keep-take-K-T`, `use-seed-K-T`.
+    Element ids: `take-card-K-T`, `take-K-T`, `take-score-K-T`, `use-take-K-T`, `keep-take-K-T`,
+    `use-seed-K-T`.
     Hidden until `show` fills it; every take's look is decided here and in `take_card_values`.
     """
     card: dict[str, Any] = {}
@@ -127,6 +132,7 @@ def take_card(k: int, t: int) -> dict[str, Any]:
         card["takes"] = gr.Audio(
             label=f"Take {t + 1}", type="filepath", interactive=False, elem_id=f"take-{k + 1}-{t + 1}"
         )
+        card["score"] = gr.Markdown("", visible=False, elem_id=f"take-score-{k + 1}-{t + 1}")
         card["use"] = gr.Button("Use this take", size="sm", elem_id=f"use-take-{k + 1}-{t + 1}")
         with gr.Row():
             card["keep"] = gr.Button("Keep", size="sm", min_width=60, elem_id=f"keep-take-{k + 1}-{t + 1}")
@@ -171,14 +177,17 @@ def wire_workspace(
     num_samples: gr.Slider,
     current_result: gr.State,
     kept: list[Any],
+    score: gr.Checkbox,
+    delivery: list[Any],
     finish: Callable[[Any], None] | None = None,
 ) -> list[Any]:
     """The workspace's events; returns what a restore fills (`workspace_handlers.project_values`' order).
 
     `checked` is the page's Source check before a Generate; `single` the `/generate` event (one
     sound); `settings` are steps, CFG, seed, duration, start, variant and Candidates; `kept` the
-    kept list's state, text and files (a take's Keep); `finish(event)` puts Generate and Cancel
-    back to idle after a run.
+    kept list's state, text and files (a take's Keep); `score` the "Score the takes" box;
+    `delivery` the output sample rate and loudness target;
+    `finish(event)` puts Generate and Cancel back to idle after a run.
     """
     for button, delta in ((rows["add"], 1), (rows["remove"], -1)):
         button.click(
@@ -199,12 +208,15 @@ def wire_workspace(
     ) -> list[Any]:
         video, count, *rest = values
         rows_, settings_ = rest[:n_rows], rest[n_rows : n_rows + 7]
-        original_, restored = rest[n_rows + 7 :]
-        return ws.generate(video, count, rows_, settings_, original_, restored, progress, request)
+        original_, restored, score_, rate, loudness = rest[n_rows + 7 :]
+        return ws.generate(
+            video, count, rows_, settings_, original_, restored, progress, request,
+            score=score_, sample_rate=rate, loudness=loudness,
+        )  # fmt: skip
 
     many = checked.success(several_sounds, rows["count"], None, **PAGE_EVENT_TOASTS).success(
         stops_on_cancel(generate),
-        [video, rows["count"], *row_inputs(rows), *settings, original, area["restored"]],
+        [video, rows["count"], *row_inputs(rows), *settings, original, area["restored"], score, *delivery],
         [*outputs, area["restored"]],
         show_progress_on=area["mix_video"],
         **gpu,
@@ -216,14 +228,24 @@ def wire_workspace(
     rerolls = [
         area["reroll"][k].click(
             stops_on_cancel(_reroll_for(ws, k)),
-            [area["current"], num_samples],
+            [area["current"], num_samples, score, *delivery],
             outputs,
             show_progress_on=area["sections"][k],
             **gpu,
         )
         for k in range(MAX_SOUNDS)
     ]
-    stop.click(None, None, None, cancels=[many, *rerolls], **PAGE_EVENT)
+    regions = [
+        area["region"][k]["button"].click(
+            stops_on_cancel(region_controls.handler_for(ws, k)),
+            [area["current"], *(area["region"][k][part] for part in region_controls.REGION_PARTS)],
+            outputs,
+            show_progress_on=area["sections"][k],
+            **gpu,
+        )
+        for k in range(MAX_SOUNDS)
+    ]
+    stop.click(None, None, None, cancels=[many, *rerolls, *regions], **PAGE_EVENT)
     # The user's own moves only (not a restore's): sliders on release, boxes on input.
     for control in [*rows["gain"], *rows["pan"], original]:
         control.release(ws.remix, [area["current"], *mix_values], outputs, **PAGE_EVENT_TOASTS)
@@ -269,9 +291,21 @@ def _reroll_for(ws: Workspace, k: int) -> Any:
     def reroll(
         current: Current | None,
         num_samples: float,
+        score: bool,
+        sample_rate: int | str,
+        loudness: str,
         progress: gr.Progress = gr.Progress(),  # noqa: B008
         request: gr.Request | None = None,
     ) -> list[Any]:
-        return ws.reroll(k, current, num_samples, progress, request)
+        return ws.reroll(
+            k,
+            current,
+            num_samples,
+            progress,
+            request,
+            score=score,
+            sample_rate=sample_rate,
+            loudness=loudness,
+        )
 
     return reroll

@@ -24,7 +24,8 @@ from selva.serving import MAX_CANDIDATES, GenerationResult, parse_request
 from selva.spec import InputError
 
 MIX_FIELDS = ("gain", "pan", "mute", "solo")
-TAKE_CARD = 3  # values `take_card_values` gives per take slot: its card, its player, "Use this take"
+# Values `take_card_values` gives per take slot: its card, its player, its score line, "Use this take".
+TAKE_CARD = 4
 # How many values `show` gives: the state, the area, the mix video, the info, the project file,
 # per sound its section, its label, and a take card's values per take slot; then the bundle.
 SHOWN = 5 + MAX_SOUNDS * (2 + TAKE_CARD * MAX_CANDIDATES) + 1
@@ -60,6 +61,14 @@ def show(result: ProjectResult, sample_rate: int) -> list[Any]:
     return [*values, bundle_of(result, sample_rate)]
 
 
+def warn_unscored(result: Any) -> None:
+    """Scores asked for and not made (no CLAP): a warning toast; the result shows all the same."""
+    if getattr(result, "score_warning", None):
+        from selva.app.toasts import notify
+
+        notify(f"The takes are not scored: {result.score_warning}", "No scores", "warning")
+
+
 def bundle_of(result: ProjectResult, sample_rate: int) -> str:
     """The result's download bundle (`selva.bundle`), written into the result's own folder."""
     from selva.bundle import BUNDLE_SUFFIX, project_tag, write_bundle
@@ -76,16 +85,25 @@ def bundle_of(result: ProjectResult, sample_rate: int) -> str:
 def take_card_values(current: Current, k: int, t: int | None) -> list[Any]:
     """A take card's values (`workspace.take_card`): sound `k`'s take `t` (None: the card hidden).
 
-    Every take's look is decided here: its label (take, seed, whether it is in the mix) and
-    which actions it offers; a later line (a score) goes here too.
+    Every take's look is decided here: its label (take, seed, the best-scored mark, whether it
+    is in the mix), its score line (when the takes were scored) and which actions it offers.
+    The best mark is a hint: the take in the mix stays the one the user chose.
     """
     if t is None:
-        return [gr.update(visible=False), gr.update(value=None), gr.update(visible=False)]
+        return [gr.update(visible=False), gr.update(value=None), gr.update(value="", visible=False),
+                gr.update(visible=False)]  # fmt: skip
+    from selva.project_scores import best_take, score_line
+
     sound = current.project.sounds[k]
+    take = sound.takes[t]
     chosen = t == sound.chosen
-    label = f"Take {t + 1} · seed {sound.takes[t].seed}" + (" (in the mix)" if chosen else "")
+    best = len(sound.takes) > 1 and best_take(sound.takes) == t
+    label = f"Take {t + 1} · seed {take.seed}" + (" · ★ best match" if best else "")
+    label += " (in the mix)" if chosen else ""
     player = gr.update(value=current.players.get((k, t)), label=label)
-    return [gr.update(visible=True), player, gr.update(visible=not chosen)]
+    line = score_line(take.score) if take.score is not None else ""
+    return [gr.update(visible=True), player, gr.update(value=line, visible=bool(line)),
+            gr.update(visible=not chosen)]  # fmt: skip
 
 
 def _take_in_slot(current: Current | None, k: int, slot: int) -> tuple[Sound, Any, str] | None:
@@ -100,11 +118,14 @@ def _take_in_slot(current: Current | None, k: int, slot: int) -> tuple[Sound, An
 
 
 def _shown_takes(sound: Sound) -> list[int]:
-    """Take indices a sound's players show: its last MAX_CANDIDATES takes, keeping the chosen one."""
+    """Take indices a sound's players show: its last MAX_CANDIDATES takes, keeping the chosen one,
+    best-scored first when they were scored (`takes_by_score`; unscored ones keep their order)."""
+    from selva.project_scores import takes_by_score
+
     latest = list(range(len(sound.takes)))[-MAX_CANDIDATES:]
     if sound.chosen is not None and sound.chosen not in latest:
         latest = [sound.chosen, *latest[1:]]
-    return latest
+    return [i for i, _, _ in takes_by_score(sound) if i in latest]
 
 
 # -- handlers ------------------------------------------------------------------------------------------
@@ -129,9 +150,14 @@ class Workspace:
         restored: Project | None = None,
         progress: Any = None,
         request: Any = None,
+        *,
+        score: bool = False,
+        sample_rate: int | str | None = spec.DEFAULT_OUTPUT_RATE,
+        loudness: float | str | None = spec.DEFAULT_LOUDNESS_TARGET,
     ) -> list[Any]:
         """Render the first `count` rows (`row_inputs`' values) as one project; `area_outputs`' values
-        and the restored project (now used up: None).
+        and the restored project (now used up: None). `score` scores the takes with CLAP;
+        `sample_rate` (48000 or "model") and `loudness` (a LUFS target or "off") are the delivery's.
 
         `settings` are steps, CFG, seed, duration, start, variant and Candidates. Every sound gets
         Candidates takes (sound j: seed + j * Candidates + k); an uploaded project whose prompts
@@ -174,13 +200,20 @@ class Workspace:
                     steps=req.steps,
                     cfg_strength=req.cfg_strength,
                 )
-            result = self.service.render_project(
-                project, progress, session=session_of(request), cancel=REQUEST_CANCEL.get()
-            )
-        return [*show(result, self._sample_rate(result.project)), None]
+            result = self._render(project, progress, request, score, sample_rate, loudness)
+        return [*show(result, self.sample_rate_of(result.project)), None]
 
     def reroll(
-        self, k: int, current: Current | None, num_samples: float, progress: Any = None, request: Any = None
+        self,
+        k: int,
+        current: Current | None,
+        num_samples: float,
+        progress: Any = None,
+        request: Any = None,
+        *,
+        score: bool = False,
+        sample_rate: int | str | None = spec.DEFAULT_OUTPUT_RATE,
+        loudness: float | str | None = spec.DEFAULT_LOUDNESS_TARGET,
     ) -> list[Any]:
         """New takes of sound `k` alone (a fresh seed, Candidates of them); the others are read back."""
         from selva.render import draft_takes
@@ -193,10 +226,19 @@ class Workspace:
         with user_errors():
             count = int(spec.NUM_SAMPLES.check(int(num_samples or 1), by_label=True))
             project = draft_takes(current.project, count=count, sounds=[k])
-            result = self.service.render_project(
-                project, progress, session=session_of(request), cancel=REQUEST_CANCEL.get()
-            )
-        return show(result, self._sample_rate(result.project))
+            result = self._render(project, progress, request, score, sample_rate, loudness)
+        return show(result, self.sample_rate_of(result.project))
+
+    def _render(
+        self, project: Project, progress: Any, request: Any, score: bool, sample_rate: Any, loudness: Any
+    ) -> ProjectResult:
+        """`project` rendered (only takes without audio run), scored if asked, delivered as set."""
+        result = self.service.render_project(
+            project, progress, session=session_of(request), cancel=REQUEST_CANCEL.get(), score=bool(score),
+            sample_rate=spec.DEFAULT_OUTPUT_RATE if sample_rate is None else sample_rate, loudness=loudness,
+        )  # fmt: skip
+        warn_unscored(result)
+        return result
 
     # Re-mix: no model ---------------------------------------------------------------------------------
 
@@ -253,7 +295,7 @@ class Workspace:
         if result is None or result.project is None:
             return [gr.update()] * SHOWN
         project = result.project
-        shown = self.remix(Current(project, self._sample_rate(project)), *values)
+        shown = self.remix(Current(project, self.sample_rate_of(project)), *values)
         shown[3] = result.info
         return shown
 
@@ -276,7 +318,7 @@ class Workspace:
         )
         return project_values(replace(project, sounds=sounds))
 
-    def _sample_rate(self, project: Project) -> int:
+    def sample_rate_of(self, project: Project) -> int:
         pipe = self.studio.slot.pipe
         if pipe is not None and pipe.variant.name == project.variant:
             return pipe.variant.sample_rate
