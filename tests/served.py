@@ -27,7 +27,11 @@ def served(demo: Any, **options: Any) -> Iterator[str]:
     from fastapi import FastAPI
 
     app = gr.mount_gradio_app(FastAPI(), demo, path="/", server_name="127.0.0.1", **options)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+    # A browser or MCP client may keep a connection open; uvicorn would wait for it without end.
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", timeout_graceful_shutdown=2
+    )
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="test-gradio-server", daemon=True)
     thread.start()
     deadline = time.monotonic() + STARTUP_LIMIT_S
