@@ -384,4 +384,8 @@ def test_a_bad_region_is_a_titled_error_before_any_model_runs(workspace, first, 
         reroll_region(workspace, 1, first[0], None, 0.5)
     with pytest.raises(gr.Error, match="Generate first"):
         reroll_region(workspace, 0, None, 0.1, 0.5)
+    # The seed box is text: blank draws a new seed; anything else must be a whole number in range.
+    for typed in ("x", "1.5", "-3"):
+        with pytest.raises(gr.Error, match="Region seed must be a whole number"):
+            reroll_region(workspace, 0, first[0], 0.3, 0.6, "", typed)
     assert cache_counts(app_pipe) == counts

@@ -232,6 +232,9 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
                     with gr.Row():
                         sample_rate, loudness = delivery_settings()
             with gr.Column(scale=1, min_width=320, elem_id="result-column"):
+                # The examples go here once their inputs exist: at the top on a desktop, beside the
+                # inputs; on a phone below them, so the first screen stays video, prompt, Generate.
+                examples_place = gr.Column(elem_id="examples-place")
                 area = workspace_ui.result_area()
                 history = history_ui.history_panel()
                 results = results_ui.results_column()
@@ -305,17 +308,18 @@ def build_demo(pipe: SelvaPipeline | PipelineSlot | None = None, *, examples: bo
         )
 
         if examples and (rows := load_examples()):
-            gallery = gr.Examples(
-                rows,
-                inputs=[video, prompt, negative],
-                # One candidate: gradio's example cache cannot store an empty video, so the unused
-                # players are no example outputs.
-                outputs=[results.videos[0], results.audios[0], results.downloads, results.info],
-                fn=stops_on_cancel(studio.generate_example),
-                cache_examples=True,
-                cache_mode="lazy",  # computed on first click, then served to everyone
-                example_labels=[f"{Path(r[0]).stem}: {r[1]}" for r in rows],
-            )
+            with examples_place:
+                gallery = gr.Examples(
+                    rows,
+                    inputs=[video, prompt, negative],
+                    # One candidate: gradio's example cache cannot store an empty video, so the unused
+                    # players are no example outputs.
+                    outputs=[results.videos[0], results.audios[0], results.downloads, results.info],
+                    fn=stops_on_cancel(studio.generate_example),
+                    cache_examples=True,
+                    cache_mode="lazy",  # computed on first click, then served to everyone
+                    example_labels=[f"{Path(r[0]).stem}: {r[1]}" for r in rows],
+                )
             gallery.dataset.click(
                 lambda s, d, m: source_for_example(s, d, m, max_duration=slot.max_duration),
                 [source, duration, remembered],

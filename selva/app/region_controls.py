@@ -17,7 +17,7 @@ import gradio as gr
 
 from selva.app.handlers import REQUEST_CANCEL, session_of, user_errors
 from selva.app.workspace_handlers import Current, Workspace, show
-from selva.spec import InputError
+from selva.spec import SEED, InputError
 
 REGION_PARTS = ("start", "end", "prompt", "seed")  # the row's inputs, in the handler's order
 
@@ -38,8 +38,10 @@ def region_row(k: int) -> dict[str, Any]:
             "", label="Region prompt", placeholder="blank: the sound's own", max_lines=1, min_width=140,
             elem_id=f"region-prompt-{n}",
         )  # fmt: skip
-        row["seed"] = gr.Number(
-            None, label="Region seed", placeholder="blank: new", precision=0, minimum=0, min_width=80,
+        # Text, not a Number: gradio shows and sends an empty Number as 0, which would make every
+        # re-roll the same seed-0 audio instead of a new one.
+        row["seed"] = gr.Textbox(
+            "", label="Region seed", placeholder="blank: new", max_lines=1, min_width=80,
             elem_id=f"region-seed-{n}",
         )  # fmt: skip
         row["button"] = gr.Button("Re-roll region", size="sm", min_width=100, elem_id=f"reroll-region-{n}")
@@ -53,7 +55,7 @@ def reroll_region(
     start: float | None,
     end: float | None,
     prompt: str | None = None,
-    seed: float | None = None,
+    seed: str | float | None = None,
     progress: Any = None,
     request: Any = None,
 ) -> list[Any]:
@@ -73,10 +75,29 @@ def reroll_region(
             )
         result = ws.service.reroll_region(
             current.project, k, None, float(start), float(end),
-            seed=None if seed is None else int(seed), prompt=(prompt or "").strip() or None,
+            seed=seed_given(seed), prompt=(prompt or "").strip() or None,
             progress=progress, session=session_of(request), cancel=REQUEST_CANCEL.get(),
         )  # fmt: skip
     return show(result, ws.sample_rate_of(result.project))
+
+
+def seed_given(seed: str | float | None) -> int | None:
+    """The Region seed box's seed: None when blank (a new one is drawn), else a whole number in range."""
+    if isinstance(seed, float) and seed.is_integer():
+        seed = int(seed)
+    text = "" if seed is None else str(seed).strip()
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not SEED.minimum <= value <= SEED.maximum:
+        raise InputError(
+            f"Region seed must be a whole number from {SEED.minimum} to {SEED.maximum}, or blank for a new "
+            f"one; got {text!r}"
+        )
+    return value
 
 
 def handler_for(ws: Workspace, k: int) -> Any:
@@ -87,7 +108,7 @@ def handler_for(ws: Workspace, k: int) -> Any:
         start: float | None,
         end: float | None,
         prompt: str | None,
-        seed: float | None,
+        seed: str | None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008
         request: gr.Request | None = None,
     ) -> list[Any]:
