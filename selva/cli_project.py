@@ -26,7 +26,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     from selva.progress import project_info
     from selva.project import Project
     from selva.project_files import write_mix
-    from selva.render import render
+    from selva.region import render_with_edits
 
     check_score_options(args)
     project = Project.load(args.project)
@@ -37,7 +37,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise InputError(f"cannot create the output folder {args.out}: {exc}") from None
     pipe = load_pipeline(args, variant)
-    rendered = render(pipe, project, takes_folder(args.project))
+    rendered = render_with_edits(pipe, project, takes_folder(args.project))
     rendered, score_lines = score_clip(rendered, args, str(args.project))  # --score; never fails
     name = project_name(args.project)
     files = write_mix(rendered, args.out, name, audio_format=args.format)

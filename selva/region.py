@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -212,8 +212,8 @@ def reroll_region(
     seed = random_seed() if seed is None else seed
     rate, hop = pipe.sample_rate, pipe.variant.hop_length
     check_region(project, sound, take, start, end, sample_rate=rate, hop_length=hop, prompt=prompt, seed=seed)
-    rendered = render(pipe, project, folder, callback_on_step_end=callback_on_step_end,
-                      callback_on_stage=callback_on_stage, cancel=cancel)  # fmt: skip
+    rendered = render_with_edits(pipe, project, folder, callback_on_step_end=callback_on_step_end,
+                                 callback_on_stage=callback_on_stage, cancel=cancel)  # fmt: skip
     project = rendered.project  # the span settled
     index = project.sounds[sound].chosen if take is None else take
     region = widen(start, end, duration=project.duration, sample_rate=rate, hop_length=hop)
@@ -228,6 +228,13 @@ def reroll_region(
     made = mixed(project, audio, rate, generated=[*rendered.generated, (sound, new)], latents=latents,
                  timings=rendered.timings, windows=rendered.windows, info=rendered.info)  # fmt: skip
     return RegionResult(rendered=made, sound=sound, take=new, seed=seed, region=region)
+
+
+def render_with_edits(
+    pipe: SelvaPipeline, project: Project, folder: str | Path | None, **options: Any
+) -> Rendered:
+    """`selva.render.render` that also makes again the region re-rolls whose audio is gone."""
+    return render(pipe, project, folder, redo_edits=redo_edits, **options)
 
 
 def redo_edits(

@@ -136,10 +136,13 @@ def render(
     callback_on_stage: StageCallback | None = None,
     on_sound: Callable[[int, int], None] | None = None,
     cancel: CancelToken | None = None,
+    redo_edits: Callable[..., Project] | None = None,
 ) -> Rendered:
     """Generate `project`'s missing takes (their exact audio as files in `folder`) and mix the chosen ones.
 
     `folder=None` keeps the new takes' audio in the result only (their `audio` stays None).
+    Region re-rolls whose audio is gone are made again by `redo_edits` (`selva.region`'s, which
+    builds on this module: `selva.region.render_with_edits` passes it).
 
     A sound without takes gets one (a fresh seed); `on_sound(j, count)` is called
     as the j-th of `count` pipeline calls begins (for progress bars).
@@ -218,8 +221,12 @@ def render(
     # Region re-rolls whose audio is gone, made again from their takes (earlier ones: made by now).
     edits = [(k, t) for k, s in enumerate(project.sounds) for t, x in enumerate(s.takes) if x.edit]
     if lost := [key for key in edits if key not in audio]:
-        from selva.region import redo_edits  # region re-rolls build on rendering
-
+        if redo_edits is None:
+            k, t = lost[0]
+            raise InputError(
+                f"sound {k + 1} take {t + 1} is a region re-roll whose audio is gone; render the project "
+                "with selva.region.render_with_edits (as `selva render` does) to make it again"
+            )
         project = redo_edits(pipe, project, audio, latents, folder, cancel=cancel)
         generated += lost
     # 4. The mix.

@@ -292,8 +292,7 @@ class GenerationService:
     ) -> tuple[Rendered, str | None]:
         """The model's part of a job (what ZeroGPU runs on its GPU): render (or re-roll a region), then
         score if asked."""
-        from selva.region import reroll_region
-        from selva.render import render
+        from selva.region import render_with_edits, reroll_region
 
         pipe = self.slot.pipe
         assert pipe is not None  # loaded by `render` under the lock
@@ -309,7 +308,7 @@ class GenerationService:
                                      folder=folder, callback_on_stage=report.stage,
                                      callback_on_step_end=report.step, cancel=token).rendered  # fmt: skip
         else:
-            rendered = render(
+            rendered = render_with_edits(
                 pipe,
                 project,
                 folder,

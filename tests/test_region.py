@@ -11,7 +11,7 @@ from media_factory import make_video
 
 from selva.cli import main
 from selva.project import Edit, Project, Sound
-from selva.region import check_region, fade_gains, reroll_region, splice, widen
+from selva.region import check_region, fade_gains, render_with_edits, reroll_region, splice, widen
 from selva.render import draft_takes, latent_file, read_take, render
 from selva.spec import REGION_MAX_FADE, InputError
 
@@ -132,11 +132,14 @@ def test_without_latent_files_the_flow_runs_again_to_the_same_result(pipe, edite
     # A take of a project file without latent files: its latents made again by its own flow.
     again = reroll_region(pipe, Project.load(saved), 0, 0, 0.5, 1.0, seed=7, folder=None)
     np.testing.assert_array_equal(again.audio, first.audio)
-    # The edited take's files gone too: `render` makes it again from its edit entry.
+    # The edited take's files gone too: plain `render` says how to make it again...
     for f in folder.iterdir():
         if "region" in f.name:
             f.unlink()
-    rendered = render(pipe, Project.load(saved), tmp_path / "takes")
+    with pytest.raises(InputError, match="sound 1 take 2 is a region re-roll whose audio is gone"):
+        render(pipe, Project.load(saved), tmp_path / "plain")
+    # ...and `render_with_edits` (selva render's, the service's) makes it again from its edit entry.
+    rendered = render_with_edits(pipe, Project.load(saved), tmp_path / "takes")
     assert rendered.generated == [(0, 1)]
     np.testing.assert_array_equal(rendered.take_audio(0), first.audio)
 
