@@ -306,9 +306,9 @@ def test_scored_takes_show_their_line_best_first_and_the_choice_stays(app_pipe, 
 
 
 def test_without_clap_the_result_still_shows_with_a_warning(app_pipe, clip):
-    from selva import spec
-
-    studio = handlers.Studio(PipelineSlot.wrap(app_pipe), scorer=spec.SCORER_CHECKPOINT)  # not cached
+    # A checkpoint no test loads: scorers stay resident per process, and test_scoring.py keeps a
+    # tiny CLAP under the default id.
+    studio = handlers.Studio(PipelineSlot.wrap(app_pipe), scorer="laion/clap-htsat-unfused")
     with pytest.warns(UserWarning, match="The takes are not scored: not scored: "):
         values = Workspace(studio).generate(
             str(clip), 1, rows(("dog barking", "")), [2, 4.5, 3, 0, 0, "tiny_16k", 2], 0.0, score=True
