@@ -10,7 +10,7 @@ run. No torch at module level: front ends import this without loading a model.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from selva.spec import TRUE_PEAK_CEILING_DB
 
@@ -145,12 +145,18 @@ def info_line(
         f"seed {seed}",
         f"{duration:.2f} s {span}",
         f"{candidates} candidate{'s' if candidates > 1 else ''} at {rate / 1000:g} kHz",
-        f"{pipe.variant.name} on {pipe.device} ({dtype_name(pipe.dtype)})",
+        ran_on(pipe),
         ", ".join(stages) + f"; total {total:.2f} s",
     ]
     if load_seconds:
         parts.append(f"model loaded in {load_seconds:.1f} s")
     return " · ".join(parts)
+
+
+def ran_on(pipe: Any, load_seconds: float = 0.0) -> str:
+    """Where a job ran ('small_16k on cuda (bf16)'), and ' · model loaded in 9.4 s' when it loaded it."""
+    where = f"{pipe.variant.name} on {pipe.device} ({dtype_name(pipe.dtype)})"
+    return where + (f" · model loaded in {load_seconds:.1f} s" if load_seconds else "")
 
 
 def project_info(rendered: Rendered) -> str:

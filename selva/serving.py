@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from selva.names import slug
 from selva.output_store import OUTPUT_KEEP_SECONDS, OutputStore  # noqa: F401 (re-exported)
-from selva.progress import ProgressFn, ProgressReport, StemsProgress, dtype_name, info_line, project_info
+from selva.progress import ProgressFn, ProgressReport, StemsProgress, info_line, project_info, ran_on
 from selva.project import Mix, Project, take_seeds
 from selva.slot import LoadStatus, PipelineSlot  # noqa: F401 (re-exported: the server's API)
 from selva.spec import (
@@ -349,9 +349,7 @@ class GenerationService:
             project = replace(project, mix=with_delivery(project.mix, sample_rate, loudness))
         job = self._render_new(project, progress, session, cancel, score)
         folder, (rendered, pipe, loaded, warning) = job
-        info = f"{project_info(rendered)} · {pipe.variant.name} on {pipe.device} ({dtype_name(pipe.dtype)})"
-        if loaded:
-            info += f" · model loaded in {loaded:.1f} s"
+        info = f"{project_info(rendered)} · {ran_on(pipe, loaded)}"
         result = deliver_project(rendered, folder, "")
         return replace(result, info=_with_scores(info, result.project, warning), score_warning=warning)
 
@@ -394,10 +392,8 @@ class GenerationService:
         info = (
             f"sound {sound + 1}: {edited.edit.start:.3f}-{edited.edit.end:.3f} s re-rolled with seed {seed} "
             f"as take {len(rendered.project.sounds[sound].takes)} · {project_info(rendered)} · "
-            f"{pipe.variant.name} on {pipe.device} ({dtype_name(pipe.dtype)})"
+            f"{ran_on(pipe, loaded)}"
         )
-        if loaded:
-            info += f" · model loaded in {loaded:.1f} s"
         return deliver_project(rendered, folder, info)
 
     # -- several sources at once (selva.stems) ----------------------------------------------------
@@ -431,9 +427,7 @@ class GenerationService:
         )
         seeds = tuple(rendered.seeds)
         files = write_mix(rendered, folder, f"{slug(Path(project.video).stem, 24)}_seed{seeds[0]}")
-        info = project_info(rendered) + f" · {pipe.variant.name} on {pipe.device} ({dtype_name(pipe.dtype)})"
-        if load_seconds:
-            info += f" · model loaded in {load_seconds:.1f} s"
+        info = f"{project_info(rendered)} · {ran_on(pipe, load_seconds)}"
         info = _with_scores(info, rendered.project, warning)
         assert files.mix_video is not None and files.tracks_video is not None  # stems have a video
         return StemsResult(

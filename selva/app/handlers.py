@@ -25,12 +25,12 @@ import gradio as gr
 from selva import spec
 from selva.app.stems import stems_outputs
 from selva.app.toasts import fail, notify, user_errors  # noqa: F401 (the handlers' own, re-exported)
+from selva.progress import dtype_name
 from selva.serving import (
     MAX_CANDIDATES,
     GenerationService,
     OutputStore,
     PipelineSlot,
-    dtype_name,
     parse_request,
 )
 from selva.spec import CancelToken, InputError, SelvaError
