@@ -17,6 +17,7 @@ import av
 import gradio as gr
 import numpy as np
 import pytest
+from cancel_gate import CancelGate
 from media_factory import make_video
 
 from selva.app import handlers, launch, page, results, toasts
@@ -682,27 +683,11 @@ def test_cancel_through_the_api_stops_the_job_between_steps(app_server, clip, mo
     from gradio_client.exceptions import AppError
     from gradio_client.utils import Status
 
-    from selva.progress import ProgressReport
-    from selva.spec import CancelToken
-
     caplog.set_level("INFO", logger="selva.app")
-    # Spies on the real step report and cancel: the first flow step waits until the job's token is
-    # cancelled, so the cancel always lands while the job runs, however fast the tiny model is.
-    running, cancelled, steps = threading.Event(), threading.Event(), []
-    report_step, cancel_token = ProgressReport.step, CancelToken.cancel
-
-    def step(self, pipe, index, t, state):
-        steps.append(index)
-        running.set()
-        assert cancelled.wait(120), "the cancel never reached the job"
-        report_step(self, pipe, index, t, state)
-
-    def cancel(self):
-        cancel_token(self)
-        cancelled.set()
-
-    monkeypatch.setattr(ProgressReport, "step", step)
-    monkeypatch.setattr(CancelToken, "cancel", cancel)
+    # The first flow step waits until the job's token is cancelled, so the cancel always lands
+    # while the job runs, however fast the tiny model is.
+    gate = CancelGate(monkeypatch)
+    running, steps = gate.running, gate.steps
     studio = app_server.demo.studio
     written = set(studio.service.outputs.root.iterdir())
 
@@ -735,24 +720,8 @@ def test_a_client_that_disconnects_has_its_job_stopped(app_server, clip, monkeyp
     running job stopped after the current step: the page's unload event, for that client's session."""
     from gradio_client import Client, handle_file
 
-    from selva.progress import ProgressReport
-    from selva.spec import CancelToken
-
-    running, cancelled, steps = threading.Event(), threading.Event(), []
-    report_step, cancel_token = ProgressReport.step, CancelToken.cancel
-
-    def step(self, pipe, index, t, state):  # the first step waits for the cancel, as above
-        steps.append(index)
-        running.set()
-        assert cancelled.wait(120), "the disconnect never cancelled the job"
-        report_step(self, pipe, index, t, state)
-
-    def cancel(self):
-        cancel_token(self)
-        cancelled.set()
-
-    monkeypatch.setattr(ProgressReport, "step", step)
-    monkeypatch.setattr(CancelToken, "cancel", cancel)
+    gate = CancelGate(monkeypatch)  # the first step waits for the cancel, as above
+    running, cancelled, steps = gate.running, gate.cancelled, gate.steps
     slot = app_server.demo.studio.slot
     client = Client(app_server.url, verbose=False)
     client.submit(handle_file(str(clip)), "dog barking", "", 100, 4.5, 3, 0, 0, "tiny_16k", 1,

@@ -7,11 +7,11 @@ tmp folder; the README's pictures are `python -m benchmarks.screenshots`'s.
 
 import io
 import shutil
-import threading
 from pathlib import Path
 
 import pytest
 from browser_support import TIMEOUT_MS, cancel_and_wait, chromium, open_settings, video_duration
+from cancel_gate import CancelGate
 from media_factory import make_video
 from served import served
 
@@ -168,9 +168,6 @@ def set_number(page, label: str, value: float) -> None:
 
 
 def test_progress_shows_the_steps_and_cancel_stops_the_job(page, app_server, tmp_path, caplog, monkeypatch):
-    from selva.progress import ProgressReport
-    from selva.spec import CancelToken
-
     caplog.set_level("INFO", logger="selva.app")
     page.locator("#load-status").wait_for(state="hidden")  # the model is ready: nothing to say
     assert page.locator("#cancel").is_hidden()  # nothing runs: no Cancel
@@ -181,22 +178,9 @@ def test_progress_shows_the_steps_and_cancel_stops_the_job(page, app_server, tmp
     assert mix_duration(page) == pytest.approx(6.0, abs=0.15)  # the result a cancel must keep
     page.locator("#cancel").wait_for(state="hidden")
 
-    # Spies on the real step report and cancel: after reporting its second step the job waits for
-    # the cancel, so however slow the browser's click is, the job cannot finish its steps first.
-    cancelled = threading.Event()
-    report_step, cancel_token = ProgressReport.step, CancelToken.cancel
-
-    def step(self, pipe, index, t, state):
-        report_step(self, pipe, index, t, state)
-        if index >= 1:
-            assert cancelled.wait(TIMEOUT_MS / 1000), "the page's cancel never reached the job"
-
-    def cancel(self):
-        cancel_token(self)
-        cancelled.set()
-
-    monkeypatch.setattr(ProgressReport, "step", step)
-    monkeypatch.setattr(CancelToken, "cancel", cancel)
+    # After reporting its second step the job waits for the cancel, so however slow the browser's
+    # click is, the job cannot finish its steps first.
+    CancelGate(monkeypatch, from_step=1, report_first=True, timeout=TIMEOUT_MS / 1000)
     set_number(page, "Steps", 100)
     set_number(page, "Candidates", 4)
     page.locator("#generate").click()
