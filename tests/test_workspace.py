@@ -10,7 +10,15 @@ import pytest
 from media_factory import make_video
 
 from selva.app import handlers
-from selva.app.workspace_handlers import MAX_CANDIDATES, SHOWN, TAKE_CARD, Current, Workspace
+from selva.app.workspace_handlers import (
+    IN_THE_MIX,
+    MAX_CANDIDATES,
+    SHOWN,
+    TAKE_CARD,
+    USE_THIS_TAKE,
+    Current,
+    Workspace,
+)
 from selva.project import MAX_SOUNDS, Project
 from selva.serving import PipelineSlot
 from selva.spec import InputError
@@ -172,7 +180,10 @@ def test_each_take_is_shown_once_with_its_seed_keep_and_use_this_seed(workspace,
     assert [c[0]["visible"] for c in cards] == [True, True, False, False]
     assert [c[1]["label"] for c in cards[:2]] == ["Take 1 · seed 11 (in the mix)", "Take 2 · seed 12"]
     assert [c[2]["visible"] for c in cards[:2]] == [False, False]  # not scored: no score line
-    assert [c[3]["visible"] for c in cards[:2]] == [False, True]  # "Use this take" on the other one
+    # Both cards keep the button, so their rows line up; on the chosen take it is disabled and says so.
+    faces = [(c[3]["value"], c[3]["interactive"]) for c in cards[:2]]
+    assert faces == [(IN_THE_MIX, False), (USE_THIS_TAKE, True)]
+    assert all(c[3]["visible"] for c in cards[:2])
     assert all(Path(c[1]["value"]).suffix == ".flac" for c in cards[:2])
 
     kept, text, files = workspace.keep_take(0, 1, current, [])
@@ -297,8 +308,9 @@ def test_scored_takes_show_their_line_best_first_and_the_choice_stays(app_pipe, 
         assert not any("★" in c[1]["label"] for c in cards[1:])
         assert [c[2]["value"] for c in cards] == [score_line(sound.takes[i].score) for i in order]
         assert all(c[2]["visible"] for c in cards)
-        in_mix = order.index(0)  # "Use this take" hidden on the chosen one only, wherever it sits
-        assert [c[3]["visible"] for c in cards] == [i != in_mix for i in range(3)]
+        in_mix = order.index(0)  # "Use this take" disabled on the chosen one only, wherever it sits
+        assert [c[3]["interactive"] for c in cards] == [i != in_mix for i in range(3)]
+        assert [c[3]["value"] == IN_THE_MIX for c in cards] == [i == in_mix for i in range(3)]
     # "Use this take" on the first card (the best) puts that very take in the mix.
     best_seed = current.project.sounds[0].takes[best_take(current.project.sounds[0].takes)].seed
     used = scoring.use_take(0, 0, current, *mix_values())

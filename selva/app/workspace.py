@@ -24,7 +24,14 @@ from selva.app import region_controls
 from selva.app.handlers import stops_on_cancel
 from selva.app.results import PAGE_EVENT, PAGE_EVENT_TOASTS
 from selva.app.widgets import limit_slider, sound_prompts
-from selva.app.workspace_handlers import MIX_FIELDS, Current, Workspace, resize, several_sounds
+from selva.app.workspace_handlers import (
+    MIX_FIELDS,
+    USE_THIS_TAKE,
+    Current,
+    Workspace,
+    resize,
+    several_sounds,
+)
 from selva.project import MAX_SOUNDS
 from selva.serving import MAX_CANDIDATES
 
@@ -133,7 +140,7 @@ def take_card(k: int, t: int) -> dict[str, Any]:
             label=f"Take {t + 1}", type="filepath", interactive=False, elem_id=f"take-{k + 1}-{t + 1}"
         )
         card["score"] = gr.Markdown("", visible=False, elem_id=f"take-score-{k + 1}-{t + 1}")
-        card["use"] = gr.Button("Use this take", size="sm", elem_id=f"use-take-{k + 1}-{t + 1}")
+        card["use"] = gr.Button(USE_THIS_TAKE, size="sm", elem_id=f"use-take-{k + 1}-{t + 1}")
         with gr.Row():
             card["keep"] = gr.Button("Keep", size="sm", min_width=60, elem_id=f"keep-take-{k + 1}-{t + 1}")
             card["use_seed"] = gr.Button(

@@ -26,6 +26,8 @@ from selva.spec import InputError
 MIX_FIELDS = ("gain", "pan", "mute", "solo")
 # Values `take_card_values` gives per take slot: its card, its player, its score line, "Use this take".
 TAKE_CARD = 4
+# That button's two faces: on the chosen take it stays in place, disabled, saying so.
+USE_THIS_TAKE, IN_THE_MIX = "Use this take", "✓ In the mix"
 # How many values `show` gives: the state, the area, the mix video, the info, the project file,
 # per sound its section, its label, and a take card's values per take slot; then the bundle.
 SHOWN = 5 + MAX_SOUNDS * (2 + TAKE_CARD * MAX_CANDIDATES) + 1
@@ -102,8 +104,9 @@ def take_card_values(current: Current, k: int, t: int | None) -> list[Any]:
     label += " (in the mix)" if chosen else ""
     player = gr.update(value=current.players.get((k, t)), label=label)
     line = score_line(take.score) if take.score is not None else ""
-    return [gr.update(visible=True), player, gr.update(value=line, visible=bool(line)),
-            gr.update(visible=not chosen)]  # fmt: skip
+    # The chosen take's button stays in place, disabled, so every card's buttons line up.
+    use = gr.update(value=IN_THE_MIX if chosen else USE_THIS_TAKE, interactive=not chosen, visible=True)
+    return [gr.update(visible=True), player, gr.update(value=line, visible=bool(line)), use]
 
 
 def _take_in_slot(current: Current | None, k: int, slot: int) -> tuple[Sound, Any, str] | None:
