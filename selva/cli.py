@@ -127,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("project", type=Path, metavar="PROJECT.selva.json")
     p.add_argument("--out", type=Path, default=Path("outputs"), metavar="DIR", help="default: %(default)s")
     p.add_argument("--format", choices=["flac", "wav"], default="flac", help="default: flac")
+    _bundle_option(p)
     add_score_options(p, best_of=False)
     _delivery_options(p, new_project=False)
     _model_options(p, variant_default=None)
@@ -148,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", help="a prompt for the region alone (default: the sound's)")
     p.add_argument("--out", type=Path, default=Path("outputs"), metavar="DIR", help="default: %(default)s")
     p.add_argument("--format", choices=["flac", "wav"], default="flac", help="default: flac")
+    _bundle_option(p)
     _delivery_options(p, new_project=False)
     _model_options(p, variant_default=None)
 
@@ -231,6 +233,15 @@ def _generation_options(p: argparse.ArgumentParser) -> None:
     add_score_options(p, best_of=p.prog.endswith("generate"))
     _delivery_options(p, new_project=True)
     _model_options(p, variant_default=DEFAULT_VARIANT)
+
+
+def _bundle_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--bundle",
+        action="store_true",
+        help="also write OUT/<sounds and seeds>.zip: the mixed and multi-track mp4s, each sound's "
+        "chosen take as FLAC and WAV, and the project file (the app's download bundle)",
+    )
 
 
 def _delivery_options(p: argparse.ArgumentParser, *, new_project: bool) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from media_factory import make_video
 
+from selva.bundle import bundle_names
 from selva.cli import main
 from selva.project import Edit, Project, Sound
 from selva.region import check_region, fade_gains, render_with_edits, reroll_region, splice, widen
@@ -169,7 +171,7 @@ def test_a_long_span_runs_only_the_windows_the_region_touches(pipe, tmp_path):
 COMMON = ["--variant", "tiny_16k", "--device", "cpu", "--precision", "fp32", "-q"]
 
 
-def test_selva_edit_writes_the_edited_take_and_delivers_the_mix_again(tmp_path, clip, tiny_hub):
+def test_selva_edit_writes_the_edited_take_and_delivers_the_mix_and_bundle_again(tmp_path, clip, tiny_hub):
     saved = draft_takes(Project(sounds=(Sound("dog barking"),), video=str(clip)), seed=3, steps=2).save(
         tmp_path / "cli.selva.json"
     )
@@ -177,7 +179,7 @@ def test_selva_edit_writes_the_edited_take_and_delivers_the_mix_again(tmp_path, 
     assert main(["render", str(saved), "--out", str(out), *COMMON]) == 0
     rendered = Project.load(saved)
     assert main(["edit", str(saved), "--sound", "1", "--region", "0.5", "1.0", "--seed", "7",
-                 "--out", str(out), *COMMON]) == 0  # fmt: skip
+                 "--out", str(out), "--bundle", *COMMON]) == 0  # fmt: skip
     project = Project.load(saved)
     sound = project.sounds[0]
     assert len(sound.takes) == 2 and sound.chosen == 1
@@ -187,6 +189,12 @@ def test_selva_edit_writes_the_edited_take_and_delivers_the_mix_again(tmp_path, 
     assert np.array_equal(outside(new, region), outside(original, region))
     assert (out / "cli_mix.flac").is_file() and (out / "cli_mix.mp4").is_file()
     assert json.loads(saved.read_text())["sounds"][0]["takes"][1]["edit"]["source"] == 0
+    # --bundle: the zip named for the edited take's seed, holding the files just delivered.
+    with zipfile.ZipFile(out / "1-dog-barking_seed7.zip") as zf:
+        assert zf.namelist() == bundle_names(project, video=True)
+        assert zf.read("1-dog-barking_seed7_mix.mp4") == (out / "cli_mix.mp4").read_bytes()
+        assert zf.read("1-dog-barking_seed7.selva.json") == saved.read_bytes()
+    assert not list(out.glob("*.part*"))  # written whole, in place
 
 
 @pytest.mark.parametrize(
