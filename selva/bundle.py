@@ -39,6 +39,11 @@ def project_tag(project: Project) -> str:
     return "+".join(sound_tag(project, k) for k in range(len(project.sounds)))
 
 
+def bundle_file(folder: str | Path, project: Project) -> Path:
+    """Where a result's zip goes in `folder`: named for every sound and its seed (`project_tag`)."""
+    return Path(folder) / f"{project_tag(project)}{BUNDLE_SUFFIX}"
+
+
 def bundle_names(project: Project, *, video: bool) -> list[str]:
     """The names inside `write_bundle`'s zip, in its order."""
     tag = project_tag(project)

@@ -82,11 +82,11 @@ def cmd_edit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def deliver(rendered: Rendered, args: argparse.Namespace, extra: Sequence[Path] = ()) -> list[Path]:
+def deliver(rendered: Rendered, args: argparse.Namespace, extra: Sequence[Path] = ()) -> None:
     """Write the mix's files into `args.out`, save the project over `args.project` and, with
-    `--bundle`, the zip an editor is handed (`selva.bundle`); log and return what was written."""
+    `--bundle`, the zip an editor is handed (`selva.bundle`); log what was written (and `extra`)."""
     from selva.batch import project_name
-    from selva.bundle import BUNDLE_SUFFIX, project_tag, write_bundle
+    from selva.bundle import bundle_file, write_bundle
     from selva.progress import project_info
     from selva.project_files import write_mix
 
@@ -94,9 +94,8 @@ def deliver(rendered: Rendered, args: argparse.Namespace, extra: Sequence[Path] 
     written = [*files.sound_audio, files.mix_audio, files.mix_video, files.tracks_video, *extra]
     rendered.project.save(args.project)  # the zip holds the project as saved, with its takes' files
     if args.bundle:
-        zipped = args.out / f"{project_tag(rendered.project)}{BUNDLE_SUFFIX}"
-        written.append(write_bundle(zipped, rendered.project, rendered.sample_rate, project_file=args.project,
-                                    mix_video=files.mix_video, tracks_video=files.tracks_video))  # fmt: skip
-    written = [p for p in written if p]
-    log.info("%s -> %s (%s)", args.project, ", ".join(str(p) for p in written), project_info(rendered))
-    return written
+        project = rendered.project
+        written.append(write_bundle(bundle_file(args.out, project), project, rendered.sample_rate,
+                                    project_file=args.project, mix_video=files.mix_video,
+                                    tracks_video=files.tracks_video))  # fmt: skip
+    log.info("%s -> %s (%s)", args.project, ", ".join(str(p) for p in written if p), project_info(rendered))

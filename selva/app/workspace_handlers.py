@@ -73,13 +73,12 @@ def warn_unscored(result: Any) -> None:
 
 def bundle_of(result: ProjectResult, sample_rate: int) -> str:
     """The result's download bundle (`selva.bundle`), written into the result's own folder."""
-    from selva.bundle import BUNDLE_SUFFIX, project_tag, write_bundle
+    from selva.bundle import bundle_file, write_bundle
 
     project = result.project
-    path = Path(result.project_file).parent / f"{project_tag(project)}{BUNDLE_SUFFIX}"
     written = write_bundle(
-        path, project, sample_rate, project_file=result.project_file,
-        mix_video=result.mix_video, tracks_video=result.tracks_video,
+        bundle_file(Path(result.project_file).parent, project), project, sample_rate,
+        project_file=result.project_file, mix_video=result.mix_video, tracks_video=result.tracks_video,
     )  # fmt: skip
     return str(written)
 
